@@ -1,0 +1,180 @@
+"""Checkpoints: a folder a person can read and any tool can load, with no pickles anywhere.
+
+    config.json, model.safetensors    the wrapped model, as `save_pretrained` writes it
+    tokenizer.json, ...               its tokenizer
+    memory.safetensors                the learned initial memory
+    rmt.json                          memory settings, where the model came from, fingerprint
+    recipe.yaml                       the resolved recipe of the run that made it
+    training_state.json               (training checkpoints) step, stage, RNG states
+    optimizer.safetensors             (training checkpoints) optimizer tensors; hyper-parameters in the JSON
+
+Folders are written under a temporary name and renamed into place, so a kill never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import UsageError
+from .memory import MemoryCell
+from .recipe import MemorySpec
+
+RMT_JSON = "rmt.json"
+MEMORY_FILE = "memory.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    cell: MemoryCell
+    tokenizer: object
+    memory: MemorySpec
+    info: dict  # rmt.json
+    path: Path
+
+    @property
+    def segment_size(self) -> int:
+        return self.memory.segment_size
+
+
+def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
+    """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
+    h = hashlib.sha256()
+    state = cell.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
+    h.update(json.dumps({"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}).encode())
+    return h.hexdigest()[:32]
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: MemorySpec, source: str,
+                    recipe_yaml: str | None = None, training_state: dict | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    cell.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_file({"memory": cell.memory.detach().cpu().contiguous()}, str(tmp / MEMORY_FILE))
+    info = {
+        "format_version": FORMAT_VERSION,
+        "rmt_version": __version__,
+        "memory": memory.model_dump(),
+        "source": source,
+        "fingerprint": fingerprint(cell, tokenizer, memory),
+        **(extra or {}),
+    }
+    (tmp / RMT_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    if recipe_yaml is not None:
+        (tmp / "recipe.yaml").write_text(recipe_yaml)
+    if training_state is not None:
+        tensors, state_json = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
+        tensors["torch_rng"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _replace_dir(tmp, final)
+    return final
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors = {}
+    scalars: dict = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(path: Path, optimizer) -> None:
+    info = json.loads((path / "training_state.json").read_text())["optimizer"]
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in info["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+
+
+def read_info(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"checkpoint {path}: no such folder")
+    if not path.is_dir():
+        raise UsageError(f"checkpoint {path}: not a folder (a checkpoint is a folder with {RMT_JSON})")
+    missing = [f for f in (RMT_JSON, MEMORY_FILE, "config.json", "model.safetensors") if not (path / f).is_file()]
+    if missing:
+        raise UsageError(f"checkpoint {path}: missing {', '.join(missing)} (was it written by rmt train?)")
+    try:
+        info = json.loads((path / RMT_JSON).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"checkpoint {path}: {RMT_JSON} is not valid JSON: {e}") from None
+    if info.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"checkpoint {path}: format version {info.get('format_version')!r}, this rmt reads "
+                         f"{FORMAT_VERSION}")
+    return info
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint folder for training, ingesting or asking (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import load_tokenizer
+
+    path = Path(path)
+    info = read_info(path)
+    memory = MemorySpec(**info["memory"])
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"checkpoint {path}: cannot load the model: {str(e).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(str(path))
+    cell = MemoryCell(model, memory.num_mem_tokens)
+    try:
+        saved = load_file(str(path / MEMORY_FILE))["memory"]
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UsageError(f"checkpoint {path}: {MEMORY_FILE} is unreadable: {e}") from None
+    if saved.shape != cell.memory.shape:
+        raise UsageError(f"checkpoint {path}: memory of shape {tuple(saved.shape)}, expected {tuple(cell.memory.shape)}")
+    with torch.no_grad():
+        cell.memory.copy_(saved)
+    cell.to(device)
+    cell.eval()
+    return LoadedModel(cell, tokenizer, memory, info, path)

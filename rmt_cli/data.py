@@ -1,0 +1,119 @@
+"""Training and evaluation samples for a recipe's task: stories hidden in noise, or language-modelling text.
+
+`TaskData.sample(index, num_segments)` is a pure function of (seed, index, num_segments).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UsageError
+from .recipe import MemorySpec, TaskSpec
+from .segments import DocumentSample, answer_ids, qa_sample, question_ids
+from .tasks import NoiseSource, build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
+
+
+def read_text_paths(paths: list[str]) -> list[tuple[str, str]]:
+    """(name, text) of each text file; folders give their text files in sorted order."""
+    out = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+            if not files:
+                raise UsageError(f"{p}: no text files in this folder")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+        for f in files:
+            raw = f.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")  # old Gutenberg texts
+            out.append((str(f), text))
+    return out
+
+
+def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # datasets raises many kinds; all mean "cannot load this"
+        raise UsageError(f"cannot load dataset {name!r} (split {split!r}): {str(e).splitlines()[0]}") from None
+    if field not in ds.column_names:
+        raise UsageError(f"dataset {name!r} has no field {field!r}; it has {', '.join(ds.column_names)}")
+    return [t for t in ds[field] if t]
+
+
+class TaskData:
+    def __init__(self, task: TaskSpec, memory: MemorySpec, seed: int):
+        self.task = task
+        self.segment_size = memory.segment_size
+        self.seed = seed
+        self.babi = read_babi(task.babi_path) if task.name == "babi" else None
+        self.noise_sentences = self._noise_sentences()
+        self.lm_texts = [t for _, t in read_text_paths(task.lm_paths)] if task.name == "lm" else None
+        if task.name == "lm" and not self.lm_texts:
+            raise UsageError("task lm needs task.lm_paths: text files or folders")
+        self.placement = task.placement or default_placement(task.name)
+        self.tokenizer = None
+
+    def _noise_sentences(self) -> list[str] | None:
+        noise = self.task.noise
+        if noise.kind == "files":
+            texts = [t for _, t in read_text_paths(noise.paths)]
+        elif noise.kind == "dataset":
+            texts = load_dataset_texts(noise.dataset, noise.split, noise.text_field)
+        else:
+            return None
+        sentences = [s for t in texts for s in split_sentences(t)]
+        if not sentences:
+            raise UsageError("task.noise: the noise text has no sentences")
+        return sentences
+
+    def corpus(self, count: int):
+        """Text to train a tokenizer on: the noise and the stories with their questions and answers."""
+        if self.lm_texts is not None:
+            yield from self.lm_texts
+            return
+        noise = NoiseSource(None, self.noise_sentences)
+        for i in range(count):
+            rng = rng_for(self.seed, i, "corpus")
+            story = make_story(self.task.name, rng, self.task.min_facts, self.task.max_facts, self.babi)
+            yield " ".join(story.facts) + " " + noise.text_sample(rng, 20) + f" {story.question} {story.answer}"
+
+    def bind(self, tokenizer) -> "TaskData":
+        self.tokenizer = tokenizer
+        self.noise = NoiseSource(tokenizer, self.noise_sentences) if self.task.noise.kind != "none" else None
+        if self.lm_texts is not None:
+            self.lm_ids = [t for text in self.lm_texts for t in tokenizer.encode(text, add_special_tokens=False)]
+        return self
+
+    def sample(self, index: int, num_segments: int) -> DocumentSample:
+        rng = rng_for(self.seed, index, f"sample{num_segments}")
+        S = self.segment_size
+        if self.lm_texts is not None:
+            return self._lm_sample(rng, num_segments)
+        story = make_story(self.task.name, rng, self.task.min_facts, self.task.max_facts, self.babi)
+        # The document ends anywhere in its last segment, as ingested text does.
+        target = rng.randint((num_segments - 1) * S, num_segments * S - 1)
+        if self.noise is None:
+            ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
+        else:
+            ids = build_haystack(story, self.noise, target, rng, self.placement)
+        return qa_sample(ids, question_ids(self.tokenizer, story.question), answer_ids(self.tokenizer, story.answer), S)
+
+    def _lm_sample(self, rng, num_segments: int) -> DocumentSample:
+        S = self.segment_size
+        length = num_segments * S
+        if len(self.lm_ids) <= length:
+            raise UsageError(f"task.lm_paths: {len(self.lm_ids)} tokens of text, fewer than one sample ({length})")
+        start = rng.randrange(len(self.lm_ids) - length)
+        ids = self.lm_ids[start : start + length]
+        segments = [ids[i : i + S] for i in range(0, length, S)]
+        return DocumentSample(segments[:-1], segments[-1], segments[-1], write_labels=segments[:-1])

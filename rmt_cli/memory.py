@@ -1,0 +1,195 @@
+"""The memory cell and the recurrence: the heart of the Recurrent Memory Transformer.
+
+A `MemoryCell` wraps an unchanged causal language model. Every segment it runs is laid out as
+
+    [read memory (m vectors)] [segment tokens] [write memory (m vectors)]
+
+and the new memory is the model's last hidden states at the write positions. Position ids restart at 0 in
+every segment, so learned (GPT-2) and rotary (Llama) position schemes both see short sequences only.
+
+`RecurrentMemoryModel` runs a batch of documents segment after segment, carries the memory, applies truncated
+back-propagation through time and computes the loss. Ingestion and asking use the cell's streaming calls
+(`initial_memory`, `write_segment`, `read_segment`) directly, so all three paths run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+class MemoryCell(nn.Module):
+    """A causal LM with `num_mem_tokens` memory vectors read at the start and written at the end of a segment."""
+
+    def __init__(self, model: nn.Module, num_mem_tokens: int):
+        super().__init__()
+        self.model = model
+        self.num_mem_tokens = num_mem_tokens
+        embeddings = model.get_input_embeddings()
+        # Start the memory at the scale of the token embeddings so the first segments are not swamped.
+        scale = float(embeddings.weight.detach().float().std())
+        generator = torch.Generator().manual_seed(0)
+        self.memory = nn.Parameter(
+            torch.randn(num_mem_tokens, embeddings.embedding_dim, generator=generator) * scale
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.memory.shape[-1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def initial_memory(self, batch_size: int) -> torch.Tensor:
+        """The learned memory every document starts from, shaped [batch, m, hidden]."""
+        return self.memory.to(self.dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def _hidden_states(self, memory, input_ids, attention_mask, write: bool) -> torch.Tensor:
+        batch, length = input_ids.shape
+        m = self.num_mem_tokens
+        token_embeds = self.model.get_input_embeddings()(input_ids)
+        memory = memory.to(token_embeds.dtype)
+        parts = [memory, token_embeds, memory] if write else [memory, token_embeds]
+        inputs_embeds = torch.cat(parts, dim=1)
+        if attention_mask is None:
+            full_mask = None
+            positions = torch.arange(inputs_embeds.shape[1], device=input_ids.device).unsqueeze(0)
+            positions = positions.expand(batch, -1)
+        else:
+            ones = attention_mask.new_ones(batch, m)
+            full_mask = torch.cat([ones, attention_mask, ones] if write else [ones, attention_mask], dim=1)
+            # Left padding must not move the memory: count positions over real entries only.
+            positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions)
+        return out.last_hidden_state
+
+    def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
+        """Run one segment. Returns (new memory or None, logits over the segment's tokens or None).
+
+        logits[:, i] predicts input_ids[:, i + 1], as in any causal LM.
+        """
+        hidden = self._hidden_states(memory, input_ids, attention_mask, write)
+        m, length = self.num_mem_tokens, input_ids.shape[1]
+        new_memory = hidden[:, m + length :] if write else None
+        token_logits = self.model.get_output_embeddings()(hidden[:, m : m + length]) if logits else None
+        return new_memory, token_logits
+
+    def write_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
+        """Read a segment and return the memory written at its end (no LM head is run)."""
+        return self.forward_segment(memory, input_ids, attention_mask, write=True)[0]
+
+    def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
+        """Logits for a final segment (no memory is written)."""
+        return self.forward_segment(memory, input_ids, attention_mask, write=False, logits=True)[1]
+
+
+@dataclass
+class WriteStep:
+    """One step of the recurrence for a batch: rows with `active` False keep their memory unchanged."""
+
+    input_ids: torch.Tensor  # [B, T], left-padded
+    attention_mask: torch.Tensor  # [B, T]
+    active: torch.Tensor  # [B] bool
+    labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX where no loss
+
+
+@dataclass
+class SegmentBatch:
+    """A batch of documents cut into write segments plus one final (read-only) segment each."""
+
+    steps: list[WriteStep]
+    final_ids: torch.Tensor  # [B, T], right-padded
+    final_mask: torch.Tensor
+    final_labels: torch.Tensor
+    writes_per_row: torch.Tensor  # [B] number of write steps each row takes part in
+
+    def to(self, device):
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        steps = [WriteStep(move(s.input_ids), move(s.attention_mask), move(s.active), move(s.labels)) for s in self.steps]
+        return SegmentBatch(steps, move(self.final_ids), move(self.final_mask), move(self.final_labels),
+                            move(self.writes_per_row))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(s.attention_mask.sum() for s in self.steps) + self.final_mask.sum())
+
+
+@dataclass
+class RecurrentOutput:
+    loss: torch.Tensor | None
+    final_logits: torch.Tensor
+    memory: torch.Tensor
+    num_loss_tokens: int
+
+
+class RecurrentMemoryModel(nn.Module):
+    """Runs documents through a MemoryCell segment by segment with truncated BPTT."""
+
+    def __init__(self, cell: MemoryCell, segment_size: int, bptt_depth: int | None = None,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        self.cell = cell
+        self.segment_size = segment_size
+        self.bptt_depth = bptt_depth
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def _segment(self, memory, ids, mask, write, logits):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.cell.forward_segment, memory, ids, mask, write, logits, use_reentrant=False)
+        return self.cell.forward_segment(memory, ids, mask, write, logits)
+
+    def forward(self, batch: SegmentBatch, reset_memory: bool = False) -> RecurrentOutput:
+        """`reset_memory` gives every segment the initial memory: the no-memory baseline of the same weights."""
+        batch_size = batch.final_ids.shape[0]
+        initial = self.cell.initial_memory(batch_size)
+        memory = initial
+        loss_sum = initial.new_zeros((), dtype=torch.float32)
+        loss_tokens = 0
+        for index, step in enumerate(batch.steps):
+            rows = step.active.nonzero().squeeze(-1)
+            want_logits = step.labels is not None
+            new_memory, logits = self._segment(
+                memory.index_select(0, rows), step.input_ids[rows], step.attention_mask[rows], True, want_logits
+            )
+            if want_logits:
+                s, n = _shifted_loss_sum(logits, step.labels[rows])
+                loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
+            memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
+            if self.bptt_depth is not None:
+                # Gradients flow back through at most `bptt_depth` write segments of each row.
+                cut = (index < batch.writes_per_row - self.bptt_depth).view(-1, 1, 1)
+                memory = torch.where(cut, memory.detach(), memory)
+            if reset_memory:
+                memory = initial
+        _, final_logits = self._segment(memory, batch.final_ids, batch.final_mask, False, True)
+        s, n = _shifted_loss_sum(final_logits, batch.final_labels)
+        loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
+        loss = loss_sum / max(loss_tokens, 1) if loss_tokens else None
+        return RecurrentOutput(loss, final_logits, memory, loss_tokens)
+
+
+def _shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of token cross-entropies where logits[:, i] predicts labels[:, i + 1]."""
+    targets = labels[:, 1:]
+    count = int((targets != IGNORE_INDEX).sum())
+    if count == 0:
+        return logits.new_zeros((), dtype=torch.float32), 0
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, count
+
+
+def answer_correct(final_logits: torch.Tensor, final_labels: torch.Tensor) -> torch.Tensor:
+    """Per row: every answer token is the argmax (what greedy decoding would produce)."""
+    predictions = final_logits[:, :-1].argmax(-1)
+    targets = final_labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    right = (predictions == targets) | ~scored
+    return right.all(-1) & scored.any(-1)

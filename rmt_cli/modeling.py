@@ -1,0 +1,113 @@
+"""Building the wrapped model and its tokenizer from a recipe: a hub id, a local folder, or a from-scratch config."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from typing import Iterable  # noqa: E402
+
+import torch  # noqa: E402
+
+from .errors import UsageError  # noqa: E402
+from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE trained on the task's own text, saved with the checkpoint like any HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+    if tok.eos_token_id is None:
+        raise UsageError(f"the tokenizer of {name_or_path!r} has no end token; answers could not stop")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
+    from transformers import GPT2Config, LlamaConfig
+
+    positions = 2 * memory.num_mem_tokens + memory.segment_size
+    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    try:
+        if spec.architecture == "gpt2":
+            base = dict(n_positions=positions, n_embd=128, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+            return GPT2Config(**{**base, **common, **spec.config})
+        base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
+        return LlamaConfig(**{**base, **common, **spec.config})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"model.config: {_first_line(e)}") from None
+
+
+def max_positions(config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_fits(config, memory: MemorySpec) -> None:
+    """A segment plus read and write memory must fit the model's positions."""
+    limit = max_positions(config)
+    need = 2 * memory.num_mem_tokens + memory.segment_size
+    if limit is not None and need > limit:
+        raise UsageError(
+            f"memory.segment_size: a segment of {memory.segment_size} tokens plus 2 x {memory.num_mem_tokens} "
+            f"memory tokens needs {need} positions; the model has {limit}"
+        )
+
+
+def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
+    """The causal LM to wrap: pretrained weights when name_or_path is set, else a fresh model of `architecture`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec.name_or_path is None:
+        config = scratch_config(spec, memory, tokenizer)
+        check_fits(config, memory)
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
+                                            trust_remote_code=spec.trust_remote_code)
+        for key, value in spec.config.items():
+            setattr(config, key, value)
+        check_fits(config, memory)
+        return AutoModelForCausalLM.from_pretrained(spec.name_or_path, config=config, revision=spec.revision,
+                                                    trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load model {spec.name_or_path!r}: {_first_line(e)}") from None
+
+
+def build_tokenizer(spec: TokenizerSpec, model: ModelSpec, corpus: Iterable[str] | None):
+    if spec.kind == "model":
+        return load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+    return train_bpe(corpus or [], spec.vocab_size)

@@ -1,0 +1,227 @@
+"""Recipes: YAML files that say everything a run needs, validated in full before anything starts.
+
+`load_recipe(path, overrides)` reads the YAML with `yaml.safe_load`, applies `key=value` overrides (dotted
+paths, list items by index: `curriculum.0.steps=50`), and validates. Every problem is reported at once, each
+with its field path, and unknown keys get a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UsageError
+from .tasks import STORY_TASKS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Section):
+    # A hub id or a local folder; or null to build `architecture` from scratch with `config` overrides.
+    name_or_path: str | None = None
+    architecture: Literal["gpt2", "llama"] | None = "gpt2"
+    config: dict[str, Any] = Field(default_factory=dict)
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class TokenizerSpec(Section):
+    kind: Literal["model", "bpe"] = "model"  # the model's own tokenizer, or a BPE trained on the task's text
+    vocab_size: int = Field(512, ge=64)
+    training_texts: int = Field(2000, ge=10)  # documents of the task's text the BPE is trained on
+
+
+class MemorySpec(Section):
+    num_mem_tokens: int = Field(4, ge=0)
+    segment_size: int = Field(64, ge=4)
+    bptt_depth: int | None = Field(None, ge=0)
+    gradient_checkpointing: bool = False
+
+
+class NoiseSpec(Section):
+    kind: Literal["synthetic", "files", "dataset", "none"] = "synthetic"
+    paths: list[str] = Field(default_factory=list)  # text files or folders of them
+    dataset: str | None = None  # a `datasets` name or local path
+    split: str = "train"
+    text_field: str = "text"
+
+
+class TaskSpec(Section):
+    name: Literal[STORY_TASKS + ("lm",)] = "memorize"  # type: ignore[valid-type]
+    min_facts: int = Field(2, ge=1)
+    max_facts: int = Field(10, ge=1)
+    babi_path: str | None = None  # a bAbI-format file, for name: babi
+    placement: Literal["start", "random"] | None = None  # where facts go; default by task
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    lm_paths: list[str] = Field(default_factory=list)  # text for name: lm
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_facts > self.max_facts:
+            raise ValueError(f"min_facts ({self.min_facts}) is larger than max_facts ({self.max_facts})")
+        if self.name == "babi" and not self.babi_path:
+            raise ValueError("task babi needs babi_path: a bAbI-format file")
+        if self.noise.kind == "files" and not self.noise.paths:
+            raise ValueError("noise kind 'files' needs noise.paths")
+        if self.noise.kind == "dataset" and not self.noise.dataset:
+            raise ValueError("noise kind 'dataset' needs noise.dataset")
+        return self
+
+
+class OptimSpec(Section):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class Stage(Section):
+    segments: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    mix_shorter: float = Field(0.0, ge=0, le=1)  # share of samples drawn with fewer segments (1..segments-1)
+
+
+class EvalSpec(Section):
+    samples: int = Field(100, ge=1)
+    segments: list[int] | None = None  # lengths to evaluate; default: every stage's length
+    batch_size: int = Field(50, ge=1)
+
+
+class CheckpointSpec(Section):
+    every: int = Field(200, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class Recipe(Section):
+    seed: int = 0
+    output_dir: str = "runs/rmt"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    memory: MemorySpec = Field(default_factory=MemorySpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    batch_size: int = Field(32, ge=1)
+    curriculum: list[Stage] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; fix it for bit-exact resume
+    resume: str | None = None  # "auto" or a checkpoint folder
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.model.name_or_path is None and self.model.architecture is None:
+            raise ValueError("model needs name_or_path or architecture")
+        if self.model.name_or_path is None and self.tokenizer.kind == "model":
+            raise ValueError("a model built from scratch has no tokenizer of its own: set tokenizer.kind: bpe")
+        return self
+
+    def eval_lengths(self) -> list[int]:
+        return self.eval.segments or sorted({s.segments for s in self.curriculum})
+
+
+def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
+    """Field names valid at `path` inside a Recipe, for "did you mean"."""
+    cls: Any = model_cls
+    for part in path:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(cls.model_fields) if cls is not None else []
+
+
+def format_errors(error: ValidationError, source: str) -> list[str]:
+    lines = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(recipe)"
+        if e["type"] == "extra_forbidden":
+            names = _fields_of(Recipe, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(names)}" if names else "")
+            lines.append(f"{source}: {path}: unknown key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {path}: {msg}")
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"override {text!r} is not key=value")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} is not an item of the list")
+                node = node[int(part)]
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+                if not isinstance(node, (dict, list)):
+                    raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} holds a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise UsageError(f"override {text!r}: {last} is not an item of the list")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def read_recipe_data(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UsageError(f"recipe {path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path}: not UTF-8 text") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UsageError("\n".join(format_errors(e, source))) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    data = apply_overrides(read_recipe_data(path), list(overrides or []))
+    return validate_recipe(data, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,106 @@
+"""How a document becomes segments, and the one function that builds the final segment.
+
+Training, evaluation and `rmt ask` all go through `build_final_segment`, so what `ask` feeds the model is
+exactly what training fed it: the document's unfinished tail, then the question prompt, then (in training) the
+answer and an end token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .memory import IGNORE_INDEX, SegmentBatch, WriteStep
+
+QUESTION_TEMPLATE = "\nQuestion: {question}\nAnswer:"
+
+
+def question_ids(tokenizer, question: str) -> list[int]:
+    return tokenizer.encode(QUESTION_TEMPLATE.format(question=" ".join(question.split())), add_special_tokens=False)
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """The answer's tokens followed by the end token, so greedy decoding knows where to stop."""
+    return tokenizer.encode(" " + answer.strip(), add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+def split_document(ids: list[int], segment_size: int) -> tuple[list[list[int]], list[int]]:
+    """Whole segments of `segment_size` tokens, and the unfinished tail (shorter than a segment)."""
+    whole = len(ids) // segment_size * segment_size
+    segments = [ids[i : i + segment_size] for i in range(0, whole, segment_size)]
+    return segments, ids[whole:]
+
+
+@dataclass
+class FinalSegment:
+    flush: list[int] | None  # the tail, written to memory first when tail + question do not fit one segment
+    input_ids: list[int]
+    labels: list[int]
+
+
+def build_final_segment(tail: list[int], question: list[int], answer: list[int], segment_size: int) -> FinalSegment:
+    """[memory] + unfinished tail + question + answer. The answer may be empty (asking)."""
+    if len(question) + len(answer) > segment_size:
+        raise ValueError(
+            f"the question and answer take {len(question) + len(answer)} tokens; a segment holds {segment_size}"
+        )
+    flush = None
+    if len(tail) + len(question) + len(answer) > segment_size:
+        flush, tail = list(tail), []
+    input_ids = list(tail) + list(question) + list(answer)
+    labels = [IGNORE_INDEX] * (len(tail) + len(question)) + list(answer)
+    return FinalSegment(flush, input_ids, labels)
+
+
+@dataclass
+class DocumentSample:
+    """A document cut into write segments, and its final segment."""
+
+    writes: list[list[int]]
+    final_ids: list[int]
+    final_labels: list[int]
+    write_labels: list[list[int]] | None = None  # language modelling: targets inside write segments too
+
+
+def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segment_size: int) -> DocumentSample:
+    segments, tail = split_document(doc_ids, segment_size)
+    final = build_final_segment(tail, question, answer, segment_size)
+    writes = segments + ([final.flush] if final.flush else [])
+    return DocumentSample(writes, final.input_ids, final.labels)
+
+
+def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
+    """Stack samples: write segments left-padded (memory positions stay put), final segments right-padded."""
+    batch = len(samples)
+    num_steps = max(len(s.writes) for s in samples)
+    steps = []
+    for t in range(num_steps):
+        width = max((len(s.writes[t]) for s in samples if t < len(s.writes)), default=0)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        active = torch.zeros(batch, dtype=torch.bool)
+        with_labels = any(s.write_labels is not None for s in samples)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long) if with_labels else None
+        for row, s in enumerate(samples):
+            if t >= len(s.writes):
+                continue
+            seg = s.writes[t]
+            start = width - len(seg)
+            ids[row, start:] = torch.tensor(seg, dtype=torch.long)
+            mask[row, start:] = 1
+            active[row] = True
+            if with_labels and s.write_labels is not None:
+                labels[row, start:] = torch.tensor(s.write_labels[t], dtype=torch.long)
+        steps.append(WriteStep(ids, mask, active, labels))
+    width = max(max(len(s.final_ids) for s in samples), 1)
+    final_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    final_mask = torch.zeros((batch, width), dtype=torch.long)
+    final_labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.final_ids)
+        final_ids[row, :n] = torch.tensor(s.final_ids, dtype=torch.long)
+        final_mask[row, :n] = 1
+        final_labels[row, :n] = torch.tensor(s.final_labels, dtype=torch.long)
+    writes = torch.tensor([len(s.writes) for s in samples], dtype=torch.long)
+    return SegmentBatch(steps, final_ids, final_mask, final_labels, writes)

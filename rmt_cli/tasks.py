@@ -1,0 +1,283 @@
+"""Tasks: bAbI-style stories, the memorization variants, real bAbI files, and the haystack they hide in.
+
+Every story and every sample is a pure function of (seed, index): `rng_for(seed, index)` seeds a private
+random generator, so a resumed run, another process or an evaluation sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
+PLACES = ["bathroom", "hallway", "garden", "office", "bedroom", "kitchen"]
+MOVES = ["moved to", "went to", "went back to", "journeyed to", "travelled to"]
+OBJECTS = ["football", "apple", "milk"]
+TAKES = ["picked up", "got", "grabbed", "took"]
+DROPS = ["dropped", "discarded", "put down", "left"]
+DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+STORY_TASKS = ("memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4", "babi")
+
+
+def rng_for(seed: int, index: int, purpose: str = "") -> random.Random:
+    # String seeds are hashed with SHA-512 by `random`, stable across processes and Python runs.
+    return random.Random(f"{seed}:{index}:{purpose}")
+
+
+@dataclass
+class Story:
+    facts: list[str]
+    question: str
+    answer: str
+
+
+def _move(person: str, place: str, rng: random.Random) -> str:
+    return f"{person} {rng.choice(MOVES)} the {place}."
+
+
+def qa1_story(rng: random.Random, min_facts: int = 2, max_facts: int = 10) -> Story:
+    """Single supporting fact: where is a person now (their latest move)."""
+    n = rng.randint(min_facts, max_facts)
+    where: dict[str, str] = {}
+    facts = []
+    for _ in range(n):
+        person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+        facts.append(_move(person, place, rng))
+        where[person] = place
+    person = rng.choice(sorted(where))
+    return Story(facts, f"Where is {person}?", where[person])
+
+
+def memorize_story(rng: random.Random) -> Story:
+    person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+    return Story([_move(person, place, rng)], f"Where is {person}?", place)
+
+
+def _object_events(rng: random.Random, n: int):
+    """Simulate people moving and carrying objects; yields (facts, object locations over time)."""
+    at: dict[str, str] = {}
+    holding: dict[str, str] = {}  # object -> person
+    history: dict[str, list[str]] = {o: [] for o in OBJECTS}
+    facts = []
+
+    def place_of(obj):
+        return at.get(holding[obj]) if obj in holding else (history[obj][-1] if history[obj] else None)
+
+    while len(facts) < n:
+        person = rng.choice(PEOPLE)
+        carried = [o for o, p in holding.items() if p == person]
+        free = [o for o in OBJECTS if o not in holding]
+        roll = rng.random()
+        if person in at and free and roll < 0.3:
+            obj = rng.choice(free)
+            if history[obj] and history[obj][-1] != at[person]:
+                continue  # an object can only be picked up where it lies
+            holding[obj] = person
+            facts.append(f"{person} {rng.choice(TAKES)} the {obj} there.")
+            if not history[obj]:
+                history[obj].append(at[person])
+        elif carried and roll < 0.45:
+            obj = rng.choice(carried)
+            del holding[obj]
+            facts.append(f"{person} {rng.choice(DROPS)} the {obj}.")
+        else:
+            place = rng.choice(PLACES)
+            at[person] = place
+            facts.append(_move(person, place, rng))
+            for obj in carried:
+                if history[obj][-1] != place:
+                    history[obj].append(place)
+    return facts, history, place_of
+
+
+def qa2_story(rng: random.Random, min_facts: int = 2, max_facts: int = 10) -> Story:
+    """Two supporting facts: where is an object (who carried it, and where they went)."""
+    while True:
+        facts, _, place_of = _object_events(rng, rng.randint(max(min_facts, 2), max(max_facts, 2)))
+        known = [o for o in OBJECTS if place_of(o)]
+        if known:
+            obj = rng.choice(known)
+            return Story(facts, f"Where is the {obj}?", place_of(obj))
+
+
+def qa3_story(rng: random.Random, min_facts: int = 4, max_facts: int = 12) -> Story:
+    """Three supporting facts: where was an object before its current place."""
+    while True:
+        facts, history, _ = _object_events(rng, rng.randint(max(min_facts, 4), max(max_facts, 4)))
+        moved = [o for o in OBJECTS if len(history[o]) >= 2]
+        if moved:
+            obj = rng.choice(moved)
+            return Story(facts, f"Where was the {obj} before the {history[obj][-1]}?", history[obj][-2])
+
+
+def reasoning_story(rng: random.Random) -> Story:
+    """The seed's reasoning variant: two facts that must be combined."""
+    person, obj, place = rng.choice(PEOPLE), rng.choice(OBJECTS), rng.choice(PLACES)
+    facts = [f"{person} {rng.choice(TAKES)} the {obj}.", _move(person, place, rng)]
+    return Story(facts, f"Where is the {obj}?", place)
+
+
+def qa4_story(rng: random.Random) -> Story:
+    """Two-argument relations: "The hallway is east of the bathroom." """
+    a, b, c = rng.sample(PLACES, 3)
+    d1 = rng.choice(list(DIRECTIONS))
+    d2 = rng.choice([d for d in DIRECTIONS if d not in (d1, DIRECTIONS[d1])])
+    facts = [f"The {a} is {d1} of the {b}.", f"The {c} is {d2} of the {b}."]
+    rng.shuffle(facts)
+    if rng.random() < 0.5:
+        return Story(facts, f"What is {d1} of the {b}?", a)
+    return Story(facts, f"What is the {b} {DIRECTIONS[d1]} of?", a)
+
+
+def read_babi(path: str | Path) -> list[Story]:
+    """Stories from a bAbI-format file: `ID text` lines; `ID question<TAB>answer<TAB>ids`; IDs restart per story.
+
+    Each question becomes one Story holding every statement of its story before it.
+    """
+    stories: list[Story] = []
+    context: list[str] = []
+    for line_no, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        head, _, rest = raw.partition(" ")
+        if not head.isdigit():
+            raise ValueError(f"{path}:{line_no}: a bAbI line starts with a number, got {raw[:40]!r}")
+        if head == "1":
+            context = []
+        if "\t" in rest:
+            parts = rest.split("\t")
+            stories.append(Story(list(context), parts[0].strip(), parts[1].strip()))
+        else:
+            context.append(rest.strip())
+    if not stories:
+        raise ValueError(f"{path}: no questions found (is this a bAbI file?)")
+    return stories
+
+
+# --- noise --------------------------------------------------------------------------------------------------
+
+_SUBJECTS = ["The old man", "A young woman", "The farmer", "Her brother", "The captain", "A small child",
+             "The teacher", "Our neighbour", "The doctor", "A stranger", "The baker", "His sister"]
+_VERBS = ["saw", "painted", "bought", "carried", "found", "sold", "mended", "watched", "lost", "cleaned"]
+_THINGS = ["a red boat", "the wooden chair", "an old map", "a green coat", "the silver bell", "a heavy box",
+           "the blue kettle", "a broken clock", "the tall ladder", "a yellow kite", "the stone bridge"]
+_TAILS = ["near the river", "before dawn", "in the market", "after the storm", "by the road", "at noon",
+          "on the hill", "during the fair", "under the trees", "with great care", "last winter"]
+
+
+def synthetic_sentence(rng: random.Random) -> str:
+    return f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_THINGS)} {rng.choice(_TAILS)}."
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+class NoiseSource:
+    """Sentences to hide facts among: built-in synthetic sentences, or consecutive sentences of real text."""
+
+    def __init__(self, tokenizer, sentences: list[str] | None = None):
+        self.tokenizer = tokenizer
+        self.sentences = sentences  # None: synthetic
+        self._ids: list[list[int]] | None = None
+        self._cache: dict[str, list[int]] = {}
+
+    def _encode(self, sentence: str) -> list[int]:
+        ids = self._cache.get(sentence)
+        if ids is None:
+            ids = self.tokenizer.encode(" " + sentence, add_special_tokens=False)
+            if len(self._cache) < 100_000:
+                self._cache[sentence] = ids
+        return ids
+
+    def take(self, rng: random.Random, num_tokens: int) -> list[list[int]]:
+        """Token ids of consecutive sentences adding up to at least `num_tokens`."""
+        out, total = [], 0
+        if self.sentences is None:
+            while total < num_tokens:
+                out.append(self._encode(synthetic_sentence(rng)))
+                total += len(out[-1])
+            return out
+        if self._ids is None:
+            self._ids = [
+                ids for ids in self.tokenizer(
+                    [" " + s for s in self.sentences], add_special_tokens=False
+                )["input_ids"] if ids
+            ]
+        i = rng.randrange(len(self._ids))
+        while total < num_tokens:
+            out.append(self._ids[i % len(self._ids)])
+            total += len(out[-1])
+            i += 1
+        return out
+
+    def text_sample(self, rng: random.Random, num_sentences: int) -> str:
+        if self.sentences is None:
+            return " ".join(synthetic_sentence(rng) for _ in range(num_sentences))
+        i = rng.randrange(len(self.sentences))
+        return " ".join(self.sentences[(i + k) % len(self.sentences)] for k in range(num_sentences))
+
+
+def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: random.Random,
+                   placement: str = "random") -> list[int]:
+    """Hide the story's facts, in order, at sentence boundaries of noise, to exactly `target_tokens` tokens.
+
+    The result is longer only when the facts alone need more. `placement`: "start" puts the facts first (the
+    memorize task), "random" scatters them at random boundaries (in order).
+    """
+    tok = noise.tokenizer
+    fact_ids = [tok.encode(" " + f, add_special_tokens=False) for f in story.facts]
+    fact_tokens = sum(len(f) for f in fact_ids)
+    noise_tokens = max(target_tokens - fact_tokens, 0)
+    sentences = noise.take(rng, noise_tokens) if noise_tokens else []
+    if placement == "start":
+        slots = [0] * len(fact_ids)
+    else:
+        slots = sorted(rng.randint(0, len(sentences)) for _ in fact_ids)
+    pieces: list[list[int]] = []
+    f = 0
+    for i in range(len(sentences) + 1):
+        while f < len(fact_ids) and slots[f] == i:
+            pieces.append(fact_ids[f])
+            f += 1
+        if i < len(sentences):
+            pieces.append(sentences[i])
+    ids = [t for piece in pieces for t in piece]
+    if len(ids) <= target_tokens:
+        return ids
+    # Trim surplus noise from the end, never a fact.
+    last_fact_end = 0
+    pos = 0
+    for piece in pieces:
+        pos += len(piece)
+        if any(piece is fi for fi in fact_ids):
+            last_fact_end = pos
+    return ids[: max(target_tokens, last_fact_end)]
+
+
+def make_story(task: str, rng: random.Random, min_facts: int, max_facts: int, babi: list[Story] | None) -> Story:
+    if task == "memorize" or task == "detect-and-memorize":
+        return memorize_story(rng)
+    if task == "reasoning":
+        return reasoning_story(rng)
+    if task == "qa1":
+        return qa1_story(rng, min_facts, max_facts)
+    if task == "qa2":
+        return qa2_story(rng, min_facts, max_facts)
+    if task == "qa3":
+        return qa3_story(rng, min_facts, max_facts)
+    if task == "qa4":
+        return qa4_story(rng)
+    if task == "babi":
+        return babi[rng.randrange(len(babi))]
+    raise ValueError(f"unknown task {task!r}")
+
+
+def default_placement(task: str) -> str:
+    return "start" if task == "memorize" else "random"

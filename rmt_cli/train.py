@@ -1,0 +1,303 @@
+"""The training loop: a curriculum of stages over segment counts, checkpoints, exact resume, evaluation.
+
+Each step's data is a pure function of (seed, step), the learning rate a function of the step, and the optimizer
+and RNG states are saved with every checkpoint; so a resumed run ends with the same weights as one that was
+never interrupted (same seed, same thread count). `accelerate` places the model, so the same loop runs on CUDA
+and on several processes (`accelerate launch` / `torchrun`), each process taking its share of every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from .data import TaskData
+from .errors import UsageError
+from .evaluate import evaluate
+from .memory import MemoryCell, RecurrentMemoryModel, answer_correct
+from .modeling import build_model, build_tokenizer, check_fits
+from .recipe import Recipe, Stage, dump_recipe
+from .segments import collate
+from .tasks import rng_for
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_checkpoint: Path
+    evaluations: list[dict]
+    interrupted: bool = False
+
+
+def stage_at(stages: list[Stage], step: int) -> tuple[int, int]:
+    """(stage index, step within the stage) of a global step."""
+    for i, stage in enumerate(stages):
+        if step < stage.steps:
+            return i, step
+        step -= stage.steps
+    return len(stages) - 1, stages[-1].steps
+
+
+def learning_rate(recipe: Recipe, stage: Stage, step_in_stage: int) -> float:
+    """Warm-up then cosine decay, restarted in every stage."""
+    o = recipe.optim
+    warm = min(o.warmup_steps, max(stage.steps // 4, 1))
+    if step_in_stage < warm:
+        return o.lr * (step_in_stage + 1) / warm
+    progress = (step_in_stage - warm) / max(stage.steps - warm, 1)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def segments_for(seed: int, index: int, stage: Stage) -> int:
+    rng = rng_for(seed, index, "length")
+    if stage.segments > 1 and rng.random() < stage.mix_shorter:
+        return rng.randint(1, stage.segments - 1)
+    return stage.segments
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = []
+    for p in (output_dir / CHECKPOINTS).glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and (p / "training_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def resolve_resume(recipe: Recipe) -> Path | None:
+    if recipe.resume in (None, "", "no", "none"):
+        return None
+    if recipe.resume == "auto":
+        return latest_checkpoint(Path(recipe.output_dir))
+    path = Path(recipe.resume)
+    if not (path / "training_state.json").is_file():
+        raise UsageError(f"resume: {path} is not a training checkpoint (no training_state.json)")
+    return path
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the step, save, exit 130. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _source_name(recipe: Recipe) -> str:
+    return recipe.model.name_or_path or f"scratch:{recipe.model.architecture}"
+
+
+def train(recipe: Recipe, init_from: str | Path | None = None, console=None, progress: bool = True) -> RunResult:
+    """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
+    set_seed(recipe.seed)
+    log = _Logger(console if accelerator.is_main_process else None)
+    output_dir = Path(recipe.output_dir)
+    resume_from = resolve_resume(recipe)
+    if resume_from is None and latest_checkpoint(output_dir) is not None:
+        raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
+                         f"resume=auto, or choose another output_dir")
+
+    data = TaskData(recipe.task, recipe.memory, recipe.seed)
+    source = _source_name(recipe)
+    if resume_from is not None or init_from is not None:
+        loaded = load_checkpoint(resume_from or init_from)
+        cell, tokenizer = loaded.cell, loaded.tokenizer
+        source = loaded.info.get("source", source)
+        check_fits(cell.model.config, recipe.memory)
+        cell.train()
+    else:
+        tokenizer = build_tokenizer(recipe.tokenizer, recipe.model, data.corpus(recipe.tokenizer.training_texts))
+        model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
+        cell = MemoryCell(model, recipe.memory.num_mem_tokens)
+    data.bind(tokenizer)
+    rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
+                               recipe.memory.gradient_checkpointing)
+    rmt.train()
+    optimizer = torch.optim.AdamW(rmt.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
+                                  weight_decay=recipe.optim.weight_decay)
+    start_step = 0
+    if resume_from is not None:
+        load_optimizer_state(resume_from, optimizer)
+        start_step = json.loads((resume_from / "training_state.json").read_text())["step"]
+        log.info(f"resuming from {resume_from} at step {start_step}")
+    model, optimizer = accelerator.prepare(rmt, optimizer)
+
+    stages = recipe.curriculum
+    total = sum(s.steps for s in stages)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if recipe.batch_size % world:
+        raise UsageError(f"batch_size {recipe.batch_size} does not split evenly over {world} processes")
+    local = recipe.batch_size // world
+    recipe_yaml = dump_recipe(recipe)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(recipe_yaml)
+    metrics_path = output_dir / "metrics.jsonl"
+    evaluations: list[dict] = []
+
+    def save(step: int, name: str | None = None) -> Path | None:
+        if not accelerator.is_main_process:
+            return None
+        path = output_dir / (name or f"{CHECKPOINTS}/step-{step:07d}")
+        state = {"step": step, "stage": stage_at(stages, step)[0]} if name is None else None
+        out = save_checkpoint(path, accelerator.unwrap_model(model).cell, tokenizer, recipe.memory, source,
+                              recipe_yaml, state, optimizer if name is None else None)
+        if name is None:
+            _prune(output_dir / CHECKPOINTS, recipe.checkpoint.keep)
+        return out
+
+    def record(entry: dict) -> None:
+        if accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    interrupted = False
+    tokens_seen, t0 = 0, time.perf_counter()
+    with _StopFlag() as stop, log.progress(total, start_step, enabled=progress) as bar:
+        step = start_step
+        while step < total:
+            if stop.stop:
+                interrupted = True
+                break
+            stage_index, in_stage = stage_at(stages, step)
+            stage = stages[stage_index]
+            lr = learning_rate(recipe, stage, in_stage)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            first = step * recipe.batch_size + rank * local
+            samples = [data.sample(i, segments_for(recipe.seed, i, stage)) for i in range(first, first + local)]
+            batch = collate(samples, tokenizer.pad_token_id).to(accelerator.device)
+            out = model(batch)
+            accelerator.backward(out.loss)
+            if recipe.optim.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            with torch.no_grad():
+                accuracy = float(answer_correct(out.final_logits, batch.final_labels).float().mean())
+            tokens_seen += batch.num_tokens * world
+            speed = tokens_seen / max(time.perf_counter() - t0, 1e-9)
+            loss = float(out.loss.detach())
+            record({"step": step, "stage": stage_index, "segments": stage.segments, "loss": loss,
+                    "accuracy": accuracy, "lr": lr, "tokens_per_second": speed})
+            bar.update(step, stage_index, stage.segments, loss, accuracy, speed)
+            if step % recipe.checkpoint.every == 0:
+                save(step)
+            if stage_at(stages, step)[0] != stage_index or step == total:
+                save(step)
+                save(step, f"stage-{stage_index}")
+                if accelerator.is_main_process:
+                    rows = evaluate(accelerator.unwrap_model(model), data, recipe.eval_lengths(),
+                                    recipe.eval.samples, recipe.eval.batch_size, accelerator.device)
+                    for row in rows:
+                        row.update(stage=stage_index, step=step, event="eval")
+                        record(row)
+                    evaluations = rows
+                    log.eval_table(stage_index, rows, recipe.task.name == "lm")
+                accelerator.wait_for_everyone()
+    if interrupted:
+        path = save(step)
+        log.info(f"interrupted at step {step}; saved {path}; continue with resume=auto")
+        return RunResult(output_dir, path or output_dir, evaluations, interrupted=True)
+    final = save(step, "final") or output_dir / "final"
+    accelerator.wait_for_everyone()
+    return RunResult(output_dir, final, evaluations)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    found = sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+    for p in found[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+class _Logger:
+    """Rich output on stderr, only on the main process."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def info(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+
+    def progress(self, total: int, start: int, enabled: bool):
+        return _Progress(self.console if enabled else None, total, start)
+
+    def eval_table(self, stage: int, rows: list[dict], lm: bool) -> None:
+        if self.console is None:
+            return
+        from rich.table import Table
+
+        table = Table(title=f"evaluation after stage {stage}")
+        table.add_column("segments", justify="right")
+        if lm:
+            table.add_column("perplexity", justify="right")
+            table.add_column("memory reset", justify="right")
+            for r in rows:
+                table.add_row(str(r["segments"]), f"{r['perplexity']:.2f}", f"{r['perplexity_reset']:.2f}")
+        else:
+            table.add_column("accuracy", justify="right")
+            table.add_column("memory reset", justify="right")
+            for r in rows:
+                table.add_row(str(r["segments"]), f"{r['accuracy']:.1%}", f"{r['accuracy_reset']:.1%}")
+        self.console.print(table)
+
+
+class _Progress:
+    def __init__(self, console, total: int, start: int):
+        self.console, self.total, self.start = console, total, start
+        self._progress = None
+
+    def __enter__(self):
+        if self.console is not None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                                      console=self.console, transient=False)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=self.total, completed=self.start, stats="")
+        return self
+
+    def update(self, step, stage, segments, loss, accuracy, speed):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, description=f"stage {stage} ({segments} seg)",
+                                  stats=f"loss {loss:.3f} acc {accuracy:.0%} {speed:,.0f} tok/s")
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
