@@ -153,7 +153,10 @@ def read_info(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint folder for training, ingesting or asking (safetensors only)."""
+    """Load a checkpoint folder for training, ingesting or asking (safetensors only).
+
+    The fingerprint is computed from the weights as loaded (float32), not trusted from rmt.json.
+    """
     from transformers import AutoModelForCausalLM
 
     from .modeling import load_tokenizer
@@ -162,7 +165,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     info = read_info(path)
     memory = MemorySpec(**info["memory"])
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise UsageError(f"checkpoint {path}: cannot load the model: {str(e).splitlines()[0]}") from None
     tokenizer = load_tokenizer(str(path))
@@ -175,6 +178,20 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
         raise UsageError(f"checkpoint {path}: memory of shape {tuple(saved.shape)}, expected {tuple(cell.memory.shape)}")
     with torch.no_grad():
         cell.memory.copy_(saved)
-    cell.to(device)
+    info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
+    cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
     return LoadedModel(cell, tokenizer, memory, info, path)
+
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
+
+
+def resolve_model_path(model: str | Path | None, hint: str = "") -> Path:
+    """--model, else the default model shipped in the package, else a clear error."""
+    if model:
+        return Path(model)
+    if (DEFAULT_MODEL_DIR / RMT_JSON).is_file():
+        return DEFAULT_MODEL_DIR
+    extra = f" (the memory file was made with {hint})" if hint else ""
+    raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")

@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError
+from .errors import RMTError, UsageError
 
 app = typer.Typer(
     name="rmt",
@@ -121,6 +121,177 @@ def extend(
     r = extend_recipe(checkpoint, recipe, overrides or [])
     result = run_train(r, init_from=checkpoint, console=err, progress=not quiet)
     _finish_run(result, json_out)
+
+
+DTYPE_CHOICES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _dtype(name: str):
+    from .memfile import DTYPES
+
+    key = DTYPE_CHOICES.get(name.lower())
+    if key is None:
+        raise UsageError(f"--dtype {name!r}: choose float32 or bfloat16")
+    return DTYPES[key]
+
+
+def _load_model(model: Optional[Path], dtype, hint: str = ""):
+    from .checkpoint import load_checkpoint, resolve_model_path
+
+    return load_checkpoint(resolve_model_path(model, hint), dtype=dtype, device=_device())
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  rmt ingest book.txt -o mem.st --model runs/qa1/final\n\n"
+    "  cat notes.txt | rmt ingest - -o mem.st --model runs/qa1/final\n\n"
+    "  rmt ingest src/ -o code.st --model runs/qa1/final        # a codebase: sorted files, .gitignore honoured\n\n"
+    "  rmt ingest --append mem.st chapter2.txt --model runs/qa1/final\n\n"
+    "  rmt ingest a.txt b.txt c.txt -o mems/ --model M           # one memory file per input, batched\n\n"
+    "  rmt ingest --manifest jobs.tsv --model M --json            # input<TAB>output lines"
+)
+@command
+def ingest(
+    paths: Optional[List[str]] = typer.Argument(None, help="Text files, folders, or - for stdin."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Memory file to write (or an existing "
+                                          "folder: one memory file per input)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+                                         "model, when the package ships one)."),
+    append: Optional[Path] = typer.Option(None, "--append", help="Continue from this memory file; writes back "
+                                          "to it unless -o is given."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (bit-exact appends) or bfloat16 (faster)."),
+    force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Stream a book, a codebase or stdin through a trained RMT and save its final memory to a file."""
+    from .ingest import IngestJob, ingest as run_ingest, manifest_jobs
+    from .memfile import load_memory
+
+    paths = list(paths or [])
+    jobs: list[IngestJob]
+    if manifest is not None:
+        if paths or output or append:
+            raise UsageError("--manifest takes no paths, -o or --append: each line names input and output")
+        jobs = manifest_jobs(manifest)
+    elif append is not None:
+        if not paths:
+            raise UsageError("--append needs more input to read: rmt ingest --append mem.st MORE...")
+        jobs = [IngestJob(paths, output or append, append)]
+    else:
+        if not paths:
+            raise UsageError("no input given: name files, folders, or - for standard input")
+        if output is None:
+            raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
+        if output.is_dir() or str(output).endswith("/"):
+            if "-" in paths:
+                raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
+            names = [Path(p.rstrip("/")).name or "input" for p in paths]
+            if len(set(names)) != len(names):
+                raise UsageError("two inputs share a name; use --manifest to name each output")
+            jobs = [IngestJob([p], output / f"{Path(n).stem}.st") for p, n in zip(paths, names)]
+        else:
+            jobs = [IngestJob(paths, output)]
+    if append is not None:
+        dtype = load_memory(append).dtype
+    loaded = _load_model(model, _dtype(dtype))
+    results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb), quiet, len(jobs))
+    failures = [r for r in results if r.error]
+    for r in results:
+        for w in r.warnings:
+            err.print(f"[yellow]warning:[/yellow] {r.output}: {w}", highlight=False)
+        if r.error:
+            err.print(f"[red]error:[/red] {r.error}", highlight=False)
+        else:
+            err.print(f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
+                      f"({r.tokens_per_second:,.0f} tokens/s)", highlight=False)
+    if json_out:
+        summaries = [r.summary() for r in results]
+        _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
+    if failures:
+        raise typer.Exit(failures[0].exit_code if len(jobs) == 1 else 1)
+
+
+def _with_progress(run, quiet: bool, documents: int):
+    if quiet:
+        return run(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    start = [None]
+    with Progress(TextColumn("ingest"), BarColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("ingest", total=None, stats="")
+
+        def update(p):
+            import time
+
+            if start[0] is None:
+                start[0] = time.perf_counter()
+            speed = p.tokens / max(time.perf_counter() - start[0], 1e-9)
+            docs = f" {p.documents_done}/{p.documents_total} docs" if documents > 1 else ""
+            bar.update(task, stats=f"{p.bytes_read / 1e6:,.1f} MB {p.tokens:,} tokens {p.segments:,} segments "
+                       f"{speed:,.0f} tok/s{docs}")
+
+        return run(update)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  rmt ask mem.st \"Where is Daniel?\" --model runs/qa1/final\n\n"
+    "  rmt ask mem.st \"Where is Mary?\" \"Where is John?\" --json --model M\n\n"
+    "  rmt ask mem.st --file questions.txt --model M      # one question per line\n\n"
+    "  echo \"Where is Sandra?\" | rmt ask mem.st - --model M"
+)
+@command
+def ask(
+    memory: Path = typer.Argument(..., help="A memory file written by rmt ingest."),
+    questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+                                         "model, when the package ships one)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling."),
+    force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob."),
+):
+    """Answer questions from a memory file: answers alone on stdout, one line per question."""
+    import torch
+
+    from .ask import ask as run_ask
+    from .ingest import check_compatible
+    from .memfile import DTYPES, load_memory
+
+    asked = list(questions or [])
+    if "-" in asked:
+        asked.remove("-")
+        asked += [q for q in sys.stdin.read().splitlines() if q.strip()]
+    if file is not None:
+        if not file.is_file():
+            raise UsageError(f"{file}: no such file of questions")
+        asked += [q for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
+    if not asked:
+        raise UsageError("no question given: rmt ask MEMORY \"QUESTION\" (or --file, or - for stdin)")
+    state = load_memory(memory)
+    loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
+    check_compatible(state, loaded, force, str(memory))
+    generator = torch.Generator().manual_seed(seed)
+    for q in asked:
+        a = run_ask(loaded, state, q, max_new_tokens, temperature, top_p, generator)
+        if json_out:
+            _print_json({"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)})
+        else:
+            sys.stdout.write(a.answer.replace("\n", " ") + "\n")
+            sys.stdout.flush()
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ import torch
 from .memory import IGNORE_INDEX, SegmentBatch, WriteStep
 
 QUESTION_TEMPLATE = "\nQuestion: {question}\nAnswer:"
+# Room kept for the answer when deciding whether the tail must be flushed first. Training and asking reserve
+# the same room, so both take the same decision for the same tail and question.
+ANSWER_ROOM = 8
 
 
 def question_ids(tokenizer, question: str) -> list[int]:
@@ -41,12 +44,13 @@ class FinalSegment:
 
 def build_final_segment(tail: list[int], question: list[int], answer: list[int], segment_size: int) -> FinalSegment:
     """[memory] + unfinished tail + question + answer. The answer may be empty (asking)."""
-    if len(question) + len(answer) > segment_size:
+    if len(question) + max(len(answer), ANSWER_ROOM) > segment_size:
         raise ValueError(
-            f"the question and answer take {len(question) + len(answer)} tokens; a segment holds {segment_size}"
+            f"the question takes {len(question)} tokens; with {max(len(answer), ANSWER_ROOM)} for the answer "
+            f"that is more than a segment ({segment_size} tokens)"
         )
     flush = None
-    if len(tail) + len(question) + len(answer) > segment_size:
+    if len(tail) + len(question) + max(len(answer), ANSWER_ROOM) > segment_size:
         flush, tail = list(tail), []
     input_ids = list(tail) + list(question) + list(answer)
     labels = [IGNORE_INDEX] * (len(tail) + len(question)) + list(answer)

@@ -248,6 +248,12 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
             f += 1
         if i < len(sentences):
             pieces.append(sentences[i])
+    if pieces:
+        # A document starts without the space that joins sentences, exactly as a text file read by ingest.
+        first = tok.decode(pieces[0]).lstrip()
+        pieces[0] = tok.encode(first, add_special_tokens=False)
+        if slots and slots[0] == 0:
+            fact_ids[0] = pieces[0]
     ids = [t for piece in pieces for t in piece]
     if len(ids) <= target_tokens:
         return ids

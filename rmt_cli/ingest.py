@@ -1,0 +1,221 @@
+"""`rmt ingest`: stream documents through a trained RMT and save what it remembers.
+
+Reading, decoding and tokenizing are incremental and segments run without gradients, so memory use is flat
+however long the input. Several documents are read side by side and their segments run as one batch; one
+document alone runs the same code with a batch of one, which is the bit-exact path (`--append` after a cut
+gives exactly the memory of reading everything in one pass).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import LoadedModel
+from .errors import RMTError, UsageError
+from .memfile import MemoryState, dtype_name, load_memory, memory_fingerprint, save_memory
+from .sources import Document, Utf8Stream, open_document
+from .tokenstream import TokenStream
+
+
+@dataclass
+class IngestJob:
+    paths: list[str]
+    output: Path
+    append_from: Path | None = None
+
+
+@dataclass
+class IngestResult:
+    output: str
+    tokens: int = 0
+    segments: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict:
+        return {"output": self.output, "tokens": self.tokens, "segments": self.segments, "bytes": self.bytes,
+                "seconds": round(self.seconds, 3), "tokens_per_second": round(self.tokens_per_second, 1),
+                "error": self.error, "warnings": self.warnings}
+
+
+@dataclass
+class Progress:
+    bytes_read: int
+    bytes_total: int | None
+    tokens: int
+    segments: int
+    documents_done: int
+    documents_total: int
+
+
+class _Reader:
+    """One document being read: bytes -> text -> final tokens, plus its memory row."""
+
+    def __init__(self, job: IngestJob, model: LoadedModel, force: bool):
+        self.job = job
+        self.result = IngestResult(str(job.output))
+        self.started = time.perf_counter()
+        self.document: Document = open_document(job.paths)
+        fp = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+        if job.append_from is not None:
+            state = load_memory(job.append_from)
+            check_compatible(state, model, force, str(job.append_from))
+            self.memory = state.memory.to(model.cell.dtype)
+            self.buffer = list(state.tail_tokens)
+            self.utf8 = Utf8Stream(state.pending_bytes)
+            self.stream = TokenStream(model.tokenizer, state.carry_text)
+            self.segments = state.segments
+            self.sources = list(state.sources)
+            self.sources_omitted = state.sources_omitted
+        else:
+            self.memory = model.cell.initial_memory(1)[0].detach()
+            self.buffer, self.utf8, self.stream = [], Utf8Stream(), TokenStream(model.tokenizer)
+            self.segments, self.sources, self.sources_omitted = 0, [], 0
+        self.fingerprint = fp
+        self.chunks = self.document.chunks()
+        self.exhausted = False
+        self.bytes_read = 0
+        self.start = 0  # buffer offset of the next segment
+
+    def fill(self, size: int) -> None:
+        while not self.exhausted and len(self.buffer) - self.start < size:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+                break
+            self.bytes_read += len(chunk)
+            self.buffer.extend(self.stream.feed(self.utf8.decode(chunk)))
+
+    def take(self, size: int) -> list[int]:
+        segment = self.buffer[self.start : self.start + size]
+        self.start += size
+        if self.start > 1 << 16:  # drop consumed tokens now and then, not every segment
+            del self.buffer[: self.start]
+            self.start = 0
+        return segment
+
+    def state(self, model: LoadedModel) -> MemoryState:
+        tail = self.buffer[self.start :]
+        tokens = self.segments * model.segment_size + len(tail) + len(self.stream.peek_rest())
+        records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
+        return MemoryState(
+            memory=self.memory, tail_tokens=tail, fingerprint=self.fingerprint, dtype=dtype_name(model.cell.dtype),
+            segment_size=model.segment_size, num_mem_tokens=model.memory.num_mem_tokens,
+            model_hint=str(model.path), tokens=tokens, segments=self.segments, carry_text=self.stream.carry,
+            pending_bytes=self.utf8.pending, sources=self.sources + records, sources_omitted=self.sources_omitted,
+        )
+
+
+def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
+    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it."""
+    expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+    if state.fingerprint == expected or force:
+        if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
+            raise UsageError(f"{name}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
+                             f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
+        return
+    raise UsageError(
+        f"{name}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
+        f"{state.model_hint or 'an unknown model'} in {state.dtype}; this model {expected}, {model.path} in "
+        f"{dtype_name(model.cell.dtype)}); use the model that made it, or --force"
+    )
+
+
+@torch.inference_mode()
+def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force: bool = False,
+           on_progress: Callable[[Progress], None] | None = None) -> list[IngestResult]:
+    """Ingest each job's inputs into its memory file. Failures are reported per document, never lost."""
+    S = model.segment_size
+    cell = model.cell
+    results: dict[int, IngestResult] = {}
+    queue = list(enumerate(jobs))
+    active: dict[int, _Reader] = {}
+    total_tokens = total_segments = 0
+    finished_bytes = 0
+
+    def fail(index: int, error: RMTError, reader: _Reader | None = None) -> None:
+        res = reader.result if reader else IngestResult(str(jobs[index].output))
+        res.error, res.exit_code = str(error), error.exit_code
+        results[index] = res
+
+    while queue or active:
+        while queue and len(active) < batch_size:
+            index, job = queue.pop(0)
+            try:
+                active[index] = _Reader(job, model, force)
+            except RMTError as e:
+                fail(index, e)
+        ready = []
+        for index, reader in list(active.items()):
+            try:
+                reader.fill(S)
+            except RMTError as e:
+                fail(index, e, reader)
+                del active[index]
+                continue
+            if len(reader.buffer) - reader.start >= S:
+                ready.append(index)
+            else:
+                _finish(reader, model)
+                results[index] = reader.result
+                finished_bytes += reader.bytes_read
+                total_tokens += reader.result.tokens - reader.segments * S
+                del active[index]
+        if ready:
+            readers = [active[i] for i in ready]
+            ids = torch.tensor([r.take(S) for r in readers], dtype=torch.long, device=cell.memory.device)
+            memory = torch.stack([r.memory for r in readers])
+            new_memory = cell.write_segment(memory, ids)
+            for r, row in zip(readers, new_memory):
+                r.memory = row
+                r.segments += 1
+            total_tokens += S * len(readers)
+            total_segments += len(readers)
+        if on_progress is not None:
+            on_progress(Progress(finished_bytes + sum(r.bytes_read for r in active.values()),
+                                 None, total_tokens, total_segments, len(results), len(jobs)))
+    return [results[i] for i in range(len(jobs))]
+
+
+def _finish(reader: _Reader, model: LoadedModel) -> None:
+    state = reader.state(model)
+    save_memory(reader.job.output, state)
+    res = reader.result
+    res.tokens, res.segments, res.bytes = state.tokens, state.segments, reader.bytes_read
+    res.seconds = time.perf_counter() - reader.started
+    if reader.utf8.replaced:
+        res.warnings.append(f"{reader.utf8.replaced} invalid UTF-8 byte sequences were read as U+FFFD")
+    if state.tokens == 0:
+        res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
+    if reader.document.skipped:
+        res.warnings.append(f"{reader.document.skipped} hidden, ignored or binary files skipped")
+
+
+def manifest_jobs(path: str | Path) -> list[IngestJob]:
+    """`input<TAB>output` lines; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"manifest {path}: no such file")
+    jobs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            raise UsageError(f"manifest {path}:{n}: expected input<TAB>output, got {line[:60]!r}")
+        jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip())))
+    if not jobs:
+        raise UsageError(f"manifest {path}: no jobs in it")
+    return jobs

@@ -1,0 +1,211 @@
+"""What `ingest` and `perplexity` read: files, folders (codebases) and stdin, as one stream of bytes.
+
+- Several files: read as one document, their bytes in order, nothing added.
+- A folder: its files in a stable sorted order, skipping `.git`, hidden files, binary files and what the
+  folder's `.gitignore` files ignore; each file is preceded by a one-line path header.
+- `-`: standard input.
+
+Every path is checked before anything is read, so a typo fails at once and not an hour into a book.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import UsageError
+
+CHUNK_BYTES = 1 << 16
+BINARY_SNIFF_BYTES = 8192
+
+
+def file_header(relative: str) -> bytes:
+    return f"\n<<< file: {relative} >>>\n".encode()
+
+
+@dataclass
+class SourceRecord:
+    """Name, size and sha256 of one input, filled in as it is read."""
+
+    name: str
+    size: int = 0
+    sha256: str = ""
+    replaced_bytes: int = 0  # invalid UTF-8 sequences decoded as U+FFFD
+
+
+@dataclass
+class _Item:
+    path: Path | None  # None: stdin
+    name: str
+    header: bytes = b""
+
+
+def looks_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(BINARY_SNIFF_BYTES)
+
+
+def _open_error(path: str, error: OSError) -> UsageError:
+    return UsageError(f"{path}: cannot read ({error.strerror or error})")
+
+
+def _walk_folder(root: Path) -> tuple[list[_Item], int]:
+    """Files of a folder in sorted order, with .gitignore honoured. Returns (items, skipped count)."""
+    import pathspec
+
+    items: list[_Item] = []
+    skipped = 0
+    specs: list[tuple[Path, object]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+        here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen_dirs:  # a loop through bind mounts or the like
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        ignore_file = here / ".gitignore"
+        if ignore_file.is_file():
+            try:
+                lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
+                specs.append((here, pathspec.GitIgnoreSpec.from_lines(lines)))
+            except OSError:
+                pass
+
+        def ignored(p: Path, is_dir: bool) -> bool:
+            for base, spec in specs:
+                try:
+                    rel = p.relative_to(base).as_posix()
+                except ValueError:
+                    continue
+                if spec.match_file(rel + ("/" if is_dir else "")):
+                    return True
+            return False
+
+        keep_dirs = []
+        for d in sorted(dirnames):
+            p = here / d
+            if d.startswith(".") or p.is_symlink() or ignored(p, True):
+                skipped += 1
+                continue
+            keep_dirs.append(d)
+        dirnames[:] = keep_dirs
+        for name in sorted(filenames):
+            p = here / name
+            if name.startswith(".") or ignored(p, False):
+                skipped += 1
+                continue
+            try:
+                if not p.is_file() or looks_binary(p):  # broken links, sockets, binaries
+                    skipped += 1
+                    continue
+            except OSError:
+                skipped += 1
+                continue
+            rel = p.relative_to(root).as_posix()
+            items.append(_Item(p, str(p), file_header(rel)))
+    return items, skipped
+
+
+@dataclass
+class Document:
+    """The inputs of one document, checked; `chunks()` streams their bytes."""
+
+    items: list[_Item]
+    skipped: int = 0
+    records: list[SourceRecord] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int | None:
+        if any(i.path is None for i in self.items):
+            return None
+        return sum(i.path.stat().st_size + len(i.header) for i in self.items)
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        for item in self.items:
+            record = SourceRecord(item.name)
+            self.records.append(record)
+            digest = hashlib.sha256()
+            if item.header:
+                yield item.header
+            try:
+                stream: BinaryIO = sys.stdin.buffer if item.path is None else open(item.path, "rb")
+            except OSError as e:
+                raise _open_error(item.name, e) from None
+            try:
+                while True:
+                    block = stream.read(chunk_bytes)
+                    if not block:
+                        break
+                    digest.update(block)
+                    record.size += len(block)
+                    yield block
+            finally:
+                if item.path is not None:
+                    stream.close()
+            record.sha256 = digest.hexdigest()
+
+
+def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
+    """Check every path and list the files to read, in order."""
+    if not paths:
+        raise UsageError("no input given: name files, folders, or - for standard input")
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
+    items: list[_Item] = []
+    skipped = 0
+    for raw in paths:
+        if raw == "-":
+            if not allow_stdin:
+                raise UsageError("standard input (-) cannot be used here")
+            items.append(_Item(None, "<stdin>"))
+            continue
+        path = Path(raw).expanduser()
+        try:
+            if path.is_dir():
+                found, n = _walk_folder(path)
+                if not found:
+                    raise UsageError(f"{raw}: no readable text files in this folder ({n} skipped)")
+                items.extend(found)
+                skipped += n
+                continue
+            if not path.exists():
+                kind = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
+                raise UsageError(f"{raw}: {kind}")
+            if not path.is_file():
+                raise UsageError(f"{raw}: not a regular file")
+            if looks_binary(path):
+                raise UsageError(f"{raw}: looks like a binary file (it has NUL bytes); rmt reads text")
+        except OSError as e:
+            if e.errno == 40:  # ELOOP
+                raise UsageError(f"{raw}: a loop of symbolic links") from None
+            raise _open_error(raw, e) from None
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{raw}: permission denied")
+        items.append(_Item(path, raw))
+    return Document(items, skipped)
+
+
+class Utf8Stream:
+    """Incremental UTF-8 decoding that keeps an unfinished multi-byte sequence for later (it may be continued by
+    appended input) and replaces invalid bytes with U+FFFD, counting them."""
+
+    def __init__(self, pending: bytes = b""):
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if pending:
+            self._decoder.setstate((pending, 0))
+        self.replaced = 0
+
+    def decode(self, data: bytes) -> str:
+        text = self._decoder.decode(data)
+        self.replaced += text.count("\ufffd")
+        return text
+
+    @property
+    def pending(self) -> bytes:
+        return self._decoder.getstate()[0]

@@ -1,0 +1,48 @@
+"""Tokenizing a stream piece by piece with exactly the tokens of tokenizing the whole text at once.
+
+Text is committed only up to a pre-token boundary that more text cannot move: the start of the second-to-last
+pre-token of what has been seen. Byte-level BPE tokenizers (GPT-2 style, and the BPE rmt trains) never merge
+across pre-tokens, so the committed tokens are a prefix of the whole text's tokens. The rest (a word or two) is
+carried as text; the memory file keeps it, so appending more input continues exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_CARRY_CHARS = 4096  # a text with no boundary for this long (minified code) is cut here, inexactly
+_WHITESPACE_BOUNDARY = re.compile(r"(?<=\S)(?=\s)")
+
+
+class TokenStream:
+    def __init__(self, tokenizer, carry: str = ""):
+        self.tokenizer = tokenizer
+        self.carry = carry
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._pre = backend.pre_tokenizer if backend is not None else None
+
+    def _boundary(self, text: str) -> int:
+        """An offset in `text` before which tokenization is final."""
+        if self._pre is not None:
+            pieces = self._pre.pre_tokenize_str(text)
+            if len(pieces) < 3:
+                return 0
+            return pieces[-2][1][0]
+        starts = [m.start() for m in _WHITESPACE_BOUNDARY.finditer(text)]
+        return starts[-2] if len(starts) >= 2 else 0
+
+    def feed(self, text: str) -> list[int]:
+        """Tokens that are now final; the rest waits in `carry`."""
+        buffer = self.carry + text
+        cut = self._boundary(buffer)
+        if cut == 0 and len(buffer) > MAX_CARRY_CHARS:
+            cut = len(buffer) - MAX_CARRY_CHARS // 2
+        if cut == 0:
+            self.carry = buffer
+            return []
+        self.carry = buffer[cut:]
+        return self.tokenizer.encode(buffer[:cut], add_special_tokens=False)
+
+    def peek_rest(self) -> list[int]:
+        """Tokens of the carried text, as if the input ended here (nothing is committed)."""
+        return self.tokenizer.encode(self.carry, add_special_tokens=False) if self.carry else []
