@@ -50,7 +50,7 @@ def command(func):
             return func(*args, **kwargs)
         except RMTError as e:
             for line in str(e).splitlines() or [type(e).__name__]:
-                err.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+                _say("error", line)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -61,6 +61,12 @@ def command(func):
             raise typer.Exit(0)
 
     return wrapper
+
+
+def _say(kind: str, text: str) -> None:
+    """One unwrapped line on stderr, so scripts can grep it."""
+    sys.stderr.write(f"{kind}: {text}\n")
+    sys.stderr.flush()
 
 
 def _print_json(obj) -> None:
@@ -207,9 +213,9 @@ def ingest(
     failures = [r for r in results if r.error]
     for r in results:
         for w in r.warnings:
-            err.print(f"[yellow]warning:[/yellow] {r.output}: {w}", highlight=False)
+            _say("warning", f"{r.output}: {w}")
         if r.error:
-            err.print(f"[red]error:[/red] {r.error}", highlight=False)
+            _say("error", r.error)
         else:
             err.print(f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
                       f"({r.tokens_per_second:,.0f} tokens/s)", highlight=False)

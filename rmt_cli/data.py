@@ -94,12 +94,13 @@ class TaskData:
             self.lm_ids = [t for text in self.lm_texts for t in tokenizer.encode(text, add_special_tokens=False)]
         return self
 
-    def sample(self, index: int, num_segments: int) -> DocumentSample:
+    def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None) -> DocumentSample:
         rng = rng_for(self.seed, index, f"sample{num_segments}")
         S = self.segment_size
         if self.lm_texts is not None:
             return self._lm_sample(rng, num_segments)
-        story = make_story(self.task.name, rng, self.task.min_facts, self.task.max_facts, self.babi)
+        low, high = facts or (self.task.min_facts, self.task.max_facts)
+        story = make_story(self.task.name, rng, low, high, self.babi)
         # The document ends anywhere in its last segment, as ingested text does.
         target = rng.randint((num_segments - 1) * S, num_segments * S - 1)
         if self.noise is None:

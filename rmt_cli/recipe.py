@@ -87,6 +87,13 @@ class Stage(Section):
     segments: int = Field(ge=1)
     steps: int = Field(ge=1)
     mix_shorter: float = Field(0.0, ge=0, le=1)  # share of samples drawn with fewer segments (1..segments-1)
+    facts: tuple[int, int] | None = None  # [min, max] facts per story in this stage; default: the task's
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.facts is not None and not 1 <= self.facts[0] <= self.facts[1]:
+            raise ValueError(f"facts must be [min, max] with 1 <= min <= max, got {list(self.facts)}")
+        return self
 
 
 class EvalSpec(Section):

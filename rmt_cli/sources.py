@@ -109,6 +109,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
                 continue
             rel = p.relative_to(root).as_posix()
             items.append(_Item(p, str(p), file_header(rel)))
+    items.sort(key=lambda item: item.header)  # one sorted order of relative paths, whatever the walk order
     return items, skipped
 
 

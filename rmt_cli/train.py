@@ -198,7 +198,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             for group in optimizer.param_groups:
                 group["lr"] = lr
             first = step * recipe.batch_size + rank * local
-            samples = [data.sample(i, segments_for(recipe.seed, i, stage)) for i in range(first, first + local)]
+            samples = [data.sample(i, segments_for(recipe.seed, i, stage), stage.facts) for i in range(first, first + local)]
             batch = collate(samples, tokenizer.pad_token_id).to(accelerator.device)
             out = model(batch)
             accelerator.backward(out.loss)

@@ -1,0 +1,249 @@
+"""Ingest and ask: exact appends, streaming tokenization, memory files, bad input, the CLI's contract."""
+
+import hashlib
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.cli import app
+from rmt_cli.errors import UsageError
+from rmt_cli.ingest import IngestJob, check_compatible, ingest
+from rmt_cli.memfile import load_memory
+from rmt_cli.memory import MemoryCell
+from rmt_cli.recipe import MemorySpec
+from rmt_cli.tokenstream import TokenStream
+
+SEGMENT = 24
+TEXT = (
+    "Mary moved to the bathroom. The old man saw a red boat near the river. Daniel went to the kitchen. "
+    "Ünïcödé wörds — “quoted” and 日本語 too.   Several   spaces,\ttabs\n\nand blank lines. "
+) * 12
+
+
+def _save(path, tokenizer, make_model, seed):
+    cell = MemoryCell(make_model("gpt2", seed=seed), num_mem_tokens=2)
+    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tokenizer, make_model):
+    return _save(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model, seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tmp_path_factory, tokenizer, make_model):
+    return _save(tmp_path_factory.mktemp("ckpt2") / "model", tokenizer, make_model, seed=1)
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint):
+    return load_checkpoint(checkpoint)
+
+
+def run(args, input=None):
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in result.stderr + result.stdout
+    return result
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_chunked_tokenization_equals_whole(tokenizer):
+    whole = tokenizer.encode(TEXT, add_special_tokens=False)
+    for trial in range(10):
+        rng = random.Random(trial)
+        stream, out, i = TokenStream(tokenizer), [], 0
+        while i < len(TEXT):
+            n = rng.randint(1, 40)
+            out += stream.feed(TEXT[i : i + n])
+            i += n
+        assert out + stream.peek_rest() == whole
+
+
+@pytest.mark.parametrize("cut", [1, 57, 101, 305])  # 101 and 305 fall inside words; see below for a UTF-8 cut
+def test_append_equals_one_pass(tmp_path, model, cut):
+    data = TEXT.encode()
+    a, b, ab = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "ab.txt"
+    a.write_bytes(data[:cut])
+    b.write_bytes(data[cut:])
+    ab.write_bytes(data)
+    [r1] = ingest([IngestJob([str(ab)], tmp_path / "one.st")], model)
+    [r2] = ingest([IngestJob([str(a)], tmp_path / "two.st")], model)
+    [r3] = ingest([IngestJob([str(b)], tmp_path / "two.st", tmp_path / "two.st")], model)
+    assert not (r1.error or r2.error or r3.error)
+    one, two = load_memory(tmp_path / "one.st"), load_memory(tmp_path / "two.st")
+    assert one.segments == two.segments > 2
+    assert torch.equal(one.memory, two.memory)
+    assert one.tail_tokens == two.tail_tokens and one.carry_text == two.carry_text
+    assert one.tokens == two.tokens == len(model.tokenizer.encode(TEXT, add_special_tokens=False))
+
+
+def test_append_cut_inside_utf8_character(tmp_path, model):
+    data = TEXT.encode()
+    cut = data.index("Ü".encode()) + 1  # between the two bytes of Ü
+    (tmp_path / "a").write_bytes(data[:cut])
+    (tmp_path / "b").write_bytes(data[cut:])
+    (tmp_path / "ab").write_bytes(data)
+    ingest([IngestJob([str(tmp_path / "ab")], tmp_path / "one.st")], model)
+    ingest([IngestJob([str(tmp_path / "a")], tmp_path / "two.st")], model)
+    assert load_memory(tmp_path / "two.st").pending_bytes == data[cut - 1 : cut]
+    ingest([IngestJob([str(tmp_path / "b")], tmp_path / "two.st", tmp_path / "two.st")], model)
+    one, two = load_memory(tmp_path / "one.st"), load_memory(tmp_path / "two.st")
+    assert torch.equal(one.memory, two.memory) and one.tail_tokens == two.tail_tokens
+
+
+def test_several_files_read_as_one_document(tmp_path, model):
+    (tmp_path / "x").write_text(TEXT[:200])
+    (tmp_path / "y").write_text(TEXT[200:])
+    (tmp_path / "xy").write_text(TEXT)
+    ingest([IngestJob([str(tmp_path / "x"), str(tmp_path / "y")], tmp_path / "m1.st")], model)
+    ingest([IngestJob([str(tmp_path / "xy")], tmp_path / "m2.st")], model)
+    assert torch.equal(load_memory(tmp_path / "m1.st").memory, load_memory(tmp_path / "m2.st").memory)
+
+
+def test_batched_ingest_matches_single_within_tolerance(tmp_path, model):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.txt"
+        p.write_text(TEXT[: 300 + 250 * i])
+        paths.append(p)
+    ingest([IngestJob([str(p)], tmp_path / f"batch{i}.st") for i, p in enumerate(paths)], model, batch_size=3)
+    for i, p in enumerate(paths):
+        ingest([IngestJob([str(p)], tmp_path / f"single{i}.st")], model, batch_size=1)
+        batched, single = load_memory(tmp_path / f"batch{i}.st"), load_memory(tmp_path / f"single{i}.st")
+        assert batched.segments == single.segments
+        assert torch.allclose(batched.memory, single.memory, atol=1e-5)
+
+
+def test_memory_file_records_sources(tmp_path, model):
+    p = tmp_path / "book.txt"
+    p.write_text(TEXT)
+    ingest([IngestJob([str(p)], tmp_path / "m.st")], model)
+    state = load_memory(tmp_path / "m.st")
+    assert state.sources == [{"name": str(p), "size": len(TEXT.encode()), "sha256": sha(p)}]
+    assert len(state.tail_tokens) < SEGMENT
+
+
+def test_ask_answers_from_memory_and_never_modifies_the_file(tmp_path, checkpoint):
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    assert run(["ingest", book, "-o", tmp_path / "m.st", "--model", checkpoint, "-q"]).exit_code == 0
+    before = sha(tmp_path / "m.st")
+    r = run(["ask", tmp_path / "m.st", "Where is Mary?", "Where is Daniel?", "--model", checkpoint, "--json",
+             "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["question"] for x in lines] == ["Where is Mary?", "Where is Daniel?"]
+    assert all(isinstance(x["logprob"], float) and x["logprob"] <= 0 for x in lines)
+    again = run(["ask", tmp_path / "m.st", "Where is Mary?", "--model", checkpoint, "--max-new-tokens", "3"])
+    assert again.stdout.strip() == lines[0]["answer"]  # answers alone on stdout, deterministic
+    assert sha(tmp_path / "m.st") == before
+
+
+def test_memory_from_another_model_is_refused(tmp_path, model, other_checkpoint):
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    ingest([IngestJob([str(book)], tmp_path / "m.st")], model)
+    r = run(["ask", tmp_path / "m.st", "Where is Mary?", "--model", other_checkpoint])
+    assert r.exit_code == 2
+    state = load_memory(tmp_path / "m.st")
+    assert state.fingerprint in r.stderr and "another model" in r.stderr
+    other = load_checkpoint(other_checkpoint)
+    with pytest.raises(UsageError):
+        check_compatible(state, other, force=False, name="m.st")
+    check_compatible(state, other, force=True, name="m.st")  # --force accepts it
+    assert run(["ask", tmp_path / "m.st", "Where is Mary?", "--model", other_checkpoint, "--force",
+                "--max-new-tokens", "2"]).exit_code == 0
+
+
+def test_stdin_equals_file(tmp_path, checkpoint):
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    assert run(["ingest", book, "-o", tmp_path / "f.st", "--model", checkpoint, "-q"]).exit_code == 0
+    assert run(["ingest", "-", "-o", tmp_path / "s.st", "--model", checkpoint, "-q"], input=TEXT).exit_code == 0
+    f, s = load_memory(tmp_path / "f.st"), load_memory(tmp_path / "s.st")
+    assert torch.equal(f.memory, s.memory) and f.tail_tokens == s.tail_tokens
+
+
+def test_folder_ingestion_is_order_stable_and_skips_what_it_should(tmp_path, model):
+    root = tmp_path / "repo"
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("hidden")
+    for name in ["zeta.py", "alpha.py", "src/pkg/mid.py", "src/b.txt", "build.log", ".env"]:
+        (root / name).write_text(f"# {name}\n" + TEXT[:120])
+    (root / ".gitignore").write_text("*.log\n")
+    (root / "image.bin").write_bytes(b"\x89PNG\0\0binary")
+    ingest([IngestJob([str(root)], tmp_path / "a.st")], model)
+    ingest([IngestJob([str(root)], tmp_path / "b.st")], model)
+    a, b = load_memory(tmp_path / "a.st"), load_memory(tmp_path / "b.st")
+    assert torch.equal(a.memory, b.memory)
+    names = [s["name"].removeprefix(str(root) + "/") for s in a.sources]
+    assert names == ["alpha.py", "src/b.txt", "src/pkg/mid.py", "zeta.py"]
+
+
+@pytest.mark.parametrize(
+    "make_args, code, words",
+    [
+        (lambda t, c: ["ingest", t / "missing.txt", "-o", t / "m.st", "--model", c], 2, "no such file"),
+        (lambda t, c: ["ingest", t / "bin.dat", "-o", t / "m.st", "--model", c], 2, "binary"),
+        (lambda t, c: ["ingest", t / "book.txt", "--model", c], 2, "no output"),
+        (lambda t, c: ["ingest", t / "book.txt", "-o", t / "m.st", "--model", t / "nowhere"], 2, "no such folder"),
+        (lambda t, c: ["ask", t / "corrupt.st", "Where?", "--model", c], 2, "corrupt"),
+        (lambda t, c: ["ask", t / "book.txt", "Where?", "--model", c], 2, "memory file"),
+        (lambda t, c: ["ask", t / "missing.st", "Where?", "--model", c], 2, "no such memory file"),
+        (lambda t, c: ["ask", t / "good.st", "word " * 40, "--model", c], 2, "question too long"),
+        (lambda t, c: ["ask", t / "good.st", "--model", c], 2, "no question"),
+        (lambda t, c: ["ingest", t / "book.txt", "-o", t / "m.st", "--model", c, "--dtype", "int8"], 2, "dtype"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, checkpoint, model, make_args, code, words):
+    (tmp_path / "book.txt").write_text(TEXT)
+    (tmp_path / "bin.dat").write_bytes(b"abc\0def")
+    ingest([IngestJob([str(tmp_path / "book.txt")], tmp_path / "good.st")], model)
+    good = (tmp_path / "good.st").read_bytes()
+    (tmp_path / "corrupt.st").write_bytes(good[: len(good) // 2])  # truncated
+    r = run(make_args(tmp_path, checkpoint))
+    assert r.exit_code == code, r.stderr
+    assert words in r.stderr.lower()
+    assert not (tmp_path / "m.st").exists()  # nothing half-written
+
+
+def test_empty_input_gives_a_valid_empty_memory(tmp_path, checkpoint, model):
+    r = run(["ingest", "-", "-o", tmp_path / "e.st", "--model", checkpoint, "-q", "--json"], input="")
+    assert r.exit_code == 0 and "empty" in r.stderr
+    assert json.loads(r.stdout)["tokens"] == 0
+    state = load_memory(tmp_path / "e.st")
+    assert torch.equal(state.memory, model.cell.initial_memory(1)[0])
+
+
+def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, checkpoint):
+    (tmp_path / "bad.txt").write_bytes(b"Mary moved to the \xff\xfe kitchen. " * 5)
+    r = run(["ingest", tmp_path / "bad.txt", "-o", tmp_path / "m.st", "--model", checkpoint, "-q"])
+    assert r.exit_code == 0 and "invalid utf-8" in r.stderr.lower()
+
+
+def test_batch_folder_output_reports_each_document(tmp_path, checkpoint):
+    (tmp_path / "one.txt").write_text(TEXT[:300])
+    (tmp_path / "two.txt").write_text(TEXT[:500])
+    out = tmp_path / "mems"
+    out.mkdir()
+    r = run(["ingest", tmp_path / "one.txt", tmp_path / "two.txt", "-o", out, "--model", checkpoint, "-q", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["output"] for row in rows] == [str(out / "one.st"), str(out / "two.st")]
+    assert all(row["error"] is None for row in rows)
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text(f"{tmp_path / 'one.txt'}\t{out / 'm1.st'}\n{tmp_path / 'nope.txt'}\t{out / 'm2.st'}\n")
+    r = run(["ingest", "--manifest", manifest, "--model", checkpoint, "-q", "--json"])
+    assert r.exit_code == 1  # one failed, the other was still written
+    rows = json.loads(r.stdout)
+    assert rows[0]["error"] is None and "no such file" in rows[1]["error"]
+    assert (out / "m1.st").exists() and not (out / "m2.st").exists()
