@@ -184,14 +184,16 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     return LoadedModel(cell, tokenizer, memory, info, path)
 
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default-model"  # answers questions (ingest / ask)
+DEFAULT_LM_DIR = ASSETS / "lm-default"  # a language-model RMT (perplexity)
 
 
-def resolve_model_path(model: str | Path | None, hint: str = "") -> Path:
+def resolve_model_path(model: str | Path | None, hint: str = "", default: Path = DEFAULT_MODEL_DIR) -> Path:
     """--model, else the default model shipped in the package, else a clear error."""
     if model:
         return Path(model)
-    if (DEFAULT_MODEL_DIR / RMT_JSON).is_file():
-        return DEFAULT_MODEL_DIR
+    if (default / RMT_JSON).is_file():
+        return default
     extra = f" (the memory file was made with {hint})" if hint else ""
     raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")

@@ -99,7 +99,9 @@ def train(
 def _finish_run(result, json_out: bool) -> None:
     summary = {"output_dir": str(result.output_dir), "checkpoint": str(result.final_checkpoint),
                "evaluation": result.evaluations, "interrupted": result.interrupted}
-    if json_out:
+    if not result.main_process:
+        pass  # one summary per run, from the main process
+    elif json_out:
         _print_json(summary)
     else:
         err.print(f"checkpoint: {result.final_checkpoint}")
@@ -141,10 +143,11 @@ def _dtype(name: str):
     return DTYPES[key]
 
 
-def _load_model(model: Optional[Path], dtype, hint: str = ""):
-    from .checkpoint import load_checkpoint, resolve_model_path
+def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None):
+    from .checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_path
 
-    return load_checkpoint(resolve_model_path(model, hint), dtype=dtype, device=_device())
+    path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
+    return load_checkpoint(path, dtype=dtype, device=_device())
 
 
 def _device() -> str:
@@ -298,6 +301,83 @@ def ask(
         else:
             sys.stdout.write(a.answer.replace("\n", " ") + "\n")
             sys.stdout.flush()
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  rmt perplexity book.txt                                   # the embedded language-model RMT\n\n"
+    "  rmt perplexity book.txt --model runs/lm-books/final --baseline runs/lm-books-baseline/final\n\n"
+    "  rmt perplexity src/ --json > ppl.json                     # a codebase, every series as JSON\n\n"
+    "  rmt perplexity book.txt --plot loss.png                   # needs matplotlib"
+)
+@command
+def perplexity(
+    paths: List[str] = typer.Argument(..., help="Text files, folders, or - for stdin."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+                                         "language-model RMT)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second checkpoint scored on the same "
+                                            "segments, e.g. the same model trained without memory."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=2, help="Stop after this many tokens."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw loss by position to this PNG file."),
+    json_out: bool = typer.Option(False, "--json", help="Print every series as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
+):
+    """Perplexity of a text under an RMT, with its memory reset every segment, and under a baseline."""
+    from .checkpoint import DEFAULT_LM_DIR
+    from .perplexity import perplexity as run_perplexity, plot
+
+    if plot_file is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
+    torch_dtype = _dtype(dtype)
+    loaded = _load_model(model, torch_dtype, default=DEFAULT_LM_DIR)
+    base = _load_model(baseline, torch_dtype) if baseline is not None else None
+    if quiet:
+        result = run_perplexity(paths, loaded, base, max_tokens)
+    else:
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("perplexity {task.fields[stats]}"), TimeElapsedColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task("ppl", total=None, stats="")
+            import time
+
+            t0 = time.perf_counter()
+            result = run_perplexity(paths, loaded, base, max_tokens, lambda tokens, segments: bar.update(
+                task, stats=f"{tokens:,} tokens {segments:,} segments "
+                f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s"))
+    result["model"] = str(loaded.path)
+    if base is not None:
+        result["baseline_model"] = str(base.path)
+    if plot_file is not None:
+        plot(result, str(plot_file))
+    if json_out:
+        _print_json(result)
+    else:
+        sys.stdout.write(f"{result['memory']['perplexity']:.4f}\n")
+    if not quiet:
+        _perplexity_table(result)
+
+
+def _perplexity_table(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['tokens']:,} tokens, {result['segments']:,} segments of {result['segment_size']}")
+    for col in ("model", "perplexity", "loss", "flatness", "first 10%", "last 10%"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    names = {"memory": "RMT with memory", "memory_reset": "memory reset each segment", "baseline": "baseline"}
+    for key, label in names.items():
+        if key not in result:
+            continue
+        r = result[key]
+        curve = [v for v in r["loss_by_position"] if v is not None]
+        k = max(1, len(curve) // 10)
+        table.add_row(label, f"{r['perplexity']:.2f}", f"{r['loss']:.3f}", f"{r['flatness']:+.3f}",
+                      f"{sum(curve[:k]) / k:.3f}", f"{sum(curve[-k:]) / k:.3f}")
+    err.print(table)
 
 
 def main() -> None:

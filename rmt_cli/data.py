@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .recipe import MemorySpec, TaskSpec
-from .segments import DocumentSample, answer_ids, qa_sample, question_ids
+from .segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from .tasks import NoiseSource, build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
@@ -85,7 +85,8 @@ class TaskData:
         for i in range(count):
             rng = rng_for(self.seed, i, "corpus")
             story = make_story(self.task.name, rng, self.task.min_facts, self.task.max_facts, self.babi)
-            yield " ".join(story.facts) + " " + noise.text_sample(rng, 20) + f" {story.question} {story.answer}"
+            prompt = QUESTION_TEMPLATE.format(question=story.question)
+            yield " ".join(story.facts) + " " + noise.text_sample(rng, 20) + f"{prompt} {story.answer}"
 
     def bind(self, tokenizer) -> "TaskData":
         self.tokenizer = tokenizer
@@ -107,7 +108,11 @@ class TaskData:
             ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
         else:
             ids = build_haystack(story, self.noise, target, rng, self.placement)
-        return qa_sample(ids, question_ids(self.tokenizer, story.question), answer_ids(self.tokenizer, story.answer), S)
+        try:
+            return qa_sample(ids, question_ids(self.tokenizer, story.question),
+                             answer_ids(self.tokenizer, story.answer), S)
+        except ValueError as e:  # the question or answer does not fit a segment of this size
+            raise UsageError(f"memory.segment_size: {e} (question {story.question!r})") from None
 
     def _lm_sample(self, rng, num_segments: int) -> DocumentSample:
         S = self.segment_size

@@ -29,7 +29,9 @@ def _get(data: dict, path: tuple):
 
 def _set(data: dict, path: tuple, value) -> None:
     for part in path[:-1]:
-        data = data.setdefault(part, {})
+        if not isinstance(data.get(part), dict):
+            data[part] = {}  # an empty section (`memory:`) reads as None
+        data = data[part]
     data[path[-1]] = value
 
 

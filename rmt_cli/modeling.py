@@ -13,6 +13,12 @@ import torch  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
+try:  # transformers 5 validates configs as strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError as _StrictError
+except ImportError:  # older huggingface_hub
+    _StrictError = ValueError
+CONFIG_ERRORS = (TypeError, ValueError, _StrictError)
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -63,7 +69,7 @@ def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
         base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
         return LlamaConfig(**{**base, **common, **spec.config})
-    except (TypeError, ValueError) as e:
+    except CONFIG_ERRORS as e:
         raise UsageError(f"model.config: {_first_line(e)}") from None
 
 
@@ -94,7 +100,10 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         config = scratch_config(spec, memory, tokenizer)
         check_fits(config, memory)
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config)
+        try:  # some architectures check their settings only when the model is built
+            return AutoModelForCausalLM.from_config(config)
+        except CONFIG_ERRORS as e:
+            raise UsageError(f"model.config: {_first_line(e)}") from None
     try:
         config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
                                             trust_remote_code=spec.trust_remote_code)

@@ -43,14 +43,20 @@ class FinalSegment:
 
 
 def build_final_segment(tail: list[int], question: list[int], answer: list[int], segment_size: int) -> FinalSegment:
-    """[memory] + unfinished tail + question + answer. The answer may be empty (asking)."""
-    if len(question) + max(len(answer), ANSWER_ROOM) > segment_size:
+    """[memory] + unfinished tail + question + answer. The answer may be empty (asking).
+
+    Whether the tail is flushed first depends on the tail and the question only (plus the fixed answer room),
+    never on the answer, so training and asking take the same decision.
+    """
+    if len(answer) > ANSWER_ROOM:
+        raise ValueError(f"the answer takes {len(answer)} tokens; at most {ANSWER_ROOM} fit the answer room")
+    if len(question) + ANSWER_ROOM > segment_size:
         raise ValueError(
-            f"the question takes {len(question)} tokens; with {max(len(answer), ANSWER_ROOM)} for the answer "
+            f"the question takes {len(question)} tokens; with {ANSWER_ROOM} for the answer "
             f"that is more than a segment ({segment_size} tokens)"
         )
     flush = None
-    if len(tail) + len(question) + max(len(answer), ANSWER_ROOM) > segment_size:
+    if len(tail) + len(question) + ANSWER_ROOM > segment_size:
         flush, tail = list(tail), []
     input_ids = list(tail) + list(question) + list(answer)
     labels = [IGNORE_INDEX] * (len(tail) + len(question)) + list(answer)

@@ -239,7 +239,9 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
     if placement == "start":
         slots = [0] * len(fact_ids)
     else:
-        slots = sorted(rng.randint(0, len(sentences)) for _ in fact_ids)
+        # Never after the last noise sentence: the document ends in noise, so trimming reaches the target.
+        last = max(len(sentences) - 1, 0)
+        slots = sorted(rng.randint(0, last) for _ in fact_ids)
     pieces: list[list[int]] = []
     f = 0
     for i in range(len(sentences) + 1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -21,7 +22,7 @@ import torch
 
 from .checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from .data import TaskData
-from .errors import UsageError
+from .errors import RMTError, UsageError
 from .evaluate import evaluate
 from .memory import MemoryCell, RecurrentMemoryModel, answer_correct
 from .modeling import build_model, build_tokenizer, check_fits
@@ -38,6 +39,7 @@ class RunResult:
     final_checkpoint: Path
     evaluations: list[dict]
     interrupted: bool = False
+    main_process: bool = True
 
 
 def stage_at(stages: list[Stage], step: int) -> tuple[int, int]:
@@ -121,7 +123,12 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    accelerator = Accelerator(mixed_precision=recipe.mixed_precision)
+    # accelerate only spreads CPU training over processes (torchrun, gloo) when told it is on the CPU.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RMTError(f"launched as {launched} processes but accelerate sees {accelerator.num_processes}; "
+                       f"check the launcher's settings")
     set_seed(recipe.seed)
     log = _Logger(console if accelerator.is_main_process else None)
     output_dir = Path(recipe.output_dir)
@@ -232,10 +239,10 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if interrupted:
         path = save(step)
         log.info(f"interrupted at step {step}; saved {path}; continue with resume=auto")
-        return RunResult(output_dir, path or output_dir, evaluations, interrupted=True)
+        return RunResult(output_dir, path or output_dir, evaluations, True, accelerator.is_main_process)
     final = save(step, "final") or output_dir / "final"
     accelerator.wait_for_everyone()
-    return RunResult(output_dir, final, evaluations)
+    return RunResult(output_dir, final, evaluations, False, accelerator.is_main_process)
 
 
 def _prune(folder: Path, keep: int) -> None:

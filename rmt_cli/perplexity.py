@@ -1,0 +1,172 @@
+"""`rmt perplexity`: how well an RMT predicts a text, and how much of that it owes to its memory.
+
+One streaming pass (flat memory however long the text) scores every segment three ways: the RMT carrying its
+memory, the same weights with the memory reset every segment, and optionally a baseline model (e.g. the same
+architecture trained without memory). Reported: perplexity, loss by position within a segment, loss by
+segment along the document, and a flatness figure (mean loss over the first 10% of positions in a segment
+minus the last 10%): a model that starts each segment blind has a large one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import LoadedModel
+from .errors import UsageError
+from .sources import Utf8Stream, open_document
+from .tokenstream import TokenStream
+
+
+@dataclass
+class Scores:
+    """Loss sums by position within a segment (position i scores the prediction of token i from tokens < i)."""
+
+    segment_size: int
+    loss_by_position: list[float] = field(default_factory=list)
+    count_by_position: list[int] = field(default_factory=list)
+    loss_by_segment: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.loss_by_position = [0.0] * self.segment_size
+        self.count_by_position = [0] * self.segment_size
+
+    def add(self, token_losses: torch.Tensor) -> None:
+        """token_losses[j]: loss of predicting token j + 1 of the segment."""
+        values = token_losses.tolist()
+        for j, v in enumerate(values):
+            self.loss_by_position[j + 1] += v
+            self.count_by_position[j + 1] += 1
+        self.loss_by_segment.append(sum(values) / max(len(values), 1))
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.count_by_position)
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.loss_by_position) / max(self.tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.mean_loss, 50.0))
+
+    def position_curve(self) -> list[float | None]:
+        return [s / c if c else None for s, c in zip(self.loss_by_position, self.count_by_position)]
+
+    @property
+    def flatness(self) -> float:
+        curve = [v for v in self.position_curve() if v is not None]
+        if len(curve) < 2:
+            return 0.0
+        k = max(1, len(curve) // 10)
+        return sum(curve[:k]) / k - sum(curve[-k:]) / k
+
+    def report(self) -> dict:
+        return {"perplexity": self.perplexity, "loss": self.mean_loss, "tokens": self.tokens,
+                "flatness": self.flatness, "loss_by_position": self.position_curve(),
+                "loss_by_segment": self.loss_by_segment}
+
+
+def _segment_losses(model: LoadedModel, memory, ids: torch.Tensor):
+    new_memory, logits = model.cell.forward_segment(memory, ids, write=True, logits=True)
+    losses = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none")
+    return new_memory, losses
+
+
+@torch.inference_mode()
+def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | None = None,
+               max_tokens: int | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
+    if baseline is not None and baseline.segment_size != model.segment_size:
+        raise UsageError(f"--baseline has segments of {baseline.segment_size} tokens, the model "
+                         f"{model.segment_size}: compare models with the same segment size")
+    if baseline is not None and baseline.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+        raise UsageError("--baseline uses another tokenizer: perplexities would not be comparable")
+    S = model.segment_size
+    document = open_document(paths)
+    utf8, stream = Utf8Stream(), TokenStream(model.tokenizer)
+    device = model.cell.memory.device
+    memory = model.cell.initial_memory(1)
+    reset = model.cell.initial_memory(1)
+    base_memory = baseline.cell.initial_memory(1) if baseline is not None else None
+    rmt, without, base = Scores(S), Scores(S), Scores(S) if baseline is not None else None
+    buffer: list[int] = []
+    started = time.perf_counter()
+    done = 0
+
+    def score(segment: list[int]):
+        nonlocal memory, base_memory
+        ids = torch.tensor([segment], device=device)
+        memory, losses = _segment_losses(model, memory, ids)
+        rmt.add(losses)
+        without.add(_segment_losses(model, reset, ids)[1])
+        if baseline is not None:
+            base_memory, base_losses = _segment_losses(baseline, base_memory, ids.to(baseline.cell.memory.device))
+            base.add(base_losses)
+
+    def drain(final: bool):
+        nonlocal buffer, done
+        while len(buffer) >= S or (final and len(buffer) > 1):
+            limit = S if max_tokens is None else min(S, max_tokens - done)
+            if limit < 2:
+                buffer = []
+                return
+            segment, buffer = buffer[:limit], buffer[limit:]
+            score(segment)
+            done += len(segment)
+            if on_progress:
+                on_progress(done, len(rmt.loss_by_segment))
+
+    for chunk in document.chunks():
+        buffer.extend(stream.feed(utf8.decode(chunk)))
+        drain(final=False)
+        if max_tokens is not None and done >= max_tokens:
+            break
+    else:
+        buffer.extend(stream.peek_rest())
+        drain(final=True)
+    if rmt.tokens == 0:
+        raise UsageError("the text is too short to score: it needs at least two tokens")
+    seconds = time.perf_counter() - started
+    result = {"tokens": done, "segments": len(rmt.loss_by_segment), "seconds": seconds,
+              "segment_size": S, "memory": rmt.report(), "memory_reset": without.report()}
+    if base is not None:
+        result["baseline"] = base.report()
+    return result
+
+
+def plot(result: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = [("memory", "RMT, with memory"), ("memory_reset", "same model, memory reset"),
+              ("baseline", "baseline (no memory)")]
+    for key, label in series:
+        if key in result:
+            curve = result[key]["loss_by_position"]
+            xs = [i for i, v in enumerate(curve) if v is not None]
+            ax.plot(xs, [curve[i] for i in xs], label=f"{label}: ppl {result[key]['perplexity']:.1f}")
+    ax.set_xlabel("position within segment")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"loss by position, {result['tokens']:,} tokens in segments of {result['segment_size']}")
+    ax.legend()
+    fig.tight_layout()
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
+    fig.savefig(tmp, dpi=110)  # then rename: never a half-written picture
+    plt.close(fig)
+    os.replace(tmp, target)

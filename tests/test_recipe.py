@@ -1,0 +1,284 @@
+"""Recipes: validation with field paths and "did you mean", overrides, the fit check, and the CLI's error exit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rmt_cli.errors import UsageError
+from rmt_cli.modeling import build_model, check_fits
+from rmt_cli.recipe import (MemorySpec, ModelSpec, apply_overrides, dump_recipe, load_recipe, parse_override,
+                            validate_recipe)
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+MINIMAL = {"tokenizer": {"kind": "bpe"}, "curriculum": [{"segments": 1, "steps": 5}, {"segments": 2, "steps": 7}]}
+
+
+def write(tmp_path, data, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def errors_of(data, source="r.yaml"):
+    with pytest.raises(UsageError) as info:
+        validate_recipe(data, source)
+    return str(info.value).splitlines()
+
+
+# --- shipped recipes -------------------------------------------------------------------------------------------
+
+
+def test_there_are_shipped_recipes():
+    assert RECIPES
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_build(path, tokenizer):
+    recipe = load_recipe(path)
+    assert recipe.curriculum
+    # Round trip: the resolved recipe a run saves loads back to the same recipe.
+    assert validate_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+    if recipe.model.name_or_path is None:
+        model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)  # from a config: no download
+        check_fits(model.config, recipe.memory)
+
+
+# --- validation errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, line", [
+    ({"memory": {"segmnet_size": 3}}, "r.yaml: memory.segmnet_size: unknown key; did you mean 'segment_size'?"),
+    ({"batchsize": 3}, "r.yaml: batchsize: unknown key; did you mean 'batch_size'?"),
+    ({"task": {"noise": {"knd": "files"}}}, "r.yaml: task.noise.knd: unknown key; did you mean 'kind'?"),
+    ({"optim": {"warmup": 3}}, "r.yaml: optim.warmup: unknown key; did you mean 'warmup_steps'?"),
+])
+def test_unknown_key_suggests_the_close_name(data, line):
+    assert errors_of({**MINIMAL, **data}) == [line]
+
+
+def test_unknown_key_inside_a_list_item():
+    data = {**MINIMAL, "curriculum": [{"segments": 1, "steps": 5}, {"segments": 2, "stepz": 7}]}
+    lines = errors_of(data)
+    assert "r.yaml: curriculum.1.stepz: unknown key; did you mean 'steps'?" in lines
+    assert "r.yaml: curriculum.1.steps: Field required" in lines
+
+
+def test_unknown_key_without_a_close_name_lists_the_known_keys():
+    (line,) = errors_of({**MINIMAL, "memory": {"zzzz": 1}})
+    assert line.startswith("r.yaml: memory.zzzz: unknown key; known keys: ")
+    assert "segment_size" in line and "num_mem_tokens" in line and "did you mean" not in line
+
+
+def test_all_errors_are_reported_at_once_with_their_paths():
+    data = {**MINIMAL, "batch_size": 0, "memory": {"segment_size": "big", "num_mem_tokens": -1},
+            "optim": {"lr": -1}, "curriculum": [{"segments": 1}], "model": {"architecture": "bert"},
+            "eval": {"segments": [1, "x"]}, "tokenizr": {}}
+    lines = errors_of(data)
+    paths = [line.split(": ")[1] for line in lines]
+    assert sorted(paths) == sorted(["batch_size", "memory.segment_size", "memory.num_mem_tokens", "optim.lr",
+                                    "curriculum.0.steps", "model.architecture", "eval.segments.1", "tokenizr"])
+    assert all(line.startswith("r.yaml: ") for line in lines)
+    assert any("did you mean 'tokenizer'" in line for line in lines)
+
+
+@pytest.mark.parametrize("data, path, words", [
+    ({"batch_size": "many"}, "batch_size", "valid integer"),
+    ({"memory": {"gradient_checkpointing": "sometimes"}}, "memory.gradient_checkpointing", "boolean"),
+    ({"model": {"config": [1, 2]}}, "model.config", "dictionary"),
+    ({"curriculum": {"segments": 1}}, "curriculum", "list"),
+    ({"optim": {"lr": "fast"}}, "optim.lr", "number"),
+    ({"memory": None}, "memory", "dictionary"),
+    ({"mixed_precision": "fp8"}, "mixed_precision", "'no'"),
+])
+def test_wrong_types_name_the_field(data, path, words):
+    (line,) = errors_of({**MINIMAL, **data})
+    assert line.startswith(f"r.yaml: {path}: ") and words in line
+
+
+def test_cross_field_checks():
+    assert "tokenizer.kind: bpe" in errors_of({"curriculum": [{"segments": 1, "steps": 1}]})[0]
+    (line,) = errors_of({**MINIMAL, "task": {"name": "babi"}})
+    assert line.startswith("r.yaml: task: ") and "babi_path" in line
+    (line,) = errors_of({**MINIMAL, "task": {"min_facts": 5, "max_facts": 3}})
+    assert "min_facts (5) is larger than max_facts (3)" in line
+    (line,) = errors_of({**MINIMAL, "task": {"noise": {"kind": "files"}}})
+    assert "noise.paths" in line
+
+
+def test_defaults_and_eval_lengths():
+    recipe = validate_recipe(MINIMAL)
+    assert recipe.eval_lengths() == [1, 2]
+    assert validate_recipe({**MINIMAL, "eval": {"segments": [4, 8]}}).eval_lengths() == [4, 8]
+
+
+# --- loading and overrides -------------------------------------------------------------------------------------
+
+
+def test_overrides_nested_list_items_and_new_sections(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    recipe = load_recipe(path, ["memory.segment_size=48", "curriculum.1.steps=50", "task.noise.kind=none",
+                                "eval.segments=[1, 3]", "optim.betas=[0.8, 0.9]", "seed=7", "resume="])
+    assert recipe.memory.segment_size == 48
+    assert [s.steps for s in recipe.curriculum] == [5, 50]
+    assert recipe.task.noise.kind == "none"
+    assert recipe.eval.segments == [1, 3]
+    assert recipe.optim.betas == (0.8, 0.9)
+    assert recipe.seed == 7 and recipe.resume is None
+    assert load_recipe(path).memory.segment_size == 64  # the file itself is untouched
+
+
+def test_override_replaces_a_whole_list_item(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    recipe = load_recipe(path, ["curriculum.0={segments: 3, steps: 9}"])
+    assert (recipe.curriculum[0].segments, recipe.curriculum[0].steps) == (3, 9)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("novalue", "not key=value"),
+    ("=5", "not key=value"),
+    ("batch_size.x=1", "batch_size holds a value"),
+    ("curriculum.5.steps=1", "curriculum.5 is not an item"),
+    ("curriculum.first.steps=1", "curriculum.first is not an item"),
+    ("curriculum.9=1", "9 is not an item"),
+])
+def test_bad_overrides(tmp_path, override, words):
+    with pytest.raises(UsageError, match=words):
+        load_recipe(write(tmp_path, {**MINIMAL, "batch_size": 4}), [override])
+
+
+def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(UsageError) as info:
+        load_recipe(path, ["memory.segmnet_size=8", "batch_size=-3"])
+    lines = str(info.value).splitlines()
+    assert f"{path}: memory.segmnet_size: unknown key; did you mean 'segment_size'?" in lines
+    assert any(line.startswith(f"{path}: batch_size: ") for line in lines)
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=x=y") == (["a"], "x=y")
+    assert apply_overrides({"a": None}, ["a.b=1"]) == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize("text, words", [
+    (None, "no such file"),
+    ("seed: [1, 2\n", r"not valid YAML \(line 2, column 1\)"),
+    ("- 1\n- 2\n", "top level must be a mapping"),
+])
+def test_unreadable_recipe_files(tmp_path, text, words):
+    path = tmp_path / "r.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UsageError, match=words):
+        load_recipe(path)
+
+
+def test_empty_recipe_file_reports_the_missing_curriculum(tmp_path):
+    with pytest.raises(UsageError, match="curriculum: Field required"):
+        load_recipe(write(tmp_path, ""))
+
+
+# --- the segment must fit the model's positions ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("architecture, key", [("gpt2", "n_positions"), ("llama", "max_position_embeddings")])
+def test_segment_longer_than_the_models_positions_is_rejected(tokenizer, architecture, key):
+    memory = MemorySpec(num_mem_tokens=4, segment_size=16)  # needs 16 + 2 x 4 = 24 positions
+    small = {"n_layer": 1, "n_embd": 16, "n_head": 2} if architecture == "gpt2" else {
+        "num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2}
+    fits = build_model(ModelSpec(architecture=architecture, config={**small, key: 24}), memory, tokenizer)
+    check_fits(fits.config, memory)
+    with pytest.raises(UsageError) as info:
+        build_model(ModelSpec(architecture=architecture, config={**small, key: 23}), memory, tokenizer)
+    message = str(info.value)
+    assert message.startswith("memory.segment_size:")
+    assert "24 positions" in message and "has 23" in message
+
+
+def test_scratch_model_positions_follow_the_segment(tokenizer):
+    memory = MemorySpec(num_mem_tokens=3, segment_size=20)
+    model = build_model(ModelSpec(architecture="gpt2", config={"n_layer": 1, "n_embd": 16, "n_head": 2}), memory,
+                        tokenizer)
+    assert model.config.n_positions == 26
+    assert model.config.vocab_size == len(tokenizer)
+
+
+@pytest.mark.parametrize("architecture, config", [
+    ("gpt2", {"n_layer": "two"}),
+    ("gpt2", {"n_layer": 1, "n_embd": 30, "n_head": 4}),
+    ("llama", {"num_hidden_layers": 1, "hidden_size": 30, "num_attention_heads": 4}),
+], ids=["gpt2-type", "gpt2-heads", "llama-heads"])
+def test_bad_model_config_is_a_usage_error(tokenizer, architecture, config):
+    try:
+        build_model(ModelSpec(architecture=architecture, config=config), MemorySpec(), tokenizer)
+    except UsageError as e:
+        assert str(e).startswith("model.config")
+    else:
+        raise AssertionError("a bad model.config was accepted")
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+BAD = """
+tokenizer: {kind: bpe}
+memory: {segmnet_size: 16}
+batch_size: zero
+curriculum: [{segments: 1, steps: 5}]
+"""
+
+
+def test_cli_bad_recipe_exits_2_with_every_error_and_no_traceback(tmp_path):
+    path = write(tmp_path, BAD, "bad.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "rmt_cli.cli", "train", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stdout == ""
+    assert "memory.segmnet_size: unknown key; did you mean 'segment_size'?" in proc.stderr
+    assert "batch_size: Input should be a valid integer" in proc.stderr
+    assert proc.stderr.count("error:") == 2
+
+
+def run_cli(args):
+    from typer.testing import CliRunner
+
+    from rmt_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "missing.yaml"], "no such file"),
+    (["train", "{bad}", "nokeyvalue"], "not key=value"),
+    (["train", "{bad}", "batch_size=4", "memory.segmnet_size=16"], "did you mean 'segment_size'"),
+    (["train", "{good}", "curriculum.3.steps=1"], "curriculum.3 is not an item"),
+])
+def test_cli_usage_errors(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    bad, good = write(tmp_path, BAD, "bad.yaml"), write(tmp_path, MINIMAL, "good.yaml")
+    result = run_cli([a.format(bad=bad, good=good) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert words in result.stderr and "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_cli_segment_too_small_for_the_question_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = {"output_dir": str(tmp_path / "run"), "model": {"config": {"n_layer": 1, "n_embd": 16, "n_head": 2}},
+              "tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
+              "memory": {"num_mem_tokens": 2, "segment_size": 16}, "batch_size": 2,
+              "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 2}, "threads": 2}
+    result = run_cli(["train", write(tmp_path, recipe), "-q"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2
+    assert "segment_size" in result.stderr

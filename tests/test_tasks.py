@@ -1,0 +1,368 @@
+"""Story tasks, haystacks, bAbI files and noise: determinism and the consistency of every story."""
+
+import re
+
+import pytest
+
+from rmt_cli.data import TaskData, read_text_paths
+from rmt_cli.errors import UsageError
+from rmt_cli.memory import IGNORE_INDEX
+from rmt_cli.recipe import MemorySpec, NoiseSpec, TaskSpec
+from rmt_cli.tasks import (DIRECTIONS, DROPS, MOVES, OBJECTS, PEOPLE, PLACES, TAKES, NoiseSource, Story,
+                           build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences)
+
+TASKS = ["memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4"]
+
+_alt = lambda words: "|".join(re.escape(w) for w in words)  # noqa: E731
+MOVE_RE = re.compile(rf"^({_alt(PEOPLE)}) ({_alt(MOVES)}) the ({_alt(PLACES)})\.$")
+TAKE_RE = re.compile(rf"^({_alt(PEOPLE)}) ({_alt(TAKES)}) the ({_alt(OBJECTS)}) there\.$")
+DROP_RE = re.compile(rf"^({_alt(PEOPLE)}) ({_alt(DROPS)}) the ({_alt(OBJECTS)})\.$")
+RELATION_RE = re.compile(rf"^The ({_alt(PLACES)}) is ({_alt(DIRECTIONS)}) of the ({_alt(PLACES)})\.$")
+
+
+def story(task, index, seed=0, min_facts=2, max_facts=10):
+    return make_story(task, rng_for(seed, index), min_facts, max_facts, None)
+
+
+# --- determinism -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_stories_are_a_function_of_seed_and_index(task):
+    assert story(task, 7) == story(task, 7)
+    distinct = {repr(story(task, i)) for i in range(30)}
+    assert len(distinct) > 20
+    assert [story(task, i, seed=1) for i in range(10)] != [story(task, i, seed=2) for i in range(10)]
+
+
+def test_rng_for_separates_purposes():
+    assert rng_for(0, 1, "a").random() == rng_for(0, 1, "a").random()
+    assert rng_for(0, 1, "a").random() != rng_for(0, 1, "b").random()
+
+
+@pytest.mark.parametrize("task", ["memorize", "qa2"])
+def test_task_data_samples_are_deterministic(tokenizer, task):
+    def data(seed):
+        return TaskData(TaskSpec(name=task), MemorySpec(segment_size=40), seed).bind(tokenizer)
+
+    a, b = data(0), data(0)
+    for index in range(5):
+        assert a.sample(index, 2) == b.sample(index, 2)  # another instance (another process) agrees
+    assert a.sample(0, 2) != a.sample(1, 2)
+    assert a.sample(0, 2) != a.sample(0, 3)
+    assert a.sample(0, 2) != data(1).sample(0, 2)
+
+
+# --- story consistency ---------------------------------------------------------------------------------------
+
+
+def test_qa1_answer_is_the_latest_place_of_the_asked_person():
+    for i in range(200):
+        s = story("qa1", i)
+        where = {}
+        for fact in s.facts:
+            m = MOVE_RE.match(fact)
+            assert m, fact
+            where[m.group(1)] = m.group(3)
+        person = re.fullmatch(r"Where is (\w+)\?", s.question).group(1)
+        assert s.answer == where[person]
+        assert 2 <= len(s.facts) <= 10
+
+
+def test_qa1_fact_count_follows_min_and_max():
+    counts = {len(story("qa1", i, min_facts=3, max_facts=4).facts) for i in range(50)}
+    assert counts == {3, 4}
+
+
+def simulate_objects(facts):
+    """Replay move/take/drop facts, checking each is possible; returns each object's history of places."""
+    at, holder, lies, history = {}, {}, {}, {o: [] for o in OBJECTS}
+    for fact in facts:
+        if m := MOVE_RE.match(fact):
+            person, place = m.group(1), m.group(3)
+            at[person] = place
+            for obj, who in holder.items():
+                if who == person and history[obj][-1] != place:
+                    history[obj].append(place)
+        elif m := TAKE_RE.match(fact):
+            person, obj = m.group(1), m.group(3)
+            assert person in at, f"{fact}: {person} has no place yet"
+            assert obj not in holder, f"{fact}: the {obj} is already carried"
+            if obj in lies:
+                assert lies[obj] == at[person], f"{fact}: the {obj} lies in the {lies[obj]}"
+            holder[obj] = person
+            if not history[obj]:
+                history[obj].append(at[person])
+        elif m := DROP_RE.match(fact):
+            person, obj = m.group(1), m.group(3)
+            assert holder.get(obj) == person, f"{fact}: {person} does not carry the {obj}"
+            del holder[obj]
+            lies[obj] = at[person]
+        else:
+            raise AssertionError(f"unparsed fact {fact!r}")
+    place_now = {o: (at[holder[o]] if o in holder else lies.get(o)) for o in OBJECTS}
+    return history, place_now
+
+
+def test_qa2_stories_are_consistent_and_answered_by_the_objects_place():
+    kinds = set()
+    for i in range(200):
+        s = story("qa2", i)
+        _, place_now = simulate_objects(s.facts)
+        obj = re.fullmatch(r"Where is the (\w+)\?", s.question).group(1)
+        assert s.answer == place_now[obj], (s.facts, s.question, s.answer)
+        kinds |= {r.pattern for r in (TAKE_RE, DROP_RE) for f in s.facts if r.match(f)}
+    assert len(kinds) == 2  # takes and drops both happen
+
+
+def test_qa3_answer_is_the_place_before_the_current_one():
+    for i in range(200):
+        s = story("qa3", i)
+        history, place_now = simulate_objects(s.facts)
+        m = re.fullmatch(r"Where was the (\w+) before the (\w+)\?", s.question)
+        obj, current = m.group(1), m.group(2)
+        assert history[obj][-1] == current == place_now[obj], (s.facts, s.question)
+        assert s.answer == history[obj][-2] != current
+
+
+def test_qa4_relations_answer_the_question():
+    forms = set()
+    for i in range(100):
+        s = story("qa4", i)
+        relations = [RELATION_RE.match(f).groups() for f in s.facts]  # (x, direction, y): x is direction of y
+        assert len(relations) == 2 and relations[0][2] == relations[1][2]
+        if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", s.question):
+            d, y = m.groups()
+            matches = [x for x, dd, yy in relations if dd == d and yy == y]
+            forms.add("of")
+        else:
+            y, d = re.fullmatch(r"What is the (\w+) (\w+) of\?", s.question).groups()
+            # "the y is d of X" means X is the opposite of d, of y
+            matches = [x for x, dd, yy in relations if dd == DIRECTIONS[d] and yy == y]
+            forms.add("reverse")
+        assert matches == [s.answer], (s.facts, s.question, s.answer)
+    assert forms == {"of", "reverse"}
+
+
+def test_reasoning_story_combines_take_and_move():
+    for i in range(50):
+        s = story("reasoning", i)
+        person, _, obj = re.fullmatch(r"(\w+) (.+) the (\w+)\.", s.facts[0]).groups()
+        move = MOVE_RE.match(s.facts[1])
+        assert move.group(1) == person
+        assert s.question == f"Where is the {obj}?" and s.answer == move.group(3)
+
+
+def test_memorize_story_is_one_move_fact():
+    for i in range(50):
+        s = story("memorize", i)
+        (fact,) = s.facts
+        m = MOVE_RE.match(fact)
+        assert s.question == f"Where is {m.group(1)}?" and s.answer == m.group(3)
+
+
+# --- haystacks -------------------------------------------------------------------------------------------------
+
+
+def find_in_order(text, facts):
+    """Character offsets of the facts in the text, each after the previous one; None if one is missing."""
+    positions, start = [], 0
+    for fact in facts:
+        pos = text.find(fact, start)
+        if pos < 0:
+            return None
+        positions.append(pos)
+        start = pos + len(fact)
+    return positions
+
+
+def fact_ids(tokenizer, s):
+    return [tokenizer.encode(" " + f, add_special_tokens=False) for f in s.facts]
+
+
+def test_memorize_puts_the_fact_first(tokenizer):
+    assert default_placement("memorize") == "start"
+    data = TaskData(TaskSpec(name="memorize"), MemorySpec(segment_size=40), 0).bind(tokenizer)
+    noise = NoiseSource(tokenizer)
+    for i in range(30):
+        s = story("memorize", i)
+        text = tokenizer.decode(build_haystack(s, noise, 120, rng_for(0, i, "h"), "start"))
+        assert text.lstrip().startswith(s.facts[0] + " "), text[:60]
+        # And in TaskData's samples: the document opens with the fact about the asked person and place.
+        sample = data.sample(i, 3)
+        doc = tokenizer.decode([t for w in sample.writes for t in w] + sample.final_ids).lstrip()
+        person = re.search(r"Question: Where is (\w+)\?", doc).group(1)
+        answer = tokenizer.decode([t for t in sample.final_labels if t != IGNORE_INDEX][:-1]).strip()
+        first = split_sentences(doc)[0]
+        m = MOVE_RE.match(first)
+        assert m and m.group(1) == person and m.group(3) == answer, doc[:60]
+
+
+def test_detect_and_memorize_hides_the_fact_anywhere(tokenizer):
+    assert default_placement("detect-and-memorize") == "random"
+    noise = NoiseSource(tokenizer)
+    starts = []
+    for i in range(30):
+        s = story("detect-and-memorize", i)
+        ids = build_haystack(s, noise, 150, rng_for(0, i, "h"), default_placement("detect-and-memorize"))
+        pos = find_in_order(tokenizer.decode(ids), s.facts)
+        assert pos is not None
+        starts.append(pos[0])
+    assert len(set(starts)) > 10 and max(starts) > 200
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa2", "qa3", "detect-and-memorize"])
+def test_random_placement_keeps_the_facts_in_order(tokenizer, task):
+    noise = NoiseSource(tokenizer)
+    for i in range(30):
+        s = story(task, i)
+        text = tokenizer.decode(build_haystack(s, noise, 200, rng_for(0, i, "h"), "random"))
+        assert find_in_order(text, s.facts) is not None, s.facts
+        # Facts sit at sentence boundaries: each one is a whole sentence of the document.
+        sentences = split_sentences(text)
+        assert [x for x in sentences if x in s.facts] == s.facts
+
+
+def test_haystack_hits_the_target_length_with_facts_first(tokenizer):
+    noise = NoiseSource(tokenizer)
+    for i in range(40):
+        s = story("qa1", i)
+        facts = sum(map(len, fact_ids(tokenizer, s)))
+        for target in (facts, facts + 1, facts + 37, 300):
+            ids = build_haystack(s, noise, target, rng_for(0, i, str(target)), "start")
+            assert len(ids) == target
+
+
+def test_haystack_longer_only_to_keep_every_fact(tokenizer):
+    noise = NoiseSource(tokenizer)
+    s = story("qa1", 3, min_facts=8, max_facts=8)
+    facts = fact_ids(tokenizer, s)
+    for placement in ("start", "random"):
+        ids = build_haystack(s, noise, 10, rng_for(0, 0), placement)
+        assert len(ids) >= sum(map(len, facts)) - 1
+        assert tokenizer.decode(ids).strip() == " ".join(s.facts)
+
+
+def test_haystack_hits_the_target_length_with_random_placement(tokenizer):
+    noise = NoiseSource(tokenizer)
+    for i in range(100):
+        s = story("qa1", i)
+        facts = sum(map(len, fact_ids(tokenizer, s)))
+        target = facts + 40
+        ids = build_haystack(s, noise, target, rng_for(0, i, "h"), "random")
+        assert len(ids) == target, (i, target, len(ids))
+
+
+def test_memorize_samples_have_the_asked_number_of_segments(tokenizer):
+    data = TaskData(TaskSpec(name="memorize"), MemorySpec(segment_size=40), 0).bind(tokenizer)
+    for n in (1, 2, 4):
+        counts = {len(data.sample(index, n).writes) for index in range(40)}
+        assert counts <= {n - 1, n} and n - 1 in counts
+
+
+def test_no_noise_gives_just_the_facts(tokenizer):
+    data = TaskData(TaskSpec(name="qa1", noise=NoiseSpec(kind="none")), MemorySpec(segment_size=200), 0)
+    data.bind(tokenizer)
+    sample = data.sample(0, 3)
+    assert sample.writes == []
+    text = tokenizer.decode(sample.final_ids)
+    assert "Question:" in text and all(MOVE_RE.match(f) for f in split_sentences(text.split("\nQuestion")[0]))
+
+
+# --- bAbI files ------------------------------------------------------------------------------------------------
+
+BABI = """1 Mary moved to the bathroom.
+2 John went to the hallway.
+3 Where is Mary? \tbathroom\t1
+4 Daniel went back to the hallway.
+5 Where is Daniel?\thallway\t4
+
+1 Sandra travelled to the office.
+2 Where is Sandra?\toffice\t1
+3 Sandra journeyed to the garden.
+4 Where is Sandra?\tgarden\t3
+"""
+
+
+def test_read_babi_parses_stories_and_questions(tmp_path):
+    path = tmp_path / "qa1_train.txt"
+    path.write_text(BABI)
+    stories = read_babi(path)
+    assert stories == [
+        Story(["Mary moved to the bathroom.", "John went to the hallway."], "Where is Mary?", "bathroom"),
+        Story(["Mary moved to the bathroom.", "John went to the hallway.", "Daniel went back to the hallway."],
+              "Where is Daniel?", "hallway"),
+        Story(["Sandra travelled to the office."], "Where is Sandra?", "office"),  # IDs restart: a new story
+        Story(["Sandra travelled to the office.", "Sandra journeyed to the garden."], "Where is Sandra?", "garden"),
+    ]
+
+
+def test_read_babi_rejects_non_babi_text(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 Mary moved.\nnot a bAbI line\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2"):
+        read_babi(bad)
+    empty = tmp_path / "noq.txt"
+    empty.write_text("1 Mary moved to the bathroom.\n")
+    with pytest.raises(ValueError, match="no questions"):
+        read_babi(empty)
+
+
+def test_babi_task_draws_stories_from_the_file(tmp_path, tokenizer):
+    path = tmp_path / "qa.txt"
+    path.write_text(BABI)
+    task = TaskSpec(name="babi", babi_path=str(path))
+    data = TaskData(task, MemorySpec(segment_size=40), 0).bind(tokenizer)
+    answers = set()
+    for index in range(20):
+        sample = data.sample(index, 2)
+        answers.add(tokenizer.decode([t for t in sample.final_labels if t != IGNORE_INDEX][:-1]).strip())
+    assert answers == {"bathroom", "hallway", "office", "garden"}
+
+
+# --- noise -----------------------------------------------------------------------------------------------------
+
+FILE_TEXT = """Zorblat quivers beneath the amber moon. Quintessa polishes her brass telescope!
+Velloran merchants haggle over saffron. Did the archivist misplace the ledger?
+Xylophones echo through the cathedral.
+"""
+
+
+def test_file_noise_comes_from_the_file(tmp_path, tokenizer):
+    path = tmp_path / "noise.txt"
+    path.write_text(FILE_TEXT)
+    sentences = split_sentences(FILE_TEXT)
+    assert len(sentences) == 5 and sentences[1] == "Quintessa polishes her brass telescope!"
+    task = TaskSpec(name="memorize", noise=NoiseSpec(kind="files", paths=[str(path)]))
+    data = TaskData(task, MemorySpec(segment_size=40), 0)
+    assert data.noise_sentences == sentences
+    data.bind(tokenizer)
+    sample = data.sample(0, 4)
+    doc = [t for w in sample.writes for t in w] + sample.final_ids
+    text = tokenizer.decode(doc)
+    assert sum(text.count(s) for s in sentences) >= 4
+    assert "The old man" not in text and "near the river" not in text  # no synthetic sentences
+    # Consecutive sentences of the text, wrapping around at its end.
+    noise = NoiseSource(tokenizer, sentences)
+    chunks = noise.take(rng_for(0, 0), 200)
+    decoded = [tokenizer.decode(c).strip() for c in chunks]
+    start = sentences.index(decoded[0])
+    assert decoded == [sentences[(start + k) % len(sentences)] for k in range(len(decoded))]
+
+
+def test_noise_folder_and_missing_paths(tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("Second file.")
+    (folder / "sub" / "a.md").write_text("First file.")
+    (folder / "skip.bin").write_bytes(b"\x00\x01")
+    names = [name for name, _ in read_text_paths([str(folder)])]
+    assert [n.split("texts")[-1] for n in names] == ["/b.txt", "/sub/a.md"]
+    with pytest.raises(UsageError, match="no such file"):
+        read_text_paths([str(tmp_path / "missing.txt")])
+    with pytest.raises(UsageError, match="no such file"):
+        read_text_paths([str(folder / "sub" / "nothing")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="no text files"):
+        read_text_paths([str(empty)])

@@ -1,0 +1,402 @@
+"""Checkpoints, exact resume, `rmt extend`, and training on two CPU processes."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import rmt_cli.train as train_module
+from rmt_cli.checkpoint import fingerprint, load_checkpoint, load_optimizer_state, read_info, save_checkpoint
+from rmt_cli.errors import UsageError
+from rmt_cli.extend import extend_recipe
+from rmt_cli.memory import MemoryCell, RecurrentMemoryModel
+from rmt_cli.recipe import MemorySpec, dump_recipe, validate_recipe
+from rmt_cli.segments import DocumentSample, collate
+from rmt_cli.train import latest_checkpoint, learning_rate, stage_at, train
+
+STEPS = (6, 6)
+TOTAL = sum(STEPS)
+
+
+def tiny_recipe(output_dir, **changes) -> dict:
+    data = {
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+        "tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 50},
+        "memory": {"num_mem_tokens": 2, "segment_size": 40},  # the question prompt takes ~30 tokens
+        "task": {"name": "memorize"},
+        "optim": {"lr": 0.003, "warmup_steps": 2},
+        "batch_size": 4,
+        "curriculum": [{"segments": 1, "steps": STEPS[0]}, {"segments": 2, "steps": STEPS[1]}],
+        "eval": {"samples": 4, "batch_size": 4},
+        "checkpoint": {"every": 3, "keep": 2},
+        "threads": 2,
+    }
+    data.update(changes)
+    return data
+
+
+def run(data, **kwargs):
+    return train(validate_recipe(copy.deepcopy(data)), progress=False, **kwargs)
+
+
+def tensors(path):
+    return {**load_file(str(Path(path) / "model.safetensors")),
+            **{"rmt." + k: v for k, v in load_file(str(Path(path) / "memory.safetensors")).items()}}
+
+
+def assert_same_tensors(a, b):
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    different = [name for name in ta if not torch.equal(ta[name], tb[name])]
+    assert not different, f"differ: {different}"
+
+
+def step_losses(output_dir):
+    rows = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "event" not in r}  # a replayed step keeps its last value
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Run A: the whole curriculum without interruption."""
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = run(tiny_recipe(out))
+    return out, result
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("architecture, num_mem_tokens", [("gpt2", 3), ("llama", 3), ("gpt2", 0)])
+def test_checkpoint_round_trip(tmp_path, tokenizer, make_model, architecture, num_mem_tokens):
+    cell = MemoryCell(make_model(architecture, seed=5), num_mem_tokens)
+    with torch.no_grad():
+        cell.memory.add_(1.5)  # not the initial value a fresh cell would get
+    memory = MemorySpec(num_mem_tokens=num_mem_tokens, segment_size=16)
+    path = save_checkpoint(tmp_path / "ckpt", cell, tokenizer, memory, "test-source", recipe_yaml="seed: 0\n")
+    assert not (tmp_path / "ckpt.tmp").exists()
+    loaded = load_checkpoint(path)
+    original, restored = cell.state_dict(), loaded.cell.state_dict()
+    assert original.keys() == restored.keys()
+    for name in original:
+        assert torch.equal(original[name], restored[name]), name
+    stored = read_info(path)["fingerprint"]
+    assert stored == fingerprint(cell, tokenizer, memory) == loaded.info["fingerprint"]
+    assert loaded.memory == memory and loaded.info["source"] == "test-source"
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded.tokenizer.eos_token_id == tokenizer.eos_token_id
+    assert loaded.tokenizer.pad_token_id == tokenizer.pad_token_id
+    text = " Mary went to the kitchen.\nQuestion: Where is Mary?"
+    assert loaded.tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+    # Same weights, same outputs.
+    batch = collate([DocumentSample([list(range(10, 26))], list(range(30, 40)), [-100] * 10)], 1)
+    with torch.no_grad():
+        a = RecurrentMemoryModel(cell.eval(), 16)(batch).final_logits
+        b = RecurrentMemoryModel(loaded.cell, 16)(batch).final_logits
+    assert torch.equal(a, b)
+
+
+def test_fingerprint_tracks_weights_memory_and_settings(tokenizer, make_model):
+    cell = MemoryCell(make_model("gpt2"), 2)
+    memory = MemorySpec(num_mem_tokens=2, segment_size=16)
+    base = fingerprint(cell, tokenizer, memory)
+    assert fingerprint(cell, tokenizer, memory) == base
+    assert fingerprint(cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=32)) != base
+    with torch.no_grad():
+        cell.memory[0, 0] += 1e-3
+    assert fingerprint(cell, tokenizer, memory) != base
+    with torch.no_grad():
+        cell.memory[0, 0] -= 1e-3
+        next(cell.model.parameters()).view(-1)[0] += 1e-3
+    assert fingerprint(cell, tokenizer, memory) != base
+
+
+def test_optimizer_state_round_trip(tmp_path, tokenizer, make_model):
+    cell = MemoryCell(make_model("gpt2"), 2)
+    rmt = RecurrentMemoryModel(cell, 16).train()
+    optimizer = torch.optim.AdamW(rmt.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    batch = collate([DocumentSample([list(range(10, 26))], list(range(30, 40)), [-100] * 8 + [38, 39])], 1)
+    for _ in range(2):
+        rmt(batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path = save_checkpoint(tmp_path / "c", cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=16), "t",
+                           training_state={"step": 2, "stage": 0}, optimizer=optimizer)
+    rng_then = torch.get_rng_state()
+    torch.rand(5)  # move the RNG on: loading must bring it back
+    loaded = load_checkpoint(path)
+    rmt2 = RecurrentMemoryModel(loaded.cell, 16).train()
+    optimizer2 = torch.optim.AdamW(rmt2.parameters(), lr=5.0)
+    load_optimizer_state(path, optimizer2)
+    assert torch.equal(torch.get_rng_state(), rng_then)
+    assert optimizer2.param_groups[0]["lr"] == 1e-3
+    assert tuple(optimizer2.param_groups[0]["betas"]) == (0.9, 0.99)
+    s1, s2 = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for pid in s1:
+        for key in s1[pid]:
+            assert torch.equal(torch.as_tensor(s1[pid][key]), torch.as_tensor(s2[pid][key])), (pid, key)
+    # One more identical step on both: identical weights.
+    for model, opt in ((rmt, optimizer), (rmt2, optimizer2)):
+        model(batch).loss.backward()
+        opt.step()
+    for (n, p1), (_, p2) in zip(rmt.named_parameters(), rmt2.named_parameters()):
+        assert torch.equal(p1, p2), n
+
+
+def test_broken_checkpoints_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such folder"):
+        load_checkpoint(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "rmt.json").write_text("{}")
+    with pytest.raises(UsageError, match="missing memory.safetensors, config.json, model.safetensors"):
+        load_checkpoint(tmp_path / "half")
+
+
+# --- schedule --------------------------------------------------------------------------------------------------
+
+
+def test_stage_at_and_learning_rate():
+    recipe = validate_recipe(tiny_recipe("x", curriculum=[{"segments": 1, "steps": 6}, {"segments": 2, "steps": 40}]))
+    stages, lr = recipe.curriculum, recipe.optim.lr
+    assert [stage_at(stages, s) for s in (0, 5, 6, 45)] == [(0, 0), (0, 5), (1, 0), (1, 39)]
+    assert stage_at(stages, 46) == (1, 40)
+    # Stage 0 (6 steps): warm-up capped at a quarter of the stage (1 step), then cosine decay.
+    short = [learning_rate(recipe, stages[0], s) for s in range(6)]
+    assert short[0] == pytest.approx(lr)
+    assert short == sorted(short, reverse=True) and short[-1] > lr * recipe.optim.min_lr_ratio
+    # Stage 1 (40 steps): the full 2-step warm-up, restarted; the decay ends at min_lr_ratio.
+    long = [learning_rate(recipe, stages[1], s) for s in range(41)]
+    assert long[0] == pytest.approx(lr / 2) and long[1] == pytest.approx(lr)
+    assert long[1:] == sorted(long[1:], reverse=True)
+    assert long[40] == pytest.approx(lr * recipe.optim.min_lr_ratio)
+
+
+# --- training, interruption and exact resume -------------------------------------------------------------------
+
+
+def test_straight_run_writes_checkpoints_metrics_and_evaluation(straight):
+    out, result = straight
+    assert not result.interrupted and result.final_checkpoint == out / "final"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000009", "step-0000012"]  # keep: 2
+    assert (out / "stage-0" / "rmt.json").is_file() and (out / "stage-1" / "rmt.json").is_file()
+    assert sorted(step_losses(out)) == list(range(1, TOTAL + 1))
+    assert [r["segments"] for r in result.evaluations] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 and r["samples"] == 4 for r in result.evaluations)
+    info = read_info(out / "final")
+    assert info["source"] == "scratch:gpt2" and info["memory"]["segment_size"] == 40
+    saved = validate_recipe(yaml.safe_load((out / "final" / "recipe.yaml").read_text()))
+    assert saved == validate_recipe(tiny_recipe(out))
+    losses = step_losses(out)
+    assert losses[1] != losses[2]  # it trains
+
+
+class StopAfter(train_module._StopFlag):
+    """A Ctrl-C that arrives while step `steps` runs: train() finishes that step, saves and returns."""
+
+    steps = 0
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def stop(self):
+        self.checks += 1
+        return self.checks > type(self).steps
+
+    @stop.setter
+    def stop(self, value):
+        pass
+
+
+def interrupt_after(monkeypatch, steps):
+    monkeypatch.setattr(StopAfter, "steps", steps)
+    monkeypatch.setattr(train_module, "_StopFlag", StopAfter)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(straight, tmp_path, monkeypatch):
+    a_out, a_result = straight
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 5)
+    first = run(tiny_recipe(out))
+    assert first.interrupted
+    assert first.final_checkpoint == out / "checkpoints" / "step-0000005"
+    assert json.loads((first.final_checkpoint / "training_state.json").read_text())["step"] == 5
+    assert not (out / "final").exists()
+    assert max(step_losses(out)) == 5
+
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="resume=auto"):
+        run(tiny_recipe(out))  # a fresh run must not overwrite it
+    resumed = run(tiny_recipe(out, resume="auto"))
+    assert not resumed.interrupted
+    assert_same_tensors(a_out / "final", out / "final")
+    assert step_losses(out) == step_losses(a_out)
+    assert resumed.evaluations == a_result.evaluations
+
+
+def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path, monkeypatch):
+    """A kill after step 7 (after the stage boundary): the last checkpoint is step 6, steps 7.. are redone."""
+    a_out, _ = straight
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 7)
+    run(tiny_recipe(out))
+    shutil.rmtree(out / "checkpoints" / "step-0000007")  # as if killed before it could save
+    assert latest_checkpoint(out).name == "step-0000006"
+    monkeypatch.undo()
+    run(tiny_recipe(out, resume="auto"))
+    assert_same_tensors(a_out / "final", out / "final")
+    assert_same_tensors(a_out / "stage-1", out / "stage-1")
+
+
+def test_second_run_into_the_same_output_dir_is_refused(straight):
+    out, _ = straight
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(UsageError, match="already holds checkpoints"):
+        run(tiny_recipe(out))
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_resume_from_a_folder_that_is_not_a_training_checkpoint(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(UsageError, match="not a training checkpoint"):
+        run(tiny_recipe(tmp_path / "r", resume=str(out / "final")))
+
+
+# --- rmt extend ------------------------------------------------------------------------------------------------
+
+
+def extend_file(tmp_path, **changes):
+    data = {"output_dir": str(tmp_path / "extended"), "task": {"name": "memorize"}, "batch_size": 4,
+            "optim": {"lr": 0.001, "warmup_steps": 1}, "curriculum": [{"segments": 3, "steps": 2}],
+            "eval": {"samples": 4, "segments": [3, 4]}, "threads": 2}
+    data.update(changes)
+    path = tmp_path / "extend.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"memory": {"segment_size": 32}}, "memory.segment_size"),
+    ({"memory": {"num_mem_tokens": 8}}, "memory.num_mem_tokens"),
+    ({"tokenizer": {"kind": "bpe", "vocab_size": 512}}, "tokenizer"),
+    ({"model": {"architecture": "llama"}}, "model"),
+])
+def test_extend_refuses_a_recipe_that_contradicts_the_checkpoint(straight, tmp_path, changes, field):
+    out, _ = straight
+    with pytest.raises(UsageError) as info:
+        extend_recipe(out / "final", extend_file(tmp_path, **changes), [])
+    (line,) = str(info.value).splitlines()
+    assert f": {field}: the checkpoint has" in line
+
+
+def test_extend_refuses_an_override_that_contradicts_the_checkpoint(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(UsageError, match="memory.segment_size: the checkpoint has 40"):
+        extend_recipe(out / "final", extend_file(tmp_path), ["memory.segment_size=64"])
+
+
+def test_extend_refuses_to_write_into_the_checkpoints_run(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(UsageError, match="output_dir"):
+        extend_recipe(out / "final", extend_file(tmp_path, output_dir=str(out)), [])
+
+
+def test_extend_trains_from_the_checkpoint_on_longer_inputs(straight, tmp_path):
+    out, _ = straight
+    # Restating the checkpoint's own settings is fine, and so are memory settings that are not locked.
+    recipe = extend_recipe(out / "final", extend_file(tmp_path, memory={"segment_size": 40, "bptt_depth": 2}), [])
+    assert recipe.memory.segment_size == 40 and recipe.memory.num_mem_tokens == 2 and recipe.memory.bptt_depth == 2
+    assert recipe.model == validate_recipe(tiny_recipe("x")).model
+    assert recipe.curriculum[0].segments == 3
+    result = train(recipe, init_from=out / "final", progress=False)
+    assert [r["segments"] for r in result.evaluations] == [3, 4]
+    assert all(r["samples"] == 4 and 0 <= r["accuracy"] <= 1 for r in result.evaluations)
+    new = Path(recipe.output_dir)
+    assert read_info(new / "final")["source"] == "scratch:gpt2"
+    assert (new / "final" / "tokenizer.json").read_text() == (out / "final" / "tokenizer.json").read_text()
+    assert sorted(step_losses(new)) == [1, 2]
+    # It started from the trained weights: its first loss is the trained model's, not a fresh model's.
+    fresh = run(tiny_recipe(tmp_path / "fresh", curriculum=[{"segments": 3, "steps": 1}], eval={"samples": 1},
+                            optim={"lr": 0.001, "warmup_steps": 1}))
+    assert step_losses(new)[1] < step_losses(fresh.output_dir)[1]
+
+
+def test_extend_recipe_with_an_empty_memory_section(straight, tmp_path):
+    out, _ = straight
+    path = extend_file(tmp_path)
+    path.write_text(path.read_text() + "memory:\n  # bptt_depth: 2\n")  # a section with everything commented out
+    try:
+        recipe = extend_recipe(out / "final", path, [])
+    except UsageError:
+        return  # a clear error is acceptable too
+    assert recipe.memory.segment_size == 40
+
+
+# --- two CPU processes -----------------------------------------------------------------------------------------
+
+
+def torchrun(tmp_path, recipe, extra_env):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(dump_recipe(validate_recipe(recipe)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra_env}
+    env = {k: v for k, v in env.items() if v is not None}
+    torchrun_bin = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun_bin), "--standalone", "--nproc_per_node", "2", "-m", "rmt_cli.cli", "train", str(path),
+           "-q", "--json", "threads=1"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+
+
+def two_process_recipe(out, steps=(3, 3)):
+    return tiny_recipe(out, curriculum=[{"segments": 1, "steps": steps[0]}, {"segments": 2, "steps": steps[1]}])
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2`: gloo, each process takes half of every batch."""
+    tmp_path = tmp_path_factory.mktemp("torchrun")
+    out = tmp_path / "run"
+    return out, torchrun(tmp_path, two_process_recipe(out), {"ACCELERATE_USE_CPU": "1"})
+
+
+def test_torchrun_two_cpu_processes(two_processes):
+    out, proc = two_processes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert read_info(out / "final")["memory"]["segment_size"] == 40
+    load_checkpoint(out / "final")
+    # One process wrote the metrics: one line per step, not one per process.
+    assert sorted(step_losses(out)) == list(range(1, 7))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum("event" not in json.loads(line) for line in lines) == 6
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert summaries and all(s["checkpoint"] == str(out / "final") for s in summaries)
+    assert any([r["segments"] for r in s["evaluation"]] == [1, 2] for s in summaries)
+
+
+def test_torchrun_prints_one_json_summary(two_processes):
+    _, proc = two_processes
+    assert proc.returncode == 0
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("{")]) == 1
+
+
+def test_plain_torchrun_on_a_cpu_machine(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the bug is specific to machines without CUDA")
+    out = tmp_path / "run"
+    proc = torchrun(tmp_path, two_process_recipe(out, steps=(1, 1)), {"ACCELERATE_USE_CPU": None})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum("event" not in json.loads(line) for line in lines) == 2
