@@ -57,11 +57,18 @@ class TaskData:
         self.seed = seed
         self.babi = read_babi(task.babi_path) if task.name == "babi" else None
         self.noise_sentences = self._noise_sentences()
-        self.lm_texts = [t for _, t in read_text_paths(task.lm_paths)] if task.name == "lm" else None
-        if task.name == "lm" and not self.lm_texts:
-            raise UsageError("task lm needs task.lm_paths: text files or folders")
+        self.lm_texts = self._lm_texts() if task.name == "lm" else None
         self.placement = task.placement or default_placement(task.name)
         self.tokenizer = None
+
+    def _lm_texts(self) -> list[str]:
+        texts = [t for _, t in read_text_paths(self.task.lm_paths)]
+        spec = self.task.lm_dataset
+        if spec is not None:
+            texts += load_dataset_texts(spec.name, spec.split, spec.text_field)
+        if not any(t.strip() for t in texts):
+            raise UsageError("task lm: the text (lm_paths / lm_dataset) is empty")
+        return texts
 
     def _noise_sentences(self) -> list[str] | None:
         noise = self.task.noise

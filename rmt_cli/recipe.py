@@ -52,6 +52,12 @@ class NoiseSpec(Section):
     text_field: str = "text"
 
 
+class DatasetSpec(Section):
+    name: str  # a `datasets` name, or a local folder of text/json/csv/parquet files
+    split: str = "train"
+    text_field: str = "text"
+
+
 class TaskSpec(Section):
     name: Literal[STORY_TASKS + ("lm",)] = "memorize"  # type: ignore[valid-type]
     min_facts: int = Field(2, ge=1)
@@ -59,7 +65,8 @@ class TaskSpec(Section):
     babi_path: str | None = None  # a bAbI-format file, for name: babi
     placement: Literal["start", "random"] | None = None  # where facts go; default by task
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
-    lm_paths: list[str] = Field(default_factory=list)  # text for name: lm
+    lm_paths: list[str] = Field(default_factory=list)  # text files or folders, for name: lm
+    lm_dataset: DatasetSpec | None = None  # or a `datasets` dataset, for name: lm
 
     @model_validator(mode="after")
     def _check(self):
@@ -67,6 +74,8 @@ class TaskSpec(Section):
             raise ValueError(f"min_facts ({self.min_facts}) is larger than max_facts ({self.max_facts})")
         if self.name == "babi" and not self.babi_path:
             raise ValueError("task babi needs babi_path: a bAbI-format file")
+        if self.name == "lm" and not (self.lm_paths or self.lm_dataset):
+            raise ValueError("task lm needs lm_paths (text files or folders) or lm_dataset")
         if self.noise.kind == "files" and not self.noise.paths:
             raise ValueError("noise kind 'files' needs noise.paths")
         if self.noise.kind == "dataset" and not self.noise.dataset:

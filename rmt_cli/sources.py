@@ -11,6 +11,7 @@ Every path is checked before anything is read, so a typo fails at once and not a
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import os
 import sys
@@ -52,6 +53,17 @@ def looks_binary(path: Path) -> bool:
 
 def _open_error(path: str, error: OSError) -> UsageError:
     return UsageError(f"{path}: cannot read ({error.strerror or error})")
+
+
+def _missing_reason(path: Path) -> str:
+    if not path.is_symlink():
+        return "no such file or folder"
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+    return "a broken symbolic link"
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
@@ -176,14 +188,13 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
                 skipped += n
                 continue
             if not path.exists():
-                kind = "a broken symbolic link" if path.is_symlink() else "no such file or folder"
-                raise UsageError(f"{raw}: {kind}")
+                raise UsageError(f"{raw}: {_missing_reason(path)}")
             if not path.is_file():
                 raise UsageError(f"{raw}: not a regular file")
             if looks_binary(path):
                 raise UsageError(f"{raw}: looks like a binary file (it has NUL bytes); rmt reads text")
         except OSError as e:
-            if e.errno == 40:  # ELOOP
+            if e.errno == errno.ELOOP:
                 raise UsageError(f"{raw}: a loop of symbolic links") from None
             raise _open_error(raw, e) from None
         if not os.access(path, os.R_OK):

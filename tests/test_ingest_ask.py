@@ -247,3 +247,11 @@ def test_batch_folder_output_reports_each_document(tmp_path, checkpoint):
     rows = json.loads(r.stdout)
     assert rows[0]["error"] is None and "no such file" in rows[1]["error"]
     assert (out / "m1.st").exists() and not (out / "m2.st").exists()
+
+
+def test_symlink_loop_is_a_clear_error(tmp_path, checkpoint):
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    r = run(["ingest", tmp_path / "loop_a", "-o", tmp_path / "m.st", "--model", checkpoint])
+    assert r.exit_code == 2 and "loop of symbolic links" in r.stderr
+    assert not (tmp_path / "m.st").exists()

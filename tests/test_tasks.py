@@ -366,3 +366,20 @@ def test_noise_folder_and_missing_paths(tmp_path):
     empty.mkdir()
     with pytest.raises(UsageError, match="no text files"):
         read_text_paths([str(empty)])
+
+
+def test_noise_and_lm_text_from_a_local_datasets_folder(tmp_path, tokenizer):
+    """`datasets` loads a folder of .txt files with its `text` builder: no hub, no network."""
+    from rmt_cli.recipe import DatasetSpec
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "part.txt").write_text("The red fox ran home. A blue bird sang there.\nMary moved to the garden.\n")
+    noise = TaskData(TaskSpec(name="memorize", noise=NoiseSpec(kind="dataset", dataset=str(folder))),
+                     MemorySpec(segment_size=64), 0)
+    assert "The red fox ran home." in noise.noise_sentences
+    lm = TaskData(TaskSpec(name="lm", lm_dataset=DatasetSpec(name=str(folder))), MemorySpec(segment_size=8), 0)
+    assert any("blue bird" in t for t in lm.lm_texts)
+    with pytest.raises(UsageError, match="no field"):
+        TaskData(TaskSpec(name="lm", lm_dataset=DatasetSpec(name=str(folder), text_field="body")),
+                 MemorySpec(segment_size=8), 0)
