@@ -400,3 +400,30 @@ def test_plain_torchrun_on_a_cpu_machine(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert sum("event" not in json.loads(line) for line in lines) == 2
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    """A real SIGINT to `rmt train`: the step finishes, a checkpoint is saved, exit code 130; resume continues."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    data = tiny_recipe(out, curriculum=[{"segments": 1, "steps": 100000}], checkpoint={"every": 100000, "keep": 2})
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rmt_cli.cli", "train", str(recipe), "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "resume=auto" in stderr
+    saved = latest_checkpoint(out)
+    state = json.loads((saved / "training_state.json").read_text())
+    assert state["step"] == max(step_losses(out)) >= 3  # nothing after the saved step was lost or invented
+    resumed = run({**data, "resume": "auto", "curriculum": [{"segments": 1, "steps": state["step"] + 2}]})
+    assert max(step_losses(out)) == state["step"] + 2 and not resumed.interrupted
