@@ -67,7 +67,8 @@ class MemoryCell(nn.Module):
             full_mask = torch.cat([ones, attention_mask, ones] if write else [ones, attention_mask], dim=1)
             # Left padding must not move the memory: count positions over real entries only.
             positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions)
+        out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
+                                    use_cache=False)  # each segment is one pass: a KV cache is pure overhead
         return out.last_hidden_state
 
     def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):

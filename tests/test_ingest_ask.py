@@ -255,3 +255,23 @@ def test_symlink_loop_is_a_clear_error(tmp_path, checkpoint):
     r = run(["ingest", tmp_path / "loop_a", "-o", tmp_path / "m.st", "--model", checkpoint])
     assert r.exit_code == 2 and "loop of symbolic links" in r.stderr
     assert not (tmp_path / "m.st").exists()
+
+
+def test_bfloat16_ingest_agrees_with_float32_within_tolerance(tmp_path, checkpoint, model):
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    assert run(["ingest", book, "-o", tmp_path / "bf.st", "--model", checkpoint, "-q", "--dtype", "bf16"]).exit_code == 0
+    ingest([IngestJob([str(book)], tmp_path / "fp.st")], model)
+    bf, fp = load_memory(tmp_path / "bf.st"), load_memory(tmp_path / "fp.st")
+    assert bf.dtype == "bfloat16" and bf.memory.dtype == torch.bfloat16 and fp.memory.dtype == torch.float32
+    assert bf.fingerprint != fp.fingerprint  # the dtype is part of what a memory file depends on
+    assert bf.tail_tokens == fp.tail_tokens
+    # bf16 rounding compounds over the segments (more so in a random model); close, not equal
+    assert (bf.memory.float() - fp.memory).norm() / fp.memory.norm() < 0.2
+    # ask and --append pick the file's dtype by themselves
+    assert run(["ask", tmp_path / "bf.st", "Where is Mary?", "--model", checkpoint, "--max-new-tokens", "2"]).exit_code == 0
+    more = tmp_path / "more.txt"
+    more.write_text(TEXT[:100])
+    r = run(["ingest", "--append", tmp_path / "bf.st", more, "--model", checkpoint, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert load_memory(tmp_path / "bf.st").dtype == "bfloat16"
