@@ -33,16 +33,26 @@ from rmt_cli.tasks import make_story, rng_for  # noqa: E402
 BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-def hide(book: str, facts: list[str], rng) -> str:
-    """Insert the facts, in order, at random sentence boundaries of the book."""
+def hide(book: str, facts: list[str], rng, within: int | None = None) -> tuple[str, list[int]]:
+    """Insert the facts, in order, at random sentence boundaries of the book (of its last `within` characters).
+
+    Returns the document and, for each fact, how many characters follow it to the end of the document.
+    """
     bounds = [m.start() for m in BOUNDARY.finditer(book)]
+    if within is not None:
+        bounds = [b for b in bounds if b >= len(book) - within]
     spots = sorted(rng.sample(bounds, len(facts)))
     out, last = [], 0
     for spot, fact in zip(spots, facts):
         out += [book[last:spot], " ", fact]
         last = spot
     out.append(book[last:])
-    return "".join(out)
+    doc = "".join(out)
+    after, added = [], sum(len(f) + 1 for f in facts)
+    for i, spot in enumerate(spots):
+        added -= len(facts[i]) + 1
+        after.append(len(book) - spot + added)
+    return doc, after
 
 
 def main() -> None:
@@ -58,6 +68,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--work", default="/tmp/rmt-qa-eval")
+    p.add_argument("--facts-within", type=int, default=None,
+                   help="hide the facts in the last N characters of the book (default: anywhere)")
     args = p.parse_args()
 
     work = Path(args.work)
@@ -66,11 +78,14 @@ def main() -> None:
     book = "".join(Path(b).read_text(encoding="utf-8", errors="replace") for b in args.book)
     if len(book.encode()) < args.min_bytes:
         sys.exit(f"the book has {len(book.encode()):,} bytes; --min-bytes is {args.min_bytes:,}")
-    stories = []
+    stories, distance = [], {}
     for i in range(args.samples):
         rng = rng_for(args.seed, i, "book-eval")
         story = make_story(args.task, rng, args.min_facts, args.max_facts, None)
-        (work / "docs" / f"doc{i:03d}.txt").write_text(hide(book, story.facts, rng), encoding="utf-8")
+        doc, after = hide(book, story.facts, rng, args.facts_within)
+        (work / "docs" / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
+        person = story.question.split()[-1].rstrip("?")
+        distance[i] = min(a for a, f in zip(after, story.facts) if f.startswith(person + " "))
         stories.append(story)
     docs = [str(work / "docs" / f"doc{i:03d}.txt") for i in range(args.samples)]
 
@@ -91,10 +106,13 @@ def main() -> None:
     model = load_checkpoint(args.model, dtype=getattr(torch, dtype))
     initial = model.cell.initial_memory(1)[0].detach()
     right = {"memory": 0, "initial memory": 0}
+    buckets: dict[str, list[int]] = {}
     for i, story in enumerate(stories):
         state = load_memory(work / "mems" / f"doc{i:03d}.st")
-        if ask(model, state, story.question).answer == story.answer:
-            right["memory"] += 1
+        correct = ask(model, state, story.question).answer == story.answer
+        right["memory"] += correct
+        bucket = next(f"<= {b:,} chars" for b in (1_000, 10_000, 100_000, 10**9) if distance[i] <= b)
+        buckets.setdefault(bucket, []).append(int(correct))
         state.memory = initial.clone()
         save_memory(work / "mems" / f"doc{i:03d}.initial.st", state)
         replaced = load_memory(work / "mems" / f"doc{i:03d}.initial.st")
@@ -105,12 +123,14 @@ def main() -> None:
     report = {
         "samples": args.samples,
         "task": f"{args.task} ({args.min_facts}-{args.max_facts} facts)",
+        "facts_within_chars_of_the_end": args.facts_within,
         "book_bytes": len(book.encode()),
         "tokens_per_document": summaries[0]["tokens"],
         "segments_per_document": summaries[0]["segments"],
         "accuracy_with_memory": right["memory"] / args.samples,
         "accuracy_memory_replaced_by_initial": right["initial memory"] / args.samples,
         "majority_answer_rate": majority / args.samples,
+        "accuracy_by_text_after_the_supporting_fact": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(buckets.items())},
         "ingest_seconds": round(ingest_seconds, 1),
         "ingest_tokens_per_second": round(tokens / ingest_seconds),
         "ingest_peak_rss_mb": round(peak_rss_mb),

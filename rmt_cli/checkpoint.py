@@ -51,7 +51,10 @@ def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
     h = hashlib.sha256()
     state = cell.state_dict()
     for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
+        t = state[name].detach().to("cpu")
+        if t.is_floating_point():  # hash values as float32: a bf16 file and its float32 load agree
+            t = t.float()
+        t = t.contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -197,3 +200,16 @@ def resolve_model_path(model: str | Path | None, hint: str = "", default: Path =
         return default
     extra = f" (the memory file was made with {hint})" if hint else ""
     raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")
+
+
+def export_checkpoint(source: str | Path, destination: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A checkpoint for shipping: weights in `dtype`, no optimizer or training state, the same fingerprint.
+
+    The fingerprint of a bf16 export is computed from its own weights (as loaded in float32), so memory files
+    made with the exported model are checked against the exported model.
+    """
+    loaded = load_checkpoint(source)
+    recipe = (loaded.path / "recipe.yaml").read_text() if (loaded.path / "recipe.yaml").is_file() else None
+    loaded.cell.to(dtype)
+    return save_checkpoint(destination, loaded.cell, loaded.tokenizer, loaded.memory,
+                           loaded.info.get("source", str(source)), recipe)

@@ -427,3 +427,17 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert state["step"] == max(step_losses(out)) >= 3  # nothing after the saved step was lost or invented
     resumed = run({**data, "resume": "auto", "curriculum": [{"segments": 1, "steps": state["step"] + 2}]})
     assert max(step_losses(out)) == state["step"] + 2 and not resumed.interrupted
+
+
+def test_export_to_bfloat16_keeps_the_model(tmp_path, tokenizer, make_model):
+    from rmt_cli.checkpoint import export_checkpoint
+
+    cell = MemoryCell(make_model("gpt2", seed=4), num_mem_tokens=2)
+    src = save_checkpoint(tmp_path / "src", cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=24), "t")
+    dst = export_checkpoint(src, tmp_path / "ship")
+    assert load_file(str(dst / "model.safetensors"))["transformer.h.0.attn.c_attn.weight"].dtype == torch.bfloat16
+    assert not (dst / "optimizer.safetensors").exists()
+    a, b = load_checkpoint(src), load_checkpoint(dst)
+    assert read_info(dst)["fingerprint"] == b.info["fingerprint"] != a.info["fingerprint"]
+    for name, tensor in a.cell.state_dict().items():  # bf16 rounding only
+        assert torch.allclose(tensor, b.cell.state_dict()[name], atol=0.02, rtol=0.01), name
