@@ -101,6 +101,9 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a memory file is an ordinary file
     try:
         save_file(tensors, tmp, metadata=state.metadata())
         with open(tmp, "rb") as f:

@@ -102,3 +102,16 @@ def test_lm_recipe_trains_and_memory_changes_loss(tmp_path):
     assert row["loss"] > 0 and row["loss"] != row["loss_reset"]
     model = load_checkpoint(result.final_checkpoint)
     assert perplexity([str(tmp_path / "book.txt")], model, max_tokens=64)["tokens"] == 64
+
+
+def test_embedded_default_model_works_without_model_option(tmp_path):
+    from rmt_cli.checkpoint import DEFAULT_LM_DIR
+
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    r = CliRunner().invoke(app, ["perplexity", str(book), "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["model"] == str(DEFAULT_LM_DIR)
+    assert 1 < result["memory"]["perplexity"] < 5000
+    assert result["memory"]["tokens"] == result["memory_reset"]["tokens"] > 100
