@@ -212,16 +212,25 @@ def ingest(
     if append is not None:
         dtype = load_memory(append).dtype
     loaded = _load_model(model, _dtype(dtype))
+    import time
+
+    started = time.perf_counter()
     results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb), quiet, len(jobs))
+    elapsed = time.perf_counter() - started
     failures = [r for r in results if r.error]
     for r in results:
         for w in r.warnings:
             _say("warning", f"{r.output}: {w}")
         if r.error:
             _say("error", r.error)
-        else:
-            err.print(f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
-                      f"({r.tokens_per_second:,.0f} tokens/s)", highlight=False)
+        elif len(results) == 1:
+            _say("done", f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
+                 f"({r.tokens_per_second:,.0f} tokens/s)")
+    if len(results) > 1:
+        done = [r for r in results if not r.error]
+        tokens = sum(r.tokens for r in done)
+        _say("done", f"{len(done)} of {len(results)} documents, {tokens:,} tokens in {elapsed:.1f} s "
+             f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s together)")
     if json_out:
         summaries = [r.summary() for r in results]
         _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
