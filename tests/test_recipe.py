@@ -38,7 +38,10 @@ def test_there_are_shipped_recipes():
     assert RECIPES
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+EXTEND_RECIPES = [p for p in RECIPES if p.stem.endswith("-extend")]
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p not in EXTEND_RECIPES], ids=lambda p: p.name)
 def test_shipped_recipes_validate_and_build(path, tokenizer):
     recipe = load_recipe(path)
     assert recipe.curriculum
@@ -47,6 +50,28 @@ def test_shipped_recipes_validate_and_build(path, tokenizer):
     if recipe.model.name_or_path is None:
         model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)  # from a config: no download
         check_fits(model.config, recipe.memory)
+
+
+@pytest.mark.parametrize("path", EXTEND_RECIPES, ids=lambda p: p.name)
+def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tokenizer, make_model, tmp_path):
+    """An extend recipe takes model, tokenizer and memory size from the checkpoint of its base recipe."""
+    from rmt_cli.checkpoint import save_checkpoint
+    from rmt_cli.extend import extend_recipe
+    from rmt_cli.memory import MemoryCell
+
+    import re
+
+    # The recipe's own header says which run it extends: "rmt extend runs/NAME/final ...".
+    run_dir = re.search(r"rmt extend (\S+)/final", path.read_text()).group(1)
+    bases = [load_recipe(p) for p in RECIPES if p not in EXTEND_RECIPES]
+    [base] = [r for r in bases if r.output_dir == run_dir]
+    cell = MemoryCell(make_model("gpt2", n_positions=2 * base.memory.num_mem_tokens + base.memory.segment_size),
+                      base.memory.num_mem_tokens)
+    ckpt = save_checkpoint(tmp_path / "final", cell, tokenizer, base.memory, "test", dump_recipe(base))
+    recipe = extend_recipe(ckpt, path, [])
+    assert recipe.model == base.model and recipe.tokenizer == base.tokenizer
+    assert recipe.memory.segment_size == base.memory.segment_size
+    assert min(s.segments for s in recipe.curriculum) > max(s.segments for s in base.curriculum)
 
 
 # --- validation errors -----------------------------------------------------------------------------------------
