@@ -275,3 +275,16 @@ def test_bfloat16_ingest_agrees_with_float32_within_tolerance(tmp_path, checkpoi
     r = run(["ingest", "--append", tmp_path / "bf.st", more, "--model", checkpoint, "-q"])
     assert r.exit_code == 0, r.stderr
     assert load_memory(tmp_path / "bf.st").dtype == "bfloat16"
+
+
+def test_questions_from_stdin_and_from_a_file_one_answer_line_each(tmp_path, checkpoint, model):
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    ingest([IngestJob([str(book)], tmp_path / "m.st")], model)
+    args = ["ask", tmp_path / "m.st", "--model", checkpoint, "--max-new-tokens", "2"]
+    one = run(args + ["Where is Mary?"]).stdout.splitlines()
+    piped = run(args + ["-"], input="Where is Mary?\n\nWhere is Daniel?\n")
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) == 2 and piped.stdout.splitlines()[0] == one[0]
+    (tmp_path / "q.txt").write_text("Where is Daniel?\nWhere is Mary?\n")
+    from_file = run(args + ["--file", tmp_path / "q.txt"]).stdout.splitlines()
+    assert from_file == piped.stdout.splitlines()[::-1]  # independent questions: order in, order out

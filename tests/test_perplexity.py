@@ -115,3 +115,16 @@ def test_embedded_default_model_works_without_model_option(tmp_path):
     assert result["model"] == str(DEFAULT_LM_DIR)
     assert 1 < result["memory"]["perplexity"] < 5000
     assert result["memory"]["tokens"] == result["memory_reset"]["tokens"] > 100
+
+
+def test_perplexity_reads_a_folder_like_ingest(tmp_path, checkpoints):
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "b.py").write_text(TEXT[:400])
+    (root / "a.py").write_text(TEXT[400:800])
+    (root / ".hidden.py").write_text(TEXT)
+    model = load_checkpoint(checkpoints["rmt"])
+    folder = perplexity([str(root)], model)
+    by_hand = tmp_path / "joined.txt"  # what the folder reads as: sorted files, each after its path header
+    by_hand.write_text("\n<<< file: a.py >>>\n" + TEXT[400:800] + "\n<<< file: b.py >>>\n" + TEXT[:400])
+    assert folder["memory"]["loss_by_segment"] == pytest.approx(perplexity([str(by_hand)], model)["memory"]["loss_by_segment"])
