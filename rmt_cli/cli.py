@@ -241,11 +241,11 @@ def ingest(
 def _with_progress(run, quiet: bool, documents: int):
     if quiet:
         return run(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     start = [None]
-    with Progress(TextColumn("ingest"), BarColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with Progress(TextColumn("ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[stats]}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("ingest", total=None, stats="")
 
         def update(p):
@@ -255,7 +255,7 @@ def _with_progress(run, quiet: bool, documents: int):
                 start[0] = time.perf_counter()
             speed = p.tokens / max(time.perf_counter() - start[0], 1e-9)
             docs = f" {p.documents_done}/{p.documents_total} docs" if documents > 1 else ""
-            bar.update(task, stats=f"{p.bytes_read / 1e6:,.1f} MB {p.tokens:,} tokens {p.segments:,} segments "
+            bar.update(task, completed=p.bytes_read, total=p.bytes_total, stats=f"{p.bytes_read / 1e6:,.1f} MB {p.tokens:,} tokens {p.segments:,} segments "
                        f"{speed:,.0f} tok/s{docs}")
 
         return run(update)

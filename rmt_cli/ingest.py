@@ -144,6 +144,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     active: dict[int, _Reader] = {}
     total_tokens = total_segments = 0
     finished_bytes = 0
+    bytes_total: int | None = None
 
     def fail(index: int, error: RMTError, reader: _Reader | None = None) -> None:
         res = reader.result if reader else IngestResult(str(jobs[index].output))
@@ -184,8 +185,13 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             total_tokens += S * len(readers)
             total_segments += len(readers)
         if on_progress is not None:
+            if not queue and bytes_total is None:
+                # Every document is open now: their sizes give the bar an end (unknown for stdin).
+                sizes = [r.document.total_bytes for r in active.values()]
+                if all(size is not None for size in sizes):
+                    bytes_total = finished_bytes + sum(sizes)
             on_progress(Progress(finished_bytes + sum(r.bytes_read for r in active.values()),
-                                 None, total_tokens, total_segments, len(results), len(jobs)))
+                                 bytes_total, total_tokens, total_segments, len(results), len(jobs)))
     return [results[i] for i in range(len(jobs))]
 
 
