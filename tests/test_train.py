@@ -441,3 +441,23 @@ def test_export_to_bfloat16_keeps_the_model(tmp_path, tokenizer, make_model):
     assert read_info(dst)["fingerprint"] == b.info["fingerprint"] != a.info["fingerprint"]
     for name, tensor in a.cell.state_dict().items():  # bf16 rounding only
         assert torch.allclose(tensor, b.cell.state_dict()[name], atol=0.02, rtol=0.01), name
+
+
+def test_a_pretrained_model_from_a_local_folder_trains_with_its_own_tokenizer(tmp_path, tokenizer, make_model):
+    """name_or_path: a folder written by save_pretrained (the same code path as a hub id, without a download)."""
+    pretrained = tmp_path / "pretrained"
+    make_model("gpt2", seed=5, n_positions=64).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    data = tiny_recipe(tmp_path / "run", model={"name_or_path": str(pretrained)}, tokenizer={"kind": "model"},
+                       curriculum=[{"segments": 1, "steps": 2}], eval={"samples": 2, "segments": [1]})
+    result = run(data)
+    trained = load_checkpoint(result.final_checkpoint)
+    assert read_info(result.final_checkpoint)["source"] == str(pretrained)
+    assert trained.tokenizer.get_vocab() == tokenizer.get_vocab()
+    original = load_file(str(pretrained / "model.safetensors"))
+    after = trained.cell.model.state_dict()
+    assert any(not torch.equal(original[k], after[k]) for k in original if k in after)  # it did train
+    too_small = tiny_recipe(tmp_path / "run2", model={"name_or_path": str(pretrained)}, tokenizer={"kind": "model"},
+                            memory={"num_mem_tokens": 2, "segment_size": 62})
+    with pytest.raises(UsageError, match="memory.segment_size"):
+        run(too_small)
