@@ -80,5 +80,6 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator) -
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        keep[0] = True  # the most likely token always stays (top_p = 0 is greedy)
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

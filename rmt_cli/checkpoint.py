@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import UsageError
+from .memfile import make_ordinary
 from .memory import MemoryCell
 from .recipe import MemorySpec
 
@@ -102,6 +103,7 @@ def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: Memor
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
     for f in tmp.iterdir():
+        make_ordinary(f)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _replace_dir(tmp, final)

@@ -59,6 +59,10 @@ def command(func):
             # The reader of our stdout went away (`rmt ask ... | head`): not an error of ours.
             sys.stderr.close()
             raise typer.Exit(0)
+        except OSError as e:  # the file system said no (permissions, full disk, a folder in the way)
+            where = f"{e.filename}: " if e.filename else ""
+            _say("error", f"{where}{e.strerror or e}")
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -67,6 +71,14 @@ def _say(kind: str, text: str) -> None:
     """One unwrapped line on stderr, so scripts can grep it."""
     sys.stderr.write(f"{kind}: {text}\n")
     sys.stderr.flush()
+
+
+def _question_lines(data: bytes, source: str) -> list[str]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{source}: questions must be UTF-8 text ({e.reason} at byte {e.start})") from None
+    return [q for q in text.splitlines() if q.strip()]
 
 
 def _print_json(obj) -> None:
@@ -168,15 +180,16 @@ def _device() -> str:
 @command
 def ingest(
     paths: Optional[List[str]] = typer.Argument(None, help="Text files, folders, or - for stdin."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Memory file to write (or an existing "
-                                          "folder: one memory file per input)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Memory file to write (or a folder, "
+                                         "existing or ending in /: one memory file per input)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
     append: Optional[Path] = typer.Option(None, "--append", help="Continue from this memory file; writes back "
                                           "to it unless -o is given."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (bit-exact appends) or bfloat16 (faster)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default; bit-exact appends) or bfloat16 "
+                                        "(faster). --append keeps the memory file's."),
     force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -194,24 +207,32 @@ def ingest(
     elif append is not None:
         if not paths:
             raise UsageError("--append needs more input to read: rmt ingest --append mem.st MORE...")
-        jobs = [IngestJob(paths, output or append, append)]
+        target = Path(output) if output else append
+        if target.is_dir():
+            raise UsageError(f"-o {target}: is a folder; --append writes one memory file")
+        jobs = [IngestJob(paths, target, append)]
     else:
         if not paths:
             raise UsageError("no input given: name files, folders, or - for standard input")
         if output is None:
             raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
-        if output.is_dir() or str(output).endswith("/"):
+        folder = Path(output)
+        if folder.is_dir() or output.endswith(("/", os.sep)):
             if "-" in paths:
                 raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
-            names = [Path(p.rstrip("/")).name or "input" for p in paths]
-            if len(set(names)) != len(names):
-                raise UsageError("two inputs share a name; use --manifest to name each output")
-            jobs = [IngestJob([p], output / f"{Path(n).stem}.st") for p, n in zip(paths, names)]
+            stems = [Path(Path(p.rstrip("/")).name or "input").stem for p in paths]
+            if len(set(stems)) != len(stems):
+                raise UsageError("two inputs would write the same FOLDER/NAME.st; use --manifest to name each output")
+            jobs = [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
         else:
-            jobs = [IngestJob(paths, output)]
+            jobs = [IngestJob(paths, folder)]
     if append is not None:
-        dtype = load_memory(append).dtype
-    loaded = _load_model(model, _dtype(dtype))
+        kept = load_memory(append).dtype
+        if dtype is not None and DTYPE_CHOICES.get(dtype.lower()) != kept:
+            raise UsageError(f"--dtype {dtype}: {append} was made in {kept}; an append continues in the same dtype")
+        dtype = kept
+    torch_dtype = _dtype(dtype or "float32")
+    loaded = _load_model(model, torch_dtype)
     import time
 
     started = time.perf_counter()
@@ -235,7 +256,8 @@ def ingest(
         summaries = [r.summary() for r in results]
         _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
     if failures:
-        raise typer.Exit(failures[0].exit_code if len(jobs) == 1 else 1)
+        # 2 when every failure was bad input, else 1 (a runtime failure)
+        raise typer.Exit(2 if all(r.exit_code == 2 for r in failures) else 1)
 
 
 def _with_progress(run, quiet: bool, documents: int):
@@ -292,11 +314,13 @@ def ask(
     asked = list(questions or [])
     if "-" in asked:
         asked.remove("-")
-        asked += [q for q in sys.stdin.read().splitlines() if q.strip()]
+        asked += _question_lines(sys.stdin.buffer.read(), "standard input")
     if file is not None:
+        if file.is_dir():
+            raise UsageError(f"--file {file}: is a folder, not a file of questions")
         if not file.is_file():
-            raise UsageError(f"{file}: no such file of questions")
-        asked += [q for q in file.read_text(encoding="utf-8").splitlines() if q.strip()]
+            raise UsageError(f"--file {file}: no such file of questions")
+        asked += _question_lines(file.read_bytes(), str(file))
     if not asked:
         raise UsageError("no question given: rmt ask MEMORY \"QUESTION\" (or --file, or - for stdin)")
     state = load_memory(memory)
@@ -341,6 +365,10 @@ def perplexity(
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
+        if not plot_file.parent.is_dir():  # find out now, not after scoring a whole book
+            raise UsageError(f"--plot {plot_file}: no folder {plot_file.parent}")
+        if plot_file.is_dir():
+            raise UsageError(f"--plot {plot_file}: is a folder")
     torch_dtype = _dtype(dtype)
     loaded = _load_model(model, torch_dtype, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, torch_dtype) if baseline is not None else None

@@ -55,11 +55,19 @@ class TaskData:
         self.task = task
         self.segment_size = memory.segment_size
         self.seed = seed
-        self.babi = read_babi(task.babi_path) if task.name == "babi" else None
+        self.babi = self._babi() if task.name == "babi" else None
         self.noise_sentences = self._noise_sentences()
         self.lm_texts = self._lm_texts() if task.name == "lm" else None
         self.placement = task.placement or default_placement(task.name)
         self.tokenizer = None
+
+    def _babi(self):
+        try:
+            return read_babi(self.task.babi_path)
+        except OSError as e:
+            raise UsageError(f"task.babi_path: {self.task.babi_path}: {e.strerror or e}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UsageError(f"task.babi_path: {e}") from None
 
     def _lm_texts(self) -> list[str]:
         texts = [t for _, t in read_text_paths(self.task.lm_paths)]

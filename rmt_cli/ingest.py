@@ -63,11 +63,11 @@ class Progress:
 class _Reader:
     """One document being read: bytes -> text -> final tokens, plus its memory row."""
 
-    def __init__(self, job: IngestJob, model: LoadedModel, force: bool):
+    def __init__(self, job: IngestJob, document: Document, model: LoadedModel, force: bool):
         self.job = job
         self.result = IngestResult(str(job.output))
         self.started = time.perf_counter()
-        self.document: Document = open_document(job.paths)
+        self.document = document
         fp = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
         if job.append_from is not None:
             state = load_memory(job.append_from)
@@ -118,6 +118,18 @@ class _Reader:
         )
 
 
+def check_job(job: IngestJob) -> Document:
+    """Open a job's inputs (every path checked) and make sure writing its output destroys none of them."""
+    if job.output.is_dir():
+        raise UsageError(f"{job.output}: is a folder; name a memory file to write")
+    document = open_document(job.paths)
+    target = job.output.resolve()
+    for item in document.items:
+        if item.path is not None and item.path.resolve() == target:
+            raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")
+    return document
+
+
 def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
     """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it."""
     expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
@@ -151,11 +163,19 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         res.error, res.exit_code = str(error), error.exit_code
         results[index] = res
 
+    # Check every input before reading any: a typo in the last path shows up now, not after the first books.
+    documents: dict[int, Document] = {}
+    for index, job in enumerate(jobs):
+        try:
+            documents[index] = check_job(job)
+        except RMTError as e:
+            fail(index, e)
+    queue = [(i, job) for i, job in queue if i in documents]
     while queue or active:
         while queue and len(active) < batch_size:
             index, job = queue.pop(0)
             try:
-                active[index] = _Reader(job, model, force)
+                active[index] = _Reader(job, documents.pop(index), model, force)
             except RMTError as e:
                 fail(index, e)
         ready = []
@@ -169,11 +189,18 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             if len(reader.buffer) - reader.start >= S:
                 ready.append(index)
             else:
-                _finish(reader, model)
-                results[index] = reader.result
-                finished_bytes += reader.bytes_read
-                total_tokens += reader.result.tokens - reader.segments * S
                 del active[index]
+                finished_bytes += reader.bytes_read
+                try:
+                    _finish(reader, model)
+                except RMTError as e:
+                    fail(index, e, reader)
+                    continue
+                except OSError as e:  # the memory file could not be written: this document fails, not the batch
+                    fail(index, RMTError(f"{reader.job.output}: {e.strerror or e}"), reader)
+                    continue
+                results[index] = reader.result
+                total_tokens += reader.result.tokens - reader.segments * S
         if ready:
             readers = [active[i] for i in ready]
             ids = torch.tensor([r.take(S) for r in readers], dtype=torch.long, device=cell.memory.device)

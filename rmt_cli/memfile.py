@@ -92,8 +92,17 @@ class MemoryState:
         return meta
 
 
+def make_ordinary(path: str | Path) -> None:
+    """Temporary files are private (0600); what we hand over gets the permissions of any new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; name a memory file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "memory": state.memory.detach().to("cpu").contiguous(),
@@ -101,11 +110,9 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a memory file is an ordinary file
     try:
         save_file(tensors, tmp, metadata=state.metadata())
+        make_ordinary(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -86,7 +86,7 @@ class TaskSpec(Section):
 class OptimSpec(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -107,7 +107,7 @@ class Stage(Section):
 
 class EvalSpec(Section):
     samples: int = Field(100, ge=1)
-    segments: list[int] | None = None  # lengths to evaluate; default: every stage's length
+    segments: list[Annotated[int, Field(ge=1)]] | None = None  # lengths to evaluate; default: every stage's
     batch_size: int = Field(50, ge=1)
 
 
@@ -128,7 +128,7 @@ class Recipe(Section):
     curriculum: list[Stage] = Field(min_length=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; fix it for bit-exact resume
+    threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; fix it for bit-exact resume
     resume: str | None = None  # "auto" or a checkpoint folder
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 

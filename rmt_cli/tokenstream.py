@@ -35,7 +35,8 @@ class TokenStream:
         """Tokens that are now final; the rest waits in `carry`."""
         buffer = self.carry + text
         cut = self._boundary(buffer)
-        if cut == 0 and len(buffer) > MAX_CARRY_CHARS:
+        if len(buffer) - cut > MAX_CARRY_CHARS:
+            # No boundary for this long (one huge "word"): cut anyway so the carry stays bounded (inexact here).
             cut = len(buffer) - MAX_CARRY_CHARS // 2
         if cut == 0:
             self.carry = buffer

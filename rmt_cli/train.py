@@ -132,6 +132,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     set_seed(recipe.seed)
     log = _Logger(console if accelerator.is_main_process else None)
     output_dir = Path(recipe.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "

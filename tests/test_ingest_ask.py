@@ -243,7 +243,7 @@ def test_batch_folder_output_reports_each_document(tmp_path, checkpoint):
     manifest = tmp_path / "jobs.tsv"
     manifest.write_text(f"{tmp_path / 'one.txt'}\t{out / 'm1.st'}\n{tmp_path / 'nope.txt'}\t{out / 'm2.st'}\n")
     r = run(["ingest", "--manifest", manifest, "--model", checkpoint, "-q", "--json"])
-    assert r.exit_code == 1  # one failed, the other was still written
+    assert r.exit_code == 2  # one input was bad (exit 2), the other was still written
     rows = json.loads(r.stdout)
     assert rows[0]["error"] is None and "no such file" in rows[1]["error"]
     assert (out / "m1.st").exists() and not (out / "m2.st").exists()
@@ -288,3 +288,69 @@ def test_questions_from_stdin_and_from_a_file_one_answer_line_each(tmp_path, che
     (tmp_path / "q.txt").write_text("Where is Daniel?\nWhere is Mary?\n")
     from_file = run(args + ["--file", tmp_path / "q.txt"]).stdout.splitlines()
     assert from_file == piped.stdout.splitlines()[::-1]  # independent questions: order in, order out
+
+
+def test_output_that_is_also_an_input_is_refused_and_the_input_kept(tmp_path, checkpoint):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(TEXT)
+    r = run(["ingest", notes, "-o", notes, "--model", checkpoint, "-q"])
+    assert r.exit_code == 2 and "also an input" in r.stderr
+    assert notes.read_text() == TEXT
+
+
+def test_output_folder_named_with_a_slash_is_created_and_stems_must_differ(tmp_path, checkpoint):
+    for name in ("a.txt", "b.txt", "a.md"):
+        (tmp_path / name).write_text(TEXT[:300])
+    out = f"{tmp_path}/mems/"
+    r = run(["ingest", tmp_path / "a.txt", tmp_path / "b.txt", "-o", out, "--model", checkpoint, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "mems").iterdir()) == ["a.st", "b.st"]
+    r = run(["ingest", tmp_path / "a.txt", tmp_path / "a.md", "-o", out, "--model", checkpoint, "-q"])
+    assert r.exit_code == 2 and "same" in r.stderr
+
+
+def test_a_failed_write_loses_only_its_own_document(tmp_path, checkpoint):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text(TEXT[:400])
+    (tmp_path / "blocker").write_text("a file where a folder is needed")
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text(f"{tmp_path}/a.txt\t{tmp_path}/out/a.st\n{tmp_path}/b.txt\t{tmp_path}/blocker/b.st\n"
+                        f"{tmp_path}/c.txt\t{tmp_path}/out/c.st\n")
+    r = run(["ingest", "--manifest", manifest, "--model", checkpoint, "-q", "--json"])
+    assert r.exit_code == 1
+    rows = json.loads(r.stdout)
+    assert [row["error"] is None for row in rows] == [True, False, True]
+    assert (tmp_path / "out" / "a.st").exists() and (tmp_path / "out" / "c.st").exists()
+
+
+def test_text_without_word_boundaries_keeps_the_carry_bounded(tmp_path, model):
+    from rmt_cli.tokenstream import MAX_CARRY_CHARS
+
+    (tmp_path / "min.js").write_text("x " + "a" * 50_000)
+    [r] = ingest([IngestJob([str(tmp_path / "min.js")], tmp_path / "m.st")], model)
+    state = load_memory(tmp_path / "m.st")
+    assert len(state.carry_text) <= MAX_CARRY_CHARS and state.segments > 10 and r.error is None
+
+
+def test_top_p_zero_is_greedy_and_memory_files_are_ordinary_files(tmp_path, checkpoint):
+    import os
+
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    old = os.umask(0o022)
+    try:
+        assert run(["ingest", book, "-o", tmp_path / "m.st", "--model", checkpoint, "-q"]).exit_code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.st").stat().st_mode & 0o777 == 0o644
+    args = ["ask", tmp_path / "m.st", "Where is Mary?", "--model", checkpoint, "--max-new-tokens", "3"]
+    sampled = run(args + ["--temperature", "1", "--top-p", "0"])
+    assert sampled.exit_code == 0 and sampled.stdout == run(args).stdout
+
+
+def test_a_bad_path_among_several_is_found_before_reading(tmp_path, checkpoint):
+    (tmp_path / "a.txt").write_text(TEXT)
+    r = run(["ingest", tmp_path / "a.txt", tmp_path / "typo.txt", "-o", f"{tmp_path}/out/", "--model", checkpoint,
+             "-q", "--batch-size", "1"])
+    assert r.exit_code == 2 and "typo.txt: no such file" in r.stderr
+    assert r.stderr.index("typo.txt") < r.stderr.index("done:")  # reported first, the good input still done

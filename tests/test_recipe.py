@@ -307,3 +307,15 @@ def test_cli_segment_too_small_for_the_question_is_a_usage_error(tmp_path, monke
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 2
     assert "segment_size" in result.stderr
+
+
+@pytest.mark.parametrize("override, path", [
+    ("eval.segments=[0,-3]", "eval.segments.0"),
+    ("threads=100000", "threads"),
+    ("optim.betas=[2,3]", "optim.betas.0"),
+])
+def test_values_that_would_fail_later_are_refused_up_front(override, path, tmp_path):
+    from rmt_cli.recipe import apply_overrides
+
+    data = apply_overrides(dict(MINIMAL), [override])
+    assert any(line.startswith(f"r.yaml: {path}:") for line in errors_of(data))

@@ -1,0 +1,57 @@
+"""User mistakes found in review: each is one `error:` line with the right exit code, never a traceback."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rmt_cli.cli import app
+
+RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
+          "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+          "memory": {"num_mem_tokens": 2, "segment_size": 48},
+          "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}}
+
+
+def run(args, input=None):
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in r.stderr + r.stdout
+    return r
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(tmp_path / "run")}))
+    return path
+
+
+def test_output_dir_that_is_a_file(tmp_path, recipe):
+    (tmp_path / "afile").write_text("x")
+    r = run(["train", recipe, f"output_dir={tmp_path / 'afile'}", "-q"])
+    assert r.exit_code == 2 and "is a file" in r.stderr
+
+
+@pytest.mark.parametrize("content, words", [(None, "no such file"), ("not babi at all\n", "bAbI")])
+def test_bad_babi_path(tmp_path, recipe, content, words):
+    path = tmp_path / "qa.txt"
+    if content is not None:
+        path.write_text(content)
+    r = run(["train", recipe, "task.name=babi", f"task.babi_path={path}", "-q"])
+    assert r.exit_code == 2 and words.lower() in r.stderr.lower() and "task.babi_path" in r.stderr
+
+
+def test_questions_that_are_not_utf8(tmp_path):
+    from rmt_cli.checkpoint import DEFAULT_LM_DIR
+
+    (tmp_path / "q.txt").write_bytes(b"Where is caf\xe9?\n")
+    (tmp_path / "doc.txt").write_text("Mary went to the garden. " * 20)
+    assert run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR, "-q"]).exit_code == 0
+    for args, given in ((["--file", tmp_path / "q.txt"], None), (["-"], b"Where is caf\xe9?\n")):
+        r = run(["ask", tmp_path / "m.st", *args, "--model", DEFAULT_LM_DIR], input=given)
+        assert r.exit_code == 2 and "UTF-8" in r.stderr
+
+
+def test_plot_into_a_missing_folder_is_refused_before_scoring(tmp_path):
+    (tmp_path / "doc.txt").write_text("Mary went to the garden. " * 20)
+    r = run(["perplexity", tmp_path / "doc.txt", "--plot", tmp_path / "nodir" / "x.png", "-q"])
+    assert r.exit_code == 2 and "no folder" in r.stderr and r.stdout == ""
