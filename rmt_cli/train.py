@@ -216,8 +216,10 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            with torch.no_grad():
-                accuracy = float(answer_correct(out.final_logits, batch.final_labels).float().mean())
+            accuracy = None  # language modelling has no answers to be right about
+            if recipe.task.name != "lm":
+                with torch.no_grad():
+                    accuracy = float(answer_correct(out.final_logits, batch.final_labels).float().mean())
             tokens_seen += batch.num_tokens * world
             speed = tokens_seen / max(time.perf_counter() - t0, 1e-9)
             loss = float(out.loss.detach())
@@ -304,8 +306,9 @@ class _Progress:
 
     def update(self, step, stage, segments, loss, accuracy, speed):
         if self._progress is not None:
+            score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
             self._progress.update(self._task, completed=step, description=f"stage {stage} ({segments} seg)",
-                                  stats=f"loss {loss:.3f} acc {accuracy:.0%} {speed:,.0f} tok/s")
+                                  stats=f"loss {loss:.3f} {score} {speed:,.0f} tok/s")
 
     def __exit__(self, *exc):
         if self._progress is not None:
