@@ -182,8 +182,9 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         for index, reader in list(active.items()):
             try:
                 reader.fill(S)
-            except RMTError as e:
-                fail(index, e, reader)
+            except (RMTError, OSError) as e:  # e.g. a file that vanished or became unreadable mid-read
+                fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
+                     reader)
                 del active[index]
                 continue
             if len(reader.buffer) - reader.start >= S:
