@@ -18,8 +18,8 @@ import torch
 from .checkpoint import LoadedModel
 from .errors import RMTError, UsageError
 from .memfile import MemoryState, dtype_name, load_memory, memory_fingerprint, save_memory
-from .sources import Document, Utf8Stream, open_document
-from .tokenstream import TokenStream
+from .sources import Document, open_document
+from .tokenstream import DocumentTokens
 
 
 @dataclass
@@ -68,35 +68,25 @@ class _Reader:
         self.result = IngestResult(str(job.output))
         self.started = time.perf_counter()
         self.document = document
-        fp = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+        self.fingerprint = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
         if job.append_from is not None:
             state = load_memory(job.append_from)
             check_compatible(state, model, force, str(job.append_from))
             self.memory = state.memory.to(model.cell.dtype)
             self.buffer = list(state.tail_tokens)
-            self.utf8 = Utf8Stream(state.pending_bytes)
-            self.stream = TokenStream(model.tokenizer, state.carry_text)
+            self.text = DocumentTokens(document, model.tokenizer, state.pending_bytes, state.carry_text)
             self.segments = state.segments
             self.sources = list(state.sources)
             self.sources_omitted = state.sources_omitted
         else:
             self.memory = model.cell.initial_memory(1)[0].detach()
-            self.buffer, self.utf8, self.stream = [], Utf8Stream(), TokenStream(model.tokenizer)
+            self.buffer, self.text = [], DocumentTokens(document, model.tokenizer)
             self.segments, self.sources, self.sources_omitted = 0, [], 0
-        self.fingerprint = fp
-        self.chunks = self.document.chunks()
-        self.exhausted = False
-        self.bytes_read = 0
         self.start = 0  # buffer offset of the next segment
 
     def fill(self, size: int) -> None:
-        while not self.exhausted and len(self.buffer) - self.start < size:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                self.exhausted = True
-                break
-            self.bytes_read += len(chunk)
-            self.buffer.extend(self.stream.feed(self.utf8.decode(chunk)))
+        while not self.text.exhausted and len(self.buffer) - self.start < size:
+            self.buffer.extend(self.text.read())
 
     def take(self, size: int) -> list[int]:
         segment = self.buffer[self.start : self.start + size]
@@ -108,13 +98,13 @@ class _Reader:
 
     def state(self, model: LoadedModel) -> MemoryState:
         tail = self.buffer[self.start :]
-        tokens = self.segments * model.segment_size + len(tail) + len(self.stream.peek_rest())
+        tokens = self.segments * model.segment_size + len(tail) + len(self.text.rest())
         records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
         return MemoryState(
             memory=self.memory, tail_tokens=tail, fingerprint=self.fingerprint, dtype=dtype_name(model.cell.dtype),
             segment_size=model.segment_size, num_mem_tokens=model.memory.num_mem_tokens,
-            model_hint=str(model.path), tokens=tokens, segments=self.segments, carry_text=self.stream.carry,
-            pending_bytes=self.utf8.pending, sources=self.sources + records, sources_omitted=self.sources_omitted,
+            model_hint=str(model.path), tokens=tokens, segments=self.segments, carry_text=self.text.stream.carry,
+            pending_bytes=self.text.utf8.pending, sources=self.sources + records, sources_omitted=self.sources_omitted,
         )
 
 
@@ -191,7 +181,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 ready.append(index)
             else:
                 del active[index]
-                finished_bytes += reader.bytes_read
+                finished_bytes += reader.text.bytes_read
                 try:
                     _finish(reader, model)
                 except RMTError as e:
@@ -218,7 +208,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 sizes = [r.document.total_bytes for r in active.values()]
                 if all(size is not None for size in sizes):
                     bytes_total = finished_bytes + sum(sizes)
-            on_progress(Progress(finished_bytes + sum(r.bytes_read for r in active.values()),
+            on_progress(Progress(finished_bytes + sum(r.text.bytes_read for r in active.values()),
                                  bytes_total, total_tokens, total_segments, len(results), len(jobs)))
     return [results[i] for i in range(len(jobs))]
 
@@ -227,10 +217,10 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     state = reader.state(model)
     save_memory(reader.job.output, state)
     res = reader.result
-    res.tokens, res.segments, res.bytes = state.tokens, state.segments, reader.bytes_read
+    res.tokens, res.segments, res.bytes = state.tokens, state.segments, reader.text.bytes_read
     res.seconds = time.perf_counter() - reader.started
-    if reader.utf8.replaced:
-        res.warnings.append(f"{reader.utf8.replaced} invalid UTF-8 byte sequences were read as U+FFFD")
+    if reader.text.utf8.replaced:
+        res.warnings.append(f"{reader.text.utf8.replaced} invalid UTF-8 byte sequences were read as U+FFFD")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:

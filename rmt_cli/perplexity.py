@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from .checkpoint import LoadedModel
 from .errors import UsageError
-from .sources import Utf8Stream, open_document
-from .tokenstream import TokenStream
+from .sources import open_document
+from .tokenstream import DocumentTokens
 
 
 @dataclass
@@ -92,14 +92,12 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
     if baseline is not None and baseline.tokenizer.get_vocab() != model.tokenizer.get_vocab():
         raise UsageError("--baseline uses another tokenizer: perplexities would not be comparable")
     S = model.segment_size
-    document = open_document(paths)
-    utf8, stream = Utf8Stream(), TokenStream(model.tokenizer)
+    text = DocumentTokens(open_document(paths), model.tokenizer)
     device = model.cell.memory.device
     memory = model.cell.initial_memory(1)
     reset = model.cell.initial_memory(1)
     base_memory = baseline.cell.initial_memory(1) if baseline is not None else None
     rmt, without, base = Scores(S), Scores(S), Scores(S) if baseline is not None else None
-    buffer: list[int] = []
     started = time.perf_counter()
     done = 0
 
@@ -113,27 +111,24 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
             base_memory, base_losses = _segment_losses(baseline, base_memory, ids.to(baseline.cell.memory.device))
             base.add(base_losses)
 
-    def drain(final: bool):
-        nonlocal buffer, done
-        while len(buffer) >= S or (final and len(buffer) > 1):
+    buffer: list[int] = []
+    while not text.exhausted and (max_tokens is None or done < max_tokens):
+        buffer.extend(text.read())
+        if text.exhausted:
+            buffer.extend(text.rest())
+        start = 0
+        # Whole segments as they come; at the end, the last partial one too (it needs two tokens to score).
+        while len(buffer) - start >= S or (text.exhausted and len(buffer) - start > 1):
             limit = S if max_tokens is None else min(S, max_tokens - done)
             if limit < 2:
-                buffer = []
-                return
-            segment, buffer = buffer[:limit], buffer[limit:]
+                break
+            segment = buffer[start : start + limit]
+            start += len(segment)
             score(segment)
             done += len(segment)
             if on_progress:
                 on_progress(done, len(rmt.loss_by_segment))
-
-    for chunk in document.chunks():
-        buffer.extend(stream.feed(utf8.decode(chunk)))
-        drain(final=False)
-        if max_tokens is not None and done >= max_tokens:
-            break
-    else:
-        buffer.extend(stream.peek_rest())
-        drain(final=True)
+        del buffer[:start]
     if rmt.tokens == 0:
         raise UsageError("the text is too short to score: it needs at least two tokens")
     seconds = time.perf_counter() - started

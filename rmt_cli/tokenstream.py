@@ -47,3 +47,33 @@ class TokenStream:
     def peek_rest(self) -> list[int]:
         """Tokens of the carried text, as if the input ended here (nothing is committed)."""
         return self.tokenizer.encode(self.carry, add_special_tokens=False) if self.carry else []
+
+
+class DocumentTokens:
+    """A document read as final tokens: bytes -> UTF-8 text -> tokens, chunk by chunk.
+
+    Resumable from a memory file's (pending bytes, carried text). Ingest and perplexity both read this way.
+    """
+
+    def __init__(self, document, tokenizer, pending: bytes = b"", carry: str = ""):
+        from .sources import Utf8Stream
+
+        self.document = document
+        self.utf8 = Utf8Stream(pending)
+        self.stream = TokenStream(tokenizer, carry)
+        self._chunks = document.chunks()
+        self.bytes_read = 0
+        self.exhausted = False
+
+    def read(self) -> list[int]:
+        """Tokens made final by the next chunk; sets `exhausted` (and returns []) at the end of the input."""
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self.exhausted = True
+            return []
+        self.bytes_read += len(chunk)
+        return self.stream.feed(self.utf8.decode(chunk))
+
+    def rest(self) -> list[int]:
+        """Tokens of the carried text, as if the input ended here."""
+        return self.stream.peek_rest()
