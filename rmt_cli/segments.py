@@ -84,13 +84,13 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
     """Stack samples: write segments left-padded (memory positions stay put), final segments right-padded."""
     batch = len(samples)
     num_steps = max(len(s.writes) for s in samples)
+    with_labels = any(s.write_labels is not None for s in samples)
     steps = []
     for t in range(num_steps):
         width = max((len(s.writes[t]) for s in samples if t < len(s.writes)), default=0)
         ids = torch.full((batch, width), pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         active = torch.zeros(batch, dtype=torch.bool)
-        with_labels = any(s.write_labels is not None for s in samples)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long) if with_labels else None
         for row, s in enumerate(samples):
             if t >= len(s.writes):

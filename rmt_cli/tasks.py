@@ -242,30 +242,25 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
         # Never after the last noise sentence: the document ends in noise, so trimming reaches the target.
         last = max(len(sentences) - 1, 0)
         slots = sorted(rng.randint(0, last) for _ in fact_ids)
-    pieces: list[list[int]] = []
+    pieces: list[tuple[list[int], bool]] = []  # (token ids, is a fact)
     f = 0
     for i in range(len(sentences) + 1):
         while f < len(fact_ids) and slots[f] == i:
-            pieces.append(fact_ids[f])
+            pieces.append((fact_ids[f], True))
             f += 1
         if i < len(sentences):
-            pieces.append(sentences[i])
+            pieces.append((sentences[i], False))
     if pieces:
         # A document starts without the space that joins sentences, exactly as a text file read by ingest.
-        first = tok.decode(pieces[0]).lstrip()
-        pieces[0] = tok.encode(first, add_special_tokens=False)
-        if slots and slots[0] == 0:
-            fact_ids[0] = pieces[0]
-    ids = [t for piece in pieces for t in piece]
-    if len(ids) <= target_tokens:
-        return ids
-    # Trim surplus noise from the end, never a fact.
+        first, is_fact = pieces[0]
+        pieces[0] = (tok.encode(tok.decode(first).lstrip(), add_special_tokens=False), is_fact)
+    ids: list[int] = []
     last_fact_end = 0
-    pos = 0
-    for piece in pieces:
-        pos += len(piece)
-        if any(piece is fi for fi in fact_ids):
-            last_fact_end = pos
+    for piece, is_fact in pieces:
+        ids.extend(piece)
+        if is_fact:
+            last_fact_end = len(ids)
+    # Trim surplus noise from the end, never a fact.
     return ids[: max(target_tokens, last_fact_end)]
 
 
