@@ -49,28 +49,59 @@ def prepare_memory(model: LoadedModel, state: MemoryState, question: list[int]) 
 
 
 @torch.inference_mode()
+def generate(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 16,
+             temperature: float = 0.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None) -> list[tuple[list[int], float]]:
+    """Answer tokens (without the end token) and their log-probability, for a batch of final segments.
+
+    Each row reads its memory and its prompt; a row stops at the end token, after `max_new_tokens` tokens, or
+    when its final segment would outgrow a segment's positions. Rows are right-padded: a shorter prompt does not
+    move the memory or the others' positions.
+    """
+    S, eos = model.segment_size, model.tokenizer.eos_token_id
+    pad = model.tokenizer.pad_token_id
+    rows = [list(p) for p in prompts]
+    out: list[list[int]] = [[] for _ in rows]
+    logprobs = [0.0] * len(rows)
+    live = list(range(len(rows)))
+    while live:
+        width = max(len(rows[r]) for r in live)
+        ids = torch.full((len(live), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(live), width), dtype=torch.long)
+        for i, r in enumerate(live):
+            ids[i, : len(rows[r])] = torch.tensor(rows[r])
+            mask[i, : len(rows[r])] = 1
+        device = memory.device
+        logits = model.cell.read_segment(memory[live], ids.to(device), mask.to(device) if len(live) > 1 else None)
+        last = torch.tensor([len(rows[r]) - 1 for r in live], device=device)
+        step_logits = logits[torch.arange(len(live), device=device), last].float()
+        still = []
+        for i, r in enumerate(live):
+            token = _choose(step_logits[i], temperature, top_p, generator)
+            logprobs[r] += float(torch.log_softmax(step_logits[i], -1)[token])
+            if token == eos:
+                continue
+            out[r].append(token)
+            rows[r].append(token)
+            if len(out[r]) < max_new_tokens and len(rows[r]) < S:
+                still.append(r)
+        live = still
+    return list(zip(out, logprobs))
+
+
+@torch.inference_mode()
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,
         top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
     if not question.strip():
         raise UsageError("empty question")
     q = question_ids(model.tokenizer, question)
     memory, prompt = prepare_memory(model, state, q)
-    eos = model.tokenizer.eos_token_id
-    room = model.segment_size - len(prompt)  # the final segment may not outgrow a segment's positions
-    generated: list[int] = []
-    logprob = 0.0
-    ids = list(prompt)
-    for _ in range(min(max_new_tokens + 1, room)):
-        logits = model.cell.read_segment(memory, torch.tensor([ids], device=memory.device))[0, -1].float()
-        logp = torch.log_softmax(logits, -1)
-        token = _choose(logits, temperature, top_p, generator)
-        logprob += float(logp[token])
-        if token == eos:
-            break
-        generated.append(token)
-        ids.append(token)
-    text = model.tokenizer.decode(generated, skip_special_tokens=True).strip()
-    return Answer(question, text, logprob, len(generated))
+    [(generated, logprob)] = generate(model, memory, [prompt], max_new_tokens, temperature, top_p, generator)
+    return Answer(question, answer_text(model.tokenizer, generated), logprob, len(generated))
+
+
+def answer_text(tokenizer, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:

@@ -60,8 +60,17 @@ def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
-    h.update(json.dumps({"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}).encode())
+    settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
+    if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
+        settings.update(update=memory.update, gate_floor=memory.gate_floor)
+    h.update(json.dumps(settings).encode())
     return h.hexdigest()[:32]
+
+
+def memory_tensors(cell: MemoryCell) -> dict[str, torch.Tensor]:
+    """What the cell adds to the wrapped model: the initial memory and, for the gated rule, the gate."""
+    return {name: t.detach().cpu().contiguous() for name, t in cell.state_dict().items()
+            if not name.startswith("model.")}
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -85,7 +94,7 @@ def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: Memor
     tmp.mkdir()
     cell.model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    save_file({"memory": cell.memory.detach().cpu().contiguous()}, str(tmp / MEMORY_FILE))
+    save_file(memory_tensors(cell), str(tmp / MEMORY_FILE))
     info = {
         "format_version": FORMAT_VERSION,
         "rmt_version": __version__,
@@ -174,15 +183,25 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     except (OSError, ValueError) as e:
         raise UsageError(f"checkpoint {path}: cannot load the model: {str(e).splitlines()[0]}") from None
     tokenizer = load_tokenizer(str(path))
-    cell = MemoryCell(model, memory.num_mem_tokens)
+    cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor)
     try:
-        saved = load_file(str(path / MEMORY_FILE))["memory"]
+        saved = load_file(str(path / MEMORY_FILE))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise UsageError(f"checkpoint {path}: {MEMORY_FILE} is unreadable: {e}") from None
-    if saved.shape != cell.memory.shape:
-        raise UsageError(f"checkpoint {path}: memory of shape {tuple(saved.shape)}, expected {tuple(cell.memory.shape)}")
+    expected = memory_tensors(cell)
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise UsageError(f"checkpoint {path}: {MEMORY_FILE} lacks {', '.join(missing)} "
+                         f"(memory update rule {memory.update!r})")
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            what = "memory" if name == "memory" else name
+            raise UsageError(f"checkpoint {path}: {what} of shape {tuple(saved[name].shape)}, expected "
+                             f"{tuple(tensor.shape)}")
     with torch.no_grad():
-        cell.memory.copy_(saved)
+        for name, param in cell.named_parameters():
+            if name in expected:
+                param.copy_(saved[name])
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()

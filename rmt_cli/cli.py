@@ -361,14 +361,7 @@ def perplexity(
     from .perplexity import perplexity as run_perplexity, plot
 
     if plot_file is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
-        if not plot_file.parent.is_dir():  # find out now, not after scoring a whole book
-            raise UsageError(f"--plot {plot_file}: no folder {plot_file.parent}")
-        if plot_file.is_dir():
-            raise UsageError(f"--plot {plot_file}: is a folder")
+        _check_plot_target(plot_file)
     torch_dtype = _dtype(dtype)
     loaded = _load_model(model, torch_dtype, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, torch_dtype) if baseline is not None else None
@@ -397,6 +390,133 @@ def perplexity(
         sys.stdout.write(f"{result['memory']['perplexity']:.4f}\n")
     if not quiet:
         _perplexity_table(result)
+
+
+@app.command(
+    "eval",
+    epilog="Examples:\n\n"
+    "  rmt eval --noise held-out-book.txt --lengths 1k,16k,128k,1M --samples 100,100,100,20\n\n"
+    "  rmt eval --model runs/qa1-gated/final --noise books/ --babi qa1_test.txt --json > table.json\n\n"
+    "  rmt eval --noise book.txt --lengths 4k,64k --plot accuracy.png     # needs matplotlib"
+)
+@command
+def eval_command(
+    noise: List[str] = typer.Option(..., "--noise", "-n", help="Text files or folders the facts are hidden in "
+                                    "(repeat the option for several)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+                                         "model)."),
+    lengths: str = typer.Option("1k,4k,16k", "--lengths", "-l", help="Document lengths in tokens, e.g. "
+                                "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
+    samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
+                                "length (100,100,20)."),
+    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, ..."),
+    babi: Optional[Path] = typer.Option(None, "--babi", help="Take the stories from this bAbI-format file "
+                                        "instead of a generator."),
+    babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "
+                                   "split (by story, as training splits it)."),
+    facts: str = typer.Option("2,10", "--facts", help="MIN,MAX facts per generated story."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents read side by side."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (evaluate in the dtype you ship)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the samples."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw accuracy against length to this PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
+):
+    """Accuracy against document length: facts hidden in noise, read with memory, with it reset, and the
+    constant guess, each with a 95% interval."""
+    from .data import read_text_paths
+    from .longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
+    from .tasks import read_babi, split_sentences
+
+    wanted = parse_lengths(lengths)
+    try:
+        counts = [int(x) for x in samples.split(",")]
+    except ValueError:
+        raise UsageError(f"--samples {samples!r}: a number, or one number per length") from None
+    if len(counts) == 1:
+        counts = counts * len(wanted)
+    if len(counts) != len(wanted) or min(counts) < 1:
+        raise UsageError(f"--samples {samples!r}: give one positive number, or one per length ({len(wanted)})")
+    try:
+        low, high = (int(x) for x in facts.split(","))
+    except ValueError:
+        raise UsageError(f"--facts {facts!r}: MIN,MAX such as 2,10") from None
+    if not 1 <= low <= high:
+        raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX")
+    if babi_split not in ("all", "train", "valid"):
+        raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
+    if plot_file is not None:
+        _check_plot_target(plot_file)
+    stories = None
+    if babi is not None:
+        try:
+            stories = read_babi(babi, babi_split)
+        except OSError as e:
+            raise UsageError(f"--babi {babi}: {e.strerror or e}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UsageError(f"--babi {babi}: {e}") from None
+    sentences = [s for _, text in read_text_paths(noise) for s in split_sentences(text)]
+    loaded = _load_model(model, _dtype(dtype))
+    corpus = NoiseCorpus(loaded.tokenizer, sentences)
+    source = StorySource(task, low, high, stories, seed)
+    results = []
+    if quiet:
+        for n, count in zip(wanted, counts):
+            results.append(evaluate_length(loaded, corpus, source, n, count, batch_size))
+    else:
+        import time
+
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        total = sum(n * c for n, c in zip(wanted, counts))
+        with Progress(TextColumn("eval {task.fields[what]}"), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+            job = bar.add_task("eval", total=total, what="", stats="")
+            t0, seen = time.perf_counter(), [0]
+
+            def step(tokens: int) -> None:
+                seen[0] += tokens
+                bar.update(job, advance=tokens, stats=f"{seen[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+
+            for n, count in zip(wanted, counts):
+                bar.update(job, what=f"{n:,} tokens x {count}")
+                results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, step))
+    rows = [r.row() for r in results]
+    if plot_file is not None:
+        plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")
+    if json_out:
+        _print_json({"model": str(loaded.path), "dtype": dtype, "rows": rows})
+    if not quiet:
+        _eval_table(rows)
+
+
+def _check_plot_target(plot_file: Path) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
+    if plot_file.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot_file}: the plot is a PNG file; name it NAME.png")
+    if not plot_file.parent.is_dir():  # find out now, not after the whole evaluation
+        raise UsageError(f"--plot {plot_file}: no folder {plot_file.parent}")
+    if plot_file.is_dir():
+        raise UsageError(f"--plot {plot_file}: is a folder")
+
+
+def _eval_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    def cell(r, key):
+        low, high = r[key + "_ci95"]
+        return f"{r[key]:.1%} [{low:.0%}-{high:.0%}]"
+
+    table = Table(title="accuracy against document length (95% intervals)")
+    for col in ("tokens", "samples", "with memory", "memory reset", "constant guess"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{r['length']:,}", str(r["samples"]), cell(r, "accuracy"), cell(r, "accuracy_reset"),
+                      cell(r, "constant_guess"))
+    err.print(table)
 
 
 def _perplexity_table(result: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import UsageError
 from .recipe import MemorySpec, TaskSpec
 from .segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
-from .tasks import NoiseSource, build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
+from .tasks import NoiseSource, build_marked_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
 
@@ -63,7 +63,7 @@ class TaskData:
 
     def _babi(self):
         try:
-            return read_babi(self.task.babi_path)
+            return read_babi(self.task.babi_path, self.task.babi_split)
         except OSError as e:
             raise UsageError(f"task.babi_path: {self.task.babi_path}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:
@@ -110,7 +110,9 @@ class TaskData:
             self.lm_ids = [t for text in self.lm_texts for t in tokenizer.encode(text, add_special_tokens=False)]
         return self
 
-    def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None) -> DocumentSample:
+    def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None,
+               training: bool = False) -> DocumentSample:
+        """One document. `training` adds the recipe's further questions (task.questions) after the first."""
         rng = rng_for(self.seed, index, f"sample{num_segments}")
         S = self.segment_size
         if self.lm_texts is not None:
@@ -121,11 +123,14 @@ class TaskData:
         target = rng.randint((num_segments - 1) * S, num_segments * S - 1)
         if self.noise is None:
             ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
+            marks = [True] * len(ids)
         else:
-            ids = build_haystack(story, self.noise, target, rng, self.placement)
+            ids, marks = build_marked_haystack(story, self.noise, target, rng, self.placement)
         try:
+            more = [(question_ids(self.tokenizer, q), answer_ids(self.tokenizer, a))
+                    for q, a in story.more[: self.task.questions - 1]] if training else []
             return qa_sample(ids, question_ids(self.tokenizer, story.question),
-                             answer_ids(self.tokenizer, story.answer), S)
+                             answer_ids(self.tokenizer, story.answer), S, marks, more)
         except ValueError as e:  # the question or answer does not fit a segment of this size
             raise UsageError(f"memory.segment_size: {e} (question {story.question!r})") from None
 

@@ -16,7 +16,8 @@ from .checkpoint import read_info
 from .errors import UsageError
 from .recipe import Recipe, apply_overrides, read_recipe_data, validate_recipe
 
-LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size")]
+LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
+          ("memory", "gate_floor")]
 
 
 def _get(data: dict, path: tuple):

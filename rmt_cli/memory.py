@@ -4,8 +4,14 @@ A `MemoryCell` wraps an unchanged causal language model. Every segment it runs i
 
     [read memory (m vectors)] [segment tokens] [write memory (m vectors)]
 
-and the new memory is the model's last hidden states at the write positions. Position ids restart at 0 in
+and the written memory is the model's last hidden states at the write positions. Position ids restart at 0 in
 every segment, so learned (GPT-2) and rotary (Llama) position schemes both see short sequences only.
+
+How the written memory becomes the next segment's memory is the update rule:
+- `replace` (the original RMT): the written memory is the new memory.
+- `gated`: each memory slot has a learned gate g = sigmoid(w . written + b), started mostly shut, and the new
+  memory is old + g * (written - old). A gate under `gate_floor` is exactly 0, so a segment that writes nothing
+  (noise) passes the memory through bit for bit: a million tokens of noise cannot wear a fact away.
 
 `RecurrentMemoryModel` runs a batch of documents segment after segment, carries the memory, applies truncated
 back-propagation through time and computes the loss. Ingestion and asking use the cell's streaming calls
@@ -24,14 +30,29 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 
 
+UPDATE_RULES = ("replace", "gated")
+GATE_INIT_BIAS = -3.0  # sigmoid(-3) ~ 0.05: a fresh gate mostly keeps the old memory
+
+
 class MemoryCell(nn.Module):
     """A causal LM with `num_mem_tokens` memory vectors read at the start and written at the end of a segment."""
 
-    def __init__(self, model: nn.Module, num_mem_tokens: int):
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0):
         super().__init__()
+        if update not in UPDATE_RULES:
+            raise ValueError(f"unknown memory update rule {update!r}; known: {', '.join(UPDATE_RULES)}")
         self.model = model
         self.num_mem_tokens = num_mem_tokens
+        self.update = update
+        self.gate_floor = gate_floor
         embeddings = model.get_input_embeddings()
+        if update == "gated":
+            self.gate = nn.Linear(embeddings.embedding_dim, 1)
+            with torch.no_grad():
+                self.gate.weight.zero_()
+                self.gate.bias.fill_(GATE_INIT_BIAS)
+        else:
+            self.gate = None
         # Start the memory at the scale of the token embeddings so the first segments are not swamped.
         scale = float(embeddings.weight.detach().float().std())
         generator = torch.Generator().manual_seed(0)
@@ -71,19 +92,34 @@ class MemoryCell(nn.Module):
                                     use_cache=False)  # each segment is one pass: a KV cache is pure overhead
         return out.last_hidden_state
 
-    def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
-        """Run one segment. Returns (new memory or None, logits over the segment's tokens or None).
+    def gate_probabilities(self, written: torch.Tensor) -> torch.Tensor:
+        """Per slot, how much of the written memory replaces the old one, before the floor: [batch, m] float32."""
+        return torch.sigmoid(self.gate(written).float().squeeze(-1))
 
-        logits[:, i] predicts input_ids[:, i + 1], as in any causal LM.
+    def update_memory(self, old: torch.Tensor, written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next memory from the old and the written one; also the gate probabilities (None for replace)."""
+        if self.gate is None:
+            return written, None
+        gate = self.gate_probabilities(written)
+        # Under the floor a slot keeps its old memory bit for bit.
+        shut = (gate < self.gate_floor).unsqueeze(-1)
+        mixed = old + gate.to(old.dtype).unsqueeze(-1) * (written.to(old.dtype) - old)
+        return torch.where(shut, old, mixed), gate
+
+    def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
+        """Run one segment. Returns (new memory or None, logits over the segment's tokens or None, gate or None).
+
+        logits[:, i] predicts input_ids[:, i + 1], as in any causal LM. The gate (per slot, before the floor) is
+        there for the gated update rule only.
         """
         hidden = self._hidden_states(memory, input_ids, attention_mask, write)
         m, length = self.num_mem_tokens, input_ids.shape[1]
-        new_memory = hidden[:, m + length :] if write else None
+        new_memory, gate = self.update_memory(memory, hidden[:, m + length :]) if write else (None, None)
         token_logits = self.model.get_output_embeddings()(hidden[:, m : m + length]) if logits else None
-        return new_memory, token_logits
+        return new_memory, token_logits, gate
 
     def write_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
-        """Read a segment and return the memory written at its end (no LM head is run)."""
+        """Read a segment and return the next memory (no LM head is run)."""
         return self.forward_segment(memory, input_ids, attention_mask, write=True)[0]
 
     def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
@@ -99,6 +135,7 @@ class WriteStep:
     attention_mask: torch.Tensor  # [B, T]
     active: torch.Tensor  # [B] bool
     labels: torch.Tensor | None = None  # [B, T], IGNORE_INDEX where no loss
+    has_fact: torch.Tensor | None = None  # [B] bool: the segment holds (part of) a fact; supervises the gates
 
 
 @dataclass
@@ -113,7 +150,8 @@ class SegmentBatch:
 
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        steps = [WriteStep(move(s.input_ids), move(s.attention_mask), move(s.active), move(s.labels)) for s in self.steps]
+        steps = [WriteStep(move(s.input_ids), move(s.attention_mask), move(s.active), move(s.labels), move(s.has_fact))
+                 for s in self.steps]
         return SegmentBatch(steps, move(self.final_ids), move(self.final_mask), move(self.final_labels),
                             move(self.writes_per_row))
 
@@ -128,18 +166,22 @@ class RecurrentOutput:
     final_logits: torch.Tensor
     memory: torch.Tensor
     num_loss_tokens: int
+    gate_loss: torch.Tensor | None = None  # the gate supervision term (already inside `loss`, weighted)
 
 
 class RecurrentMemoryModel(nn.Module):
     """Runs documents through a MemoryCell segment by segment with truncated BPTT."""
 
     def __init__(self, cell: MemoryCell, segment_size: int, bptt_depth: int | None = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, gate_supervision: float = 0.0):
         super().__init__()
         self.cell = cell
         self.segment_size = segment_size
         self.bptt_depth = bptt_depth
         self.gradient_checkpointing = gradient_checkpointing
+        # Weight of the gate supervision: shut every slot on segments without a fact, open some slot on those
+        # with one. Only the gated rule has gates, and only samples that know where their facts are supervise.
+        self.gate_supervision = gate_supervision
 
     def _segment(self, memory, ids, mask, write, logits):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -153,15 +195,19 @@ class RecurrentMemoryModel(nn.Module):
         memory = initial
         loss_sum = initial.new_zeros((), dtype=torch.float32)
         loss_tokens = 0
+        gate_sum, gate_count = initial.new_zeros((), dtype=torch.float32), 0
         for index, step in enumerate(batch.steps):
             rows = step.active.nonzero().squeeze(-1)
             want_logits = step.labels is not None
-            new_memory, logits = self._segment(
+            new_memory, logits, gate = self._segment(
                 memory.index_select(0, rows), step.input_ids[rows], step.attention_mask[rows], True, want_logits
             )
             if want_logits:
                 s, n = _shifted_loss_sum(logits, step.labels[rows])
                 loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
+            if gate is not None and self.gate_supervision and step.has_fact is not None:
+                gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows])
+                gate_count += len(rows)
             memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
             if self.bptt_depth is not None:
                 # Gradients flow back through at most `bptt_depth` write segments of each row.
@@ -169,11 +215,23 @@ class RecurrentMemoryModel(nn.Module):
                 memory = torch.where(cut, memory.detach(), memory)
             if reset_memory:
                 memory = initial
-        _, final_logits = self._segment(memory, batch.final_ids, batch.final_mask, False, True)
+        _, final_logits, _ = self._segment(memory, batch.final_ids, batch.final_mask, False, True)
         s, n = _shifted_loss_sum(final_logits, batch.final_labels)
         loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
         loss = loss_sum / max(loss_tokens, 1) if loss_tokens else None
-        return RecurrentOutput(loss, final_logits, memory, loss_tokens)
+        gate_loss = gate_sum / gate_count if gate_count else None
+        if gate_loss is not None:
+            loss = self.gate_supervision * gate_loss if loss is None else loss + self.gate_supervision * gate_loss
+        return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss)
+
+
+def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per row: every slot shut on a segment without a fact, the most open slot open on one
+    with a fact (which slots to use is the model's choice)."""
+    eps = 1e-6
+    shut = -torch.log1p(-gate.clamp(max=1 - eps)).sum(-1)
+    opened = -torch.log(gate.max(-1).values.clamp(min=eps))
+    return torch.where(has_fact, opened, shut).sum()
 
 
 def _shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -76,7 +76,7 @@ class Scores:
 
 
 def _segment_losses(model: LoadedModel, memory, ids: torch.Tensor):
-    new_memory, logits = model.cell.forward_segment(memory, ids, write=True, logits=True)
+    new_memory, logits, _ = model.cell.forward_segment(memory, ids, write=True, logits=True)
     losses = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none")
     return new_memory, losses
 

@@ -42,6 +42,12 @@ class MemorySpec(Section):
     segment_size: int = Field(64, ge=4)
     bptt_depth: int | None = Field(None, ge=0)
     gradient_checkpointing: bool = False
+    # replace: the written memory is the next one (the original RMT). gated: a learned gate per slot mixes the
+    # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
+    update: Literal["replace", "gated"] = "replace"
+    gate_floor: float = Field(0.001, ge=0, lt=1)
+    # Training only: weight of a loss that shuts the gates on segments without a fact (gated rule).
+    gate_supervision: float = Field(0.0, ge=0)
 
 
 class NoiseSpec(Section):
@@ -62,7 +68,11 @@ class TaskSpec(Section):
     name: Literal[STORY_TASKS + ("lm",)] = "memorize"  # type: ignore[valid-type]
     min_facts: int = Field(2, ge=1)
     max_facts: int = Field(10, ge=1)
+    # Training asks up to this many questions per story (qa1: one per person who moved), the first exactly as
+    # `rmt ask` does, the others after its answer while they fit the final segment. Evaluation asks one.
+    questions: int = Field(1, ge=1, le=8)
     babi_path: str | None = None  # a bAbI-format file, for name: babi
+    babi_split: Literal["all", "train", "valid"] = "all"  # by story: every 10th story is "valid"
     placement: Literal["start", "random"] | None = None  # where facts go; default by task
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     lm_paths: list[str] = Field(default_factory=list)  # text files or folders, for name: lm

@@ -71,13 +71,28 @@ class DocumentSample:
     final_ids: list[int]
     final_labels: list[int]
     write_labels: list[list[int]] | None = None  # language modelling: targets inside write segments too
+    write_has_fact: list[bool] | None = None  # per write segment: holds a fact token (gate supervision)
 
 
-def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segment_size: int) -> DocumentSample:
+def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segment_size: int,
+              fact_marks: list[bool] | None = None,
+              more: list[tuple[list[int], list[int]]] = ()) -> DocumentSample:
+    """`fact_marks`, one per document token, says which tokens belong to facts (known when the task made the
+    document); the sample then records which write segments hold a fact. `more`: further (question, answer)
+    token pairs asked after the first answer, as many as fit the segment (training only: `ask` asks one)."""
     segments, tail = split_document(doc_ids, segment_size)
     final = build_final_segment(tail, question, answer, segment_size)
+    for q, a in more:
+        if len(final.input_ids) + len(q) + len(a) > segment_size:
+            break
+        final.input_ids += list(q) + list(a)
+        final.labels += [IGNORE_INDEX] * len(q) + list(a)
     writes = segments + ([final.flush] if final.flush else [])
-    return DocumentSample(writes, final.input_ids, final.labels)
+    has_fact = None
+    if fact_marks is not None:
+        mark_segments, mark_tail = split_document(fact_marks, segment_size)
+        has_fact = [any(m) for m in mark_segments] + ([any(mark_tail)] if final.flush else [])
+    return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact)
 
 
 def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
@@ -85,6 +100,7 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
     batch = len(samples)
     num_steps = max(len(s.writes) for s in samples)
     with_labels = any(s.write_labels is not None for s in samples)
+    with_facts = all(s.write_has_fact is not None for s in samples)
     steps = []
     for t in range(num_steps):
         width = max((len(s.writes[t]) for s in samples if t < len(s.writes)), default=0)
@@ -92,6 +108,7 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
         mask = torch.zeros((batch, width), dtype=torch.long)
         active = torch.zeros(batch, dtype=torch.bool)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long) if with_labels else None
+        has_fact = torch.zeros(batch, dtype=torch.bool) if with_facts else None
         for row, s in enumerate(samples):
             if t >= len(s.writes):
                 continue
@@ -102,7 +119,9 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
             active[row] = True
             if with_labels and s.write_labels is not None:
                 labels[row, start:] = torch.tensor(s.write_labels[t], dtype=torch.long)
-        steps.append(WriteStep(ids, mask, active, labels))
+            if with_facts:
+                has_fact[row] = s.write_has_fact[t]
+        steps.append(WriteStep(ids, mask, active, labels, has_fact))
     width = max(max(len(s.final_ids) for s in samples), 1)
     final_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     final_mask = torch.zeros((batch, width), dtype=torch.long)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
@@ -32,6 +32,9 @@ class Story:
     facts: list[str]
     question: str
     answer: str
+    # Further (question, answer) pairs about the same facts: training can ask them after the first for more
+    # supervision per story (every person, not only the one a single question happens to ask about).
+    more: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _move(person: str, place: str, rng: random.Random) -> str:
@@ -47,8 +50,11 @@ def qa1_story(rng: random.Random, min_facts: int = 2, max_facts: int = 10) -> St
         person, place = rng.choice(PEOPLE), rng.choice(PLACES)
         facts.append(_move(person, place, rng))
         where[person] = place
-    person = rng.choice(sorted(where))
-    return Story(facts, f"Where is {person}?", where[person])
+    people = sorted(where)
+    person = rng.choice(people)
+    others = [p for p in people if p != person]
+    rng.shuffle(others)
+    return Story(facts, f"Where is {person}?", where[person], [(f"Where is {p}?", where[p]) for p in others])
 
 
 def memorize_story(rng: random.Random) -> Story:
@@ -132,13 +138,21 @@ def qa4_story(rng: random.Random) -> Story:
     return Story(facts, f"What is the {b} {DIRECTIONS[d1]} of?", a)
 
 
-def read_babi(path: str | Path) -> list[Story]:
+BABI_SPLITS = ("all", "train", "valid")
+VALID_EVERY = 10  # every 10th story of a bAbI file is the validation split
+
+
+def read_babi(path: str | Path, split: str = "all") -> list[Story]:
     """Stories from a bAbI-format file: `ID text` lines; `ID question<TAB>answer<TAB>ids`; IDs restart per story.
 
-    Each question becomes one Story holding every statement of its story before it.
+    Each question becomes one Story holding every statement of its story before it. `split` "valid" keeps
+    every 10th story (all its questions), "train" the others: a split by story, so no story is in both.
     """
+    if split not in BABI_SPLITS:
+        raise ValueError(f"unknown bAbI split {split!r}; choose {', '.join(BABI_SPLITS)}")
     stories: list[Story] = []
     context: list[str] = []
+    story_number = -1
     for line_no, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not raw.strip():
             continue
@@ -147,13 +161,16 @@ def read_babi(path: str | Path) -> list[Story]:
             raise ValueError(f"{path}:{line_no}: a bAbI line starts with a number, got {raw[:40]!r}")
         if head == "1":
             context = []
+            story_number += 1
         if "\t" in rest:
             parts = rest.split("\t")
-            stories.append(Story(list(context), parts[0].strip(), parts[1].strip()))
+            in_valid = story_number % VALID_EVERY == VALID_EVERY - 1
+            if split == "all" or (split == "valid") == in_valid:
+                stories.append(Story(list(context), parts[0].strip(), parts[1].strip()))
         else:
             context.append(rest.strip())
     if not stories:
-        raise ValueError(f"{path}: no questions found (is this a bAbI file?)")
+        raise ValueError(f"{path}: no questions found (is this a bAbI file{'' if split == 'all' else ', with ' + split + ' stories'}?)")
     return stories
 
 
@@ -231,6 +248,12 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
     The result is longer only when the facts alone need more. `placement`: "start" puts the facts first (the
     memorize task), "random" scatters them at random boundaries (in order).
     """
+    return build_marked_haystack(story, noise, target_tokens, rng, placement)[0]
+
+
+def build_marked_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: random.Random,
+                          placement: str = "random") -> tuple[list[int], list[bool]]:
+    """`build_haystack`, and for each token whether it belongs to a fact (what the gate supervision needs)."""
     tok = noise.tokenizer
     fact_ids = [tok.encode(" " + f, add_special_tokens=False) for f in story.facts]
     fact_tokens = sum(len(f) for f in fact_ids)
@@ -255,13 +278,16 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
         first, is_fact = pieces[0]
         pieces[0] = (tok.encode(tok.decode(first).lstrip(), add_special_tokens=False), is_fact)
     ids: list[int] = []
+    marks: list[bool] = []
     last_fact_end = 0
     for piece, is_fact in pieces:
         ids.extend(piece)
+        marks.extend([is_fact] * len(piece))
         if is_fact:
             last_fact_end = len(ids)
     # Trim surplus noise from the end, never a fact.
-    return ids[: max(target_tokens, last_fact_end)]
+    end = max(target_tokens, last_fact_end)
+    return ids[:end], marks[:end]
 
 
 def make_story(task: str, rng: random.Random, min_facts: int, max_facts: int, babi: list[Story] | None) -> Story:

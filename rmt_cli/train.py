@@ -150,10 +150,10 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     else:
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model, data.corpus(recipe.tokenizer.training_texts))
         model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
-        cell = MemoryCell(model, recipe.memory.num_mem_tokens)
+        cell = MemoryCell(model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor)
     data.bind(tokenizer)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
-                               recipe.memory.gradient_checkpointing)
+                               recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision)
     rmt.train()
     optimizer = torch.optim.AdamW(rmt.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
                                   weight_decay=recipe.optim.weight_decay)
@@ -207,7 +207,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             for group in optimizer.param_groups:
                 group["lr"] = lr
             first = step * recipe.batch_size + rank * local
-            samples = [data.sample(i, segments_for(recipe.seed, i, stage), stage.facts) for i in range(first, first + local)]
+            samples = [data.sample(i, segments_for(recipe.seed, i, stage), stage.facts, training=True)
+                       for i in range(first, first + local)]
             batch = collate(samples, tokenizer.pad_token_id).to(accelerator.device)
             out = model(batch)
             accelerator.backward(out.loss)
@@ -223,8 +224,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             tokens_seen += batch.num_tokens * world
             speed = tokens_seen / max(time.perf_counter() - t0, 1e-9)
             loss = float(out.loss.detach())
-            record({"step": step, "stage": stage_index, "segments": stage.segments, "loss": loss,
-                    "accuracy": accuracy, "lr": lr, "tokens_per_second": speed})
+            entry = {"step": step, "stage": stage_index, "segments": stage.segments, "loss": loss,
+                     "accuracy": accuracy, "lr": lr, "tokens_per_second": speed}
+            if out.gate_loss is not None:
+                entry["gate_loss"] = float(out.gate_loss.detach())
+            record(entry)
             bar.update(step, stage_index, stage.segments, loss, accuracy, speed)
             if step % recipe.checkpoint.every == 0:
                 save(step)

@@ -148,8 +148,8 @@ def test_left_padded_write_logits_match_unpadded(make_model, architecture, num_m
     short, long = seq(20, 5), seq(60, 11)
     step = _write_batch(short, long).steps[0]
     with torch.no_grad():
-        _, batched = cell.forward_segment(cell.initial_memory(2), step.input_ids, step.attention_mask, True, True)
-        _, alone = cell.forward_segment(cell.initial_memory(1), torch.tensor([short]), None, True, True)
+        _, batched, _ = cell.forward_segment(cell.initial_memory(2), step.input_ids, step.attention_mask, True, True)
+        _, alone, _ = cell.forward_segment(cell.initial_memory(1), torch.tensor([short]), None, True, True)
     assert torch.isfinite(batched[0, -5:]).all()
     assert torch.allclose(batched[0, -5:], alone[0], atol=1e-5)
 
