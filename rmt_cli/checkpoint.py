@@ -166,6 +166,24 @@ def read_info(path: str | Path) -> dict:
     return info
 
 
+CODE_KEYS = ("auto_map",)  # config keys that make transformers import Python files shipped beside the weights
+
+
+def refuse_remote_code(path: Path) -> None:
+    """A checkpoint is data: refuse one whose configs ask to run code shipped with it (never prompt)."""
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json", "processor_config.json"):
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise UsageError(f"checkpoint {path}: {name} is not valid JSON ({type(e).__name__})") from None
+        if isinstance(data, dict) and any(key in data for key in CODE_KEYS):
+            raise UsageError(f"checkpoint {path}: {name} asks to run Python code shipped with the checkpoint "
+                             f"(auto_map); rmt never runs code from a checkpoint")
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
 
@@ -178,11 +196,13 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     path = Path(path)
     info = read_info(path)
     memory = MemorySpec(**info["memory"])
+    refuse_remote_code(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32,
+                                                     trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise UsageError(f"checkpoint {path}: cannot load the model: {str(e).splitlines()[0]}") from None
-    tokenizer = load_tokenizer(str(path))
+    tokenizer = load_tokenizer(str(path), trust_remote_code=False)
     cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor)
     try:
         saved = load_file(str(path / MEMORY_FILE))
@@ -211,6 +231,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default-model"  # answers questions (ingest / ask)
 DEFAULT_LM_DIR = ASSETS / "lm-default"  # a language-model RMT (perplexity)
+DEFAULT_NOISE_TEXT = ASSETS / "texts" / "blake-poems.txt"  # public-domain text for `rmt eval` without --noise
 
 
 def resolve_model_path(model: str | Path | None, hint: str = "", default: Path = DEFAULT_MODEL_DIR) -> Path:

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -191,6 +192,8 @@ def ingest(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default; bit-exact appends) or bfloat16 "
                                         "(faster). --append keeps the memory file's."),
     force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write one JSON line per segment to this file: "
+                                         "how much the segment changed the memory (and the gate, if gated)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -232,11 +235,34 @@ def ingest(
             raise UsageError(f"--dtype {dtype}: {append} was made in {kept}; an append continues in the same dtype")
         dtype = kept
     torch_dtype = _dtype(dtype or "float32")
+    if trace is not None:
+        if trace.is_dir():
+            raise UsageError(f"--trace {trace}: is a folder; name a file for the JSON lines")
+        if not trace.parent.is_dir():
+            raise UsageError(f"--trace {trace}: no folder {trace.parent}")
+        if any(trace.resolve() in (j.output.resolve(), *(Path(p).resolve() for p in j.paths if p != "-")) for j in jobs):
+            raise UsageError(f"--trace {trace}: is an input or output of this ingest")
     loaded = _load_model(model, torch_dtype)
     import time
 
     started = time.perf_counter()
-    results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb), quiet, len(jobs))
+    with contextlib.ExitStack() as stack:
+        record = None
+        if trace is not None:
+            from .memfile import atomic_path
+
+            trace_file = stack.enter_context(open(stack.enter_context(atomic_path(trace)), "w"))
+
+            def record(t) -> None:  # streamed: a trace of a million segments is not held in memory
+                entry = {"segment": t.segment, "end_token": t.end_token, "change": round(t.change, 6)}
+                if len(jobs) > 1:
+                    entry = {"document": str(jobs[t.document].output), **entry}
+                if t.gate_max is not None:
+                    entry["gate_max"] = round(t.gate_max, 6)
+                trace_file.write(json.dumps(entry) + "\n")
+
+        results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record), quiet,
+                                 len(jobs))
     elapsed = time.perf_counter() - started
     failures = [r for r in results if r.error]
     for r in results:
@@ -395,14 +421,16 @@ def perplexity(
 @app.command(
     "eval",
     epilog="Examples:\n\n"
+    "  rmt eval                                   # the embedded model, 1k-16k tokens of a shipped text\n\n"
     "  rmt eval --noise held-out-book.txt --lengths 1k,16k,128k,1M --samples 100,100,100,20\n\n"
     "  rmt eval --model runs/qa1-gated/final --noise books/ --babi qa1_test.txt --json > table.json\n\n"
     "  rmt eval --noise book.txt --lengths 4k,64k --plot accuracy.png     # needs matplotlib"
 )
 @command
 def eval_command(
-    noise: List[str] = typer.Option(..., "--noise", "-n", help="Text files or folders the facts are hidden in "
-                                    "(repeat the option for several)."),
+    noise: Optional[List[str]] = typer.Option(None, "--noise", "-n", help="Text files or folders the facts are "
+                                              "hidden in (repeat the option for several; default: a public-domain "
+                                              "text shipped with rmt, Blake's poems)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
                                          "model)."),
     lengths: str = typer.Option("1k,4k,16k", "--lengths", "-l", help="Document lengths in tokens, e.g. "
@@ -455,7 +483,9 @@ def eval_command(
             raise UsageError(f"--babi {babi}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise UsageError(f"--babi {babi}: {e}") from None
-    sentences = [s for _, text in read_text_paths(noise) for s in split_sentences(text)]
+    from .checkpoint import DEFAULT_NOISE_TEXT
+
+    sentences = [s for _, text in read_text_paths(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
     loaded = _load_model(model, _dtype(dtype))
     corpus = NoiseCorpus(loaded.tokenizer, sentences)
     source = StorySource(task, low, high, stories, seed)

@@ -135,10 +135,25 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
     )
 
 
+@dataclass
+class TraceRecord:
+    """How one segment changed one document's memory (`rmt ingest --trace`)."""
+
+    document: int  # index of the job
+    segment: int  # the document's segment number, from 0 (an --append continues the count)
+    end_token: int  # the document's token offset where the segment ends
+    change: float  # |new memory - old| / |old memory|: 0 when the segment left the memory untouched
+    gate_max: float | None  # gated rule: the most open gate of the segment (before the floor)
+
+
 @torch.inference_mode()
 def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force: bool = False,
-           on_progress: Callable[[Progress], None] | None = None) -> list[IngestResult]:
-    """Ingest each job's inputs into its memory file. Failures are reported per document, never lost."""
+           on_progress: Callable[[Progress], None] | None = None,
+           on_trace: Callable[[TraceRecord], None] | None = None) -> list[IngestResult]:
+    """Ingest each job's inputs into its memory file. Failures are reported per document, never lost.
+
+    `on_trace`, when given, receives a record per segment of how much it changed the memory.
+    """
     S = model.segment_size
     cell = model.cell
     results: dict[int, IngestResult] = {}
@@ -196,7 +211,12 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             readers = [active[i] for i in ready]
             ids = torch.tensor([r.take(S) for r in readers], dtype=torch.long, device=cell.memory.device)
             memory = torch.stack([r.memory for r in readers])
-            new_memory = cell.write_segment(memory, ids)
+            new_memory, _, gate = cell.forward_segment(memory, ids)
+            if on_trace is not None:
+                change = ((new_memory - memory).float().norm(dim=(1, 2)) / memory.float().norm(dim=(1, 2)).clamp(min=1e-12))
+                for k, (i, r) in enumerate(zip(ready, readers)):
+                    on_trace(TraceRecord(i, r.segments, (r.segments + 1) * S, float(change[k]),
+                                         None if gate is None else float(gate[k].max())))
             for r, row in zip(readers, new_memory):
                 r.memory = row
                 r.segments += 1

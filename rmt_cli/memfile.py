@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -99,6 +100,24 @@ def make_ordinary(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary name beside `path` to write to; renamed onto `path` only when the block ends without error,
+    so a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        make_ordinary(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -108,17 +127,8 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         "memory": state.memory.detach().to("cpu").contiguous(),
         "tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=state.metadata())
-        make_ordinary(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
