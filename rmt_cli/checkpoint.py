@@ -252,6 +252,13 @@ def export_checkpoint(source: str | Path, destination: str | Path, dtype: torch.
     """
     loaded = load_checkpoint(source)
     recipe = (loaded.path / "recipe.yaml").read_text() if (loaded.path / "recipe.yaml").is_file() else None
+    if recipe is not None:  # a shipped file names no folder of the machine it was trained on
+        import yaml
+
+        data = yaml.safe_load(recipe)
+        if isinstance(data, dict) and data.get("output_dir"):
+            data["output_dir"] = f"runs/{Path(str(data['output_dir'])).name}"
+            recipe = yaml.safe_dump(data, sort_keys=False)
     loaded.cell.to(dtype)
     return save_checkpoint(destination, loaded.cell, loaded.tokenizer, loaded.memory,
                            loaded.info.get("source", str(source)), recipe)

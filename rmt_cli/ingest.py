@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import LoadedModel
 from .errors import RMTError, UsageError
-from .memfile import MemoryState, dtype_name, load_memory, memory_fingerprint, save_memory
+from .memfile import MemoryState, check_output_target, dtype_name, load_memory, memory_fingerprint, save_memory
 from .sources import Document, open_document
 from .tokenstream import DocumentTokens
 
@@ -27,6 +27,11 @@ class IngestJob:
     paths: list[str]
     output: Path
     append_from: Path | None = None
+
+    def __post_init__(self):  # accept str and os.PathLike as well as Path
+        self.paths = [str(p) for p in self.paths]
+        self.output = Path(self.output)
+        self.append_from = None if self.append_from is None else Path(self.append_from)
 
 
 @dataclass
@@ -110,14 +115,33 @@ class _Reader:
 
 def check_job(job: IngestJob) -> Document:
     """Open a job's inputs (every path checked) and make sure writing its output destroys none of them."""
-    if job.output.is_dir():
-        raise UsageError(f"{job.output}: is a folder; name a memory file to write")
+    check_output_target(job.output)
     document = open_document(job.paths)
     target = job.output.resolve()
     for item in document.items:
         if item.path is not None and item.path.resolve() == target:
             raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")
     return document
+
+
+def check_plan(jobs: list[IngestJob]) -> None:
+    """The whole plan before anything is written: no two jobs write one file, and no job writes a file that
+    another job reads (a manifest whose line 1 writes what line 2 reads would read a memory file as text)."""
+    outputs: dict[Path, int] = {}
+    for n, job in enumerate(jobs, 1):
+        target = job.output.resolve()
+        if target in outputs:
+            raise UsageError(f"{job.output}: written by job {outputs[target]} and job {n}; give each its own output")
+        outputs[target] = n
+    for n, job in enumerate(jobs, 1):
+        for p in job.paths:
+            if p == "-":
+                continue
+            source = Path(p).resolve()
+            for target, writer in outputs.items():
+                if writer != n and (source == target or source in target.parents):
+                    raise UsageError(f"{p}: read by job {n} and written by job {writer}; an output must not be "
+                                     f"another job's input")
 
 
 def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
@@ -168,6 +192,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         res.error, res.exit_code = str(error), error.exit_code
         results[index] = res
 
+    check_plan(jobs)
     # Check every input before reading any: a typo in the last path shows up now, not after the first books.
     documents: dict[int, Document] = {}
     for index, job in enumerate(jobs):

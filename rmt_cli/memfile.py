@@ -118,10 +118,24 @@ def atomic_path(path: str | Path):
         raise
 
 
-def save_memory(path: str | Path, state: MemoryState) -> Path:
+def check_output_target(path: str | Path) -> None:
+    """Only a regular file or a new path may be written: never replace a device, a FIFO or a folder."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: is a folder; name a memory file to write")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path}: is not a regular file (a device, a FIFO or a socket); rmt writes only regular "
+                         f"files or new paths")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{path}: {parent} is a file, not a folder")
+
+
+def save_memory(path: str | Path, state: MemoryState) -> Path:
+    path = Path(path)
+    check_output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "memory": state.memory.detach().to("cpu").contiguous(),

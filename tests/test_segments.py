@@ -67,13 +67,13 @@ def test_final_segment_never_exceeds_a_segment(answer):
 
 def test_long_answers_still_fit_the_segment():
     size = 32
-    answer = list(range(700, 700 + ANSWER_ROOM + 4))
-    for n in range(size):
-        try:
-            final = build_final_segment(list(range(n)), Q, answer, size)
-        except ValueError:
-            continue  # refusing an answer that cannot be asked for the same way is acceptable
+    longest = list(range(700, 700 + ANSWER_ROOM))
+    for n in range(size):  # every tail length: the longest allowed answer always fits the segment
+        final = build_final_segment(list(range(n)), Q, longest, size)
         assert len(final.input_ids) <= size
+        assert final.input_ids[-ANSWER_ROOM:] == longest
+        with pytest.raises(ValueError, match="answer room"):  # one token more is refused, never cut
+            build_final_segment(list(range(n)), Q, longest + [799], size)
 
 
 def test_labels_only_on_answer_tokens():

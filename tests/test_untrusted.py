@@ -58,3 +58,41 @@ def test_no_command_runs_code_from_a_checkpoint(tmp_path, evil_checkpoint, confi
     ok = CliRunner().invoke(app, [str(a) for a in runs[0]])
     assert ok.exit_code == 0, ok.stderr
     assert not marker.exists()
+
+
+@pytest.fixture()
+def plain_checkpoint(tmp_path, tokenizer, make_model):
+    path = tmp_path / "model"
+    save_checkpoint(path, MemoryCell(make_model("gpt2"), 2), tokenizer, MemorySpec(num_mem_tokens=2, segment_size=24),
+                    "test")
+    return path
+
+
+def test_output_onto_a_fifo_is_refused_and_left_alone(tmp_path, plain_checkpoint):
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    book = tmp_path / "book.txt"
+    book.write_text("Mary went to the kitchen. " * 10)
+    r = CliRunner().invoke(app, ["ingest", str(book), "-o", str(fifo), "--model", str(plain_checkpoint), "-q"])
+    assert r.exit_code == 2 and "not a regular file" in r.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the FIFO, not replaced by a memory file
+
+
+def test_a_manifest_that_would_destroy_its_own_inputs_is_refused_before_writing(tmp_path, plain_checkpoint):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("Mary went to the kitchen. " * 10)
+    other = tmp_path / "other.txt"
+    other.write_text("John went to the garden. " * 10)
+    for lines, words in (
+        ([f"{other}\t{victim}", f"{victim}\t{tmp_path / 'v.st'}"], "another job's input"),
+        ([f"{other}\t{tmp_path / 'same.st'}", f"{victim}\t{tmp_path / 'same.st'}"], "job 1 and job 2"),
+    ):
+        manifest = tmp_path / "jobs.tsv"
+        manifest.write_text("\n".join(lines) + "\n")
+        r = CliRunner().invoke(app, ["ingest", "--manifest", str(manifest), "--model", str(plain_checkpoint), "-q"])
+        assert r.exit_code == 2 and words in r.stderr, r.stderr
+        assert victim.read_text().startswith("Mary went")
+        assert not (tmp_path / "same.st").exists() and not (tmp_path / "v.st").exists()
