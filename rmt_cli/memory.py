@@ -209,10 +209,12 @@ class RecurrentMemoryModel(nn.Module):
                 gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows])
                 gate_count += len(rows)
             memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
-            if self.bptt_depth is not None:
-                # Gradients flow back through at most `bptt_depth` write segments of each row.
-                cut = (index < batch.writes_per_row - self.bptt_depth).view(-1, 1, 1)
-                memory = torch.where(cut, memory.detach(), memory)
+            if self.bptt_depth is not None and index == len(batch.steps) - self.bptt_depth - 1:
+                # Gradients flow back through at most `bptt_depth` write segments of each row. Every row's last
+                # write is the last step (collate right-aligns them), so one cut here bounds every row and the
+                # graph before it is dropped; rows that have not started yet keep their initial memory's graph.
+                started = (index >= len(batch.steps) - batch.writes_per_row).view(-1, 1, 1)
+                memory = torch.where(started, memory.detach(), initial)
             if reset_memory:
                 memory = initial
         _, final_logits, _ = self._segment(memory, batch.final_ids, batch.final_mask, False, True)

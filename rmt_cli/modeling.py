@@ -110,8 +110,11 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         for key, value in spec.config.items():
             setattr(config, key, value)
         check_fits(config, memory)
+        # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
+        # small updates; speed comes from mixed_precision (autocast) instead.
         return AutoModelForCausalLM.from_pretrained(spec.name_or_path, config=config, revision=spec.revision,
-                                                    trust_remote_code=spec.trust_remote_code, use_safetensors=True)
+                                                    trust_remote_code=spec.trust_remote_code, use_safetensors=True,
+                                                    dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {_first_line(e)}") from None
 

@@ -96,31 +96,37 @@ def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segmen
 
 
 def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
-    """Stack samples: write segments left-padded (memory positions stay put), final segments right-padded."""
+    """Stack samples: write segments left-padded (memory positions stay put), final segments right-padded.
+
+    Write steps are right-aligned: a document with fewer write segments starts later, so every document's last
+    write is the batch's last step. Truncated BPTT then cuts all rows at one step and frees the graph before it.
+    """
     batch = len(samples)
     num_steps = max(len(s.writes) for s in samples)
     with_labels = any(s.write_labels is not None for s in samples)
     with_facts = all(s.write_has_fact is not None for s in samples)
     steps = []
     for t in range(num_steps):
-        width = max((len(s.writes[t]) for s in samples if t < len(s.writes)), default=0)
+        width = max((len(s.writes[t - num_steps + len(s.writes)]) for s in samples
+                     if t >= num_steps - len(s.writes)), default=0)
         ids = torch.full((batch, width), pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         active = torch.zeros(batch, dtype=torch.bool)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long) if with_labels else None
         has_fact = torch.zeros(batch, dtype=torch.bool) if with_facts else None
         for row, s in enumerate(samples):
-            if t >= len(s.writes):
+            k = t - (num_steps - len(s.writes))  # this row's write segment at step t
+            if k < 0:
                 continue
-            seg = s.writes[t]
+            seg = s.writes[k]
             start = width - len(seg)
             ids[row, start:] = torch.tensor(seg, dtype=torch.long)
             mask[row, start:] = 1
             active[row] = True
             if with_labels and s.write_labels is not None:
-                labels[row, start:] = torch.tensor(s.write_labels[t], dtype=torch.long)
+                labels[row, start:] = torch.tensor(s.write_labels[k], dtype=torch.long)
             if with_facts:
-                has_fact[row] = s.write_has_fact[t]
+                has_fact[row] = s.write_has_fact[k]
         steps.append(WriteStep(ids, mask, active, labels, has_fact))
     width = max(max(len(s.final_ids) for s in samples), 1)
     final_ids = torch.full((batch, width), pad_id, dtype=torch.long)

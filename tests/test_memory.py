@@ -341,3 +341,27 @@ def test_reset_memory_ignores_the_earlier_segments(make_model, architecture):
     assert torch.allclose(reset.loss, never_written.loss, atol=1e-6)
     # ...and the memory run really is different, so the comparison above means something.
     assert not torch.allclose(remembered.final_logits, never_written.final_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_truncated_bptt_cuts_the_graph_itself(make_model, architecture, depth):
+    """Backward never reaches a cut segment's memory at all (not merely zero gradients through it)."""
+    batch, _ = _four_segment_batch()
+    cell = MemoryCell(make_model(architecture), M)
+    rmt = RecurrentMemoryModel(cell, segment_size=8, bptt_depth=depth).train()
+    reached: list[int] = []
+    real = cell.forward_segment
+    outputs = []
+
+    def recording(*args, **kwargs):
+        new_memory, logits, gate = real(*args, **kwargs)
+        if new_memory is not None:
+            step = len(outputs)
+            new_memory.register_hook(lambda grad, step=step: reached.append(step))
+            outputs.append(new_memory)
+        return new_memory, logits, gate
+
+    cell.forward_segment = recording
+    rmt(batch).loss.backward()
+    assert len(outputs) == 4
+    assert sorted(reached) == list(range(4 - depth, 4))  # only the last `depth` writes are back-propagated into

@@ -118,9 +118,10 @@ def test_collate_pads_writes_left_and_finals_right():
     samples = [DocumentSample([[1, 2, 3], [4, 5]], [6, 7, 8], [IGNORE_INDEX, 7, 8]),
                DocumentSample([[9]], [10], [IGNORE_INDEX])]
     batch = collate(samples, pad_id=0)
-    assert [s.input_ids.tolist() for s in batch.steps] == [[[1, 2, 3], [0, 0, 9]], [[4, 5], [0, 0]]]
-    assert [s.attention_mask.tolist() for s in batch.steps] == [[[1, 1, 1], [0, 0, 1]], [[1, 1], [0, 0]]]
-    assert [s.active.tolist() for s in batch.steps] == [[True, True], [True, False]]
+    # Right-aligned steps: the one-write document writes at the last step, with the other's last segment.
+    assert [s.input_ids.tolist() for s in batch.steps] == [[[1, 2, 3], [0, 0, 0]], [[4, 5], [0, 9]]]
+    assert [s.attention_mask.tolist() for s in batch.steps] == [[[1, 1, 1], [0, 0, 0]], [[1, 1], [0, 1]]]
+    assert [s.active.tolist() for s in batch.steps] == [[True, False], [True, True]]
     assert all(s.labels is None for s in batch.steps)
     assert batch.final_ids.tolist() == [[6, 7, 8], [10, 0, 0]]
     assert batch.final_mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -458,3 +458,14 @@ def test_a_pretrained_model_from_a_local_folder_trains_with_its_own_tokenizer(tm
                             memory={"num_mem_tokens": 2, "segment_size": 62})
     with pytest.raises(UsageError, match="memory.segment_size"):
         run(too_small)
+
+
+def test_a_bfloat16_pretrained_checkpoint_is_loaded_in_float32_for_training(tmp_path, tokenizer, make_model):
+    from rmt_cli.modeling import build_model
+    from rmt_cli.recipe import ModelSpec
+
+    pretrained = tmp_path / "bf16"
+    make_model("gpt2", seed=5, n_positions=64).to(torch.bfloat16).save_pretrained(pretrained)
+    model = build_model(ModelSpec(name_or_path=str(pretrained)), MemorySpec(num_mem_tokens=2, segment_size=40),
+                        tokenizer)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
