@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     S, m = args.segment_size, 8
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=S + 2 * m, n_embd=128, n_layer=4, n_head=4))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=S + 2 * m, n_embd=128, n_layer=4, n_head=4,
+                                      bos_token_id=0, eos_token_id=0))
     cell = MemoryCell(model, m, "gated", 0.001)
     rows = []
     for n in (int(x) for x in args.segments.split(",")):

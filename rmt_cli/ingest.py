@@ -8,6 +8,7 @@ gives exactly the memory of reading everything in one pass).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ def check_plan(jobs: list[IngestJob]) -> None:
     another job reads (a manifest whose line 1 writes what line 2 reads would read a memory file as text)."""
     outputs: dict[Path, int] = {}
     for n, job in enumerate(jobs, 1):
-        target = job.output.resolve()
+        target = Path(os.path.realpath(job.output))  # realpath, unlike resolve(), never raises on a link loop
         if target in outputs:
             raise UsageError(f"{job.output}: written by job {outputs[target]} and job {n}; give each its own output")
         outputs[target] = n
@@ -137,7 +138,7 @@ def check_plan(jobs: list[IngestJob]) -> None:
         for p in job.paths:
             if p == "-":
                 continue
-            source = Path(p).resolve()
+            source = Path(os.path.realpath(p))
             for target, writer in outputs.items():
                 if writer != n and (source == target or source in target.parents):
                     raise UsageError(f"{p}: read by job {n} and written by job {writer}; an output must not be "

@@ -173,7 +173,8 @@ class RecurrentMemoryModel(nn.Module):
     """Runs documents through a MemoryCell segment by segment with truncated BPTT."""
 
     def __init__(self, cell: MemoryCell, segment_size: int, bptt_depth: int | None = None,
-                 gradient_checkpointing: bool = False, gate_supervision: float = 0.0):
+                 gradient_checkpointing: bool = False, gate_supervision: float = 0.0,
+                 gate_supervision_open: bool = True):
         super().__init__()
         self.cell = cell
         self.segment_size = segment_size
@@ -182,6 +183,7 @@ class RecurrentMemoryModel(nn.Module):
         # Weight of the gate supervision: shut every slot on segments without a fact, open some slot on those
         # with one. Only the gated rule has gates, and only samples that know where their facts are supervise.
         self.gate_supervision = gate_supervision
+        self.gate_supervision_open = gate_supervision_open
 
     def _segment(self, memory, ids, mask, write, logits):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -206,7 +208,7 @@ class RecurrentMemoryModel(nn.Module):
                 s, n = _shifted_loss_sum(logits, step.labels[rows])
                 loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
             if gate is not None and self.gate_supervision and step.has_fact is not None:
-                gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows])
+                gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows], self.gate_supervision_open)
                 gate_count += len(rows)
             memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
             if self.bptt_depth is not None and index == len(batch.steps) - self.bptt_depth - 1:
@@ -227,12 +229,12 @@ class RecurrentMemoryModel(nn.Module):
         return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss)
 
 
-def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy per row: every slot shut on a segment without a fact, the most open slot open on one
-    with a fact (which slots to use is the model's choice)."""
+def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor, open_on_facts: bool = True) -> torch.Tensor:
+    """Binary cross-entropy per row: every slot shut on a segment without a fact, and (`open_on_facts`) the most
+    open slot open on one with a fact (which slots to use is the model's choice)."""
     eps = 1e-6
     shut = -torch.log1p(-gate.clamp(max=1 - eps)).sum(-1)
-    opened = -torch.log(gate.max(-1).values.clamp(min=eps))
+    opened = -torch.log(gate.max(-1).values.clamp(min=eps)) if open_on_facts else torch.zeros_like(shut)
     return torch.where(has_fact, opened, shut).sum()
 
 

@@ -46,8 +46,10 @@ class MemorySpec(Section):
     # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
     update: Literal["replace", "gated"] = "replace"
     gate_floor: float = Field(0.001, ge=0, lt=1)
-    # Training only: weight of a loss that shuts the gates on segments without a fact (gated rule).
+    # Training only: weight of a loss that shuts the gates on segments without a fact (gated rule), and whether
+    # it also opens the most open slot on segments with one (off: which slots open is left to the answer loss).
     gate_supervision: float = Field(0.0, ge=0)
+    gate_supervision_open: bool = True
 
 
 class NoiseSpec(Section):

@@ -153,7 +153,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         cell = MemoryCell(model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor)
     data.bind(tokenizer)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
-                               recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision)
+                               recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,
+                               recipe.memory.gate_supervision_open)
     rmt.train()
     optimizer = torch.optim.AdamW(rmt.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
                                   weight_decay=recipe.optim.weight_decay)

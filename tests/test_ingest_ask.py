@@ -317,9 +317,10 @@ def test_a_failed_write_loses_only_its_own_document(tmp_path, checkpoint):
     manifest.write_text(f"{tmp_path}/a.txt\t{tmp_path}/out/a.st\n{tmp_path}/b.txt\t{tmp_path}/blocker/b.st\n"
                         f"{tmp_path}/c.txt\t{tmp_path}/out/c.st\n")
     r = run(["ingest", "--manifest", manifest, "--model", checkpoint, "-q", "--json"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # an output under a regular file is bad input, found before reading
     rows = json.loads(r.stdout)
     assert [row["error"] is None for row in rows] == [True, False, True]
+    assert "is a file, not a folder" in rows[1]["error"]
     assert (tmp_path / "out" / "a.st").exists() and (tmp_path / "out" / "c.st").exists()
 
 

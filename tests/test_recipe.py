@@ -71,7 +71,11 @@ def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tok
     recipe = extend_recipe(ckpt, path, [])
     assert recipe.model == base.model and recipe.tokenizer == base.tokenizer
     assert recipe.memory.segment_size == base.memory.segment_size
-    assert min(s.segments for s in recipe.curriculum) > max(s.segments for s in base.curriculum)
+    if recipe.task.questions > base.task.questions:
+        # qa1-gated-extend continues on the same lengths with a new objective: every person of a story asked
+        assert recipe.task.name == base.task.name
+    else:
+        assert min(s.segments for s in recipe.curriculum) > max(s.segments for s in base.curriculum)
 
 
 # --- validation errors -----------------------------------------------------------------------------------------
