@@ -64,6 +64,7 @@ def generate(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]],
     out: list[list[int]] = [[] for _ in rows]
     logprobs = [0.0] * len(rows)
     live = list(range(len(rows)))
+    device = memory.device
     while live:
         width = max(len(rows[r]) for r in live)
         ids = torch.full((len(live), width), pad, dtype=torch.long)
@@ -71,7 +72,6 @@ def generate(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]],
         for i, r in enumerate(live):
             ids[i, : len(rows[r])] = torch.tensor(rows[r])
             mask[i, : len(rows[r])] = 1
-        device = memory.device
         logits = model.cell.read_segment(memory[live], ids.to(device), mask.to(device) if len(live) > 1 else None)
         last = torch.tensor([len(rows[r]) - 1 for r in live], device=device)
         step_logits = logits[torch.arange(len(live), device=device), last].float()
