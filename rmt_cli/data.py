@@ -111,8 +111,9 @@ class TaskData:
         return self
 
     def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None,
-               training: bool = False) -> DocumentSample:
-        """One document. `training` adds the recipe's further questions (task.questions) after the first."""
+               training: bool = False, noise: bool = True) -> DocumentSample:
+        """One document. `training` adds the recipe's further questions (task.questions) after the first.
+        `noise=False`: the story's facts alone, whatever `num_segments` says."""
         rng = rng_for(self.seed, index, f"sample{num_segments}")
         S = self.segment_size
         if self.lm_texts is not None:
@@ -121,7 +122,7 @@ class TaskData:
         story = make_story(self.task.name, rng, low, high, self.babi)
         # The document ends anywhere in its last segment, as ingested text does.
         target = rng.randint((num_segments - 1) * S, num_segments * S - 1)
-        if self.noise is None:
+        if self.noise is None or not noise:
             ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
             marks = [True] * len(ids)
         else:

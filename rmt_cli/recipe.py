@@ -109,6 +109,9 @@ class Stage(Section):
     steps: int = Field(ge=1)
     mix_shorter: float = Field(0.0, ge=0, le=1)  # share of samples drawn with fewer segments (1..segments-1)
     facts: tuple[int, int] | None = None  # [min, max] facts per story in this stage; default: the task's
+    # false: the story alone, without noise, so a short story and its question share the final segment (an
+    # in-context warm-up that learns to answer before the memory has to carry the facts).
+    noise: bool = True
 
     @model_validator(mode="after")
     def _check(self):
@@ -141,6 +144,9 @@ class Recipe(Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     threads: int | None = Field(None, ge=1, le=1024)  # torch CPU threads; fix it for bit-exact resume
+    # Processes that build batches ahead of the training step (0: the training process builds them). Batches
+    # are a function of the step alone, so the weights do not depend on it.
+    data_workers: int = Field(0, ge=0, le=64)
     resume: str | None = None  # "auto" or a checkpoint folder
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 

@@ -68,6 +68,35 @@ def segments_for(seed: int, index: int, stage: Stage) -> int:
     return stage.segments
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Step number -> that step's collated batch for one process, so DataLoader workers can build them ahead."""
+
+    def __init__(self, data: TaskData, recipe: Recipe, pad_id: int, first_step: int, rank: int, local: int):
+        self.data, self.recipe, self.pad_id = data, recipe, pad_id
+        self.first_step, self.rank, self.local = first_step, rank, local
+        self.total = sum(s.steps for s in recipe.curriculum)
+
+    def __len__(self) -> int:
+        return self.total - self.first_step
+
+    def __getitem__(self, offset: int):
+        step = self.first_step + offset
+        stage = self.recipe.curriculum[stage_at(self.recipe.curriculum, step)[0]]
+        first = step * self.recipe.batch_size + self.rank * self.local
+        samples = [self.data.sample(i, segments_for(self.recipe.seed, i, stage), stage.facts, training=True,
+                                    noise=stage.noise) for i in range(first, first + self.local)]
+        return collate(samples, self.pad_id)
+
+
+def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, rank: int, local: int):
+    """The batches from `first_step` on, built in `recipe.data_workers` background processes (or inline)."""
+    dataset = StepBatches(data, recipe, pad_id, first_step, rank, local)
+    if recipe.data_workers == 0:
+        return (dataset[i] for i in range(len(dataset)))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                            num_workers=recipe.data_workers, prefetch_factor=4))
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = []
     for p in (output_dir / CHECKPOINTS).glob("step-*"):
@@ -196,6 +225,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
 
     interrupted = False
     tokens_seen, t0 = 0, time.perf_counter()
+    batches = step_batches(data, recipe, tokenizer.pad_token_id, start_step, rank, local)
     with _StopFlag() as stop, log.progress(total, start_step, enabled=progress) as bar:
         step = start_step
         while step < total:
@@ -207,10 +237,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             lr = learning_rate(recipe, stage, in_stage)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            first = step * recipe.batch_size + rank * local
-            samples = [data.sample(i, segments_for(recipe.seed, i, stage), stage.facts, training=True)
-                       for i in range(first, first + local)]
-            batch = collate(samples, tokenizer.pad_token_id).to(accelerator.device)
+            batch = next(batches).to(accelerator.device)
             out = model(batch)
             accelerator.backward(out.loss)
             if recipe.optim.grad_clip:

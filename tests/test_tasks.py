@@ -269,6 +269,21 @@ def test_no_noise_gives_just_the_facts(tokenizer):
     assert "Question:" in text and all(MOVE_RE.match(f) for f in split_sentences(text.split("\nQuestion")[0]))
 
 
+def test_a_stage_without_noise_puts_the_story_alone_in_the_final_segment(tokenizer):
+    """Stage.noise false (the in-context warm-up): the same story as with noise, but with nothing around it."""
+    data = TaskData(TaskSpec(name="qa1", noise=NoiseSpec(kind="synthetic")), MemorySpec(segment_size=200), 0)
+    data.bind(tokenizer)
+    noisy, bare = data.sample(0, 3), data.sample(0, 3, noise=False)
+    assert len(noisy.writes) >= 2 and bare.writes == []
+    bare_story = tokenizer.decode(bare.final_ids).split("\nQuestion")[0]
+    noisy_text = tokenizer.decode([t for w in noisy.writes for t in w] + noisy.final_ids)
+    facts = split_sentences(bare_story)
+    assert facts and all(MOVE_RE.match(f) for f in facts)
+    assert [s for s in split_sentences(noisy_text.split("\nQuestion")[0]) if MOVE_RE.match(s)] == facts
+    assert tokenizer.decode(bare.final_ids).split("\nQuestion")[1] == tokenizer.decode(noisy.final_ids).split(
+        "\nQuestion")[1]  # same question and answer
+
+
 # --- bAbI files ------------------------------------------------------------------------------------------------
 
 BABI = """1 Mary moved to the bathroom.

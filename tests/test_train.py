@@ -247,6 +247,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(straight, tmp_path, monke
     assert resumed.evaluations == a_result.evaluations
 
 
+def test_batches_built_by_data_workers_train_the_same_weights(straight, tmp_path):
+    a_out, a_result = straight
+    out = tmp_path / "run"
+    result = run(tiny_recipe(out, data_workers=2))
+    assert_same_tensors(a_out / "final", out / "final")
+    assert step_losses(out) == step_losses(a_out)
+    assert result.evaluations == a_result.evaluations
+
+
 def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path, monkeypatch):
     """A kill after step 7 (after the stage boundary): the last checkpoint is step 6, steps 7.. are redone."""
     a_out, _ = straight
@@ -399,23 +408,26 @@ def test_plain_torchrun_on_a_cpu_machine(tmp_path):
     assert sum("event" not in json.loads(line) for line in lines) == 2
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    """A real SIGINT to `rmt train`: the step finishes, a checkpoint is saved, exit code 130; resume continues."""
+@pytest.mark.parametrize("data_workers", [0, 1])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers):
+    """A real SIGINT to `rmt train`'s process group, as a terminal's Ctrl-C sends it (data workers included):
+    the step finishes, a checkpoint is saved, exit code 130; resume continues."""
     import signal
     import time
 
     out = tmp_path / "run"
-    data = tiny_recipe(out, curriculum=[{"segments": 1, "steps": 100000}], checkpoint={"every": 100000, "keep": 2})
+    data = tiny_recipe(out, curriculum=[{"segments": 1, "steps": 100000}], checkpoint={"every": 100000, "keep": 2},
+                       data_workers=data_workers)
     recipe = tmp_path / "long.yaml"
     recipe.write_text(yaml.safe_dump(data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rmt_cli.cli", "train", str(recipe), "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "resume=auto" in stderr
