@@ -334,8 +334,7 @@ def ask(
     import torch
 
     from .ask import ask as run_ask
-    from .ingest import check_compatible
-    from .memfile import DTYPES, load_memory
+    from .memfile import DTYPES, check_compatible, load_memory
 
     asked = list(questions or [])
     if "-" in asked:

@@ -18,7 +18,8 @@ import torch
 
 from .checkpoint import LoadedModel
 from .errors import RMTError, UsageError
-from .memfile import MemoryState, check_output_target, dtype_name, load_memory, memory_fingerprint, save_memory
+from .memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
+                      save_memory)
 from .sources import Document, open_document
 from .tokenstream import DocumentTokens
 
@@ -143,21 +144,6 @@ def check_plan(jobs: list[IngestJob]) -> None:
                 if writer != n and (source == target or source in target.parents):
                     raise UsageError(f"{p}: read by job {n} and written by job {writer}; an output must not be "
                                      f"another job's input")
-
-
-def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
-    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it."""
-    expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
-    if state.fingerprint == expected or force:
-        if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
-            raise UsageError(f"{name}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
-                             f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
-        return
-    raise UsageError(
-        f"{name}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
-        f"{state.model_hint or 'an unknown model'} in {state.dtype}; this model {expected}, {model.path} in "
-        f"{dtype_name(model.cell.dtype)}); use the model that made it, or --force"
-    )
 
 
 @dataclass

@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -36,6 +37,9 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .errors import UsageError
+
+if TYPE_CHECKING:  # checkpoint imports this module
+    from .checkpoint import LoadedModel
 
 FORMAT = "1"
 MAX_METADATA_BYTES = 64 * 1024
@@ -131,6 +135,21 @@ def check_output_target(path: str | Path) -> None:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise UsageError(f"{path}: {parent} is a file, not a folder")
+
+
+def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
+    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it."""
+    expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+    if state.fingerprint == expected or force:
+        if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
+            raise UsageError(f"{name}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
+                             f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
+        return
+    raise UsageError(
+        f"{name}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
+        f"{state.model_hint or 'an unknown model'} in {state.dtype}; this model {expected}, {model.path} in "
+        f"{dtype_name(model.cell.dtype)}); use the model that made it, or --force"
+    )
 
 
 def save_memory(path: str | Path, state: MemoryState) -> Path:

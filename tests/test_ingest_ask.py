@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.ingest import IngestJob, check_compatible, ingest
-from rmt_cli.memfile import load_memory
+from rmt_cli.ingest import IngestJob, ingest
+from rmt_cli.memfile import check_compatible, load_memory
 from rmt_cli.memory import MemoryCell
 from rmt_cli.recipe import MemorySpec
 from rmt_cli.tokenstream import TokenStream
