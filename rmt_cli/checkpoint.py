@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import atomic_folder
 from .errors import UsageError
-from .memfile import make_ordinary
 from .memory import MemoryCell
 from .recipe import MemorySpec
 
@@ -73,49 +71,30 @@ def memory_tensors(cell: MemoryCell) -> dict[str, torch.Tensor]:
             if not name.startswith("model.")}
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-
-
 def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: MemorySpec, source: str,
                     recipe_yaml: str | None = None, training_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    cell.model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    save_file(memory_tensors(cell), str(tmp / MEMORY_FILE))
-    info = {
-        "format_version": FORMAT_VERSION,
-        "rmt_version": __version__,
-        "memory": memory.model_dump(),
-        "source": source,
-        "fingerprint": fingerprint(cell, tokenizer, memory),
-        **(extra or {}),
-    }
-    (tmp / RMT_JSON).write_text(json.dumps(info, indent=2) + "\n")
-    if recipe_yaml is not None:
-        (tmp / "recipe.yaml").write_text(recipe_yaml)
-    if training_state is not None:
-        tensors, state_json = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
-        tensors["torch_rng"] = torch.get_rng_state()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
-    for f in tmp.iterdir():
-        make_ordinary(f)
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _replace_dir(tmp, final)
+    with atomic_folder(final) as tmp:
+        cell.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_file(memory_tensors(cell), str(tmp / MEMORY_FILE))
+        info = {
+            "format_version": FORMAT_VERSION,
+            "rmt_version": __version__,
+            "memory": memory.model_dump(),
+            "source": source,
+            "fingerprint": fingerprint(cell, tokenizer, memory),
+            **(extra or {}),
+        }
+        (tmp / RMT_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        if recipe_yaml is not None:
+            (tmp / "recipe.yaml").write_text(recipe_yaml)
+        if training_state is not None:
+            tensors, state_json = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
+            tensors["torch_rng"] = torch.get_rng_state()
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
     return final
 
 

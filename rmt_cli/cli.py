@@ -249,7 +249,7 @@ def ingest(
     with contextlib.ExitStack() as stack:
         record = None
         if trace is not None:
-            from .memfile import atomic_path
+            from .atomic import atomic_path
 
             trace_file = stack.enter_context(open(stack.enter_context(atomic_path(trace)), "w"))
 

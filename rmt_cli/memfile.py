@@ -16,16 +16,14 @@ Metadata (safetensors string map)
     created               UTC time, ISO 8601
 
 Continuing from (memory, tail_tokens, carry_text, pending_bytes) with more input gives exactly the state of
-reading everything in one pass. Files are written to a temporary name and renamed into place.
+reading everything in one pass. Files are written to a temporary name and renamed into place
+(`atomic.atomic_path`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .atomic import atomic_path
 from .errors import UsageError
 
 if TYPE_CHECKING:  # checkpoint imports this module
@@ -95,31 +94,6 @@ class MemoryState:
         meta["sources"] = json.dumps(sources)
         meta["sources_omitted"] = str(omitted)
         return meta
-
-
-def make_ordinary(path: str | Path) -> None:
-    """Temporary files are private (0600); what we hand over gets the permissions of any new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """A temporary name beside `path` to write to; renamed onto `path` only when the block ends without error,
-    so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        make_ordinary(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_output_target(path: str | Path) -> None:

@@ -10,15 +10,14 @@ minus the last 10%): a model that starts each segment blind has a large one.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .checkpoint import LoadedModel
 from .errors import UsageError
 from .sources import open_document
@@ -160,8 +159,6 @@ def plot(result: dict, path: str) -> None:
     ax.set_title(f"loss by position, {result['tokens']:,} tokens in segments of {result['segment_size']}")
     ax.legend()
     fig.tight_layout()
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
-    fig.savefig(tmp, dpi=110)  # then rename: never a half-written picture
+    with atomic_path(path) as tmp:  # never a half-written picture
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, target)
