@@ -20,6 +20,7 @@ from .checkpoint import LoadedModel
 from .errors import RMTError, UsageError
 from .memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
+from .segments import SegmentStream
 from .sources import Document, open_document
 from .tokenstream import DocumentTokens
 
@@ -68,7 +69,7 @@ class Progress:
 
 
 class _Reader:
-    """One document being read: bytes -> text -> final tokens, plus its memory row."""
+    """One document being read: bytes -> text -> final tokens -> segments, plus its memory row."""
 
     def __init__(self, job: IngestJob, document: Document, model: LoadedModel, force: bool):
         self.job = job
@@ -80,31 +81,19 @@ class _Reader:
             state = load_memory(job.append_from)
             check_compatible(state, model, force, str(job.append_from))
             self.memory = state.memory.to(model.cell.dtype)
-            self.buffer = list(state.tail_tokens)
             self.text = DocumentTokens(document, model.tokenizer, state.pending_bytes, state.carry_text)
+            self.tokens = SegmentStream(model.segment_size, self.text.chunks(), state.tail_tokens)
             self.segments = state.segments
             self.sources = list(state.sources)
             self.sources_omitted = state.sources_omitted
         else:
             self.memory = model.cell.initial_memory(1)[0].detach()
-            self.buffer, self.text = [], DocumentTokens(document, model.tokenizer)
+            self.text = DocumentTokens(document, model.tokenizer)
+            self.tokens = SegmentStream(model.segment_size, self.text.chunks())
             self.segments, self.sources, self.sources_omitted = 0, [], 0
-        self.start = 0  # buffer offset of the next segment
-
-    def fill(self, size: int) -> None:
-        while not self.text.exhausted and len(self.buffer) - self.start < size:
-            self.buffer.extend(self.text.read())
-
-    def take(self, size: int) -> list[int]:
-        segment = self.buffer[self.start : self.start + size]
-        self.start += size
-        if self.start > 1 << 16:  # drop consumed tokens now and then, not every segment
-            del self.buffer[: self.start]
-            self.start = 0
-        return segment
 
     def state(self, model: LoadedModel) -> MemoryState:
-        tail = self.buffer[self.start :]
+        tail = self.tokens.tail
         tokens = self.segments * model.segment_size + len(tail) + len(self.text.rest())
         records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
         return MemoryState(
@@ -198,13 +187,13 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         ready = []
         for index, reader in list(active.items()):
             try:
-                reader.fill(S)
+                whole = reader.tokens.fill()
             except (RMTError, OSError) as e:  # e.g. a file that vanished or became unreadable mid-read
                 fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
                      reader)
                 del active[index]
                 continue
-            if len(reader.buffer) - reader.start >= S:
+            if whole:
                 ready.append(index)
             else:
                 del active[index]
@@ -221,7 +210,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 total_tokens += reader.result.tokens - reader.segments * S
         if ready:
             readers = [active[i] for i in ready]
-            ids = torch.tensor([r.take(S) for r in readers], dtype=torch.long, device=cell.memory.device)
+            ids = torch.tensor([r.tokens.take() for r in readers], dtype=torch.long, device=cell.memory.device)
             memory = torch.stack([r.memory for r in readers])
             new_memory, _, gate = cell.forward_segment(memory, ids)
             if on_trace is not None:

@@ -26,7 +26,7 @@ import torch
 from .checkpoint import LoadedModel
 from .errors import UsageError
 from .ask import answer_text, generate
-from .segments import ANSWER_ROOM, build_final_segment, question_ids
+from .segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
 from .tasks import STORY_TASKS, Story, make_story, rng_for
 
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
@@ -125,17 +125,7 @@ def haystack_pieces(story: Story, noise: NoiseCorpus, length: int, rng: random.R
 @dataclass
 class _Document:
     story: Story
-    pieces: Iterator[list[int]]
-    buffer: list[int] = field(default_factory=list)
-    done: bool = False
-
-    def fill(self, size: int) -> None:
-        while not self.done and len(self.buffer) < size:
-            piece = next(self.pieces, None)
-            if piece is None:
-                self.done = True
-            else:
-                self.buffer.extend(piece)
+    tokens: SegmentStream  # the haystack's pieces, cut into segments as ingest cuts a file
 
 
 @dataclass
@@ -189,17 +179,13 @@ def evaluate_length(model: LoadedModel, noise: NoiseCorpus, stories: StorySource
         docs = []
         for i in range(start, min(start + batch_size, samples)):
             story, rng = stories.story(length, i)
-            docs.append(_Document(story, haystack_pieces(story, noise, length, rng)))
+            docs.append(_Document(story, SegmentStream(S, haystack_pieces(story, noise, length, rng))))
         memory = cell.initial_memory(len(docs)).clone()
         while True:
-            for d in docs:
-                d.fill(S)
-            rows = [r for r, d in enumerate(docs) if len(d.buffer) >= S]  # as ingest: every whole segment
+            rows = [r for r, d in enumerate(docs) if d.tokens.fill()]  # as ingest: every whole segment
             if not rows:
                 break
-            ids = torch.tensor([docs[r].buffer[:S] for r in rows], dtype=torch.long, device=device)
-            for r in rows:
-                del docs[r].buffer[:S]
+            ids = torch.tensor([docs[r].tokens.take() for r in rows], dtype=torch.long, device=device)
             index = torch.tensor(rows, device=device)
             memory[index] = cell.write_segment(memory[index], ids)
             result.tokens += S * len(rows)
@@ -217,7 +203,7 @@ def evaluate_length(model: LoadedModel, noise: NoiseCorpus, stories: StorySource
                                        for d, text in zip(docs, said)]
             else:
                 result.correct_reset += sum(right)
-        result.tokens += sum(len(d.buffer) for d in docs)
+        result.tokens += sum(len(d.tokens.tail) for d in docs)
         gold += [d.story.answer for d in docs]
     result.guess, result.constant_guess = Counter(gold).most_common(1)[0]
     return result
@@ -225,7 +211,7 @@ def evaluate_length(model: LoadedModel, noise: NoiseCorpus, stories: StorySource
 
 def _final(doc: _Document, tok, S: int):
     try:
-        return build_final_segment(doc.buffer, question_ids(tok, doc.story.question), [], S)
+        return build_final_segment(doc.tokens.tail, question_ids(tok, doc.story.question), [], S)
     except ValueError as e:
         raise UsageError(f"{e} (question {doc.story.question!r})") from None
 

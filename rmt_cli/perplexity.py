@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .atomic import atomic_path
 from .checkpoint import LoadedModel
 from .errors import UsageError
+from .segments import SegmentStream
 from .sources import open_document
 from .tokenstream import DocumentTokens
 
@@ -110,24 +111,21 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
             base_memory, base_losses = _segment_losses(baseline, base_memory, ids.to(baseline.cell.memory.device))
             base.add(base_losses)
 
-    buffer: list[int] = []
-    while not text.exhausted and (max_tokens is None or done < max_tokens):
-        buffer.extend(text.read())
-        if text.exhausted:
-            buffer.extend(text.rest())
-        start = 0
-        # Whole segments as they come; at the end, the last partial one too (it needs two tokens to score).
-        while len(buffer) - start >= S or (text.exhausted and len(buffer) - start > 1):
-            limit = S if max_tokens is None else min(S, max_tokens - done)
-            if limit < 2:
-                break
-            segment = buffer[start : start + limit]
-            start += len(segment)
-            score(segment)
-            done += len(segment)
-            if on_progress:
-                on_progress(done, len(rmt.loss_by_segment))
-        del buffer[:start]
+    def chunks_and_rest():  # the carried text is scored too: here the input really ends
+        yield from text.chunks()
+        yield text.rest()
+
+    tokens = SegmentStream(S, chunks_and_rest())
+    # Whole segments as they come; at the end, the last partial one too (it needs two tokens to score).
+    while tokens.fill() or len(tokens.tail) > 1:
+        limit = S if max_tokens is None else min(S, max_tokens - done)
+        if limit < 2:
+            break
+        segment = tokens.take(limit)
+        score(segment)
+        done += len(segment)
+        if on_progress:
+            on_progress(done, len(rmt.loss_by_segment))
     if rmt.tokens == 0:
         raise UsageError("the text is too short to score: it needs at least two tokens")
     seconds = time.perf_counter() - started

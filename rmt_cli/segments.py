@@ -8,6 +8,7 @@ answer and an end token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 
@@ -28,11 +29,52 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
     return tokenizer.encode(" " + answer.strip(), add_special_tokens=False) + [tokenizer.eos_token_id]
 
 
-def split_document(ids: list[int], segment_size: int) -> tuple[list[list[int]], list[int]]:
+class SegmentStream:
+    """Token chunks in, whole segments of `segment_size` out; the unfinished tail waits for more tokens.
+
+    `chunks` are read only as far as the next segment needs, so a document of any length is never held whole.
+    `tail`: tokens left over from an earlier pass (a memory file's), read before the chunks.
+    """
+
+    def __init__(self, segment_size: int, chunks: Iterable[list] = (), tail: Iterable = ()):
+        self.segment_size = segment_size
+        self._chunks = iter(chunks)
+        self._buffer = list(tail)
+        self._start = 0  # buffer offset of the next segment
+
+    def fill(self) -> bool:
+        """Read chunks until a whole segment waits; False when the chunks ran out first."""
+        while len(self._buffer) - self._start < self.segment_size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._buffer.extend(chunk)
+        return True
+
+    def take(self, size: int | None = None) -> list:
+        """The next `size` tokens (a segment's by default), fewer if fewer wait; call `fill` first."""
+        segment = self._buffer[self._start : self._start + (self.segment_size if size is None else size)]
+        self._start += len(segment)
+        if self._start > 1 << 16:  # drop taken tokens now and then, not every segment
+            del self._buffer[: self._start]
+            self._start = 0
+        return segment
+
+    def __iter__(self) -> Iterator[list]:
+        """The whole segments, as the chunks allow; `tail` holds what is left."""
+        while self.fill():
+            yield self.take()
+
+    @property
+    def tail(self) -> list:
+        """The tokens not taken yet: after the last whole segment, the unfinished tail."""
+        return self._buffer[self._start :]
+
+
+def split_document(ids: list, segment_size: int) -> tuple[list[list], list]:
     """Whole segments of `segment_size` tokens, and the unfinished tail (shorter than a segment)."""
-    whole = len(ids) // segment_size * segment_size
-    segments = [ids[i : i + segment_size] for i in range(0, whole, segment_size)]
-    return segments, ids[whole:]
+    stream = SegmentStream(segment_size, [ids])
+    return list(stream), stream.tail
 
 
 @dataclass

@@ -9,6 +9,7 @@ carried as text; the memory file keeps it, so appending more input continues exa
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 MAX_CARRY_CHARS = 4096  # a text with no boundary for this long (minified code) is cut here, inexactly
 _WHITESPACE_BOUNDARY = re.compile(r"(?<=\S)(?=\s)")
@@ -73,6 +74,14 @@ class DocumentTokens:
             return []
         self.bytes_read += len(chunk)
         return self.stream.feed(self.utf8.decode(chunk))
+
+    def chunks(self) -> Iterator[list[int]]:
+        """`read` until the input ends."""
+        while True:
+            tokens = self.read()
+            if self.exhausted:
+                return
+            yield tokens
 
     def rest(self) -> list[int]:
         """Tokens of the carried text, as if the input ended here."""

@@ -5,8 +5,8 @@ import pytest
 from rmt_cli.data import TaskData
 from rmt_cli.memory import IGNORE_INDEX
 from rmt_cli.recipe import MemorySpec, TaskSpec
-from rmt_cli.segments import (ANSWER_ROOM, DocumentSample, answer_ids, build_final_segment, collate, qa_sample,
-                              question_ids, split_document)
+from rmt_cli.segments import (ANSWER_ROOM, DocumentSample, SegmentStream, answer_ids, build_final_segment, collate,
+                              qa_sample, question_ids, split_document)
 from rmt_cli.tasks import PEOPLE, NoiseSource, build_haystack, memorize_story, qa1_story, rng_for
 
 S = 40  # segment size used with the real tokenizer (the question prompt takes ~25 tokens)
@@ -23,6 +23,28 @@ def test_split_document_whole_segments_and_tail(length):
     assert len(segments) == length // 8
     assert len(tail) == length % 8
     assert [t for s in segments for t in s] + tail == doc
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 13, 100])
+def test_segment_stream_cuts_chunks_as_split_document_cuts_the_whole(chunk):
+    doc = list(range(100, 150))
+    for carried in (0, 5):  # a tail left by an earlier pass is read first
+        stream = SegmentStream(8, (doc[i : i + chunk] for i in range(carried, len(doc), chunk)), doc[:carried])
+        assert (list(stream), stream.tail) == split_document(doc, 8)
+
+
+def test_segment_stream_reads_chunks_only_as_far_as_a_segment_needs():
+    read = []
+
+    def chunks():
+        for i in range(10):
+            read.append(i)
+            yield [i] * 3
+
+    stream = SegmentStream(4, chunks())
+    assert stream.fill() and read == [0, 1]
+    assert stream.take() == [0, 0, 0, 1] and stream.tail == [1, 1]
+    assert stream.take(1) == [1] and stream.tail == [1]  # a shorter piece, as perplexity's token limit takes
 
 
 # --- build_final_segment ---------------------------------------------------------------------------------------
