@@ -347,6 +347,7 @@ def test_extend_recipe_with_an_empty_memory_section(straight, tmp_path):
     out, _ = straight
     path = extend_file(tmp_path)
     path.write_text(path.read_text() + "memory:\n  # bptt_depth: 2\n")  # a section with everything commented out
+    assert yaml.safe_load(path.read_text())["memory"] is None  # the case under test: the section reads as None
     recipe = extend_recipe(out / "final", path, [])  # the checkpoint's memory settings fill the empty section
     assert recipe.memory.segment_size == 40 and recipe.memory.num_mem_tokens == 2
 
