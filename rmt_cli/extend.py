@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import yaml
-
 from .checkpoint import read_info
 from .errors import UsageError
-from .recipe import Recipe, apply_overrides, read_recipe_data, validate_recipe
+from .recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
 
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
           ("memory", "gate_floor")]
@@ -40,7 +38,10 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     checkpoint = Path(checkpoint)
     info = read_info(checkpoint)
     trained_path = checkpoint / "recipe.yaml"
-    trained = yaml.safe_load(trained_path.read_text()) if trained_path.is_file() else {"memory": info["memory"]}
+    trained = (load_yaml(trained_path.read_text(encoding="utf-8"), str(trained_path)) if trained_path.is_file()
+               else {"memory": info["memory"]})
+    if not isinstance(trained, dict):
+        raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     data = apply_overrides(read_recipe_data(recipe_path), overrides)
     base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
     problems = []

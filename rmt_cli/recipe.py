@@ -198,7 +198,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"override {text!r} is not key=value")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    return key.strip().split("."), load_yaml(value, f"override {text!r}") if value.strip() else None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -226,18 +226,61 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# A recipe is a few hundred values; a document that expands past this through aliases is an attack or a mistake.
+MAX_YAML_NODES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML where a key given twice in one mapping is an error, not a silent last-one-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """Values in `data` counted as if every alias were written out; stops counting past `limit`."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse recipe YAML strictly: safe types only, no duplicate keys, no alias bombs. Errors are one line."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UsageError(f"{what}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise UsageError(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases")
+    return data
+
+
 def read_recipe_data(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"recipe {path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UsageError(f"recipe {path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"recipe {path}: not UTF-8 text") from None
+    data = load_yaml(text, f"recipe {path}")
     if data is None:
         data = {}
     if not isinstance(data, dict):

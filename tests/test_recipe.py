@@ -1,6 +1,7 @@
 """Recipes: validation with field paths and "did you mean", overrides, the fit check, and the CLI's error exit."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 from rmt_cli.errors import UsageError
 from rmt_cli.modeling import build_model, check_fits
 from rmt_cli.recipe import (MemorySpec, ModelSpec, apply_overrides, dump_recipe, load_recipe, parse_override,
-                            validate_recipe)
+                            read_recipe_data, validate_recipe)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -52,30 +53,42 @@ def test_shipped_recipes_validate_and_build(path, tokenizer):
         check_fits(model.config, recipe.memory)
 
 
-@pytest.mark.parametrize("path", EXTEND_RECIPES, ids=lambda p: p.name)
-def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tokenizer, make_model, tmp_path):
-    """An extend recipe takes model, tokenizer and memory size from the checkpoint of its base recipe."""
+def _extended(path, tokenizer, make_model, folder):
+    """(base recipe, the full recipe `path` gives) on a checkpoint of its base run; a base that is itself an
+    extension is resolved the same way first. The header says which run it extends: "rmt extend RUN/final"."""
     from rmt_cli.checkpoint import save_checkpoint
     from rmt_cli.extend import extend_recipe
     from rmt_cli.memory import MemoryCell
 
-    import re
-
-    # The recipe's own header says which run it extends: "rmt extend runs/NAME/final ...".
     run_dir = re.search(r"rmt extend (\S+)/final", path.read_text()).group(1)
-    bases = [load_recipe(p) for p in RECIPES if p not in EXTEND_RECIPES]
-    [base] = [r for r in bases if r.output_dir == run_dir]
+    [base_path] = [p for p in RECIPES if p != path and yaml.safe_load(p.read_text()).get("output_dir") == run_dir]
+    if base_path in EXTEND_RECIPES:
+        base = _extended(base_path, tokenizer, make_model, folder)[1]
+    else:
+        base = load_recipe(base_path)
     cell = MemoryCell(make_model("gpt2", n_positions=2 * base.memory.num_mem_tokens + base.memory.segment_size),
                       base.memory.num_mem_tokens)
-    ckpt = save_checkpoint(tmp_path / "final", cell, tokenizer, base.memory, "test", dump_recipe(base))
-    recipe = extend_recipe(ckpt, path, [])
+    ckpt = save_checkpoint(folder / base_path.stem / "final", cell, tokenizer, base.memory, "test",
+                           dump_recipe(base))
+    return base, extend_recipe(ckpt, path, [])
+
+
+def _difficulty(recipe):
+    """What an extension may raise: document length, questions per story, story size."""
+    return (max(s.segments for s in recipe.curriculum), recipe.task.questions,
+            max((s.facts or (0, recipe.task.max_facts))[1] for s in recipe.curriculum))
+
+
+@pytest.mark.parametrize("path", EXTEND_RECIPES, ids=lambda p: p.name)
+def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tokenizer, make_model, tmp_path):
+    """An extend recipe takes model, tokenizer and memory size from the checkpoint of its base recipe, and asks
+    more of the model than its base did: longer documents, more questions or bigger stories."""
+    base, recipe = _extended(path, tokenizer, make_model, tmp_path)
     assert recipe.model == base.model and recipe.tokenizer == base.tokenizer
     assert recipe.memory.segment_size == base.memory.segment_size
-    if recipe.task.questions > base.task.questions:
-        # qa1-gated-extend continues on the same lengths with a new objective: every person of a story asked
-        assert recipe.task.name == base.task.name
-    else:
-        assert min(s.segments for s in recipe.curriculum) > max(s.segments for s in base.curriculum)
+    assert recipe.task.name == base.task.name
+    harder = [new > old for new, old in zip(_difficulty(recipe), _difficulty(base))]
+    assert any(harder), f"{path.name} asks nothing more than its base: {_difficulty(recipe)} vs {_difficulty(base)}"
 
 
 # --- validation errors -----------------------------------------------------------------------------------------
@@ -201,13 +214,29 @@ def test_parse_override_types():
     (None, "no such file"),
     ("seed: [1, 2\n", r"not valid YAML \(line 2, column 1\)"),
     ("- 1\n- 2\n", "top level must be a mapping"),
+    ("seed: 1\nbatch_size: 4\nseed: 2\n", r"duplicate key 'seed' \(first given on line 1\)"),
+    ("memory: {segment_size: 8, segment_size: 16}\n", "duplicate key 'segment_size'"),
+    # Nine levels of nine aliases each: 9^9 values if written out.
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+     "expands to more than 100,000 values"),
+    ("\xff\xfe", "not UTF-8"),
 ])
 def test_unreadable_recipe_files(tmp_path, text, words):
     path = tmp_path / "r.yaml"
     if text is not None:
-        path.write_text(text)
+        path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
     with pytest.raises(UsageError, match=words):
         load_recipe(path)
+
+
+def test_a_few_aliases_are_fine_and_overrides_are_parsed_strictly(tmp_path):
+    data = read_recipe_data(write(tmp_path, "x: &s {segments: 1, steps: 2}\ncurriculum: [*s, *s]\n"))
+    assert data["curriculum"] == [{"segments": 1, "steps": 2}] * 2
+    with pytest.raises(UsageError, match="override 'memory={a: 1, a: 2}': not valid YAML.*duplicate key 'a'"):
+        parse_override("memory={a: 1, a: 2}")
+    with pytest.raises(UsageError, match=r"override 'seed=\[1': not valid YAML"):
+        parse_override("seed=[1")
 
 
 def test_empty_recipe_file_reports_the_missing_curriculum(tmp_path):
