@@ -451,7 +451,7 @@ def eval_command(
 ):
     """Accuracy against document length: facts hidden in noise, read with memory, with it reset, and the
     constant guess, each with a 95% interval."""
-    from .data import read_text_paths
+    from .sources import read_texts
     from .longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
     from .tasks import read_babi, split_sentences
 
@@ -484,7 +484,7 @@ def eval_command(
             raise UsageError(f"--babi {babi}: {e}") from None
     from .checkpoint import DEFAULT_NOISE_TEXT
 
-    sentences = [s for _, text in read_text_paths(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
+    sentences = [s for _, text in read_texts(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
     loaded = _load_model(model, _dtype(dtype))
     corpus = NoiseCorpus(loaded.tokenizer, sentences)
     source = StorySource(task, low, high, stories, seed)

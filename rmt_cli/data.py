@@ -5,37 +5,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .errors import UsageError
 from .recipe import MemorySpec, TaskSpec
 from .segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
+from .sources import read_texts
 from .tasks import NoiseSource, build_marked_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
-
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
-
-
-def read_text_paths(paths: list[str]) -> list[tuple[str, str]]:
-    """(name, text) of each text file; folders give their text files in sorted order."""
-    out = []
-    for p in paths:
-        path = Path(p).expanduser()
-        if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-            if not files:
-                raise UsageError(f"{p}: no text files in this folder")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise UsageError(f"{p}: no such file or folder")
-        for f in files:
-            raw = f.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                text = raw.decode("latin-1")  # old Gutenberg texts
-            out.append((str(f), text))
-    return out
 
 
 def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
@@ -70,7 +44,7 @@ class TaskData:
             raise UsageError(f"task.babi_path: {e}") from None
 
     def _lm_texts(self) -> list[str]:
-        texts = [t for _, t in read_text_paths(self.task.lm_paths)]
+        texts = [t for _, t in read_texts(self.task.lm_paths)]
         spec = self.task.lm_dataset
         if spec is not None:
             texts += load_dataset_texts(spec.name, spec.split, spec.text_field)
@@ -81,7 +55,7 @@ class TaskData:
     def _noise_sentences(self) -> list[str] | None:
         noise = self.task.noise
         if noise.kind == "files":
-            texts = [t for _, t in read_text_paths(noise.paths)]
+            texts = [t for _, t in read_texts(noise.paths)]
         elif noise.kind == "dataset":
             texts = load_dataset_texts(noise.dataset, noise.split, noise.text_field)
         else:

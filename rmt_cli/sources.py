@@ -203,6 +203,26 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
     return Document(items, skipped)
 
 
+def read_texts(paths: list[str]) -> list[tuple[str, str]]:
+    """(name, text) of each file the paths name, for training and evaluation text (noise, LM text).
+
+    The same walk and the same decoding as `ingest`: folders in sorted order with .gitignore honoured and
+    hidden or binary files skipped; UTF-8 with invalid bytes read as U+FFFD. A model is then trained on text
+    decoded exactly as the text it will ingest. Unlike ingest, each file stays its own text (no path headers).
+    """
+    texts: list[tuple[str, str]] = []
+    if not paths:  # training text may come from a dataset alone
+        return texts
+    for item in open_document(paths, allow_stdin=False).items:
+        try:
+            raw = item.path.read_bytes()
+        except OSError as e:
+            raise _open_error(item.name, e) from None
+        decoder = Utf8Stream()
+        texts.append((item.name, decoder.decode(raw) + decoder.finish()))
+    return texts
+
+
 class Utf8Stream:
     """Incremental UTF-8 decoding that keeps an unfinished multi-byte sequence for later (it may be continued by
     appended input) and replaces invalid bytes with U+FFFD, counting them."""
@@ -215,6 +235,12 @@ class Utf8Stream:
 
     def decode(self, data: bytes) -> str:
         text = self._decoder.decode(data)
+        self.replaced += text.count("\ufffd")
+        return text
+
+    def finish(self) -> str:
+        """The end of the input: an unfinished sequence left over is invalid too."""
+        text = self._decoder.decode(b"", final=True)
         self.replaced += text.count("\ufffd")
         return text
 

@@ -94,7 +94,14 @@ def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, r
     if recipe.data_workers == 0:
         return (dataset[i] for i in range(len(dataset)))
     return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
-                                            num_workers=recipe.data_workers, prefetch_factor=4))
+                                            num_workers=recipe.data_workers, prefetch_factor=4,
+                                            worker_init_fn=_ignore_interrupts))
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    # A terminal's Ctrl-C reaches the whole process group. A worker killed by it would make the step waiting for
+    # its batch fail; the training process alone decides to finish the step, save and stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from rmt_cli.data import TaskData, read_text_paths
+from rmt_cli.data import TaskData
+from rmt_cli.sources import open_document, read_texts
 from rmt_cli.errors import UsageError
 from rmt_cli.memory import IGNORE_INDEX
 from rmt_cli.recipe import MemorySpec, NoiseSpec, TaskSpec
@@ -371,16 +372,40 @@ def test_noise_folder_and_missing_paths(tmp_path):
     (folder / "b.txt").write_text("Second file.")
     (folder / "sub" / "a.md").write_text("First file.")
     (folder / "skip.bin").write_bytes(b"\x00\x01")
-    names = [name for name, _ in read_text_paths([str(folder)])]
+    names = [name for name, _ in read_texts([str(folder)])]
     assert [n.split("texts")[-1] for n in names] == ["/b.txt", "/sub/a.md"]
     with pytest.raises(UsageError, match="no such file"):
-        read_text_paths([str(tmp_path / "missing.txt")])
+        read_texts([str(tmp_path / "missing.txt")])
     with pytest.raises(UsageError, match="no such file"):
-        read_text_paths([str(folder / "sub" / "nothing")])
+        read_texts([str(folder / "sub" / "nothing")])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UsageError, match="no text files"):
-        read_text_paths([str(empty)])
+    with pytest.raises(UsageError, match="no readable text files"):
+        read_texts([str(empty)])
+    with pytest.raises(UsageError, match="standard input"):
+        read_texts(["-"])
+
+
+def test_training_text_is_read_as_ingest_reads_it(tmp_path):
+    """One walker and one decoder: the files, their order and every decoded character are those of ingest."""
+    folder = tmp_path / "books"
+    (folder / "notes").mkdir(parents=True)
+    (folder / ".gitignore").write_text("drafts/\n*.log\n")
+    (folder / "drafts").mkdir()
+    (folder / "drafts" / "x.txt").write_text("ignored draft")
+    (folder / "run.log").write_text("ignored log")
+    (folder / "a.txt").write_bytes(b"Caf\xc3\xa9 \xff bad byte, then a cut \xc3")  # invalid, then unfinished
+    (folder / "notes" / "b.py").write_text("print('code is text too')")
+    (folder / "c.latin1").write_bytes("na\u00efve".encode("latin-1"))
+    texts = read_texts([str(folder)])
+    document = open_document([str(folder)])
+    assert [name for name, _ in texts] == [item.name for item in document.items]
+    assert [n.split("books")[-1] for n, _ in texts] == ["/a.txt", "/c.latin1", "/notes/b.py"]
+    ingested = b"".join(document.chunks()).decode("utf-8", errors="replace")
+    for (name, text), item in zip(texts, document.items):
+        assert item.header.decode() + text in ingested  # same characters, U+FFFD where bytes are invalid
+    assert texts[0][1] == "Caf\u00e9 \ufffd bad byte, then a cut \ufffd"
+    assert texts[1][1] == "na\ufffdve"
 
 
 def test_noise_and_lm_text_from_a_local_datasets_folder(tmp_path, tokenizer):
