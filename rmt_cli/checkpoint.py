@@ -25,7 +25,7 @@ from . import __version__
 from .atomic import atomic_folder
 from .errors import UsageError
 from .memory import MemoryCell
-from .recipe import MemorySpec
+from .recipe import MemorySpec, load_yaml
 
 RMT_JSON = "rmt.json"
 MEMORY_FILE = "memory.safetensors"
@@ -234,7 +234,7 @@ def export_checkpoint(source: str | Path, destination: str | Path, dtype: torch.
     if recipe is not None:  # a shipped file names no folder of the machine it was trained on
         import yaml
 
-        data = yaml.safe_load(recipe)
+        data = load_yaml(recipe, str(loaded.path / "recipe.yaml"))
         if isinstance(data, dict) and data.get("output_dir"):
             data["output_dir"] = f"runs/{Path(str(data['output_dir'])).name}"
             recipe = yaml.safe_dump(data, sort_keys=False)
