@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import atomic_folder
-from .errors import UsageError
+from .errors import UsageError, shown
 from .memory import MemoryCell
-from .recipe import MemorySpec, load_yaml
+from .modeling import check_fits, error_line, load_tokenizer
+from .recipe import MemorySpec, format_errors, load_yaml
 
 RMT_JSON = "rmt.json"
 MEMORY_FILE = "memory.safetensors"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 
@@ -126,22 +132,85 @@ def load_optimizer_state(path: Path, optimizer) -> None:
     torch.set_rng_state(tensors["torch_rng"])
 
 
-def read_info(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"checkpoint {path}: no such folder")
-    if not path.is_dir():
-        raise UsageError(f"checkpoint {path}: not a folder (a checkpoint is a folder with {RMT_JSON})")
-    missing = [f for f in (RMT_JSON, MEMORY_FILE, "config.json", "model.safetensors") if not (path / f).is_file()]
-    if missing:
-        raise UsageError(f"checkpoint {path}: missing {', '.join(missing)} (was it written by rmt train?)")
+# A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one
+# line naming the file and what is wrong, before the folder's contents reach transformers (which may prompt, run code,
+# re-initialise weights quietly, or fail with a traceback).
+
+# What the tokenizer loader can build a vocabulary from: the fast tokenizer rmt writes, or a slow one's files.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+MIN_VOCAB = 64  # the smallest vocabulary a recipe can train; a one-entry tokenizer reads any text as nothing
+MAX_JSON_BYTES = 16 * 2**20  # far above any real config; a bigger file is a flood, not a setting
+PROBLEMS_SHOWN = 5  # a one-line error names this many problems and counts the rest
+# The memory settings a model was trained with: a recipe's defaults are no stand-in for them. (`update` may be
+# absent: checkpoints from before the gated rule are replace-rule checkpoints.)
+STORED_MEMORY_KEYS = ("num_mem_tokens", "segment_size")
+
+
+class CheckpointInfo(BaseModel):
+    """rmt.json as read back, in the JSON types rmt writes (validated strictly). Other keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int
+    memory: MemorySpec
+    source: str | None = None
+    fingerprint: str | None = None
+    rmt_version: str | None = None
+
+
+def _where(path: Path) -> str:
+    return f"checkpoint {shown(path, 300)}"
+
+
+def _problems_line(where: str, problems: list[str]) -> UsageError:
+    more = f"; and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
+    return UsageError(f"{where}: {'; '.join(shown(p) for p in problems[:PROBLEMS_SHOWN])}{more}")
+
+
+def _read_json_object(path: Path, name: str) -> dict:
+    """A JSON file of the folder that must hold an object, or one line saying why it does not."""
+    file, where = path / name, _where(path)
     try:
-        info = json.loads((path / RMT_JSON).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"checkpoint {path}: {RMT_JSON} is not valid JSON: {e}") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise UsageError(f"checkpoint {path}: format version {info.get('format_version')!r}, this rmt reads "
-                         f"{FORMAT_VERSION}")
+        if file.stat().st_size > MAX_JSON_BYTES:
+            raise UsageError(f"{where}: {name} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: {name} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{where}: {name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: {name} is nested too deeply to be a setting") from None
+    except OSError as e:
+        raise UsageError(f"{where}: {name} cannot be read: {shown(e.strerror or e)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {name} must hold a JSON object {{...}} at the top level, not a "
+                         f"{type(data).__name__}")
+    return data
+
+
+def read_info(path: str | Path) -> dict:
+    """rmt.json, validated: the folder has the files of a checkpoint, and the memory settings are complete."""
+    path = Path(path)
+    where = _where(path)
+    if not path.exists():
+        raise UsageError(f"{where}: no such folder")
+    if not path.is_dir():
+        raise UsageError(f"{where}: not a folder (a checkpoint is a folder with {RMT_JSON})")
+    missing = [f for f in (RMT_JSON, MEMORY_FILE, CONFIG_FILE, MODEL_FILE) if not (path / f).is_file()]
+    if missing:
+        raise UsageError(f"{where}: missing {', '.join(missing)} (was it written by rmt train?)")
+    info = _read_json_object(path, RMT_JSON)
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UsageError(f"{where}: format version {shown(repr(version), 40)}, this rmt reads {FORMAT_VERSION}")
+    memory = info.get("memory")
+    problems = [f"{RMT_JSON}: memory.{key}: missing" for key in STORED_MEMORY_KEYS
+                if isinstance(memory, dict) and key not in memory]
+    try:
+        CheckpointInfo.model_validate(info, strict=True)
+    except ValidationError as e:
+        problems += format_errors(e, RMT_JSON)
+    if problems:
+        raise _problems_line(where, problems)
     return info
 
 
@@ -150,57 +219,159 @@ CODE_KEYS = ("auto_map",)  # config keys that make transformers import Python fi
 
 def refuse_remote_code(path: Path) -> None:
     """A checkpoint is data: refuse one whose configs ask to run code shipped with it (never prompt)."""
-    for name in ("config.json", "tokenizer_config.json", "generation_config.json", "processor_config.json"):
-        f = path / name
-        if not f.is_file():
+    for name in (CONFIG_FILE, "tokenizer_config.json", "generation_config.json", "processor_config.json"):
+        if not (path / name).is_file():
             continue
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-            raise UsageError(f"checkpoint {path}: {name} is not valid JSON ({type(e).__name__})") from None
-        if isinstance(data, dict) and any(key in data for key in CODE_KEYS):
-            raise UsageError(f"checkpoint {path}: {name} asks to run Python code shipped with the checkpoint "
+        if any(key in _read_json_object(path, name) for key in CODE_KEYS):
+            raise UsageError(f"{_where(path)}: {name} asks to run Python code shipped with the checkpoint "
                              f"(auto_map); rmt never runs code from a checkpoint")
+
+
+def _read_config(path: Path):
+    """config.json as transformers reads it, for an architecture this transformers knows."""
+    import transformers
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    where = _where(path)
+    model_type = _read_json_object(path, CONFIG_FILE).get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise UsageError(f"{where}: {CONFIG_FILE}: model_type {shown(repr(model_type), 60)} is not an architecture "
+                         f"transformers {transformers.__version__} knows")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # a crafted value fails in transformers' own ways (IndexError, ZeroDivisionError, ...)
+        raise UsageError(f"{where}: {CONFIG_FILE}: {error_line(e)}") from None
+
+
+def _unreadable(path: Path, name: str, error: Exception) -> UsageError:
+    return UsageError(f"{_where(path)}: {name} is unreadable (truncated, or not a safetensors file): "
+                      f"{error_line(error)}")
+
+
+def _cannot_build(path: Path, error: Exception) -> UsageError:
+    # An untrusted config.json can fail in any of transformers' own ways (ValueError, ZeroDivisionError, ...).
+    return UsageError(f"{_where(path)}: cannot load the model: {error_line(error)}")
+
+
+def _stored_sizes(path: Path) -> tuple[int, int]:
+    """How many tensors and numbers model.safetensors holds, from its header alone (which safetensors checks
+    against the file's length, so a truncated or corrupt file stops here)."""
+    try:
+        with safe_open(str(path / MODEL_FILE), framework="pt") as weights:
+            shapes = [weights.get_slice(name).get_shape() for name in weights.keys()]
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise _unreadable(path, MODEL_FILE, e) from None
+    return len(shapes), sum(math.prod(shape) for shape in shapes)
+
+
+def _load_model(path: Path, config):
+    """The wrapped model with every weight from model.safetensors, in the shapes config.json gives: transformers
+    would re-initialise missing or mismatched weights, and skip unexpected ones, with a warning at most."""
+    from transformers import AutoModelForCausalLM
+
+    where = _where(path)
+    tensors, stored = _stored_sizes(path)
+    # Even a weightless (meta) model is built layer by layer and expert by expert, each with at least one tensor in
+    # the file: a config naming more of them than the file has tensors would keep the builder busy for ever.
+    for key, value in config.to_dict().items():
+        counts = key.startswith(("num_", "n_")) and ("layer" in key or "expert" in key)  # n_layer, num_experts, ...
+        if counts and type(value) is int and value > tensors:
+            raise UsageError(f"{where}: {CONFIG_FILE}: {shown(key)} is {value:,}, but {MODEL_FILE} holds only "
+                             f"{tensors} tensors")
+    try:
+        with torch.device("meta"):  # counts the weights without allocating them
+            needed = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    except Exception as e:
+        raise _cannot_build(path, e) from None
+    # Loading allocates (and initialises) whatever the file lacks, however large: refuse a config describing far
+    # more weights than the file holds before that; a few missing weights are named by the report below.
+    if needed > 2 * stored:
+        raise UsageError(f"{where}: {CONFIG_FILE} describes a model of {needed:,} weights; {MODEL_FILE} holds "
+                         f"{stored:,}")
+    try:
+        model, report = AutoModelForCausalLM.from_pretrained(
+            path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
+            output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as e:
+        raise _cannot_build(path, e) from None
+    # Tied weights (an LM head sharing the embedding) are absent from the file by design; transformers does not
+    # count them as missing.
+    problems = [*(f"{name} is missing" for name in sorted(report["missing_keys"])),
+                *(f"{name} is of shape {tuple(in_file)} in the file, {tuple(in_model)} in the model"
+                  for name, in_file, in_model in sorted(report["mismatched_keys"])),
+                *(f"{name} is not a weight of this model" for name in sorted(report["unexpected_keys"]))]
+    if problems:
+        raise _problems_line(where, [f"{MODEL_FILE} does not fit {CONFIG_FILE}: {problems[0]}", *problems[1:]])
+    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None:
+        raise UsageError(f"{where}: {MODEL_FILE}: {shown(broken)} holds values that are not finite numbers")
+    return model
+
+
+def _load_tokenizer(path: Path, model):
+    """The folder's own tokenizer, with ids that the model's embedding can look up."""
+    where = _where(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build a tokenizer with an empty vocabulary, which reads any text as nothing.
+        raise UsageError(f"{where}: no tokenizer (expected tokenizer.json, or the tokenizer.model, vocab.json and "
+                         f"merges.txt, or vocab.txt of a slow tokenizer)")
+    tokenizer = load_tokenizer(str(path), trust_remote_code=False)
+    ids = tokenizer.get_vocab().values()
+    if len(ids) < MIN_VOCAB:
+        raise UsageError(f"{where}: the tokenizer has {len(ids)} entries; a real one has at least {MIN_VOCAB}")
+    rows = model.get_input_embeddings().num_embeddings
+    if max(ids) >= rows:
+        raise UsageError(f"{where}: the tokenizer has ids up to {max(ids)}, but the model's embedding has {rows} "
+                         f"rows (ids from {rows} up could not be looked up)")
+    return tokenizer
+
+
+def _load_memory(path: Path, cell: MemoryCell, memory: MemorySpec) -> None:
+    """The learned initial memory (and gate) from memory.safetensors, each tensor present and of its shape."""
+    where = _where(path)
+    try:
+        saved = load_file(str(path / MEMORY_FILE))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise _unreadable(path, MEMORY_FILE, e) from None
+    expected = memory_tensors(cell)
+    rule = f"memory update rule {memory.update!r}"
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise UsageError(f"{where}: {MEMORY_FILE} lacks {', '.join(missing)} ({rule})")
+    # A tensor the rule does not use means rmt.json and the memory file disagree (a gated model read as replace).
+    unused = sorted(set(saved) - set(expected))
+    if unused:
+        raise UsageError(f"{where}: {MEMORY_FILE} holds {shown(', '.join(unused))}, which the {rule} does not use")
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            raise UsageError(f"{where}: {name} of shape {tuple(saved[name].shape)}, expected {tuple(tensor.shape)}")
+        if not torch.isfinite(saved[name]).all():
+            raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds values that are not finite numbers")
+    with torch.no_grad():
+        for name, param in cell.named_parameters():
+            if name in expected:
+                param.copy_(saved[name])
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
 
-    The fingerprint is computed from the weights as loaded (float32), not trusted from rmt.json.
+    Loads completely or raises UsageError with one line: never a traceback, never a silent fallback. The
+    fingerprint is computed from the weights as loaded (float32), not trusted from rmt.json.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .modeling import load_tokenizer
-
     path = Path(path)
     info = read_info(path)
     memory = MemorySpec(**info["memory"])
     refuse_remote_code(path)
+    config = _read_config(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32,
-                                                     trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"checkpoint {path}: cannot load the model: {str(e).splitlines()[0]}") from None
-    tokenizer = load_tokenizer(str(path), trust_remote_code=False)
+        check_fits(config, memory)
+    except UsageError as e:
+        raise UsageError(f"{_where(path)}: {RMT_JSON}: {e}") from None
+    model = _load_model(path, config)
+    tokenizer = _load_tokenizer(path, model)
     cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor)
-    try:
-        saved = load_file(str(path / MEMORY_FILE))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise UsageError(f"checkpoint {path}: {MEMORY_FILE} is unreadable: {e}") from None
-    expected = memory_tensors(cell)
-    missing = sorted(set(expected) - set(saved))
-    if missing:
-        raise UsageError(f"checkpoint {path}: {MEMORY_FILE} lacks {', '.join(missing)} "
-                         f"(memory update rule {memory.update!r})")
-    for name, tensor in expected.items():
-        if saved[name].shape != tensor.shape:
-            what = "memory" if name == "memory" else name
-            raise UsageError(f"checkpoint {path}: {what} of shape {tuple(saved[name].shape)}, expected "
-                             f"{tuple(tensor.shape)}")
-    with torch.no_grad():
-        for name, param in cell.named_parameters():
-            if name in expected:
-                param.copy_(saved[name])
+    _load_memory(path, cell, memory)
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
@@ -219,7 +390,7 @@ def resolve_model_path(model: str | Path | None, hint: str = "", default: Path =
         return Path(model)
     if (default / RMT_JSON).is_file():
         return default
-    extra = f" (the memory file was made with {hint})" if hint else ""
+    extra = f" (the memory file was made with {shown(hint)})" if hint else ""  # the hint is text from a file
     raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")
 
 

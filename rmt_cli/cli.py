@@ -16,9 +16,35 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError, UsageError
+from .errors import RMTError, UsageError, one_line
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage mistakes (an unknown option, a value out of range) as one `error:` line, not a framed box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # typer >= 0.2x carries its own copy of click
+            from typer._click import exceptions as click
+        except ImportError:
+            from click import exceptions as click
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as e:  # `rmt` or `rmt ingest` alone: the help, as usual
+            e.show()
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            where = getattr(getattr(e, "ctx", None), "command_path", None) or "rmt"
+            _say("error", f"{e.format_message()} (see {where} --help)")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="rmt",
     help="Give transformer models a recurrent memory: read a whole book at constant memory, save what was read, "
     "answer questions from it later.",
@@ -28,6 +54,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
 
 
 def _quiet_libraries() -> None:
@@ -64,13 +91,21 @@ def command(func):
             where = f"{e.filename}: " if e.filename else ""
             _say("error", f"{where}{e.strerror or e}")
             raise typer.Exit(1)
+        except MemoryError:
+            _say("error", "out of memory; try a smaller --batch-size or a smaller model")
+            raise typer.Exit(1)
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+                raise  # a bug of ours: the traceback is the report
+            _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
+            raise typer.Exit(1)
 
     return wrapper
 
 
 def _say(kind: str, text: str) -> None:
-    """One unwrapped line on stderr, so scripts can grep it."""
-    sys.stderr.write(f"{kind}: {text}\n")
+    """One unwrapped line on stderr, so scripts can grep it (control characters from file text escaped)."""
+    sys.stderr.write(f"{kind}: {one_line(text)}\n")
     sys.stderr.flush()
 
 
@@ -198,37 +233,10 @@ def ingest(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stream a book, a codebase or stdin through a trained RMT and save its final memory to a file."""
-    from .ingest import IngestJob, ingest as run_ingest, manifest_jobs
+    from .ingest import ingest as run_ingest, plan_jobs
     from .memfile import load_memory
 
-    paths = list(paths or [])
-    jobs: list[IngestJob]
-    if manifest is not None:
-        if paths or output or append:
-            raise UsageError("--manifest takes no paths, -o or --append: each line names input and output")
-        jobs = manifest_jobs(manifest)
-    elif append is not None:
-        if not paths:
-            raise UsageError("--append needs more input to read: rmt ingest --append mem.st MORE...")
-        target = Path(output) if output else append
-        if target.is_dir():
-            raise UsageError(f"-o {target}: is a folder; --append writes one memory file")
-        jobs = [IngestJob(paths, target, append)]
-    else:
-        if not paths:
-            raise UsageError("no input given: name files, folders, or - for standard input")
-        if output is None:
-            raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
-        folder = Path(output)
-        if folder.is_dir() or output.endswith(("/", os.sep)):
-            if "-" in paths:
-                raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
-            stems = [Path(Path(p.rstrip("/")).name or "input").stem for p in paths]
-            if len(set(stems)) != len(stems):
-                raise UsageError("two inputs would write the same FOLDER/NAME.st; use --manifest to name each output")
-            jobs = [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
-        else:
-            jobs = [IngestJob(paths, folder)]
+    jobs = plan_jobs(list(paths or []), output, append, manifest)
     if append is not None:
         kept = load_memory(append).dtype
         if dtype is not None and DTYPE_CHOICES.get(dtype.lower()) != kept:
@@ -271,8 +279,9 @@ def ingest(
         if r.error:
             _say("error", r.error)
         elif len(results) == 1:
+            held = f"; the file now holds {r.total_tokens:,} tokens" if r.total_tokens != r.tokens else ""
             _say("done", f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
-                 f"({r.tokens_per_second:,.0f} tokens/s)")
+                 f"({r.tokens_per_second:,.0f} tokens/s){held}")
     if len(results) > 1:
         done = [r for r in results if not r.error]
         tokens = sum(r.tokens for r in done)
@@ -287,26 +296,16 @@ def ingest(
 
 
 def _with_progress(run, quiet: bool, documents: int):
-    if quiet:
-        return run(None)
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from .progress import ProgressBar
 
-    start = [None]
-    with Progress(TextColumn("ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[stats]}"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("ingest", total=None, stats="")
+    with ProgressBar(None if quiet else err, "ingest") as bar:
 
         def update(p):
-            import time
-
-            if start[0] is None:
-                start[0] = time.perf_counter()
-            speed = p.tokens / max(time.perf_counter() - start[0], 1e-9)
             docs = f" {p.documents_done}/{p.documents_total} docs" if documents > 1 else ""
-            bar.update(task, completed=p.bytes_read, total=p.bytes_total, stats=f"{p.bytes_read / 1e6:,.1f} MB {p.tokens:,} tokens {p.segments:,} segments "
-                       f"{speed:,.0f} tok/s{docs}")
+            bar.update(p.bytes_read, total=p.bytes_total, stats=f"{p.bytes_read / 1e6:,.1f} MB {p.tokens:,} tokens "
+                       f"{p.segments:,} segments {bar.speed(p.tokens)}{docs}")
 
-        return run(update)
+        return run(None if quiet else update)
 
 
 @app.command(
@@ -326,7 +325,7 @@ def ask(
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for sampling."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob."),
 ):
@@ -341,11 +340,9 @@ def ask(
         asked.remove("-")
         asked += _question_lines(sys.stdin.buffer.read(), "standard input")
     if file is not None:
-        if file.is_dir():
-            raise UsageError(f"--file {file}: is a folder, not a file of questions")
-        if not file.is_file():
-            raise UsageError(f"--file {file}: no such file of questions")
-        asked += _question_lines(file.read_bytes(), str(file))
+        from .sources import read_small_file
+
+        asked += _question_lines(read_small_file(file, "--file"), f"--file {file}")
     if not asked:
         raise UsageError("no question given: rmt ask MEMORY \"QUESTION\" (or --file, or - for stdin)")
     state = load_memory(memory)
@@ -390,20 +387,11 @@ def perplexity(
     torch_dtype = _dtype(dtype)
     loaded = _load_model(model, torch_dtype, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, torch_dtype) if baseline is not None else None
-    if quiet:
-        result = run_perplexity(paths, loaded, base, max_tokens)
-    else:
-        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+    from .progress import ProgressBar
 
-        with Progress(TextColumn("perplexity {task.fields[stats]}"), TimeElapsedColumn(), console=err,
-                      transient=True) as bar:
-            task = bar.add_task("ppl", total=None, stats="")
-            import time
-
-            t0 = time.perf_counter()
-            result = run_perplexity(paths, loaded, base, max_tokens, lambda tokens, segments: bar.update(
-                task, stats=f"{tokens:,} tokens {segments:,} segments "
-                f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s"))
+    with ProgressBar(None if quiet else err, "perplexity") as bar:
+        result = run_perplexity(paths, loaded, base, max_tokens, lambda tokens, segments: bar.update(
+            stats=f"{tokens:,} tokens {segments:,} segments {bar.speed(tokens)}"))
     result["model"] = str(loaded.path)
     if base is not None:
         result["baseline_model"] = str(base.path)
@@ -444,7 +432,7 @@ def eval_command(
     facts: str = typer.Option("2,10", "--facts", help="MIN,MAX facts per generated story."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents read side by side."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (evaluate in the dtype you ship)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the samples."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the samples."),
     plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw accuracy against length to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
@@ -453,6 +441,7 @@ def eval_command(
     constant guess, each with a 95% interval."""
     from .sources import read_texts
     from .longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
+    from .recipe import MAX_FACTS, MAX_SAMPLES
     from .tasks import read_babi, split_sentences
 
     wanted = parse_lengths(lengths)
@@ -462,14 +451,15 @@ def eval_command(
         raise UsageError(f"--samples {samples!r}: a number, or one number per length") from None
     if len(counts) == 1:
         counts = counts * len(wanted)
-    if len(counts) != len(wanted) or min(counts) < 1:
-        raise UsageError(f"--samples {samples!r}: give one positive number, or one per length ({len(wanted)})")
+    if len(counts) != len(wanted) or min(counts) < 1 or max(counts) > MAX_SAMPLES:
+        raise UsageError(f"--samples {samples!r}: give one number from 1 to {MAX_SAMPLES:,}, or one per length "
+                         f"({len(wanted)})")
     try:
         low, high = (int(x) for x in facts.split(","))
     except ValueError:
         raise UsageError(f"--facts {facts!r}: MIN,MAX such as 2,10") from None
-    if not 1 <= low <= high:
-        raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX")
+    if not 1 <= low <= high <= MAX_FACTS:
+        raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX <= {MAX_FACTS}")
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
@@ -488,28 +478,19 @@ def eval_command(
     loaded = _load_model(model, _dtype(dtype))
     corpus = NoiseCorpus(loaded.tokenizer, sentences)
     source = StorySource(task, low, high, stories, seed)
+    from .progress import ProgressBar
+
     results = []
-    if quiet:
+    with ProgressBar(None if quiet else err, "eval", total=sum(n * c for n, c in zip(wanted, counts))) as bar:
+        seen = [0]
+
+        def step(tokens: int) -> None:
+            seen[0] += tokens
+            bar.update(advance=tokens, stats=bar.speed(seen[0]))
+
         for n, count in zip(wanted, counts):
-            results.append(evaluate_length(loaded, corpus, source, n, count, batch_size))
-    else:
-        import time
-
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-        total = sum(n * c for n, c in zip(wanted, counts))
-        with Progress(TextColumn("eval {task.fields[what]}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
-            job = bar.add_task("eval", total=total, what="", stats="")
-            t0, seen = time.perf_counter(), [0]
-
-            def step(tokens: int) -> None:
-                seen[0] += tokens
-                bar.update(job, advance=tokens, stats=f"{seen[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
-
-            for n, count in zip(wanted, counts):
-                bar.update(job, what=f"{n:,} tokens x {count}")
-                results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, step))
+            bar.update(label=f"eval {n:,} tokens x {count}")
+            results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, step))
     rows = [r.row() for r in results]
     if plot_file is not None:
         plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")

@@ -11,3 +11,16 @@ class UsageError(RMTError):
     """Bad usage or bad input: a recipe, a path, a file the user gave us (exit 2)."""
 
     exit_code = 2
+
+
+def shown(text: object, limit: int = 200) -> str:
+    """Text from a file or a path made safe for a one-line message: newlines and control characters escaped (as
+    repr escapes them), and cut to `limit` characters, so a crafted file cannot break or flood the terminal."""
+    text = str(text)
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
+
+
+def one_line(text: object) -> str:
+    """A whole message on one terminal line: control characters escaped, nothing cut."""
+    return shown(text, limit=1_000_000)

@@ -17,11 +17,11 @@ from typing import Callable
 import torch
 
 from .checkpoint import LoadedModel
-from .errors import RMTError, UsageError
+from .errors import RMTError, UsageError, shown
 from .memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from .segments import SegmentStream
-from .sources import Document, open_document
+from .sources import Document, open_document, read_small_file
 from .tokenstream import DocumentTokens
 
 
@@ -47,6 +47,9 @@ class IngestResult:
     error: str | None = None
     exit_code: int = 0
     warnings: list[str] = field(default_factory=list)
+    # What the memory file holds in all: more than this run's tokens and segments after an --append.
+    total_tokens: int = 0
+    total_segments: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -55,6 +58,7 @@ class IngestResult:
     def summary(self) -> dict:
         return {"output": self.output, "tokens": self.tokens, "segments": self.segments, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "tokens_per_second": round(self.tokens_per_second, 1),
+                "total_tokens": self.total_tokens, "total_segments": self.total_segments,
                 "error": self.error, "warnings": self.warnings}
 
 
@@ -81,26 +85,31 @@ class _Reader:
             state = load_memory(job.append_from)
             check_compatible(state, model, force, str(job.append_from))
             self.memory = state.memory.to(model.cell.dtype)
-            self.text = DocumentTokens(document, model.tokenizer, state.pending_bytes, state.carry_text)
-            self.tokens = SegmentStream(model.segment_size, self.text.chunks(), state.tail_tokens)
+            self.document_tokens = DocumentTokens(document, model.tokenizer, state.pending_bytes,
+                                                  state.carry_text)
+            self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks(),
+                                                state.tail_tokens)
             self.segments = state.segments
             self.sources = list(state.sources)
             self.sources_omitted = state.sources_omitted
+            self.tokens_before, self.segments_before = state.tokens, state.segments
         else:
             self.memory = model.cell.initial_memory(1)[0].detach()
-            self.text = DocumentTokens(document, model.tokenizer)
-            self.tokens = SegmentStream(model.segment_size, self.text.chunks())
+            self.document_tokens = DocumentTokens(document, model.tokenizer)
+            self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks())
             self.segments, self.sources, self.sources_omitted = 0, [], 0
+            self.tokens_before = self.segments_before = 0
 
     def state(self, model: LoadedModel) -> MemoryState:
-        tail = self.tokens.tail
-        tokens = self.segments * model.segment_size + len(tail) + len(self.text.rest())
+        tail = self.segment_stream.tail
+        tokens = self.segments * model.segment_size + len(tail) + len(self.document_tokens.rest())
         records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
         return MemoryState(
             memory=self.memory, tail_tokens=tail, fingerprint=self.fingerprint, dtype=dtype_name(model.cell.dtype),
             segment_size=model.segment_size, num_mem_tokens=model.memory.num_mem_tokens,
-            model_hint=str(model.path), tokens=tokens, segments=self.segments, carry_text=self.text.stream.carry,
-            pending_bytes=self.text.utf8.pending, sources=self.sources + records, sources_omitted=self.sources_omitted,
+            model_hint=str(model.path), tokens=tokens, segments=self.segments,
+            carry_text=self.document_tokens.stream.carry, pending_bytes=self.document_tokens.utf8.pending,
+            sources=self.sources + records, sources_omitted=self.sources_omitted,
         )
 
 
@@ -187,7 +196,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         ready = []
         for index, reader in list(active.items()):
             try:
-                whole = reader.tokens.fill()
+                whole = reader.segment_stream.fill()
             except (RMTError, OSError) as e:  # e.g. a file that vanished or became unreadable mid-read
                 fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
                      reader)
@@ -197,20 +206,18 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 ready.append(index)
             else:
                 del active[index]
-                finished_bytes += reader.text.bytes_read
+                finished_bytes += reader.document_tokens.bytes_read
                 try:
                     _finish(reader, model)
-                except RMTError as e:
+                except RMTError as e:  # e.g. a full disk: this document fails, not the batch
                     fail(index, e, reader)
                     continue
-                except OSError as e:  # the memory file could not be written: this document fails, not the batch
-                    fail(index, RMTError(f"{reader.job.output}: {e.strerror or e}"), reader)
-                    continue
                 results[index] = reader.result
-                total_tokens += reader.result.tokens - reader.segments * S
+                total_tokens += reader.result.total_tokens - reader.segments * S  # its last, partial segment
         if ready:
             readers = [active[i] for i in ready]
-            ids = torch.tensor([r.tokens.take() for r in readers], dtype=torch.long, device=cell.memory.device)
+            ids = torch.tensor([r.segment_stream.take() for r in readers], dtype=torch.long,
+                               device=cell.memory.device)
             memory = torch.stack([r.memory for r in readers])
             new_memory, _, gate = cell.forward_segment(memory, ids)
             if on_trace is not None:
@@ -229,7 +236,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 sizes = [r.document.total_bytes for r in active.values()]
                 if all(size is not None for size in sizes):
                     bytes_total = finished_bytes + sum(sizes)
-            on_progress(Progress(finished_bytes + sum(r.text.bytes_read for r in active.values()),
+            on_progress(Progress(finished_bytes + sum(r.document_tokens.bytes_read for r in active.values()),
                                  bytes_total, total_tokens, total_segments, len(results), len(jobs)))
     return [results[i] for i in range(len(jobs))]
 
@@ -238,29 +245,73 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     state = reader.state(model)
     save_memory(reader.job.output, state)
     res = reader.result
-    res.tokens, res.segments, res.bytes = state.tokens, state.segments, reader.text.bytes_read
+    res.total_tokens, res.total_segments = state.tokens, state.segments
+    res.tokens, res.segments = state.tokens - reader.tokens_before, state.segments - reader.segments_before
+    res.bytes = reader.document_tokens.bytes_read
     res.seconds = time.perf_counter() - reader.started
-    if reader.text.utf8.replaced:
-        res.warnings.append(f"{reader.text.utf8.replaced} invalid UTF-8 byte sequences were read as U+FFFD")
+    if reader.document_tokens.utf8.replaced:
+        replaced = reader.document_tokens.utf8.replaced
+        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences were read as U+FFFD")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
         res.warnings.append(f"{reader.document.skipped} hidden, ignored or binary files skipped")
+    for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
+        if record.changed_while_read:
+            res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "
+                                f"{record.size_when_opened:,} when it was opened")
+
+
+def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append: str | os.PathLike | None = None,
+              manifest: str | os.PathLike | None = None) -> list[IngestJob]:
+    """The documents of one `rmt ingest` call and where each memory goes:
+    - a manifest: its `input<TAB>output` lines, and nothing else given;
+    - `append`: the paths continue that memory file, written back to it unless `output` names another file;
+    - `output` a folder (existing, or a name ending in /): one memory file per input, FOLDER/STEM.st;
+    - else all paths are one document written to `output`.
+    """
+    paths = [str(p) for p in paths]
+    if manifest is not None:
+        if paths or output or append:
+            raise UsageError("--manifest takes no paths, -o or --append: each line names input and output")
+        return manifest_jobs(manifest)
+    if append is not None:
+        if not paths:
+            raise UsageError("--append needs more input to read: rmt ingest --append mem.st MORE...")
+        target = Path(output if output else append)
+        if target.is_dir():
+            raise UsageError(f"-o {shown(target)}: is a folder; --append writes one memory file")
+        return [IngestJob(paths, target, Path(append))]
+    if not paths:
+        raise UsageError("no input given: name files, folders, or - for standard input")
+    if output is None:
+        raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
+    folder = Path(output)
+    if not (folder.is_dir() or str(output).endswith(("/", os.sep))):
+        return [IngestJob(paths, folder)]
+    if "-" in paths:
+        raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
+    stems = [Path(Path(p.rstrip("/")).name or "input").stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise UsageError("two inputs would write the same FOLDER/NAME.st; use --manifest to name each output")
+    return [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
 
 
 def manifest_jobs(path: str | Path) -> list[IngestJob]:
     """`input<TAB>output` lines; blank lines and lines starting with # are skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"manifest {path}: no such file")
+    try:
+        text = read_small_file(path, "manifest").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"manifest {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     jobs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise UsageError(f"manifest {path}:{n}: expected input<TAB>output, got {line[:60]!r}")
+            raise UsageError(f"manifest {shown(path)}:{n}: expected input<TAB>output, got {shown(line, 60)}")
         jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip())))
     if not jobs:
-        raise UsageError(f"manifest {path}: no jobs in it")
+        raise UsageError(f"manifest {shown(path)}: no jobs in it")
     return jobs

@@ -18,31 +18,57 @@ Metadata (safetensors string map)
 Continuing from (memory, tail_tokens, carry_text, pending_bytes) with more input gives exactly the state of
 reading everything in one pass. Files are written to a temporary name and renamed into place
 (`atomic.atomic_path`).
+
+A memory file is untrusted input. `load_memory` reads only a regular file of at most MAX_FILE_BYTES and checks
+every tensor (no others; memory float32, bfloat16 or float16 with values within float16's range; tail_tokens
+int64 or int32, non-negative) and every metadata field (type, range, the MAX_* caps below) before anything uses
+them. `check_compatible` then checks the file against the model (memory shape, segment size, token ids within the
+vocabulary), even with --force. Every failure is one line naming the file and the field (UsageError, exit 2).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors, save_file
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import UsageError
+from .errors import RMTError, UsageError, shown
+from .tokenstream import MAX_CARRY_CHARS
 
 if TYPE_CHECKING:  # checkpoint imports this module
     from .checkpoint import LoadedModel
 
 FORMAT = "1"
-MAX_METADATA_BYTES = 64 * 1024
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKEN_DTYPES = (torch.int64, torch.int32)
+TENSORS = ("memory", "tail_tokens")
+REQUIRED_METADATA = ("fingerprint", "dtype", "segment_size", "num_mem_tokens", "tokens", "segments")
+# What a memory file may hold. The writer stays well inside these caps; the reader refuses anything beyond them.
+MAX_FILE_BYTES = 256 * 1024 * 1024  # memory is num_mem_tokens x hidden floats: a few MiB even for large models
+MAX_HEADER_BYTES = 1024 * 1024  # the safetensors header: two tensor entries and the metadata, JSON-escaped
+MAX_METADATA_BYTES = 64 * 1024  # all metadata keys and values; the writer trims the sources list to fit
+MAX_SEGMENT_SIZE = 1 << 20
+MAX_MEM_TOKENS = 1 << 16
+MAX_COUNT = 10**18  # tokens, segments, sources_omitted, a source's size
+MAX_HINT_CHARS = 500  # model_hint
+MAX_LABEL_CHARS = 100  # rmt_version, created
+MAX_PENDING_BYTES = 3  # the start of a UTF-8 character (at most 4 bytes long)
+# A memory is a hidden state, and models run in float16 keep those within its range. Larger finite values are
+# crafted: they overflow inside the model into NaN answers, and would not even fit a float16 model.
+MAX_MEMORY_VALUE = torch.finfo(torch.float16).max
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -76,7 +102,7 @@ class MemoryState:
             "rmt_format": FORMAT,
             "rmt_version": self.rmt_version,
             "fingerprint": self.fingerprint,
-            "model_hint": self.model_hint[:500],
+            "model_hint": self.model_hint[:MAX_HINT_CHARS],
             "dtype": self.dtype,
             "segment_size": str(self.segment_size),
             "num_mem_tokens": str(self.num_mem_tokens),
@@ -99,85 +125,250 @@ class MemoryState:
 def check_output_target(path: str | Path) -> None:
     """Only a regular file or a new path may be written: never replace a device, a FIFO or a folder."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder; name a memory file to write")
-    if path.exists() and not path.is_file():
-        raise UsageError(f"{path}: is not a regular file (a device, a FIFO or a socket); rmt writes only regular "
-                         f"files or new paths")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{path}: {parent} is a file, not a folder")
+    where = shown(path)
+    try:
+        if path.is_dir():
+            raise UsageError(f"{where}: is a folder; name a memory file to write")
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket); rmt writes only "
+                             f"regular files or new paths")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{where}: {shown(parent)} is a file, not a folder")
+    except OSError as e:  # e.g. a folder on the way that may not be searched
+        raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
+
+
+def vocabulary_size(model: LoadedModel) -> int:
+    """Token ids below this are both the tokenizer's and rows of the model's embedding."""
+    return min(len(model.tokenizer), model.cell.model.get_input_embeddings().num_embeddings)
 
 
 def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
-    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it."""
+    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it.
+
+    --force skips the fingerprint only: a fingerprint is easily copied, so what keeps the model from reading out
+    of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's dtype)
+    is checked always."""
     expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
-    if state.fingerprint == expected or force:
-        if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
-            raise UsageError(f"{name}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
-                             f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
-        return
-    raise UsageError(
-        f"{name}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
-        f"{state.model_hint or 'an unknown model'} in {state.dtype}; this model {expected}, {model.path} in "
-        f"{dtype_name(model.cell.dtype)}); use the model that made it, or --force"
-    )
+    where = shown(name)
+    if state.fingerprint != expected and not force:
+        raise UsageError(
+            f"{where}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
+            f"{shown(state.model_hint or 'an unknown model')} in {state.dtype}; this model {expected}, "
+            f"{shown(model.path)} in {dtype_name(model.cell.dtype)}); use the model that made it, or --force"
+        )
+    if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
+        raise UsageError(f"{where}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
+                         f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
+    if state.segment_size != model.segment_size:
+        raise UsageError(f"{where}: made for segments of {state.segment_size} tokens; this model reads "
+                         f"{model.segment_size}, even with --force")
+    vocabulary, largest = vocabulary_size(model), max(state.tail_tokens, default=-1)
+    if largest >= vocabulary:
+        raise UsageError(f"{where}: token id {largest} in tail_tokens is outside this model's vocabulary of "
+                         f"{vocabulary}, even with --force")
+    if state.memory.dtype not in DTYPES.values():  # load_memory's value cap makes any of these cast finitely
+        raise UsageError(f"{where}: memory in {dtype_name(state.memory.dtype)} cannot be used, even with --force")
 
 
 def save_memory(path: str | Path, state: MemoryState) -> Path:
+    """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
     path = Path(path)
     check_output_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "memory": state.memory.detach().to("cpu").contiguous(),
         "tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=state.metadata())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=state.metadata())
+    except (OSError, SafetensorError) as e:  # a full disk: safetensors raises its own error type, not OSError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise RMTError(f"{shown(path)}: cannot write the memory file: "
+                       f"{shown(reason.removeprefix('Error while serializing: '))}") from None
     return path
 
 
 def load_memory(path: str | Path) -> MemoryState:
+    """Read a memory file, checking every tensor and metadata field before anything uses them (see the top)."""
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such memory file")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder, not a memory file")
+    where = shown(path)
+    tensors, meta = _read_safetensors(_read_regular_file(path, where), where)
+    if "rmt_format" not in meta:
+        raise UsageError(f"{where}: a safetensors file, but not an rmt memory file (no rmt metadata)")
+    if meta["rmt_format"] != FORMAT:
+        raise UsageError(f"{where}: memory file format {_quoted(meta['rmt_format'])}; this rmt reads '{FORMAT}'")
+    metadata_bytes = sum(len(k.encode(errors="replace")) + len(v.encode(errors="replace")) for k, v in meta.items())
+    if metadata_bytes > MAX_METADATA_BYTES:
+        raise _invalid(where, "metadata", f"of {metadata_bytes} bytes; at most {MAX_METADATA_BYTES}")
+    missing = [key for key in REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise UsageError(f"{where}: memory file metadata lacks {', '.join(missing)}")
+    memory, tail = _checked_tensors(tensors, where)
+
+    fingerprint, dtype = meta["fingerprint"], meta["dtype"]
+    if not re.fullmatch(r"[0-9a-f]{32}", fingerprint):
+        raise _invalid(where, "metadata fingerprint", f"{_quoted(fingerprint)} is not 32 lowercase hex digits")
+    if dtype not in DTYPES:
+        raise _invalid(where, "metadata dtype", f"{_quoted(dtype)} is not one of {', '.join(DTYPES)}")
+    if DTYPES[dtype] != memory.dtype:
+        raise _invalid(where, "metadata dtype", f"says {dtype}, but the memory tensor is {dtype_name(memory.dtype)}")
+    segment_size = _whole_number(where, "segment_size", meta["segment_size"], 1, MAX_SEGMENT_SIZE)
+    num_mem_tokens = _whole_number(where, "num_mem_tokens", meta["num_mem_tokens"], 1, MAX_MEM_TOKENS)
+    if num_mem_tokens != memory.shape[0]:
+        raise _invalid(where, "metadata num_mem_tokens", f"{num_mem_tokens} differs from the memory tensor's "
+                       f"{memory.shape[0]} rows")
+    if len(tail) >= segment_size:
+        raise _invalid(where, "tensor tail_tokens", f"holds {len(tail)} tokens; a memory file keeps fewer than a "
+                       f"segment ({segment_size})")
+    return MemoryState(
+        memory=memory,
+        tail_tokens=tail,
+        fingerprint=fingerprint,
+        dtype=dtype,
+        segment_size=segment_size,
+        num_mem_tokens=num_mem_tokens,
+        model_hint=_text(where, meta, "model_hint", MAX_HINT_CHARS),
+        tokens=_whole_number(where, "tokens", meta["tokens"], 0, MAX_COUNT),
+        segments=_whole_number(where, "segments", meta["segments"], 0, MAX_COUNT),
+        carry_text=_text(where, meta, "carry_text", MAX_CARRY_CHARS),
+        pending_bytes=_pending_bytes(where, meta.get("pending_bytes_hex", "")),
+        sources=_sources(where, meta.get("sources", "[]")),
+        sources_omitted=_whole_number(where, "sources_omitted", meta.get("sources_omitted", "0"), 0, MAX_COUNT),
+        created=_text(where, meta, "created", MAX_LABEL_CHARS),
+        rmt_version=_text(where, meta, "rmt_version", MAX_LABEL_CHARS),
+    )
+
+
+def _read_regular_file(path: Path, where: str) -> bytes:
+    """The file's bytes, read only if it is a regular file within MAX_FILE_BYTES: opening a FIFO waits for a
+    writer forever, a device may never end. Checked before opening, and again once open (it may have been
+    swapped in between)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("rmt_format") is None:
-                raise UsageError(f"{path}: a safetensors file, but not an rmt memory file (no rmt metadata)")
-            if meta["rmt_format"] != FORMAT:
-                raise UsageError(f"{path}: memory file format {meta['rmt_format']!r}; this rmt reads {FORMAT!r}")
-            keys = set(f.keys())
-            if not {"memory", "tail_tokens"} <= keys:
-                raise UsageError(f"{path}: memory file lacks {', '.join(sorted({'memory', 'tail_tokens'} - keys))}")
-            memory = f.get_tensor("memory")
-            tail = f.get_tensor("tail_tokens").tolist()
-        return MemoryState(
-            memory=memory,
-            tail_tokens=tail,
-            fingerprint=meta["fingerprint"],
-            dtype=meta["dtype"],
-            segment_size=int(meta["segment_size"]),
-            num_mem_tokens=int(meta["num_mem_tokens"]),
-            model_hint=meta.get("model_hint", ""),
-            tokens=int(meta["tokens"]),
-            segments=int(meta["segments"]),
-            carry_text=meta.get("carry_text", ""),
-            pending_bytes=bytes.fromhex(meta.get("pending_bytes_hex", "")),
-            sources=json.loads(meta.get("sources", "[]")),
-            sources_omitted=int(meta.get("sources_omitted", "0")),
-            created=meta.get("created", ""),
-            rmt_version=meta.get("rmt_version", ""),
-        )
-    except UsageError:
-        raise
+        _check_regular(os.stat(path), where)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb") as f:
+            _check_regular(os.fstat(fd), where)
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such memory file") from None
     except PermissionError:
-        raise UsageError(f"{path}: permission denied") from None
-    except Exception as e:  # safetensors reports corrupt and truncated files with several error types
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{path}: not a readable rmt memory file (corrupt or truncated?): {detail}") from None
+        raise UsageError(f"{where}: permission denied") from None
+    except OSError as e:  # a symbolic-link loop, a path through a file, an I/O error
+        raise UsageError(f"{where}: cannot read it: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:  # it grew while being read
+        raise UsageError(f"{where}: more than {MAX_FILE_BYTES} bytes; a memory file is at most that")
+    return data
+
+
+def _check_regular(info: os.stat_result, where: str) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{where}: is a folder, not a memory file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket), so not a memory file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise UsageError(f"{where}: {info.st_size} bytes; a memory file is at most {MAX_FILE_BYTES}")
+
+
+def _read_safetensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file's bytes; safetensors checks the layout (offsets, sizes)."""
+    header_bytes = int.from_bytes(data[:8], "little")
+    if header_bytes > MAX_HEADER_BYTES:  # refused before parsing: a memory file's header is a few KiB
+        raise _corrupt(where, f"a header of {header_bytes} bytes (at most {MAX_HEADER_BYTES})")
+    try:
+        tensors = load_safetensors(data)
+        meta = json.loads(data[8 : 8 + header_bytes]).get("__metadata__") or {}
+    except Exception as e:  # safetensors and json report corrupt and truncated files with several error types
+        raise _corrupt(where, _first_line(e)) from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _corrupt(where, "metadata that is not a map of strings")
+    return tensors, meta
+
+
+def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torch.Tensor, list[int]]:
+    missing = [name for name in TENSORS if name not in tensors]
+    if missing:
+        raise UsageError(f"{where}: memory file lacks {', '.join(missing)}")
+    extra = sorted(set(tensors) - set(TENSORS))
+    if extra:
+        raise UsageError(f"{where}: unexpected tensor {_quoted(extra[0])}; a memory file holds "
+                         f"{' and '.join(TENSORS)} only")
+    memory, tail = tensors["memory"], tensors["tail_tokens"]
+    if memory.dtype not in DTYPES.values():
+        raise _invalid(where, "tensor memory", f"is {dtype_name(memory.dtype)}, not one of {', '.join(DTYPES)}")
+    if memory.dim() != 2 or 0 in memory.shape:
+        raise _invalid(where, "tensor memory", f"has shape {shown(list(memory.shape), 80)}; expected "
+                       f"[num_mem_tokens, hidden]")
+    if not (memory.abs() <= MAX_MEMORY_VALUE).all():  # also false for NaN
+        raise _invalid(where, "tensor memory", f"holds NaN, infinite or values beyond ±{MAX_MEMORY_VALUE:g}")
+    if tail.dtype not in TOKEN_DTYPES or tail.dim() != 1:
+        raise _invalid(where, "tensor tail_tokens", f"is {dtype_name(tail.dtype)} of shape "
+                       f"{shown(list(tail.shape), 80)}; expected a list of int64 token ids")
+    if tail.numel() and int(tail.min()) < 0:
+        raise _invalid(where, "tensor tail_tokens", f"holds a negative token id ({int(tail.min())})")
+    return memory, tail.tolist()
+
+
+def _whole_number(where: str, key: str, value: str, low: int, high: int) -> int:
+    # Digits only: int() would also take signs, spaces, underscores and non-ASCII digits.
+    if not re.fullmatch(r"[0-9]{1,19}", value) or not low <= int(value) <= high:
+        raise _invalid(where, f"metadata {key}", f"{_quoted(value)} is not a whole number from {low} to {high}")
+    return int(value)
+
+
+def _text(where: str, meta: dict[str, str], key: str, limit: int) -> str:
+    value = meta.get(key, "")
+    if len(value) > limit:
+        raise _invalid(where, f"metadata {key}", f"has {len(value)} characters; at most {limit}")
+    return value
+
+
+def _pending_bytes(where: str, value: str) -> bytes:
+    """The start of a UTF-8 character, exactly as the writer's incremental decoder held it."""
+    if re.fullmatch(rf"(?:[0-9a-fA-F]{{2}}){{0,{MAX_PENDING_BYTES}}}", value):
+        pending = bytes.fromhex(value)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            if decoder.decode(pending) == "" and decoder.getstate()[0] == pending:
+                return pending
+        except UnicodeDecodeError:
+            pass
+    raise _invalid(where, "metadata pending_bytes_hex", f"{_quoted(value)} is not the hex of the start of a UTF-8 "
+                   f"character")
+
+
+def _sources(where: str, value: str) -> list[dict]:
+    try:
+        sources = json.loads(value)
+    except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
+        sources = None
+    if not isinstance(sources, list) or not all(_is_source(s) for s in sources):
+        raise _invalid(where, "metadata sources", "is not a JSON list of {name, size, sha256}")
+    return sources
+
+
+def _is_source(source: object) -> bool:
+    return (isinstance(source, dict) and set(source) == {"name", "size", "sha256"}
+            and isinstance(source["name"], str)
+            and type(source["size"]) is int and 0 <= source["size"] <= MAX_COUNT  # not a bool, not a float
+            and isinstance(source["sha256"], str) and re.fullmatch(r"(?:[0-9a-f]{64})?", source["sha256"]) is not None)
+
+
+def _quoted(value: object) -> str:
+    return f"'{shown(value, 60)}'"
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _invalid(where: str, what: str, problem: str) -> UsageError:
+    return UsageError(f"{where}: {what} {problem}")
+
+
+def _corrupt(where: str, detail: str) -> UsageError:
+    return UsageError(f"{where}: not a readable rmt memory file (corrupt or truncated?): {shown(detail)}")

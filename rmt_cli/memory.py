@@ -16,10 +16,17 @@ How the written memory becomes the next segment's memory is the update rule:
 `RecurrentMemoryModel` runs a batch of documents segment after segment, carries the memory, applies truncated
 back-propagation through time and computes the loss. Ingestion and asking use the cell's streaming calls
 (`initial_memory`, `write_segment`, `read_segment`) directly, so all three paths run the same code.
+
+The cell runs the model's base (`model.base_model`) and its output embeddings itself, so whatever a family's own
+forward does to the logits after the output embeddings has to be done here too, or the family refused:
+`final_logit_softcapping` (Gemma-2 and later Gemma) is applied as the family applies it; the logit scalings of
+Cohere, Granite and others are refused by name (`UnsupportedModelError`). tests/test_architectures.py checks on
+every family the README lists that the cell's logits are the model's own.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +34,64 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .errors import UsageError
+
 IGNORE_INDEX = -100
 
 
 UPDATE_RULES = ("replace", "gated")
 GATE_INIT_BIAS = -3.0  # sigmoid(-3) ~ 0.05: a fresh gate mostly keeps the old memory
+
+# Config settings with which a family's own forward changes the logits after (or the hidden states just before)
+# the output embeddings, as found in transformers 5.x, and what it does with them. The cell does not reproduce them
+# (one name means a division in one family and a multiplication in another), so a model that sets one to anything
+# but a neutral value is refused.
+LOGIT_TRANSFORMS = {
+    "logit_scale": "multiplies the logits by it (Cohere)",
+    "logits_scaling": "scales the logits by it (Granite, MiniCPM3, HyperCLOVAX)",
+    "lm_head_multiplier": "multiplies the logits by it (Falcon-H1)",
+    "output_multiplier": "multiplies the logits by it (MuseSpark)",
+    "logits_mup_width_multiplier": "divides the LM head's input by it (Inkling)",
+    "logits_soft_cap": "soft-caps the logits with it (RecurrentGemma)",
+    "output_logit_soft_cap": "soft-caps the logits with it (xLSTM)",
+}
+SOFTCAP = "final_logit_softcapping"  # logits = cap * tanh(logits / cap) in every family that has it: applied
+
+
+class UnsupportedModelError(UsageError, ValueError):
+    """A model the memory cell cannot run faithfully (one line; the CLI exits 2 with it)."""
+
+
+def final_logit_softcap(config) -> float | None:
+    """The family's final logit soft-capping (applied by the cell), or None. Raises UnsupportedModelError for a
+    config whose model changes its logits in a way the cell does not reproduce: callers can check a config this
+    way before loading any weights."""
+    family = getattr(config, "model_type", None) or type(config).__name__
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    caps = []
+    for settings in [config] if text is config else [config, text]:  # a model with text and vision has two
+        for name, what in LOGIT_TRANSFORMS.items():
+            value = getattr(settings, name, None)
+            if not _neutral(value):
+                raise UnsupportedModelError(
+                    f"{family} with {name}={_short(value)}: the model's own forward {what}, which rmt's memory cell "
+                    f"does not do, so its logits would be wrong; not supported (README: Supported model families)")
+        caps.append(getattr(settings, SOFTCAP, None))
+    cap = next((c for c in caps if c is not None), None)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
+        raise UnsupportedModelError(f"{family} with {SOFTCAP}={_short(cap)}: a soft-cap must be a positive number "
+                                    f"or null")
+    return None if cap is None else float(cap)
+
+
+def _neutral(value) -> bool:
+    """None or 1: a setting of LOGIT_TRANSFORMS that changes nothing."""
+    return value is None or (isinstance(value, (int, float)) and float(value) == 1.0)
+
+
+def _short(value) -> str:
+    text = repr(value)  # escapes newlines and control characters: a config.json is user input
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 class MemoryCell(nn.Module):
@@ -45,6 +105,11 @@ class MemoryCell(nn.Module):
         self.num_mem_tokens = num_mem_tokens
         self.update = update
         self.gate_floor = gate_floor
+        config = getattr(model, "config", None)
+        if model.get_output_embeddings() is None:
+            raise UnsupportedModelError(f"{getattr(config, 'model_type', type(model).__name__)}: the model has no "
+                                        f"output embeddings (an LM head); rmt's memory cell needs a causal LM")
+        self.logit_softcap = None if config is None else final_logit_softcap(config)
         embeddings = model.get_input_embeddings()
         if update == "gated":
             self.gate = nn.Linear(embeddings.embedding_dim, 1)
@@ -54,7 +119,7 @@ class MemoryCell(nn.Module):
         else:
             self.gate = None
         # Start the memory at the scale of the token embeddings so the first segments are not swamped.
-        scale = float(embeddings.weight.detach().float().std())
+        scale = _embedding_scale(embeddings)
         generator = torch.Generator().manual_seed(0)
         self.memory = nn.Parameter(
             torch.randn(num_mem_tokens, embeddings.embedding_dim, generator=generator) * scale
@@ -76,6 +141,8 @@ class MemoryCell(nn.Module):
         batch, length = input_ids.shape
         m = self.num_mem_tokens
         token_embeds = self.model.get_input_embeddings()(input_ids)
+        # Memory sits where token embeddings do: after the embedding module's own scaling (Gemma's sqrt(hidden) in
+        # transformers 5), before the base model's (Granite's embedding_multiplier), which scales both alike.
         memory = memory.to(token_embeds.dtype)
         parts = [memory, token_embeds, memory] if write else [memory, token_embeds]
         inputs_embeds = torch.cat(parts, dim=1)
@@ -115,8 +182,15 @@ class MemoryCell(nn.Module):
         hidden = self._hidden_states(memory, input_ids, attention_mask, write)
         m, length = self.num_mem_tokens, input_ids.shape[1]
         new_memory, gate = self.update_memory(memory, hidden[:, m + length :]) if write else (None, None)
-        token_logits = self.model.get_output_embeddings()(hidden[:, m : m + length]) if logits else None
+        token_logits = self.logits(hidden[:, m : m + length]) if logits else None
         return new_memory, token_logits, gate
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states, and the family's final soft-capping where it has one (Gemma-2)."""
+        out = self.model.get_output_embeddings()(hidden)
+        if self.logit_softcap is not None:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
+        return out
 
     def write_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
         """Read a segment and return the next memory (no LM head is run)."""
@@ -125,6 +199,20 @@ class MemoryCell(nn.Module):
     def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
         """Logits for a final segment (no memory is written)."""
         return self.forward_segment(memory, input_ids, attention_mask, write=False, logits=True)[1]
+
+
+def _embedding_scale(embeddings: nn.Module) -> float:
+    """The standard deviation of what the input embeddings put out. A family that scales its embeddings inside the
+    embedding module (Gemma-2's sqrt(hidden) in transformers 5) scales the tokens but not its weight."""
+    weight = embeddings.weight.detach().float()
+    scale = float(weight.std())
+    if type(embeddings) is not nn.Embedding:  # a plain embedding puts out its rows: the same number, bit for bit
+        rows = torch.arange(min(weight.shape[0], 1024), device=weight.device)
+        with torch.no_grad():
+            out, raw = embeddings(rows).float(), weight[rows]
+        if float(raw.norm()) > 0:
+            scale *= float(out.norm() / raw.norm())
+    return scale
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Iterable  # noqa: E402
 
 import torch  # noqa: E402
 
-from .errors import UsageError  # noqa: E402
+from .errors import UsageError, shown  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 try:  # transformers 5 validates configs as strict dataclasses
@@ -43,7 +43,10 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {error_line(e)}") from None
+    except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
+        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: its files are malformed "
+                         f"({type(e).__name__}: {error_line(e)})") from None
     if tok.eos_token_id is None:
         raise UsageError(f"the tokenizer of {name_or_path!r} has no end token; answers could not stop")
     if tok.pad_token_id is None:
@@ -51,8 +54,9 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def error_line(error: Exception) -> str:
+    """An error's message on one line (lines joined), escaped and cut: it may quote text from a file."""
+    return shown(" ".join(str(error).split())) if str(error).strip() else type(error).__name__
 
 
 def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
@@ -70,7 +74,7 @@ def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
                     num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
         return LlamaConfig(**{**base, **common, **spec.config})
     except CONFIG_ERRORS as e:
-        raise UsageError(f"model.config: {_first_line(e)}") from None
+        raise UsageError(f"model.config: {error_line(e)}") from None
 
 
 def max_positions(config) -> int | None:
@@ -103,7 +107,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         try:  # some architectures check their settings only when the model is built
             return AutoModelForCausalLM.from_config(config)
         except CONFIG_ERRORS as e:
-            raise UsageError(f"model.config: {_first_line(e)}") from None
+            raise UsageError(f"model.config: {error_line(e)}") from None
     try:
         config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
                                             trust_remote_code=spec.trust_remote_code)
@@ -116,7 +120,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
                                                     trust_remote_code=spec.trust_remote_code, use_safetensors=True,
                                                     dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load model {spec.name_or_path!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
 
 
 def build_tokenizer(spec: TokenizerSpec, model: ModelSpec, corpus: Iterable[str] | None):

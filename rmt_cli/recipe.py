@@ -18,6 +18,13 @@ from .errors import UsageError
 from .tasks import STORY_TASKS
 
 
+# Ceilings that refuse a typo such as segment_size=1e9 before anything is allocated; far above any real run.
+MAX_SEGMENT_SIZE = 65_536
+MAX_FACTS = 1_000
+MAX_BATCH = 65_536
+MAX_SAMPLES = 10_000_000
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,14 +40,14 @@ class ModelSpec(Section):
 
 class TokenizerSpec(Section):
     kind: Literal["model", "bpe"] = "model"  # the model's own tokenizer, or a BPE trained on the task's text
-    vocab_size: int = Field(512, ge=64)
-    training_texts: int = Field(2000, ge=10)  # documents of the task's text the BPE is trained on
+    vocab_size: int = Field(512, ge=64, le=1_000_000)
+    training_texts: int = Field(2000, ge=10, le=10_000_000)  # documents of the task's text the BPE is trained on
 
 
 class MemorySpec(Section):
-    num_mem_tokens: int = Field(4, ge=0)
-    segment_size: int = Field(64, ge=4)
-    bptt_depth: int | None = Field(None, ge=0)
+    num_mem_tokens: int = Field(4, ge=0, le=4096)
+    segment_size: int = Field(64, ge=4, le=MAX_SEGMENT_SIZE)
+    bptt_depth: int | None = Field(None, ge=0, le=1_000_000)
     gradient_checkpointing: bool = False
     # replace: the written memory is the next one (the original RMT). gated: a learned gate per slot mixes the
     # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
@@ -68,8 +75,8 @@ class DatasetSpec(Section):
 
 class TaskSpec(Section):
     name: Literal[STORY_TASKS + ("lm",)] = "memorize"  # type: ignore[valid-type]
-    min_facts: int = Field(2, ge=1)
-    max_facts: int = Field(10, ge=1)
+    min_facts: int = Field(2, ge=1, le=MAX_FACTS)
+    max_facts: int = Field(10, ge=1, le=MAX_FACTS)
     # Training asks up to this many questions per story (qa1: one per person who moved), the first exactly as
     # `rmt ask` does, the others after its answer while they fit the final segment. Evaluation asks one.
     questions: int = Field(1, ge=1, le=8)
@@ -105,8 +112,8 @@ class OptimSpec(Section):
 
 
 class Stage(Section):
-    segments: int = Field(ge=1)
-    steps: int = Field(ge=1)
+    segments: int = Field(ge=1, le=1_000_000)
+    steps: int = Field(ge=1, le=1_000_000_000)
     mix_shorter: float = Field(0.0, ge=0, le=1)  # share of samples drawn with fewer segments (1..segments-1)
     facts: tuple[int, int] | None = None  # [min, max] facts per story in this stage; default: the task's
     # false: the story alone, without noise, so a short story and its question share the final segment (an
@@ -117,29 +124,31 @@ class Stage(Section):
     def _check(self):
         if self.facts is not None and not 1 <= self.facts[0] <= self.facts[1]:
             raise ValueError(f"facts must be [min, max] with 1 <= min <= max, got {list(self.facts)}")
+        if self.facts is not None and self.facts[1] > MAX_FACTS:
+            raise ValueError(f"facts: at most {MAX_FACTS} facts per story, got {self.facts[1]}")
         return self
 
 
 class EvalSpec(Section):
-    samples: int = Field(100, ge=1)
-    segments: list[Annotated[int, Field(ge=1)]] | None = None  # lengths to evaluate; default: every stage's
-    batch_size: int = Field(50, ge=1)
+    samples: int = Field(100, ge=1, le=MAX_SAMPLES)
+    segments: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # lengths to evaluate; default: every stage's
+    batch_size: int = Field(50, ge=1, le=MAX_BATCH)
 
 
 class CheckpointSpec(Section):
     every: int = Field(200, ge=1)
-    keep: int = Field(2, ge=1)
+    keep: int = Field(2, ge=1, le=1_000_000)
 
 
 class Recipe(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # what torch.manual_seed takes
     output_dir: str = "runs/rmt"
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     task: TaskSpec = Field(default_factory=TaskSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     curriculum: list[Stage] = Field(min_length=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)

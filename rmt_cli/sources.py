@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import UsageError
+from .errors import UsageError, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192
@@ -37,6 +37,11 @@ class SourceRecord:
     size: int = 0
     sha256: str = ""
     replaced_bytes: int = 0  # invalid UTF-8 sequences decoded as U+FFFD
+    size_when_opened: int | None = None  # a file's size at open (None: stdin); differs from `size` if it changed
+
+    @property
+    def changed_while_read(self) -> bool:
+        return self.size_when_opened is not None and self.size_when_opened != self.size
 
 
 @dataclass
@@ -64,6 +69,27 @@ def _missing_reason(path: Path) -> str:
         if e.errno == errno.ELOOP:
             return "a loop of symbolic links"
     return "a broken symbolic link"
+
+
+SMALL_FILE_LIMIT = 16 << 20  # lists of questions or jobs; anything bigger is a mistake
+
+
+def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """The bytes of a small file a user named (a question list, a manifest): a regular file or a pipe such as
+    `<(...)`, read whole, refused beyond `limit` bytes."""
+    label = f"{what} {shown(path)}"
+    if path.is_dir():
+        raise UsageError(f"{label}: is a folder, not a file")
+    if not path.exists():
+        raise UsageError(f"{label}: {_missing_reason(path)}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise _open_error(label, e) from None
+    if len(data) > limit:
+        raise UsageError(f"{label}: larger than {limit >> 20} MiB; is it the right file?")
+    return data
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
@@ -150,6 +176,8 @@ class Document:
                 stream: BinaryIO = sys.stdin.buffer if item.path is None else open(item.path, "rb")
             except OSError as e:
                 raise _open_error(item.name, e) from None
+            if item.path is not None:
+                record.size_when_opened = os.fstat(stream.fileno()).st_size
             try:
                 while True:
                     block = stream.read(chunk_bytes)

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from .data import TaskData
 from .errors import RMTError, UsageError
 from .evaluate import evaluate
 from .memory import MemoryCell, RecurrentMemoryModel, answer_correct
 from .modeling import build_model, build_tokenizer, check_fits
+from .progress import ProgressBar
 from .recipe import Recipe, Stage, dump_recipe
 from .segments import collate
 from .tasks import rng_for
@@ -152,6 +154,23 @@ def _source_name(recipe: Recipe) -> str:
     return recipe.model.name_or_path or f"scratch:{recipe.model.architecture}"
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A resumed run trains again the steps after its checkpoint: drop their old lines (and a line cut short by a
+    kill), so that metrics.jsonl logs each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(kept), encoding="utf-8")
+
+
 def train(recipe: Recipe, init_from: str | Path | None = None, console=None, progress: bool = True) -> RunResult:
     """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
     from accelerate import Accelerator
@@ -185,8 +204,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         cell.train()
     else:
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model, data.corpus(recipe.tokenizer.training_texts))
-        model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
-        cell = MemoryCell(model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor)
+        base_model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
+        cell = MemoryCell(base_model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor)
     data.bind(tokenizer)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
                                recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,
@@ -199,7 +218,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         load_optimizer_state(resume_from, optimizer)
         start_step = json.loads((resume_from / "training_state.json").read_text())["step"]
         log.info(f"resuming from {resume_from} at step {start_step}")
-    model, optimizer = accelerator.prepare(rmt, optimizer)
+    # The RMT as accelerate runs it (wrapped for several processes); unwrap_model gives `rmt` back.
+    prepared, optimizer = accelerator.prepare(rmt, optimizer)
 
     stages = recipe.curriculum
     total = sum(s.steps for s in stages)
@@ -212,6 +232,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(recipe_yaml)
     metrics_path = output_dir / "metrics.jsonl"
+    if resume_from is not None and accelerator.is_main_process:
+        _drop_metrics_after(metrics_path, start_step)
     evaluations: list[dict] = []
 
     def save(step: int, name: str | None = None) -> Path | None:
@@ -219,7 +241,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             return None
         path = output_dir / (name or f"{CHECKPOINTS}/step-{step:07d}")
         state = {"step": step, "stage": stage_at(stages, step)[0]} if name is None else None
-        out = save_checkpoint(path, accelerator.unwrap_model(model).cell, tokenizer, recipe.memory, source,
+        out = save_checkpoint(path, accelerator.unwrap_model(prepared).cell, tokenizer, recipe.memory, source,
                               recipe_yaml, state, optimizer if name is None else None)
         if name is None:
             _prune(output_dir / CHECKPOINTS, recipe.checkpoint.keep)
@@ -233,7 +255,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     interrupted = False
     tokens_seen, t0 = 0, time.perf_counter()
     batches = step_batches(data, recipe, tokenizer.pad_token_id, start_step, rank, local)
-    with _StopFlag() as stop, log.progress(total, start_step, enabled=progress) as bar:
+    with _StopFlag() as stop, ProgressBar(log.console if progress else None, "train", total, start_step, keep=True, count=True) as bar:
         step = start_step
         while step < total:
             if stop.stop:
@@ -245,10 +267,10 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(batches).to(accelerator.device)
-            out = model(batch)
+            out = prepared(batch)
             accelerator.backward(out.loss)
             if recipe.optim.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+                accelerator.clip_grad_norm_(prepared.parameters(), recipe.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -264,14 +286,16 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             if out.gate_loss is not None:
                 entry["gate_loss"] = float(out.gate_loss.detach())
             record(entry)
-            bar.update(step, stage_index, stage.segments, loss, accuracy, speed)
+            score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
+            bar.update(step, label=f"stage {stage_index} ({stage.segments} seg)",
+                       stats=f"loss {loss:.3f} {score} {speed:,.0f} tok/s")
             if step % recipe.checkpoint.every == 0:
                 save(step)
             if stage_at(stages, step)[0] != stage_index or step == total:
                 save(step)
                 save(step, f"stage-{stage_index}")
                 if accelerator.is_main_process:
-                    rows = evaluate(accelerator.unwrap_model(model), data, recipe.eval_lengths(),
+                    rows = evaluate(accelerator.unwrap_model(prepared), data, recipe.eval_lengths(),
                                     recipe.eval.samples, recipe.eval.batch_size, accelerator.device)
                     for row in rows:
                         row.update(stage=stage_index, step=step, event="eval")
@@ -304,9 +328,6 @@ class _Logger:
         if self.console is not None:
             self.console.print(text)
 
-    def progress(self, total: int, start: int, enabled: bool):
-        return _Progress(self.console if enabled else None, total, start)
-
     def eval_table(self, stage: int, rows: list[dict], lm: bool) -> None:
         if self.console is None:
             return
@@ -325,30 +346,3 @@ class _Logger:
             for r in rows:
                 table.add_row(str(r["segments"]), f"{r['accuracy']:.1%}", f"{r['accuracy_reset']:.1%}")
         self.console.print(table)
-
-
-class _Progress:
-    def __init__(self, console, total: int, start: int):
-        self.console, self.total, self.start = console, total, start
-        self._progress = None
-
-    def __enter__(self):
-        if self.console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                                      console=self.console, transient=False)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("train", total=self.total, completed=self.start, stats="")
-        return self
-
-    def update(self, step, stage, segments, loss, accuracy, speed):
-        if self._progress is not None:
-            score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
-            self._progress.update(self._task, completed=step, description=f"stage {stage} ({segments} seg)",
-                                  stats=f"loss {loss:.3f} {score} {speed:,.0f} tok/s")
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BPE tokenizer and tiny GPT-2 / Llama models built from configs (no downloads)."""
+"""Shared fixtures: a tiny BPE tokenizer and tiny causal LMs of seven families built from configs (no downloads)."""
 
 import os
 
@@ -14,7 +14,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-ARCHITECTURES = ["gpt2", "llama"]
+ARCHITECTURES = ["gpt2", "llama"]  # what most tests run on
+# The model families the README lists as supported: tests/test_architectures.py runs the memory cell on each.
+FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gemma2", "phi3", "opt"]
 
 
 def _texts(count: int = 300) -> list[str]:
@@ -61,14 +63,50 @@ def llama_model(tokenizer, seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(**config))
 
 
+# Tiny configs of the other families, in each family's own settings (hidden 32, 2 layers, dropout off). Each names
+# (config class, model class, settings); anything the family would otherwise take from its large default
+# (head_dim 256, a vocabulary of 32k, pad id 32000) is set here.
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=128)
+_TINY = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(_DECODER)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(_DECODER, head_dim=16)),  # sliding window 4096 kept
+    # Gemma-2: embeddings scaled by sqrt(hidden), alternating sliding / full attention, attention soft-capping and
+    # the final logit soft-capping (30.0) all kept at the family's defaults.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(_DECODER, head_dim=16, query_pre_attn_scalar=16)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(_DECODER)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                                word_embed_proj_dim=32, max_position_embeddings=128, dropout=0.0,
+                                                attention_dropout=0.0)),
+    "cohere": ("CohereConfig", "CohereForCausalLM", dict(_DECODER)),  # logit_scale 0.0625: refused by the cell
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(_DECODER)),  # logits_scaling 1.0: neutral
+}
+
+
+def family_model(family: str, tokenizer, seed: int = 0, **overrides):
+    """A tiny causal LM of `family` (any key of _TINY), with config overrides."""
+    import transformers
+
+    config_class, model_class, settings = _TINY[family]
+    config = dict(settings, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+
+
 def tiny_model(architecture: str, tokenizer, seed: int = 0, **overrides):
-    build = gpt2_model if architecture == "gpt2" else llama_model
-    return build(tokenizer, seed, **overrides)
+    if architecture == "gpt2":
+        return gpt2_model(tokenizer, seed, **overrides)
+    if architecture == "llama":
+        return llama_model(tokenizer, seed, **overrides)
+    return family_model(architecture, tokenizer, seed, **overrides)
 
 
 @pytest.fixture(scope="session")
 def make_model(tokenizer):
-    """make_model(architecture, seed=0, **config overrides) -> a fresh tiny causal LM (float32)."""
+    """make_model(architecture, seed=0, **config overrides) -> a fresh tiny causal LM (float32); `architecture` is
+    one of FAMILIES (or cohere / granite)."""
 
     def make(architecture: str, seed: int = 0, **overrides):
         return tiny_model(architecture, tokenizer, seed, **overrides)

@@ -188,6 +188,7 @@ def test_override_replaces_a_whole_list_item(tmp_path):
     ("curriculum.5.steps=1", "curriculum.5 is not an item"),
     ("curriculum.first.steps=1", "curriculum.first is not an item"),
     ("curriculum.9=1", "9 is not an item"),
+    ("memory.segment_size=[1", r"not valid YAML \(line 1, column 3\)"),
 ])
 def test_bad_overrides(tmp_path, override, words):
     with pytest.raises(UsageError, match=words):

@@ -66,6 +66,10 @@ def step_losses(output_dir):
     return {r["step"]: r["loss"] for r in rows if "event" not in r}  # a replayed step keeps its last value
 
 
+def logged_steps(output_dir):
+    return [json.loads(line)["step"] for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """Run A: the whole curriculum without interruption."""
@@ -263,11 +267,52 @@ def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path
     interrupt_after(monkeypatch, 7)
     run(tiny_recipe(out))
     shutil.rmtree(out / "checkpoints" / "step-0000007")  # as if killed before it could save
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "lo')  # and in the middle of a metrics line
     assert latest_checkpoint(out).name == "step-0000006"
     monkeypatch.undo()
     run(tiny_recipe(out, resume="auto"))
     assert_same_tensors(a_out / "final", out / "final")
     assert_same_tensors(a_out / "stage-1", out / "stage-1")
+    # Each step logged once, in order: the redone step 7 and the cut line are not repeated.
+    assert logged_steps(out) == logged_steps(a_out)
+
+
+KILLED_IN_A_CHECKPOINT_WRITE = """
+import os, signal, sys
+import rmt_cli.checkpoint as checkpoint
+import rmt_cli.train as train
+
+real_save = train.save_checkpoint
+
+def save_then_die_halfway(path, *args, **kwargs):
+    if str(path).endswith("step-0000009"):  # weights written, then SIGKILL before memory.safetensors
+        checkpoint.save_file = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(path, *args, **kwargs)
+
+train.save_checkpoint = save_then_die_halfway
+from rmt_cli.cli import main
+sys.argv = ["rmt", "train", sys.argv[1], "-q"]
+main()
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_last_whole_one(straight, tmp_path):
+    """A real SIGKILL halfway through writing step 9's checkpoint: no half checkpoint is taken for a whole one,
+    and resume=auto continues from step 6 to the same weights as the uninterrupted run."""
+    a_out, _ = straight
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_A_CHECKPOINT_WRITE, str(recipe)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (out / "checkpoints" / "step-0000009.tmp" / "model.safetensors").is_file()  # killed mid-write
+    assert not (out / "checkpoints" / "step-0000009").exists()
+    assert latest_checkpoint(out).name == "step-0000006"
+    run(tiny_recipe(out, resume="auto"))
+    assert_same_tensors(a_out / "final", out / "final")
+    assert logged_steps(out) == logged_steps(a_out)
 
 
 def test_second_run_into_the_same_output_dir_is_refused(straight):
@@ -437,6 +482,35 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers):
     assert state["step"] == max(step_losses(out)) >= 3  # nothing after the saved step was lost or invented
     resumed = run({**data, "resume": "auto", "curriculum": [{"segments": 1, "steps": state["step"] + 2}]})
     assert max(step_losses(out)) == state["step"] + 2 and not resumed.interrupted
+
+
+def test_ctrl_c_during_extend_saves_a_checkpoint_and_resumes(straight, tmp_path):
+    """`rmt extend` runs the same loop: a SIGINT to its process group saves a checkpoint and exits 130, and
+    `rmt extend ... resume=auto` continues that run."""
+    import signal
+    import time
+
+    out, _ = straight
+    long_stage = [{"segments": 3, "steps": 100000}]
+    path = extend_file(tmp_path, curriculum=long_stage, checkpoint={"every": 100000, "keep": 2})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "rmt_cli.cli", "extend", str(out / "final"), str(path), "-q"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    new = tmp_path / "extended"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (new / "metrics.jsonl").exists() or
+                                      len((new / "metrics.jsonl").read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    step = json.loads((latest_checkpoint(new) / "training_state.json").read_text())["step"]
+    assert step == max(step_losses(new)) >= 2
+    more = [f"curriculum=[{{segments: 3, steps: {step + 1}}}]", "resume=auto", "eval.samples=1"]
+    proc = subprocess.run(command[:-1] + more + ["-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert max(step_losses(new)) == step + 1 and (new / "final").is_dir()
 
 
 def test_export_to_bfloat16_keeps_the_model(tmp_path, tokenizer, make_model):

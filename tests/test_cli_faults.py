@@ -1,0 +1,244 @@
+"""Faults at the command line (issue 8): each is one `error:` line with the right exit code, or correct behaviour."""
+
+import json
+import os
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rmt_cli.checkpoint import DEFAULT_LM_DIR
+from rmt_cli.cli import app
+from rmt_cli.sources import open_document
+
+RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
+          "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+          "memory": {"num_mem_tokens": 2, "segment_size": 48},
+          "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}}
+
+
+def run(args, input=None):
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in r.stderr + r.stdout
+    return r
+
+
+def one_error_line(r, code: int, *words: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == code, (r.exit_code, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def memory_file(tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mary went to the garden. " * 20)
+    assert run(["ingest", doc, "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR, "-q"]).exit_code == 0
+    return tmp_path / "m.st"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["ingest", "--bogus"], ["No such option: --bogus", "rmt ingest --help"]),
+    (["eval", "--batch-size", "0"], ["--batch-size"]),
+    (["frob"], ["frob"]),
+    (["ask", "m.st", "q", "--seed", str(2**70)], ["--seed"]),
+    (["ask", "m.st", "q", "--temperature", "nan"], ["--temperature"]),
+    (["eval", "--facts", "1,100000000"], ["--facts", "1000"]),
+    (["eval", "--samples", "100000000000"], ["--samples"]),
+])
+def test_option_errors_are_one_line_not_a_box(args, words):
+    r = run(args)
+    one_error_line(r, 2, *words)
+    assert "╭" not in r.stderr and r.stdout == ""
+
+
+def test_help_without_a_command_is_still_the_help():
+    r = run([])
+    assert "Usage" in r.stdout + r.stderr and "ingest" in r.stdout + r.stderr
+
+
+def test_questions_and_manifests_from_a_pipe(tmp_path, memory_file):
+    """`--file <(...)` and `--manifest <(...)` name a pipe (/dev/fd/N), not a regular file: both are read."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"Where is Mary?\nWhere is John?\n")
+    os.close(write_end)
+    try:
+        r = run(["ask", memory_file, "--file", f"/dev/fd/{read_end}", "--model", DEFAULT_LM_DIR])
+    finally:
+        os.close(read_end)
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 2
+
+    doc = tmp_path / "doc.txt"
+    read_end, write_end = os.pipe()
+    os.write(write_end, f"{doc}\t{tmp_path / 'piped.st'}\n".encode())
+    os.close(write_end)
+    try:
+        r = run(["ingest", "--manifest", f"/dev/fd/{read_end}", "--model", DEFAULT_LM_DIR, "-q"])
+    finally:
+        os.close(read_end)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "piped.st").is_file()
+
+
+def test_a_question_file_that_is_a_folder_or_missing(tmp_path, memory_file):
+    one_error_line(run(["ask", memory_file, "--file", tmp_path, "--model", DEFAULT_LM_DIR]), 2, "is a folder")
+    one_error_line(run(["ask", memory_file, "--file", tmp_path / "none", "--model", DEFAULT_LM_DIR]), 2, "no such")
+
+
+def test_control_characters_from_names_stay_on_one_line(tmp_path):
+    bad = tmp_path / "evil\nerror: forged\x1b[2Jname.txt"
+    r = run(["ingest", bad, "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR, "-q"])
+    one_error_line(r, 2, "\\n", "\\x1b")
+
+
+def test_append_reports_this_runs_tokens_and_the_files_total(tmp_path, memory_file):
+    first = json.loads(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "alone.st", "--model", DEFAULT_LM_DIR,
+                            "-q", "--json"]).stdout)
+    more = tmp_path / "more.txt"
+    more.write_text("John moved to the office. " * 30)
+    r = run(["ingest", "--append", memory_file, more, "--model", DEFAULT_LM_DIR, "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    appended = json.loads(r.stdout)
+    alone = json.loads(run(["ingest", more, "-o", tmp_path / "more.st", "--model", DEFAULT_LM_DIR, "-q",
+                            "--json"]).stdout)
+    assert appended["total_tokens"] == first["tokens"] + appended["tokens"]
+    assert abs(appended["tokens"] - alone["tokens"]) <= 2  # the join of two texts may tokenize a little apart
+    assert appended["tokens"] < appended["total_tokens"]
+
+
+def test_a_file_cut_short_while_it_is_read_is_reported(tmp_path):
+    path = tmp_path / "growing.txt"
+    path.write_bytes(b"a line of text\n" * 20_000)
+    document = open_document([str(path)])
+    chunks = document.chunks(chunk_bytes=4096)
+    next(chunks)
+    os.truncate(path, 10_000)  # cut while being read (a rotated log, a file rewritten meanwhile)
+    read = 4096 + sum(len(c) for c in chunks)
+    record = document.records[0]
+    assert record.size == read == 10_000 and record.changed_while_read
+    whole = open_document([str(path)])
+    list(whole.chunks())
+    assert not whole.records[0].changed_while_read
+
+
+def test_ingest_warns_when_a_file_changes_while_it_is_read(tmp_path, monkeypatch):
+    import rmt_cli.sources as sources
+
+    path = tmp_path / "book.txt"
+    path.write_bytes(b"Mary went to the garden. " * 8000)  # 200 kB: several reads
+    real_chunks = sources.Document.chunks
+
+    def cut_after_first(self, chunk_bytes=sources.CHUNK_BYTES):
+        for n, block in enumerate(real_chunks(self, chunk_bytes)):
+            yield block
+            if n == 0:
+                os.truncate(path, 100_000)
+
+    monkeypatch.setattr(sources.Document, "chunks", cut_after_first)
+    r = run(["ingest", path, "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert "changed while it was read" in r.stderr and "100,000 bytes read" in r.stderr
+
+
+@pytest.mark.parametrize("override, words", [
+    ("memory.segment_size=100000000", "memory.segment_size"),
+    ("task.max_facts=5000", "task.max_facts"),
+    ("batch_size=1000000", "batch_size"),
+    ("seed=-1", "seed"),
+])
+def test_huge_or_negative_sizes_are_refused_before_anything_is_built(tmp_path, override, words):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(tmp_path / "run")}))
+    r = run(["train", recipe, override, "-q"])
+    one_error_line(r, 2, words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch):
+    import rmt_cli.train as train_module
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 120000000000 bytes.\nmore detail")
+
+    monkeypatch.setattr(train_module, "train", no_memory)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(tmp_path / "run")}))
+    one_error_line(run(["train", recipe, "-q"]), 1, "out of memory")
+
+
+def _start(args, tmp_path):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "rmt_cli.cli", *map(str, args)], cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_trace(tmp_path, proc, timeout=120.0):
+    """Until the streamed --trace (a hidden temporary beside its target) has lines: ingest is under way."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_size > 0 for p in tmp_path.glob(".t.jsonl.*")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"ingest never started: {proc.poll()}")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_ingest_interrupted_or_killed_writes_nothing_and_keeps_the_old_file(tmp_path, memory_file, signal_name):
+    """Ctrl-C (the terminal's SIGINT to the process group) or kill -9 in the middle of an --append: the memory
+    file is as it was, bit for bit, and no trace or memory file appears half-written."""
+    import signal
+
+    book = tmp_path / "book.txt"
+    book.write_text("Mary went to the garden and then she came back again. " * 60_000)  # minutes of reading
+    before = memory_file.read_bytes()
+    proc = _start(["ingest", "--append", memory_file, book, "--model", DEFAULT_LM_DIR, "--trace", "t.jsonl", "-q"],
+                  tmp_path)
+    _wait_for_trace(tmp_path, proc)
+    os.killpg(proc.pid, getattr(signal, signal_name))
+    _, stderr = proc.communicate(timeout=120)
+    assert memory_file.read_bytes() == before
+    assert not (tmp_path / "t.jsonl").exists()
+    if signal_name == "SIGINT":
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+        assert not list(tmp_path.glob(".*.tmp*"))  # temporaries removed on the way out
+    else:
+        assert proc.returncode == -9
+
+
+def test_eval_interrupted_exits_130_and_writes_no_plot(tmp_path):
+    import signal
+    import time
+
+    pytest.importorskip("matplotlib")
+    proc = _start(["eval", "--model", DEFAULT_LM_DIR, "--lengths", "64k", "--samples", "200", "--plot", "e.png",
+                   "--json"], tmp_path)
+    time.sleep(6)  # imports, the model, then minutes of evaluation
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stdout == "" and not (tmp_path / "e.png").exists()
+
+
+def test_output_under_a_regular_file_is_refused_before_reading(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "doc.txt").write_text("Mary went to the garden. " * 20)
+    r = run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "afile" / "m.st", "--model", DEFAULT_LM_DIR, "-q"])
+    one_error_line(r, 2, "is a file, not a folder")
+
+
+def test_a_plot_that_is_not_png_is_refused_before_scoring(tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "doc.txt").write_text("Mary went to the garden. " * 20)
+    r = run(["perplexity", tmp_path / "doc.txt", "--plot", tmp_path / "x.svg", "-q"])
+    one_error_line(r, 2, "PNG")
+    r = run(["eval", "--plot", tmp_path / "x", "-q"])
+    one_error_line(r, 2, "PNG")
