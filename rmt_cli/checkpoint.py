@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import atomic_folder
-from .errors import UsageError, shown
+from .errors import UsageError, error_line, shown
 from .memory import MemoryCell
-from .modeling import check_fits, error_line, load_tokenizer
+from .modeling import check_fits, load_tokenizer
 from .recipe import MemorySpec, format_errors, load_yaml
 
 RMT_JSON = "rmt.json"
@@ -117,19 +117,40 @@ def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def read_training_state(path: Path) -> dict:
+    """training_state.json of a training checkpoint, checked: the step to resume at and the optimizer's settings."""
+    try:
+        state = json.loads((path / "training_state.json").read_text(encoding="utf-8"))
+        ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0
+              and isinstance(state.get("optimizer"), dict)
+              and isinstance(state["optimizer"].get("param_groups"), list)
+              and isinstance(state["optimizer"].get("scalars"), dict))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise UsageError(f"resume: {shown(path)}: training_state.json is unreadable ({error_line(e)})") from None
+    if not ok:
+        raise UsageError(f"resume: {shown(path)}: training_state.json lacks a step or the optimizer's settings; "
+                         f"resume from another checkpoint")
+    return state
+
+
 def load_optimizer_state(path: Path, optimizer) -> None:
-    info = json.loads((path / "training_state.json").read_text())["optimizer"]
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    state: dict = {}
-    for name, value in tensors.items():
-        if name.startswith("state."):
-            _, pid, key = name.split(".", 2)
+    """Put the optimizer and the torch RNG back as they were at the checkpoint; a damaged state is one line."""
+    info = read_training_state(path)["optimizer"]
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        state: dict = {}
+        for name, value in tensors.items():
+            if name.startswith("state."):
+                _, pid, key = name.split(".", 2)
+                state.setdefault(int(pid), {})[key] = value
+        for name, value in info["scalars"].items():
+            pid, key = name.split(".", 1)
             state.setdefault(int(pid), {})[key] = value
-    for name, value in info["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-    torch.set_rng_state(tensors["torch_rng"])
+        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        torch.set_rng_state(tensors["torch_rng"])
+    except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
+        raise UsageError(f"resume: {shown(path)}: the optimizer state does not fit this model "
+                         f"({type(e).__name__}: {error_line(e)}); resume from another checkpoint") from None
 
 
 # A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one
@@ -401,7 +422,11 @@ def export_checkpoint(source: str | Path, destination: str | Path, dtype: torch.
     made with the exported model are checked against the exported model.
     """
     loaded = load_checkpoint(source)
-    recipe = (loaded.path / "recipe.yaml").read_text() if (loaded.path / "recipe.yaml").is_file() else None
+    recipe_file = loaded.path / "recipe.yaml"
+    try:
+        recipe = recipe_file.read_text(encoding="utf-8") if recipe_file.is_file() else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"checkpoint {shown(loaded.path)}: recipe.yaml is unreadable ({error_line(e)})") from None
     if recipe is not None:  # a shipped file names no folder of the machine it was trained on
         import yaml
 

@@ -24,3 +24,8 @@ def shown(text: object, limit: int = 200) -> str:
 def one_line(text: object) -> str:
     """A whole message on one terminal line: control characters escaped, nothing cut."""
     return shown(text, limit=1_000_000)
+
+
+def error_line(error: BaseException) -> str:
+    """An exception's message on one line (its lines joined), escaped and cut: it may quote text from a file."""
+    return shown(" ".join(str(error).split())) if str(error).strip() else type(error).__name__

@@ -45,7 +45,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import RMTError, UsageError, shown
+from .errors import RMTError, UsageError, error_line, shown
 from .tokenstream import MAX_CARRY_CHARS
 
 if TYPE_CHECKING:  # checkpoint imports this module
@@ -187,7 +187,7 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=state.metadata())
     except (OSError, SafetensorError) as e:  # a full disk: safetensors raises its own error type, not OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else error_line(e)
         raise RMTError(f"{shown(path)}: cannot write the memory file: "
                        f"{shown(reason.removeprefix('Error while serializing: '))}") from None
     return path
@@ -283,7 +283,7 @@ def _read_safetensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor],
         tensors = load_safetensors(data)
         meta = json.loads(data[8 : 8 + header_bytes]).get("__metadata__") or {}
     except Exception as e:  # safetensors and json report corrupt and truncated files with several error types
-        raise _corrupt(where, _first_line(e)) from None
+        raise _corrupt(where, error_line(e)) from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise _corrupt(where, "metadata that is not a map of strings")
     return tensors, meta
@@ -360,10 +360,6 @@ def _is_source(source: object) -> bool:
 
 def _quoted(value: object) -> str:
     return f"'{shown(value, 60)}'"
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _invalid(where: str, what: str, problem: str) -> UsageError:

@@ -10,7 +10,7 @@ from typing import Iterable  # noqa: E402
 
 import torch  # noqa: E402
 
-from .errors import UsageError, shown  # noqa: E402
+from .errors import UsageError, error_line, shown  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 try:  # transformers 5 validates configs as strict dataclasses
@@ -54,11 +54,6 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tok
 
 
-def error_line(error: Exception) -> str:
-    """An error's message on one line (lines joined), escaped and cut: it may quote text from a file."""
-    return shown(" ".join(str(error).split())) if str(error).strip() else type(error).__name__
-
-
 def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
     from transformers import GPT2Config, LlamaConfig
 
@@ -96,6 +91,31 @@ def check_fits(config, memory: MemorySpec) -> None:
         )
 
 
+MAX_LAYERS = 10_000  # a typo like num_hidden_layers=1e9 would otherwise take forever even on the meta device
+
+
+def check_buildable(config) -> None:
+    """Before any weight is allocated or downloaded: a family the memory cell runs correctly, and a model whose
+    float32 weights fit this machine's memory (n_embd=100000 is a typo, not a model)."""
+    from transformers import AutoModelForCausalLM
+
+    from .memory import final_logit_softcap
+
+    final_logit_softcap(config)  # refuses families whose forward rescales the logits
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > MAX_LAYERS:
+        raise UsageError(f"model.config: {layers:,} layers; at most {MAX_LAYERS:,}")
+    try:
+        with torch.device("meta"):  # shapes only, no memory
+            weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    except CONFIG_ERRORS as e:
+        raise UsageError(f"model.config: {error_line(e)}") from None
+    memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if weights * 4 > memory_bytes:
+        raise UsageError(f"model.config: {weights:,} weights need {weights * 4 / 2**30:,.1f} GiB in float32; this "
+                         f"machine has {memory_bytes / 2**30:,.1f} GiB")
+
+
 def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     """The causal LM to wrap: pretrained weights when name_or_path is set, else a fresh model of `architecture`."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -103,6 +123,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     if spec.name_or_path is None:
         config = scratch_config(spec, memory, tokenizer)
         check_fits(config, memory)
+        check_buildable(config)
         torch.manual_seed(seed)
         try:  # some architectures check their settings only when the model is built
             return AutoModelForCausalLM.from_config(config)
@@ -114,6 +135,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         for key, value in spec.config.items():
             setattr(config, key, value)
         check_fits(config, memory)
+        check_buildable(config)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
         # small updates; speed comes from mixed_precision (autocast) instead.
         return AutoModelForCausalLM.from_pretrained(spec.name_or_path, config=config, revision=spec.revision,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from .checkpoint import load_checkpoint, load_optimizer_state, read_training_state, save_checkpoint
 from .data import TaskData
 from .errors import RMTError, UsageError
 from .evaluate import evaluate
@@ -216,7 +216,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     start_step = 0
     if resume_from is not None:
         load_optimizer_state(resume_from, optimizer)
-        start_step = json.loads((resume_from / "training_state.json").read_text())["step"]
+        start_step = read_training_state(resume_from)["step"]
         log.info(f"resuming from {resume_from} at step {start_step}")
     # The RMT as accelerate runs it (wrapped for several processes); unwrap_model gives `rmt` back.
     prepared, optimizer = accelerator.prepare(rmt, optimizer)

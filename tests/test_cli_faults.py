@@ -148,6 +148,8 @@ def test_ingest_warns_when_a_file_changes_while_it_is_read(tmp_path, monkeypatch
     ("task.max_facts=5000", "task.max_facts"),
     ("batch_size=1000000", "batch_size"),
     ("seed=-1", "seed"),
+    ("model.config.n_embd=1000000", "GiB in float32"),  # was a traceback from the allocator
+    ("model.config.n_layer=100000000", "layers; at most"),
 ])
 def test_huge_or_negative_sizes_are_refused_before_anything_is_built(tmp_path, override, words):
     recipe = tmp_path / "r.yaml"

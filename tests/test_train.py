@@ -315,6 +315,30 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_last_whole_one(straight, tm
     assert logged_steps(out) == logged_steps(a_out)
 
 
+@pytest.mark.parametrize("damage", ["state not json", "state without step", "optimizer cut", "optimizer of another model"])
+def test_a_damaged_training_state_is_one_line_on_resume(straight, tmp_path, damage):
+    a_out, _ = straight
+    out = tmp_path / "run"
+    shutil.copytree(a_out, out)
+    last = latest_checkpoint(out)
+    if damage == "state not json":
+        (last / "training_state.json").write_text("{not json")
+    elif damage == "state without step":
+        (last / "training_state.json").write_text('{"optimizer": {}}')
+    elif damage == "optimizer cut":
+        data = (last / "optimizer.safetensors").read_bytes()
+        (last / "optimizer.safetensors").write_bytes(data[: len(data) // 2])
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"state.0.exp_avg": torch.zeros(3), "torch_rng": torch.get_rng_state()},
+                  str(last / "optimizer.safetensors"))
+    with pytest.raises(UsageError, match="resume: ") as caught:
+        run(tiny_recipe(out, resume="auto", curriculum=[{"segments": 1, "steps": 20}]))
+    assert "\n" not in str(caught.value), str(caught.value)
+    assert damage != "optimizer of another model" or "does not fit" in str(caught.value), str(caught.value)
+
+
 def test_second_run_into_the_same_output_dir_is_refused(straight):
     out, _ = straight
     before = (out / "metrics.jsonl").read_text()
