@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from rmt_cli.memory import IGNORE_INDEX, MemoryCell, RecurrentMemoryModel  # noqa: E402
-from rmt_cli.segments import DocumentSample, collate  # noqa: E402
+from rmt_cli.core.memory import IGNORE_INDEX, MemoryCell, RecurrentMemoryModel  # noqa: E402
+from rmt_cli.core.segments import DocumentSample, collate  # noqa: E402
 
 
 def step_seconds(rmt, batch, repeats: int) -> float:

@@ -17,10 +17,10 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rmt_cli.checkpoint import load_checkpoint  # noqa: E402
-from rmt_cli.data import read_text_paths  # noqa: E402
-from rmt_cli.longeval import NoiseCorpus, StorySource, evaluate_lengths, parse_lengths  # noqa: E402
-from rmt_cli.tasks import split_sentences  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.data.sources import read_texts  # noqa: E402
+from rmt_cli.commands.longeval import NoiseCorpus, StorySource, evaluate_lengths, parse_lengths  # noqa: E402
+from rmt_cli.data.tasks import split_sentences  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     lengths = parse_lengths(args.lengths)
     low, high = (int(x) for x in args.facts.split(","))
-    sentences = [s for _, t in read_text_paths(args.noise) for s in split_sentences(t)]
+    sentences = [s for _, t in read_texts(args.noise) for s in split_sentences(t)]
     curves = {}
     for spec in args.model:
         label, _, path = spec.partition("=")

@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from rmt_cli.checkpoint import load_checkpoint  # noqa: E402
-from rmt_cli.ingest import IngestJob, ingest  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.commands.ingest import IngestJob, ingest  # noqa: E402
 
 RSS_PROBE = """
 import resource, subprocess, sys

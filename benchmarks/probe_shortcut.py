@@ -19,10 +19,10 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rmt_cli.checkpoint import load_checkpoint  # noqa: E402
-from rmt_cli.data import read_text_paths  # noqa: E402
-from rmt_cli.longeval import NoiseCorpus, evaluate_length  # noqa: E402
-from rmt_cli.tasks import MOVES, PEOPLE, PLACES, Story, rng_for, split_sentences  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.data.sources import read_texts  # noqa: E402
+from rmt_cli.commands.longeval import NoiseCorpus, evaluate_length  # noqa: E402
+from rmt_cli.data.tasks import MOVES, PEOPLE, PLACES, Story, rng_for, split_sentences  # noqa: E402
 
 
 class PairStories:
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     model = load_checkpoint(args.model)
-    corpus = NoiseCorpus(model.tokenizer, [s for _, t in read_text_paths(args.noise) for s in split_sentences(t)])
+    corpus = NoiseCorpus(model.tokenizer, [s for _, t in read_texts(args.noise) for s in split_sentences(t)])
     source = PairStories(args.seed)
     S = model.segment_size
     for route, length in (("in context", 14), ("through memory", 8 * S)):

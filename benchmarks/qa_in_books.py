@@ -25,10 +25,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rmt_cli.ask import ask  # noqa: E402
-from rmt_cli.checkpoint import load_checkpoint  # noqa: E402
-from rmt_cli.memfile import load_memory, save_memory  # noqa: E402
-from rmt_cli.tasks import make_story, rng_for  # noqa: E402
+from rmt_cli.commands.ask import ask  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.storage.memfile import load_memory, save_memory  # noqa: E402
+from rmt_cli.data.tasks import make_story, rng_for  # noqa: E402
 
 BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 

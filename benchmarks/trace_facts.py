@@ -23,11 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rmt_cli.checkpoint import load_checkpoint  # noqa: E402
-from rmt_cli.data import read_text_paths  # noqa: E402
-from rmt_cli.ingest import IngestJob, ingest  # noqa: E402
-from rmt_cli.longeval import NoiseCorpus, StorySource, haystack_pieces  # noqa: E402
-from rmt_cli.tasks import split_sentences  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.data.sources import read_texts  # noqa: E402
+from rmt_cli.commands.ingest import IngestJob, ingest  # noqa: E402
+from rmt_cli.commands.longeval import NoiseCorpus, StorySource, haystack_pieces  # noqa: E402
+from rmt_cli.data.tasks import split_sentences  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     model = load_checkpoint(args.model)
     S = model.segment_size
-    sentences = [s for _, t in read_text_paths(args.book) for s in split_sentences(t)]
+    sentences = [s for _, t in read_texts(args.book) for s in split_sentences(t)]
     corpus = NoiseCorpus(model.tokenizer, sentences)
     low, high = (int(x) for x in args.facts.split(","))
     source = StorySource("qa1", low, high, seed=args.seed)

@@ -1,16 +1,44 @@
-"""rmt: give transformer models a recurrent memory (Recurrent Memory Transformer)."""
+"""rmt: give transformer models a recurrent memory (Recurrent Memory Transformer).
+
+The package's folders are its layers, and imports only run down them:
+
+    errors, atomic, progress   the base: one-line errors, atomic writes, the progress bar
+    core/      the memory cell, its update rules and the recurrence; segments
+    data/      stories and haystacks, the one reader of user text, streamed tokenization
+    storage/   recipes, model building, checkpoint folders, fingerprints, memory files, shipped assets
+    commands/  train, extend, ingest, ask, perplexity, eval (and the training samples and evaluation)
+    cli.py     the `rmt` command, a thin layer on top
+
+`from rmt_cli import ...` gives the public API below; names are imported when first used, so that `rmt --help`
+does not wait for torch.
+"""
+
+import importlib as _importlib
+import os as _os
 
 __version__ = "0.1.0"
 
-import os as _os
-
-# No hub access unless the user asks for it: recipes name local folders or cached ids.
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .errors import RMTError, UsageError  # noqa: E402
-from .memory import MemoryCell, RecurrentMemoryModel  # noqa: E402
-from .recipe import Recipe, load_recipe  # noqa: E402
-from .segments import build_final_segment  # noqa: E402
+_EXPORTS = {
+    "RMTError": "errors", "UsageError": "errors",
+    "MemoryCell": "core.memory", "RecurrentMemoryModel": "core.memory", "build_final_segment": "core.segments",
+    "Recipe": "storage.recipe", "load_recipe": "storage.recipe",
+    "LoadedModel": "storage.checkpoint", "load_checkpoint": "storage.checkpoint", "save_checkpoint": "storage.checkpoint",
+    "default_model": "storage.assets", "MemoryState": "storage.memfile", "load_memory": "storage.memfile",
+    "save_memory": "storage.memfile", "train": "commands.train", "IngestJob": "commands.ingest",
+    "ingest": "commands.ingest", "ask": "commands.ask", "perplexity": "commands.perplexity",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
-__all__ = ["MemoryCell", "RecurrentMemoryModel", "Recipe", "load_recipe", "build_final_segment", "RMTError",
-           "UsageError", "__version__"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rmt_cli' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -136,8 +136,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train an RMT through the recipe's curriculum (1 segment, then more), with checkpoints and evaluation."""
-    from .recipe import load_recipe
-    from .train import train as run_train
+    from .storage.recipe import load_recipe
+    from .commands.train import train as run_train
 
     r = load_recipe(recipe, overrides or [])
     result = run_train(r, console=err, progress=not quiet)
@@ -171,8 +171,8 @@ def extend(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Continue a trained model on longer inputs: its weights, a fresh optimizer, the recipe's stages."""
-    from .extend import extend_recipe
-    from .train import train as run_train
+    from .commands.extend import extend_recipe
+    from .commands.train import train as run_train
 
     r = extend_recipe(checkpoint, recipe, overrides or [])
     result = run_train(r, init_from=checkpoint, console=err, progress=not quiet)
@@ -183,7 +183,7 @@ DTYPE_CHOICES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16"
 
 
 def _dtype(name: str):
-    from .memfile import DTYPES
+    from .storage.memfile import DTYPES
 
     key = DTYPE_CHOICES.get(name.lower())
     if key is None:
@@ -192,7 +192,8 @@ def _dtype(name: str):
 
 
 def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None):
-    from .checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_path
+    from .storage.assets import DEFAULT_MODEL_DIR, resolve_model_path
+    from .storage.checkpoint import load_checkpoint
 
     path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
     return load_checkpoint(path, dtype=dtype, device=_device())
@@ -233,8 +234,8 @@ def ingest(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stream a book, a codebase or stdin through a trained RMT and save its final memory to a file."""
-    from .ingest import ingest as run_ingest, plan_jobs
-    from .memfile import load_memory
+    from .commands.ingest import ingest as run_ingest, plan_jobs
+    from .storage.memfile import load_memory
 
     jobs = plan_jobs(list(paths or []), output, append, manifest)
     if append is not None:
@@ -332,15 +333,15 @@ def ask(
     """Answer questions from a memory file: answers alone on stdout, one line per question."""
     import torch
 
-    from .ask import ask as run_ask
-    from .memfile import DTYPES, check_compatible, load_memory
+    from .commands.ask import ask as run_ask
+    from .storage.memfile import DTYPES, check_compatible, load_memory
 
     asked = list(questions or [])
     if "-" in asked:
         asked.remove("-")
         asked += _question_lines(sys.stdin.buffer.read(), "standard input")
     if file is not None:
-        from .sources import read_small_file
+        from .data.sources import read_small_file
 
         asked += _question_lines(read_small_file(file, "--file"), f"--file {file}")
     if not asked:
@@ -379,8 +380,8 @@ def perplexity(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
     """Perplexity of a text under an RMT, with its memory reset every segment, and under a baseline."""
-    from .checkpoint import DEFAULT_LM_DIR
-    from .perplexity import perplexity as run_perplexity, plot
+    from .storage.assets import DEFAULT_LM_DIR
+    from .commands.perplexity import perplexity as run_perplexity, plot
 
     if plot_file is not None:
         _check_plot_target(plot_file)
@@ -439,10 +440,10 @@ def eval_command(
 ):
     """Accuracy against document length: facts hidden in noise, read with memory, with it reset, and the
     constant guess, each with a 95% interval."""
-    from .sources import read_texts
-    from .longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
-    from .recipe import MAX_FACTS, MAX_SAMPLES
-    from .tasks import read_babi, split_sentences
+    from .data.sources import read_texts
+    from .commands.longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
+    from .storage.recipe import MAX_FACTS, MAX_SAMPLES
+    from .data.tasks import read_babi, split_sentences
 
     wanted = parse_lengths(lengths)
     try:
@@ -472,7 +473,7 @@ def eval_command(
             raise UsageError(f"--babi {babi}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise UsageError(f"--babi {babi}: {e}") from None
-    from .checkpoint import DEFAULT_NOISE_TEXT
+    from .storage.assets import DEFAULT_NOISE_TEXT
 
     sentences = [s for _, text in read_texts(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
     loaded = _load_model(model, _dtype(dtype))

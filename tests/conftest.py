@@ -20,8 +20,8 @@ FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "gemma2", "phi3", "opt"]
 
 
 def _texts(count: int = 300) -> list[str]:
-    from rmt_cli.segments import QUESTION_TEMPLATE
-    from rmt_cli.tasks import qa1_story, rng_for, synthetic_sentence
+    from rmt_cli.core.segments import QUESTION_TEMPLATE
+    from rmt_cli.data.tasks import qa1_story, rng_for, synthetic_sentence
 
     out = []
     for i in range(count):
@@ -35,7 +35,7 @@ def _texts(count: int = 300) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from rmt_cli.modeling import train_bpe
+    from rmt_cli.storage.modeling import train_bpe
 
     return train_bpe(_texts(), 400)
 

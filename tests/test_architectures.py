@@ -15,13 +15,13 @@ from conftest import FAMILIES
 from test_memory import PAD, _write_batch, ids, seq
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.memory import (IGNORE_INDEX, LOGIT_TRANSFORMS, MemoryCell, RecurrentMemoryModel, UnsupportedModelError,
+from rmt_cli.core.memory import (IGNORE_INDEX, LOGIT_TRANSFORMS, MemoryCell, RecurrentMemoryModel, UnsupportedModelError,
                             answer_correct, final_logit_softcap)
-from rmt_cli.recipe import MemorySpec
-from rmt_cli.segments import DocumentSample, collate
+from rmt_cli.storage.recipe import MemorySpec
+from rmt_cli.core.segments import DocumentSample, collate
 
 M = 3
 ATOL = 1e-5

@@ -13,20 +13,20 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import (
+from rmt_cli.storage.checkpoint import (
     MEMORY_FILE,
     MODEL_FILE,
     RMT_JSON,
     load_checkpoint,
     read_info,
-    resolve_model_path,
     save_checkpoint,
 )
+from rmt_cli.storage.assets import resolve_model_path
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.memory import MemoryCell
-from rmt_cli.modeling import EOS, PAD
-from rmt_cli.recipe import MemorySpec
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.modeling import EOS, PAD
+from rmt_cli.storage.recipe import MemorySpec
 
 M = 2  # memory tokens of the checkpoints below; the tiny models have 128 positions
 SPEC = MemorySpec(num_mem_tokens=M, segment_size=24)

@@ -41,7 +41,7 @@ def test_bad_babi_path(tmp_path, recipe, content, words):
 
 
 def test_questions_that_are_not_utf8(tmp_path):
-    from rmt_cli.checkpoint import DEFAULT_LM_DIR
+    from rmt_cli.storage.assets import DEFAULT_LM_DIR
 
     (tmp_path / "q.txt").write_bytes(b"Where is caf\xe9?\n")
     (tmp_path / "doc.txt").write_text("Mary went to the garden. " * 20)

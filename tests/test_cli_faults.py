@@ -7,9 +7,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import DEFAULT_LM_DIR
+from rmt_cli.storage.assets import DEFAULT_LM_DIR
 from rmt_cli.cli import app
-from rmt_cli.sources import open_document
+from rmt_cli.data.sources import open_document
 
 RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
           "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
@@ -125,7 +125,7 @@ def test_a_file_cut_short_while_it_is_read_is_reported(tmp_path):
 
 
 def test_ingest_warns_when_a_file_changes_while_it_is_read(tmp_path, monkeypatch):
-    import rmt_cli.sources as sources
+    import rmt_cli.data.sources as sources
 
     path = tmp_path / "book.txt"
     path.write_bytes(b"Mary went to the garden. " * 8000)  # 200 kB: several reads
@@ -160,7 +160,7 @@ def test_huge_or_negative_sizes_are_refused_before_anything_is_built(tmp_path, o
 
 
 def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch):
-    import rmt_cli.train as train_module
+    import rmt_cli.commands.train as train_module
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "

@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.ingest import IngestJob, ingest
-from rmt_cli.memfile import check_compatible, load_memory
-from rmt_cli.memory import MemoryCell
-from rmt_cli.recipe import MemorySpec
-from rmt_cli.tokenstream import TokenStream
+from rmt_cli.commands.ingest import IngestJob, ingest
+from rmt_cli.storage.memfile import check_compatible, load_memory
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.recipe import MemorySpec
+from rmt_cli.data.tokenstream import TokenStream
 
 SEGMENT = 24
 TEXT = (
@@ -325,7 +325,7 @@ def test_a_failed_write_loses_only_its_own_document(tmp_path, checkpoint):
 
 
 def test_text_without_word_boundaries_keeps_the_carry_bounded(tmp_path, model):
-    from rmt_cli.tokenstream import MAX_CARRY_CHARS
+    from rmt_cli.data.tokenstream import MAX_CARRY_CHARS
 
     (tmp_path / "min.js").write_text("x " + "a" * 50_000)
     [r] = ingest([IngestJob([str(tmp_path / "min.js")], tmp_path / "m.st")], model)

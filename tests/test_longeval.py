@@ -6,17 +6,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rmt_cli.ask import ask
-from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.commands.ask import ask
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.longeval import (NoiseCorpus, StorySource, evaluate_length, haystack_pieces, parse_lengths,
+from rmt_cli.commands.longeval import (NoiseCorpus, StorySource, evaluate_length, haystack_pieces, parse_lengths,
                               wilson_interval)
-from rmt_cli.ingest import IngestJob, ingest
-from rmt_cli.memfile import load_memory
-from rmt_cli.memory import MemoryCell
-from rmt_cli.recipe import MemorySpec
-from rmt_cli.tasks import Story, qa1_story, read_babi, rng_for, synthetic_sentence
+from rmt_cli.commands.ingest import IngestJob, ingest
+from rmt_cli.storage.memfile import load_memory
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.recipe import MemorySpec
+from rmt_cli.data.tasks import Story, qa1_story, read_babi, rng_for, synthetic_sentence
 
 SEGMENT = 32
 

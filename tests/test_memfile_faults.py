@@ -17,16 +17,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from typer.testing import CliRunner
 
-from rmt_cli import memfile
-from rmt_cli.ask import ask
-from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage import memfile
+from rmt_cli.commands.ask import ask
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import RMTError, UsageError
-from rmt_cli.ingest import IngestJob, ingest
-from rmt_cli.memfile import (MAX_CARRY_CHARS, MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, check_compatible,
+from rmt_cli.commands.ingest import IngestJob, ingest
+from rmt_cli.storage.memfile import (MAX_CARRY_CHARS, MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, check_compatible,
                              load_memory, save_memory, vocabulary_size)
-from rmt_cli.memory import MemoryCell
-from rmt_cli.recipe import MemorySpec
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.recipe import MemorySpec
 
 SEGMENT = 24
 # Ends inside a word and inside a UTF-8 character, so the file holds a tail, carried text and pending bytes.
@@ -101,7 +101,7 @@ def accepted_or_one_line(path, model) -> None:
         return
     # What the model relies on (test_memory_at_the_value_cap_answers_finitely runs it on the extreme case).
     assert len(state.tail_tokens) < model.segment_size and max(state.tail_tokens, default=0) < vocabulary_size(model)
-    assert state.memory.shape == (model.memory.num_mem_tokens, model.cell.hidden_size)
+    assert state.memory.shape == (model.memory_settings.num_mem_tokens, model.cell.hidden_size)
     assert torch.isfinite(state.memory.to(model.cell.dtype)).all()
 
 
@@ -248,7 +248,7 @@ def test_bad_metadata_is_refused_naming_the_field(tmp_path, model, valid, case):
 
 
 def test_the_carry_cap_is_the_one_ingest_keeps(tmp_path, model, valid):
-    from rmt_cli.tokenstream import MAX_CARRY_CHARS as ingest_cap
+    from rmt_cli.data.tokenstream import MAX_CARRY_CHARS as ingest_cap
 
     assert MAX_CARRY_CHARS is ingest_cap  # one constant, documented as 4,096
     load_memory(craft(tmp_path / "m.st", valid, carry_text="x" * MAX_CARRY_CHARS))

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rmt_cli.memory as memory_module
-from rmt_cli.memory import IGNORE_INDEX, MemoryCell, RecurrentMemoryModel, answer_correct
-from rmt_cli.segments import DocumentSample, collate
+import rmt_cli.core.memory as memory_module
+from rmt_cli.core.memory import IGNORE_INDEX, MemoryCell, RecurrentMemoryModel, answer_correct
+from rmt_cli.core.segments import DocumentSample, collate
 
 M = 3  # memory tokens
 D = 32  # hidden size of the tiny models

@@ -5,13 +5,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
-from rmt_cli.memory import MemoryCell
-from rmt_cli.perplexity import perplexity
-from rmt_cli.recipe import MemorySpec, validate_recipe
-from rmt_cli.train import train
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.commands.perplexity import perplexity
+from rmt_cli.storage.recipe import MemorySpec, validate_recipe
+from rmt_cli.commands.train import train
 
 TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. " * 3 +
         "Mary moved to the garden and John went back to the hallway. " * 3) * 6
@@ -105,7 +105,7 @@ def test_lm_recipe_trains_and_memory_changes_loss(tmp_path):
 
 
 def test_embedded_default_model_works_without_model_option(tmp_path):
-    from rmt_cli.checkpoint import DEFAULT_LM_DIR
+    from rmt_cli.storage.assets import DEFAULT_LM_DIR
 
     book = tmp_path / "book.txt"
     book.write_text(TEXT)

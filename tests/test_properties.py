@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rmt_cli.errors import UsageError
-from rmt_cli.ingest import check_job, check_plan, manifest_jobs
-from rmt_cli.recipe import Recipe, load_recipe
+from rmt_cli.commands.ingest import check_job, check_plan, manifest_jobs
+from rmt_cli.storage.recipe import Recipe, load_recipe
 
 VALID = {"tokenizer": {"kind": "bpe", "vocab_size": 300},
          "model": {"architecture": "gpt2", "config": {"n_layer": 1}},

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from rmt_cli.errors import UsageError
-from rmt_cli.modeling import build_model, check_fits
-from rmt_cli.recipe import (MemorySpec, ModelSpec, apply_overrides, dump_recipe, load_recipe, parse_override,
+from rmt_cli.storage.modeling import build_model, check_fits
+from rmt_cli.storage.recipe import (MemorySpec, ModelSpec, apply_overrides, dump_recipe, load_recipe, parse_override,
                             read_recipe_data, validate_recipe)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +56,9 @@ def test_shipped_recipes_validate_and_build(path, tokenizer):
 def _extended(path, tokenizer, make_model, folder):
     """(base recipe, the full recipe `path` gives) on a checkpoint of its base run; a base that is itself an
     extension is resolved the same way first. The header says which run it extends: "rmt extend RUN/final"."""
-    from rmt_cli.checkpoint import save_checkpoint
-    from rmt_cli.extend import extend_recipe
-    from rmt_cli.memory import MemoryCell
+    from rmt_cli.storage.checkpoint import save_checkpoint
+    from rmt_cli.commands.extend import extend_recipe
+    from rmt_cli.core.memory import MemoryCell
 
     run_dir = re.search(r"rmt extend (\S+)/final", path.read_text()).group(1)
     [base_path] = [p for p in RECIPES if p != path and yaml.safe_load(p.read_text()).get("output_dir") == run_dir]
@@ -349,7 +349,7 @@ def test_cli_segment_too_small_for_the_question_is_a_usage_error(tmp_path, monke
     ("optim.betas=[2,3]", "optim.betas.0"),
 ])
 def test_values_that_would_fail_later_are_refused_up_front(override, path, tmp_path):
-    from rmt_cli.recipe import apply_overrides
+    from rmt_cli.storage.recipe import apply_overrides
 
     data = apply_overrides(dict(MINIMAL), [override])
     assert any(line.startswith(f"r.yaml: {path}:") for line in errors_of(data))

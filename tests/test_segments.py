@@ -2,12 +2,12 @@
 
 import pytest
 
-from rmt_cli.data import TaskData
-from rmt_cli.memory import IGNORE_INDEX
-from rmt_cli.recipe import MemorySpec, TaskSpec
-from rmt_cli.segments import (ANSWER_ROOM, DocumentSample, SegmentStream, answer_ids, build_final_segment, collate,
+from rmt_cli.commands.samples import TaskData
+from rmt_cli.core.memory import IGNORE_INDEX
+from rmt_cli.storage.recipe import MemorySpec, TaskSpec
+from rmt_cli.core.segments import (ANSWER_ROOM, DocumentSample, SegmentStream, answer_ids, build_final_segment, collate,
                               qa_sample, question_ids, split_document)
-from rmt_cli.tasks import PEOPLE, NoiseSource, build_haystack, memorize_story, qa1_story, rng_for
+from rmt_cli.data.tasks import PEOPLE, NoiseSource, build_haystack, memorize_story, qa1_story, rng_for
 
 S = 40  # segment size used with the real tokenizer (the question prompt takes ~25 tokens)
 
@@ -226,7 +226,7 @@ def test_an_answer_longer_than_the_answer_room_is_rejected_not_flushed_different
 
 def test_memorize_story_answer_tokens_can_exceed_the_answer_room_with_a_small_vocab():
     """A small vocabulary can make answers long: the case the answer-room check exists for."""
-    from rmt_cli.modeling import train_bpe
+    from rmt_cli.storage.modeling import train_bpe
 
     tok = train_bpe([memorize_story(rng_for(0, i)).facts[0] for i in range(20)], 64)
     assert len(answer_ids(tok, "bathroom")) > ANSWER_ROOM

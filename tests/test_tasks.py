@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-from rmt_cli.data import TaskData
-from rmt_cli.sources import open_document, read_texts
+from rmt_cli.commands.samples import TaskData
+from rmt_cli.data.sources import open_document, read_texts
 from rmt_cli.errors import UsageError
-from rmt_cli.memory import IGNORE_INDEX
-from rmt_cli.recipe import MemorySpec, NoiseSpec, TaskSpec
-from rmt_cli.tasks import (DIRECTIONS, DROPS, MOVES, OBJECTS, PEOPLE, PLACES, TAKES, NoiseSource, Story,
+from rmt_cli.core.memory import IGNORE_INDEX
+from rmt_cli.storage.recipe import MemorySpec, NoiseSpec, TaskSpec
+from rmt_cli.data.tasks import (DIRECTIONS, DROPS, MOVES, OBJECTS, PEOPLE, PLACES, TAKES, NoiseSource, Story,
                            build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences)
 
 TASKS = ["memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4"]
@@ -410,7 +410,7 @@ def test_training_text_is_read_as_ingest_reads_it(tmp_path):
 
 def test_noise_and_lm_text_from_a_local_datasets_folder(tmp_path, tokenizer):
     """`datasets` loads a folder of .txt files with its `text` builder: no hub, no network."""
-    from rmt_cli.recipe import DatasetSpec
+    from rmt_cli.storage.recipe import DatasetSpec
 
     folder = tmp_path / "ds"
     folder.mkdir()

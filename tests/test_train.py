@@ -13,14 +13,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import rmt_cli.train as train_module
-from rmt_cli.checkpoint import fingerprint, load_checkpoint, load_optimizer_state, read_info, save_checkpoint
+import rmt_cli.commands.train as train_module
+from rmt_cli.storage.checkpoint import load_checkpoint, read_info, save_checkpoint
+from rmt_cli.storage.fingerprint import fingerprint
+from rmt_cli.storage.training_state import load_optimizer_state
 from rmt_cli.errors import UsageError
-from rmt_cli.extend import extend_recipe
-from rmt_cli.memory import MemoryCell, RecurrentMemoryModel
-from rmt_cli.recipe import MemorySpec, dump_recipe, validate_recipe
-from rmt_cli.segments import DocumentSample, collate
-from rmt_cli.train import latest_checkpoint, learning_rate, stage_at, train
+from rmt_cli.commands.extend import extend_recipe
+from rmt_cli.core.memory import MemoryCell, RecurrentMemoryModel
+from rmt_cli.storage.recipe import MemorySpec, dump_recipe, validate_recipe
+from rmt_cli.core.segments import DocumentSample, collate
+from rmt_cli.commands.train import latest_checkpoint, learning_rate, stage_at, train
 
 STEPS = (6, 6)
 TOTAL = sum(STEPS)
@@ -97,7 +99,7 @@ def test_checkpoint_round_trip(tmp_path, tokenizer, make_model, architecture, nu
         assert torch.equal(original[name], restored[name]), name
     stored = read_info(path)["fingerprint"]
     assert stored == fingerprint(cell, tokenizer, memory) == loaded.info["fingerprint"]
-    assert loaded.memory == memory and loaded.info["source"] == "test-source"
+    assert loaded.memory_settings == memory and loaded.info["source"] == "test-source"
     assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert loaded.tokenizer.eos_token_id == tokenizer.eos_token_id
     assert loaded.tokenizer.pad_token_id == tokenizer.pad_token_id
@@ -280,8 +282,8 @@ def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path
 
 KILLED_IN_A_CHECKPOINT_WRITE = """
 import os, signal, sys
-import rmt_cli.checkpoint as checkpoint
-import rmt_cli.train as train
+import rmt_cli.storage.checkpoint as checkpoint
+import rmt_cli.commands.train as train
 
 real_save = train.save_checkpoint
 
@@ -538,7 +540,7 @@ def test_ctrl_c_during_extend_saves_a_checkpoint_and_resumes(straight, tmp_path)
 
 
 def test_export_to_bfloat16_keeps_the_model(tmp_path, tokenizer, make_model):
-    from rmt_cli.checkpoint import export_checkpoint
+    from rmt_cli.storage.export import export_checkpoint
 
     cell = MemoryCell(make_model("gpt2", seed=4), num_mem_tokens=2)
     src = save_checkpoint(tmp_path / "src", cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=24), "t")
@@ -572,8 +574,8 @@ def test_a_pretrained_model_from_a_local_folder_trains_with_its_own_tokenizer(tm
 
 
 def test_a_bfloat16_pretrained_checkpoint_is_loaded_in_float32_for_training(tmp_path, tokenizer, make_model):
-    from rmt_cli.modeling import build_model
-    from rmt_cli.recipe import ModelSpec
+    from rmt_cli.storage.modeling import build_model
+    from rmt_cli.storage.recipe import ModelSpec
 
     pretrained = tmp_path / "bf16"
     make_model("gpt2", seed=5, n_positions=64).to(torch.bfloat16).save_pretrained(pretrained)

@@ -6,10 +6,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from rmt_cli.checkpoint import save_checkpoint
+from rmt_cli.storage.checkpoint import save_checkpoint
 from rmt_cli.cli import app
-from rmt_cli.memory import MemoryCell
-from rmt_cli.recipe import MemorySpec
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.recipe import MemorySpec
 
 EVIL = '''
 import pathlib

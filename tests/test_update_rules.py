@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from rmt_cli.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.fingerprint import fingerprint
 from rmt_cli.errors import UsageError
-from rmt_cli.memory import GATE_INIT_BIAS, MemoryCell, RecurrentMemoryModel
-from rmt_cli.recipe import MemorySpec
-from rmt_cli.segments import DocumentSample, collate, qa_sample
+from rmt_cli.core.memory import GATE_INIT_BIAS, MemoryCell, RecurrentMemoryModel
+from rmt_cli.storage.recipe import MemorySpec
+from rmt_cli.core.segments import DocumentSample, collate, qa_sample
 
 M = 3
 

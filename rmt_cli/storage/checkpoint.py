@@ -9,11 +9,13 @@
     optimizer.safetensors             (training checkpoints) optimizer tensors; hyper-parameters in the JSON
 
 Folders are written under a temporary name and renamed into place, so a kill never leaves half a checkpoint.
+This module owns the folder format (writing, and reading it as untrusted input); beside it: `fingerprint` (what a
+memory file depends on), `training_state` (optimizer and RNG state for an exact resume), `export` (a bf16 copy
+for shipping) and `assets` (the models and text shipped in the package).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -24,12 +26,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .atomic import atomic_folder
-from .errors import UsageError, error_line, shown
-from .memory import MemoryCell
+from .. import __version__
+from ..atomic import atomic_folder
+from ..errors import UsageError, error_line, shown
+from ..core.memory import MemoryCell
 from .modeling import check_fits, load_tokenizer
-from .recipe import MemorySpec, format_errors, load_yaml
+from .recipe import MemorySpec, format_errors
+from .fingerprint import fingerprint
+from .training_state import optimizer_tensors
 
 RMT_JSON = "rmt.json"
 MEMORY_FILE = "memory.safetensors"
@@ -42,33 +46,13 @@ FORMAT_VERSION = 1
 class LoadedModel:
     cell: MemoryCell
     tokenizer: object
-    memory: MemorySpec
+    memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
     path: Path
 
     @property
     def segment_size(self) -> int:
-        return self.memory.segment_size
-
-
-def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
-    """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
-    h = hashlib.sha256()
-    state = cell.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu")
-        if t.is_floating_point():  # hash values as float32: a bf16 file and its float32 load agree
-            t = t.float()
-        t = t.contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
-    settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
-    if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
-        settings.update(update=memory.update, gate_floor=memory.gate_floor)
-    h.update(json.dumps(settings).encode())
-    return h.hexdigest()[:32]
+        return self.memory_settings.segment_size
 
 
 def memory_tensors(cell: MemoryCell) -> dict[str, torch.Tensor]:
@@ -97,60 +81,11 @@ def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: Memor
         if recipe_yaml is not None:
             (tmp / "recipe.yaml").write_text(recipe_yaml)
         if training_state is not None:
-            tensors, state_json = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
+            tensors, state_json = optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
             tensors["torch_rng"] = torch.get_rng_state()
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
     return final
-
-
-def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
-    state = optimizer.state_dict()
-    tensors = {}
-    scalars: dict = {}
-    for pid, pstate in state["state"].items():
-        for key, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def read_training_state(path: Path) -> dict:
-    """training_state.json of a training checkpoint, checked: the step to resume at and the optimizer's settings."""
-    try:
-        state = json.loads((path / "training_state.json").read_text(encoding="utf-8"))
-        ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0
-              and isinstance(state.get("optimizer"), dict)
-              and isinstance(state["optimizer"].get("param_groups"), list)
-              and isinstance(state["optimizer"].get("scalars"), dict))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise UsageError(f"resume: {shown(path)}: training_state.json is unreadable ({error_line(e)})") from None
-    if not ok:
-        raise UsageError(f"resume: {shown(path)}: training_state.json lacks a step or the optimizer's settings; "
-                         f"resume from another checkpoint")
-    return state
-
-
-def load_optimizer_state(path: Path, optimizer) -> None:
-    """Put the optimizer and the torch RNG back as they were at the checkpoint; a damaged state is one line."""
-    info = read_training_state(path)["optimizer"]
-    try:
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        state: dict = {}
-        for name, value in tensors.items():
-            if name.startswith("state."):
-                _, pid, key = name.split(".", 2)
-                state.setdefault(int(pid), {})[key] = value
-        for name, value in info["scalars"].items():
-            pid, key = name.split(".", 1)
-            state.setdefault(int(pid), {})[key] = value
-        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        torch.set_rng_state(tensors["torch_rng"])
-    except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
-        raise UsageError(f"resume: {shown(path)}: the optimizer state does not fit this model "
-                         f"({type(e).__name__}: {error_line(e)}); resume from another checkpoint") from None
 
 
 # A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one
@@ -397,43 +332,3 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
     return LoadedModel(cell, tokenizer, memory, info, path)
-
-
-ASSETS = Path(__file__).parent / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "default-model"  # answers questions (ingest / ask)
-DEFAULT_LM_DIR = ASSETS / "lm-default"  # a language-model RMT (perplexity)
-DEFAULT_NOISE_TEXT = ASSETS / "texts" / "blake-poems.txt"  # public-domain text for `rmt eval` without --noise
-
-
-def resolve_model_path(model: str | Path | None, hint: str = "", default: Path = DEFAULT_MODEL_DIR) -> Path:
-    """--model, else the default model shipped in the package, else a clear error."""
-    if model:
-        return Path(model)
-    if (default / RMT_JSON).is_file():
-        return default
-    extra = f" (the memory file was made with {shown(hint)})" if hint else ""  # the hint is text from a file
-    raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")
-
-
-def export_checkpoint(source: str | Path, destination: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """A checkpoint for shipping: weights in `dtype`, no optimizer or training state, the same fingerprint.
-
-    The fingerprint of a bf16 export is computed from its own weights (as loaded in float32), so memory files
-    made with the exported model are checked against the exported model.
-    """
-    loaded = load_checkpoint(source)
-    recipe_file = loaded.path / "recipe.yaml"
-    try:
-        recipe = recipe_file.read_text(encoding="utf-8") if recipe_file.is_file() else None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"checkpoint {shown(loaded.path)}: recipe.yaml is unreadable ({error_line(e)})") from None
-    if recipe is not None:  # a shipped file names no folder of the machine it was trained on
-        import yaml
-
-        data = load_yaml(recipe, str(loaded.path / "recipe.yaml"))
-        if isinstance(data, dict) and data.get("output_dir"):
-            data["output_dir"] = f"runs/{Path(str(data['output_dir'])).name}"
-            recipe = yaml.safe_dump(data, sort_keys=False)
-    loaded.cell.to(dtype)
-    return save_checkpoint(destination, loaded.cell, loaded.tokenizer, loaded.memory,
-                           loaded.info.get("source", str(source)), recipe)

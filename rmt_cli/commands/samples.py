@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .recipe import MemorySpec, TaskSpec
-from .segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
-from .sources import read_texts
-from .tasks import NoiseSource, build_marked_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
+from ..errors import UsageError
+from ..storage.recipe import MemorySpec, TaskSpec
+from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
+from ..data.sources import read_texts
+from ..data.tasks import NoiseSource, build_marked_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
 
 
 def load_dataset_texts(name: str, split: str, field: str) -> list[str]:

@@ -17,12 +17,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .checkpoint import LoadedModel
-from .errors import UsageError
-from .segments import SegmentStream
-from .sources import open_document
-from .tokenstream import DocumentTokens
+from ..atomic import atomic_path
+from ..storage.checkpoint import LoadedModel
+from ..errors import UsageError
+from ..core.segments import SegmentStream
+from ..data.sources import open_document
+from ..data.tokenstream import DocumentTokens
 
 
 @dataclass

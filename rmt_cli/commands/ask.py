@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import LoadedModel
-from .errors import UsageError
-from .memfile import MemoryState
-from .segments import build_final_segment, question_ids, split_document
-from .tokenstream import TokenStream
+from ..storage.checkpoint import LoadedModel
+from ..errors import UsageError
+from ..storage.memfile import MemoryState
+from ..core.segments import build_final_segment, question_ids, split_document
+from ..data.tokenstream import TokenStream
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import UsageError
-from .tasks import STORY_TASKS
+from ..errors import UsageError
+from ..data.tasks import STORY_TASKS
 
 
 # Ceilings that refuse a typo such as segment_size=1e9 before anything is allocated; far above any real run.

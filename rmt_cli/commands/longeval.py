@@ -23,11 +23,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import LoadedModel
-from .errors import UsageError
+from ..storage.checkpoint import LoadedModel
+from ..errors import UsageError
 from .ask import answer_text, generate
-from .segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
-from .tasks import STORY_TASKS, Story, make_story, rng_for
+from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
+from ..data.tasks import STORY_TASKS, Story, make_story, rng_for
 
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 

@@ -43,10 +43,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import RMTError, UsageError, error_line, shown
-from .tokenstream import MAX_CARRY_CHARS
+from .. import __version__
+from ..atomic import atomic_path
+from ..errors import RMTError, UsageError, error_line, shown
+from ..data.tokenstream import MAX_CARRY_CHARS
 
 if TYPE_CHECKING:  # checkpoint imports this module
     from .checkpoint import LoadedModel
@@ -160,9 +160,9 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
             f"{shown(state.model_hint or 'an unknown model')} in {state.dtype}; this model {expected}, "
             f"{shown(model.path)} in {dtype_name(model.cell.dtype)}); use the model that made it, or --force"
         )
-    if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory.num_mem_tokens:
+    if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory_settings.num_mem_tokens:
         raise UsageError(f"{where}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
-                         f"({model.memory.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
+                         f"({model.memory_settings.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
     if state.segment_size != model.segment_size:
         raise UsageError(f"{where}: made for segments of {state.segment_size} tokens; this model reads "
                          f"{model.segment_size}, even with --force")

@@ -16,13 +16,13 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import LoadedModel
-from .errors import RMTError, UsageError, shown
-from .memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
+from ..storage.checkpoint import LoadedModel
+from ..errors import RMTError, UsageError, shown
+from ..storage.memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
-from .segments import SegmentStream
-from .sources import Document, open_document, read_small_file
-from .tokenstream import DocumentTokens
+from ..core.segments import SegmentStream
+from ..data.sources import Document, open_document, read_small_file
+from ..data.tokenstream import DocumentTokens
 
 
 @dataclass
@@ -106,7 +106,7 @@ class _Reader:
         records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
         return MemoryState(
             memory=self.memory, tail_tokens=tail, fingerprint=self.fingerprint, dtype=dtype_name(model.cell.dtype),
-            segment_size=model.segment_size, num_mem_tokens=model.memory.num_mem_tokens,
+            segment_size=model.segment_size, num_mem_tokens=model.memory_settings.num_mem_tokens,
             model_hint=str(model.path), tokens=tokens, segments=self.segments,
             carry_text=self.document_tokens.stream.carry, pending_bytes=self.document_tokens.utf8.pending,
             sources=self.sources + records, sources_omitted=self.sources_omitted,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import UsageError, shown
+from ..errors import UsageError, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192

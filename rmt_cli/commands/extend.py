@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .checkpoint import read_info
-from .errors import UsageError
-from .recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
+from ..storage.checkpoint import read_info
+from ..errors import UsageError
+from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
 
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
           ("memory", "gate_floor")]

@@ -10,7 +10,7 @@ from typing import Iterable  # noqa: E402
 
 import torch  # noqa: E402
 
-from .errors import UsageError, error_line, shown  # noqa: E402
+from ..errors import UsageError, error_line  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 try:  # transformers 5 validates configs as strict dataclasses
@@ -99,7 +99,7 @@ def check_buildable(config) -> None:
     float32 weights fit this machine's memory (n_embd=100000 is a typo, not a model)."""
     from transformers import AutoModelForCausalLM
 
-    from .memory import final_logit_softcap
+    from ..core.memory import final_logit_softcap
 
     final_logit_softcap(config)  # refuses families whose forward rescales the logits
     layers = getattr(config, "num_hidden_layers", None)

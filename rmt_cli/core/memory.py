@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .errors import UsageError
+from ..errors import UsageError
 
 IGNORE_INDEX = -100
 

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .checkpoint import load_checkpoint, load_optimizer_state, read_training_state, save_checkpoint
-from .data import TaskData
-from .errors import RMTError, UsageError
+from ..atomic import atomic_path
+from ..storage.checkpoint import load_checkpoint, save_checkpoint
+from ..storage.training_state import load_optimizer_state, read_training_state
+from .samples import TaskData
+from ..errors import RMTError, UsageError
 from .evaluate import evaluate
-from .memory import MemoryCell, RecurrentMemoryModel, answer_correct
-from .modeling import build_model, build_tokenizer, check_fits
-from .progress import ProgressBar
-from .recipe import Recipe, Stage, dump_recipe
-from .segments import collate
-from .tasks import rng_for
+from ..core.memory import MemoryCell, RecurrentMemoryModel, answer_correct
+from ..storage.modeling import build_model, build_tokenizer, check_fits
+from ..progress import ProgressBar
+from ..storage.recipe import Recipe, Stage, dump_recipe
+from ..core.segments import collate
+from ..data.tasks import rng_for
 
 CHECKPOINTS = "checkpoints"
 

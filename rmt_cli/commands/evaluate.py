@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from .data import TaskData
-from .memory import RecurrentMemoryModel, answer_correct
-from .segments import collate
+from .samples import TaskData
+from ..core.memory import RecurrentMemoryModel, answer_correct
+from ..core.segments import collate
 
 EVAL_OFFSET = 1_000_000_000  # evaluation samples never share an index with training samples
 

@@ -1,0 +1,32 @@
+"""What ships inside the package: the embedded question-answering model, the language-model RMT for
+`rmt perplexity`, and a public-domain text for `rmt eval`; and the rule for which model a command uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError, shown
+from .checkpoint import RMT_JSON
+
+
+ASSETS = Path(__file__).parents[1] / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default-model"  # answers questions (ingest / ask)
+DEFAULT_LM_DIR = ASSETS / "lm-default"  # a language-model RMT (perplexity)
+DEFAULT_NOISE_TEXT = ASSETS / "texts" / "blake-poems.txt"  # public-domain text for `rmt eval` without --noise
+
+
+def resolve_model_path(model: str | Path | None, hint: str = "", default: Path = DEFAULT_MODEL_DIR) -> Path:
+    """--model, else the default model shipped in the package, else a clear error."""
+    if model:
+        return Path(model)
+    if (default / RMT_JSON).is_file():
+        return default
+    extra = f" (the memory file was made with {shown(hint)})" if hint else ""  # the hint is text from a file
+    raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")
+
+
+def default_model(dtype=None):
+    """The question-answering model shipped in the package, loaded (float32 unless `dtype`)."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(resolve_model_path(None), dtype=dtype)

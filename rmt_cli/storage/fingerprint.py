@@ -1,0 +1,32 @@
+"""The fingerprint of a model: what a memory file depends on, so that a memory is only read by the model that
+wrote it (weights, initial memory, tokenizer, memory settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from ..core.memory import MemoryCell
+from .recipe import MemorySpec
+
+
+def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
+    """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
+    h = hashlib.sha256()
+    state = cell.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu")
+        if t.is_floating_point():  # hash values as float32: a bf16 file and its float32 load agree
+            t = t.float()
+        t = t.contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
+    settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
+    if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
+        settings.update(update=memory.update, gate_floor=memory.gate_floor)
+    h.update(json.dumps(settings).encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,61 @@
+"""Optimizer and RNG state of a training checkpoint (`training_state.json` + `optimizer.safetensors`), for a
+resume that continues exactly where the run stopped. No pickles: tensors in safetensors, the rest in JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import UsageError, error_line, shown
+
+
+def optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors = {}
+    scalars: dict = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def read_training_state(path: Path) -> dict:
+    """training_state.json of a training checkpoint, checked: the step to resume at and the optimizer's settings."""
+    try:
+        state = json.loads((path / "training_state.json").read_text(encoding="utf-8"))
+        ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0
+              and isinstance(state.get("optimizer"), dict)
+              and isinstance(state["optimizer"].get("param_groups"), list)
+              and isinstance(state["optimizer"].get("scalars"), dict))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise UsageError(f"resume: {shown(path)}: training_state.json is unreadable ({error_line(e)})") from None
+    if not ok:
+        raise UsageError(f"resume: {shown(path)}: training_state.json lacks a step or the optimizer's settings; "
+                         f"resume from another checkpoint")
+    return state
+
+
+def load_optimizer_state(path: Path, optimizer) -> None:
+    """Put the optimizer and the torch RNG back as they were at the checkpoint; a damaged state is one line."""
+    info = read_training_state(path)["optimizer"]
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        state: dict = {}
+        for name, value in tensors.items():
+            if name.startswith("state."):
+                _, pid, key = name.split(".", 2)
+                state.setdefault(int(pid), {})[key] = value
+        for name, value in info["scalars"].items():
+            pid, key = name.split(".", 1)
+            state.setdefault(int(pid), {})[key] = value
+        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        torch.set_rng_state(tensors["torch_rng"])
+    except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
+        raise UsageError(f"resume: {shown(path)}: the optimizer state does not fit this model "
+                         f"({type(e).__name__}: {error_line(e)}); resume from another checkpoint") from None
