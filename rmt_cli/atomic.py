@@ -9,6 +9,44 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UsageError, shown
+
+# A file name may be at most 255 bytes on common file systems: the temporary name keeps this much of the
+# target's name, so that a legal output name never fails for its temporary one.
+_TMP_NAME_BYTES = 120
+_TMP_SUFFIX_BYTES = 16
+
+
+def output_target(path: str | Path, what: str = "") -> Path:
+    """Where an output named `path` is written, checked before anything is read: a symbolic link is followed
+    (the file it names is written, the link stays), and what is written must be a regular file or a new path
+    in an existing folder chain: never a folder, a FIFO, a device or a socket. `what` prefixes errors (e.g.
+    "--trace "). Returns the resolved path."""
+    where = f"{what}{shown(path)}"
+    if not str(path):
+        raise UsageError(f"{what}no output given: name a file".strip())
+    target = Path(os.path.realpath(path))
+    try:
+        if target.is_dir():
+            raise UsageError(f"{where}: is a folder; name a file to write")
+        if target.exists() and not target.is_file():
+            raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket); rmt writes only "
+                             f"regular files or new paths")
+        if os.path.islink(path) and not target.exists() and os.path.lexists(target):
+            raise UsageError(f"{where}: a broken or looping symbolic link")
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{where}: {shown(parent)} is a file, not a folder")
+    except OSError as e:  # e.g. a folder on the way that may not be searched
+        raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
+    return target
+
+
+def _cut(text: str, limit: int) -> str:
+    return text.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
+
 
 def make_ordinary(path: str | Path) -> None:
     """Temporary files are private (0600); what we hand over gets the permissions of any new file."""
@@ -27,8 +65,10 @@ def atomic_path(path: str | Path):
     """A temporary name beside `path` to write to; renamed onto `path` only when the block ends without error,
     so a reader never sees half a file. The temporary name ends in `path`'s suffix, for writers (matplotlib)
     that choose the format by it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    path = Path(os.path.realpath(path))  # a link stays a link: the file it names is replaced
+    suffix = path.suffix if len(path.suffix.encode("utf-8", "surrogateescape")) <= _TMP_SUFFIX_BYTES else ""
+    fd, tmp = tempfile.mkstemp(prefix=f".{_cut(path.name, _TMP_NAME_BYTES)}.", suffix=f".tmp{suffix}",
+                               dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -66,3 +106,16 @@ def _replace_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure saved whole or not at all, onto a regular file or a new path (a link: the file it
+    names); a failure names `path`, never the temporary file."""
+    from .errors import RMTError, error_line
+
+    target = output_target(path, "--plot ")
+    try:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    except OSError as e:
+        raise RMTError(f"--plot {shown(path)}: cannot write the plot: {e.strerror or error_line(e)}") from None

@@ -16,7 +16,21 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError, UsageError, one_line
+from .errors import RMTError, UsageError, one_line, shown
+
+def _terminate_like_ctrl_c() -> None:
+    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) stops rmt as Ctrl-C does:
+    temporaries removed, a training run saved, exit 130."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (rmt called from a library's worker thread): leave it alone
+        pass
+
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """Usage mistakes (an unknown option, a value out of range) as one `error:` line, not a framed box."""
@@ -29,6 +43,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
 
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        _terminate_like_ctrl_c()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.NoArgsIsHelpError as e:  # `rmt` or `rmt ingest` alone: the help, as usual
@@ -74,6 +89,8 @@ def command(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
+            if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
+                sys.stdout = _ClosedStdout()
             _quiet_libraries()
             return func(*args, **kwargs)
         except RMTError as e:
@@ -103,8 +120,33 @@ def command(func):
     return wrapper
 
 
+class _ClosedStdout:
+    """Stands in for a closed stdout: writing a result to it is a run-time error, one line, exit 1."""
+
+    def write(self, text: str) -> int:
+        raise RMTError("standard output is closed; nowhere to write the results")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def stdin_bytes() -> bytes:
+    """All of standard input, or one UsageError line when rmt was started with it closed (`<&-`)."""
+    if sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
+        raise UsageError("standard input is closed; nothing to read from -")
+    try:
+        return sys.stdin.buffer.read()
+    except (OSError, ValueError) as e:  # a closed or unreadable descriptor
+        raise UsageError(f"standard input cannot be read: {getattr(e, 'strerror', None) or e}") from None
+
+
 def _say(kind: str, text: str) -> None:
     """One unwrapped line on stderr, so scripts can grep it (control characters from file text escaped)."""
+    if sys.stderr is None:  # started with stderr closed: nowhere to say it; the exit code still tells
+        return
     sys.stderr.write(f"{kind}: {one_line(text)}\n")
     sys.stderr.flush()
 
@@ -117,8 +159,18 @@ def _question_lines(data: bytes, source: str) -> list[str]:
     return [q for q in text.splitlines() if q.strip()]
 
 
+def _answer_line(answer: str) -> str:
+    """An answer on one terminal line: newlines as spaces, other control characters escaped, unicode kept."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in answer.replace("\n", " "))
+
+
 def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    """One JSON line; strict JSON, so a non-finite number (NaN, Infinity) is a run-time error, never printed."""
+    try:
+        line = json.dumps(obj, indent=None, default=str, allow_nan=False)
+    except ValueError:
+        raise RMTError("the model produced non-finite scores (NaN or infinity); is its config sound?") from None
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -245,11 +297,14 @@ def ingest(
         dtype = kept
     torch_dtype = _dtype(dtype or "float32")
     if trace is not None:
-        if trace.is_dir():
-            raise UsageError(f"--trace {trace}: is a folder; name a file for the JSON lines")
+        from .atomic import output_target
+
+        # The rule of every output: a regular file or a new path (a link: the file it names), checked now.
+        trace = output_target(trace, "--trace ")
         if not trace.parent.is_dir():
             raise UsageError(f"--trace {trace}: no folder {trace.parent}")
-        if any(trace.resolve() in (j.output.resolve(), *(Path(p).resolve() for p in j.paths if p != "-")) for j in jobs):
+        if any(trace in (Path(os.path.realpath(j.output)), *(Path(os.path.realpath(p)) for p in j.paths if p != "-"))
+               for j in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
     loaded = _load_model(model, torch_dtype)
     import time
@@ -337,9 +392,11 @@ def ask(
     from .storage.memfile import DTYPES, check_compatible, load_memory
 
     asked = list(questions or [])
+    if asked.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
     if "-" in asked:
         asked.remove("-")
-        asked += _question_lines(sys.stdin.buffer.read(), "standard input")
+        asked += _question_lines(stdin_bytes(), "standard input")
     if file is not None:
         from .data.sources import read_small_file
 
@@ -355,7 +412,7 @@ def ask(
         if json_out:
             _print_json({"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)})
         else:
-            sys.stdout.write(a.answer.replace("\n", " ") + "\n")
+            sys.stdout.write(_answer_line(a.answer) + "\n")
             sys.stdout.flush()
 
 
@@ -461,6 +518,8 @@ def eval_command(
         raise UsageError(f"--facts {facts!r}: MIN,MAX such as 2,10") from None
     if not 1 <= low <= high <= MAX_FACTS:
         raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX <= {MAX_FACTS}")
+    if task == "babi" and babi is None:
+        raise UsageError("--task babi needs --babi FILE (a bAbI-format file of stories)")
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
@@ -508,10 +567,13 @@ def _check_plot_target(plot_file: Path) -> None:
         raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
     if plot_file.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_file}: the plot is a PNG file; name it NAME.png")
-    if not plot_file.parent.is_dir():  # find out now, not after the whole evaluation
-        raise UsageError(f"--plot {plot_file}: no folder {plot_file.parent}")
-    if plot_file.is_dir():
-        raise UsageError(f"--plot {plot_file}: is a folder")
+    from .atomic import output_target
+
+    target = output_target(plot_file, "--plot ")  # a regular file or a new path; a link: the file it names
+    if target.suffix.lower() != ".png":  # a link named x.png onto notes.txt would overwrite the notes
+        raise UsageError(f"--plot {plot_file}: a link to {shown(target)}, which is not a PNG file")
+    if not target.parent.is_dir():  # find out now, not after the whole evaluation
+        raise UsageError(f"--plot {plot_file}: no folder {target.parent}")
 
 
 def _eval_table(rows: list[dict]) -> None:

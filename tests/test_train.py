@@ -480,8 +480,8 @@ def test_plain_torchrun_on_a_cpu_machine(tmp_path):
     assert sum("event" not in json.loads(line) for line in lines) == 2
 
 
-@pytest.mark.parametrize("data_workers", [0, 1])
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers):
+@pytest.mark.parametrize("data_workers, stop_signal", [(0, "SIGINT"), (1, "SIGINT"), (1, "SIGTERM")])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers, stop_signal):
     """A real SIGINT to `rmt train`'s process group, as a terminal's Ctrl-C sends it (data workers included):
     the step finishes, a checkpoint is saved, exit code 130; resume continues."""
     import signal
@@ -499,7 +499,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers):
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, getattr(signal, stop_signal))
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "resume=auto" in stderr

@@ -108,6 +108,9 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator) -
     if temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits / temperature, -1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        # So small a temperature that logits / temperature overflow: sampling at it is greedy.
+        return int(logits.argmax())
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p

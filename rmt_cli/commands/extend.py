@@ -38,8 +38,13 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     checkpoint = Path(checkpoint)
     info = read_info(checkpoint)
     trained_path = checkpoint / "recipe.yaml"
-    trained = (load_yaml(trained_path.read_text(encoding="utf-8"), str(trained_path)) if trained_path.is_file()
-               else {"memory": info["memory"]})
+    trained = {"memory": info["memory"]}
+    if trained_path.is_file():
+        try:
+            text = trained_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{trained_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        trained = load_yaml(text, str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     data = apply_overrides(read_recipe_data(recipe_path), overrides)

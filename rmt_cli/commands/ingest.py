@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..storage.checkpoint import LoadedModel
-from ..errors import RMTError, UsageError, shown
+from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from ..core.segments import SegmentStream
@@ -30,6 +30,7 @@ class IngestJob:
     paths: list[str]
     output: Path
     append_from: Path | None = None
+    origin: str | None = None  # where the job was given, for errors: "MANIFEST:LINE"
 
     def __post_init__(self):  # accept str and os.PathLike as well as Path
         self.paths = [str(p) for p in self.paths]
@@ -178,14 +179,14 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         results[index] = res
 
     check_plan(jobs)
-    # Check every input before reading any: a typo in the last path shows up now, not after the first books.
+    # Check every input and output before reading any: the plan is checked whole, and a typo in the last path
+    # stops the batch now, with nothing read or written, not after the first books.
     documents: dict[int, Document] = {}
     for index, job in enumerate(jobs):
         try:
             documents[index] = check_job(job)
-        except RMTError as e:
-            fail(index, e)
-    queue = [(i, job) for i, job in queue if i in documents]
+        except RMTError as e:  # one line: a path may hold a newline
+            raise type(e)(one_line(f"{job.origin}: {e}" if job.origin else str(e))) from None
     while queue or active:
         while queue and len(active) < batch_size:
             index, job = queue.pop(0)
@@ -278,13 +279,15 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if append is not None:
         if not paths:
             raise UsageError("--append needs more input to read: rmt ingest --append mem.st MORE...")
+        if output is not None and not str(output):
+            raise UsageError("no output given: -o '' names no file; leave -o out to write back to --append")
         target = Path(output if output else append)
         if target.is_dir():
             raise UsageError(f"-o {shown(target)}: is a folder; --append writes one memory file")
         return [IngestJob(paths, target, Path(append))]
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
-    if output is None:
+    if output is None or not str(output):
         raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
     folder = Path(output)
     if not (folder.is_dir() or str(output).endswith(("/", os.sep))):
@@ -311,7 +314,7 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise UsageError(f"manifest {shown(path)}:{n}: expected input<TAB>output, got {shown(line, 60)}")
-        jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip())))
+        jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip()), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")
     return jobs

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from .ask import answer_text, generate
@@ -265,5 +266,7 @@ def plot_results(rows: list[dict], path: str, title: str = "") -> None:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)  # never a half-written picture, never onto a FIFO or through a link's back
+    finally:
+        plt.close(fig)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path
+from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from ..core.segments import SegmentStream
@@ -157,6 +157,7 @@ def plot(result: dict, path: str) -> None:
     ax.set_title(f"loss by position, {result['tokens']:,} tokens in segments of {result['segment_size']}")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:  # never a half-written picture
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)  # never a half-written picture; errors name `path`, not the temporary
+    finally:
+        plt.close(fig)

@@ -24,7 +24,7 @@ from ..atomic import atomic_path
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError
+from ..errors import RMTError, UsageError, shown
 from .evaluate import evaluate
 from ..core.memory import MemoryCell, RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits
@@ -102,9 +102,10 @@ def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, r
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    # A terminal's Ctrl-C reaches the whole process group. A worker killed by it would make the step waiting for
-    # its batch fail; the training process alone decides to finish the step, save and stop.
+    # A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches the whole process group. A worker killed by it would
+    # make the step waiting for its batch fail; the training process alone decides to finish the step, save and stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -128,11 +129,13 @@ def resolve_resume(recipe: Recipe) -> Path | None:
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the step, save, exit 130. Second Ctrl-C: stop at once."""
+    """First Ctrl-C (or SIGTERM): finish the step, save, exit 130. A second one: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.stop = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         def handler(signum, frame):
@@ -141,18 +144,28 @@ class _StopFlag:
             self.stop = True
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
+            self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         except ValueError:  # not the main thread
-            self._previous = None
+            self._previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _source_name(recipe: Recipe) -> str:
     return recipe.model.name_or_path or f"scratch:{recipe.model.architecture}"
+
+
+def _check_own_file(path: Path) -> None:
+    """The files a run keeps in output_dir are its own: a regular file or none; never a link (which would write
+    elsewhere), a FIFO (which would hang training), a device or a folder."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else \
+            "not a regular file (a device, a FIFO or a socket)"
+        raise UsageError(f"output_dir {shown(path.parent)}: {path.name} is {kind}; rmt writes only regular files "
+                         f"there: remove it, or choose another output_dir")
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
@@ -190,6 +203,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
+    for own in ("recipe.yaml", "metrics.jsonl"):  # found now, not after loading (a FIFO would hang training)
+        _check_own_file(output_dir / own)
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
@@ -231,7 +246,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     recipe_yaml = dump_recipe(recipe)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yaml").write_text(recipe_yaml)
+        with atomic_path(output_dir / "recipe.yaml") as tmp:  # replaces the file; never writes through a link
+            Path(tmp).write_text(recipe_yaml, encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
     if resume_from is not None and accelerator.is_main_process:
         _drop_metrics_after(metrics_path, start_step)

@@ -26,7 +26,31 @@ BINARY_SNIFF_BYTES = 8192
 
 
 def file_header(relative: str) -> bytes:
-    return f"\n<<< file: {relative} >>>\n".encode()
+    # A name that is not UTF-8 (`caf\xe9.txt`) comes from os.walk as surrogates: written back as its bytes, escaped.
+    return f"\n<<< file: {relative} >>>\n".encode("utf-8", errors="backslashreplace")
+
+
+def _gitignore_spec(lines: list[str]):
+    """A folder's .gitignore as a pathspec; a line pathspec cannot read (`[z-a]`, a lone `!`) is skipped, as git
+    skips it."""
+    import pathspec
+
+    good = []
+    for line in lines:
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except Exception:  # pathspec raises several kinds (GitWildMatchPatternError, ValueError, re.error)
+            continue
+        good.append(line)
+    return pathspec.GitIgnoreSpec.from_lines(good)
+
+
+def stdin_stream() -> BinaryIO:
+    """Standard input's bytes, or one UsageError line when rmt was started with it closed (`<&-`)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise UsageError("standard input is closed; nothing to read from -")
+    return stream
 
 
 @dataclass
@@ -94,8 +118,6 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     """Files of a folder in sorted order, with .gitignore honoured. Returns (items, skipped count)."""
-    import pathspec
-
     items: list[_Item] = []
     skipped = 0
     specs: list[tuple[Path, object]] = []
@@ -111,7 +133,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
         if ignore_file.is_file():
             try:
                 lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
-                specs.append((here, pathspec.GitIgnoreSpec.from_lines(lines)))
+                specs.append((here, _gitignore_spec(lines)))
             except OSError:
                 pass
 
@@ -173,7 +195,7 @@ class Document:
             if item.header:
                 yield item.header
             try:
-                stream: BinaryIO = sys.stdin.buffer if item.path is None else open(item.path, "rb")
+                stream: BinaryIO = stdin_stream() if item.path is None else open(item.path, "rb")
             except OSError as e:
                 raise _open_error(item.name, e) from None
             if item.path is not None:
@@ -204,6 +226,7 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
         if raw == "-":
             if not allow_stdin:
                 raise UsageError("standard input (-) cannot be used here")
+            stdin_stream()  # closed (`<&-`): said before anything is read or written
             items.append(_Item(None, "<stdin>"))
             continue
         path = Path(raw).expanduser()

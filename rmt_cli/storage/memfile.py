@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
-from ..atomic import atomic_path
+from ..atomic import atomic_path, output_target
 from ..errors import RMTError, UsageError, error_line, shown
 from ..data.tokenstream import MAX_CARRY_CHARS
 
@@ -122,23 +122,10 @@ class MemoryState:
         return meta
 
 
-def check_output_target(path: str | Path) -> None:
-    """Only a regular file or a new path may be written: never replace a device, a FIFO or a folder."""
-    path = Path(path)
-    where = shown(path)
-    try:
-        if path.is_dir():
-            raise UsageError(f"{where}: is a folder; name a memory file to write")
-        if path.exists() and not path.is_file():
-            raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket); rmt writes only "
-                             f"regular files or new paths")
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{where}: {shown(parent)} is a file, not a folder")
-    except OSError as e:  # e.g. a folder on the way that may not be searched
-        raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
+def check_output_target(path: str | Path) -> Path:
+    """Only a regular file or a new path may be written: never replace a device, a FIFO or a folder. A symbolic
+    link is followed: the file it names is checked (and written), the link stays. Returns that file."""
+    return output_target(path)
 
 
 def vocabulary_size(model: LoadedModel) -> int:
@@ -225,6 +212,20 @@ def load_memory(path: str | Path) -> MemoryState:
     if len(tail) >= segment_size:
         raise _invalid(where, "tensor tail_tokens", f"holds {len(tail)} tokens; a memory file keeps fewer than a "
                        f"segment ({segment_size})")
+    tokens = _whole_number(where, "tokens", meta["tokens"], 0, MAX_COUNT)
+    segments = _whole_number(where, "segments", meta["segments"], 0, MAX_COUNT)
+    carry_text = _text(where, meta, "carry_text", MAX_CARRY_CHARS)
+    # ingest writes tokens = segments x segment_size + the tail (under a segment) + the tokens of the carried text
+    # (at most one a UTF-8 byte, plus a few a tokenizer may add). Counts outside that would go negative or past the
+    # cap on --append. (Bounds by a whole segment, not the tail tensor's length: a tail that disagrees is
+    # check_compatible's to name.)
+    whole = segments * segment_size
+    if whole > MAX_COUNT:
+        raise _invalid(where, "metadata segments", f"{segments} segments of {segment_size} tokens are more than "
+                       f"{MAX_COUNT} tokens")
+    if not whole <= tokens < whole + segment_size + len(carry_text.encode("utf-8", errors="surrogatepass")) + 4:
+        raise _invalid(where, "metadata tokens", f"{tokens} disagrees with {segments} segments of {segment_size} "
+                       f"tokens")
     return MemoryState(
         memory=memory,
         tail_tokens=tail,
@@ -233,9 +234,9 @@ def load_memory(path: str | Path) -> MemoryState:
         segment_size=segment_size,
         num_mem_tokens=num_mem_tokens,
         model_hint=_text(where, meta, "model_hint", MAX_HINT_CHARS),
-        tokens=_whole_number(where, "tokens", meta["tokens"], 0, MAX_COUNT),
-        segments=_whole_number(where, "segments", meta["segments"], 0, MAX_COUNT),
-        carry_text=_text(where, meta, "carry_text", MAX_CARRY_CHARS),
+        tokens=tokens,
+        segments=segments,
+        carry_text=carry_text,
         pending_bytes=_pending_bytes(where, meta.get("pending_bytes_hex", "")),
         sources=_sources(where, meta.get("sources", "[]")),
         sources_omitted=_whole_number(where, "sources_omitted", meta.get("sources_omitted", "0"), 0, MAX_COUNT),

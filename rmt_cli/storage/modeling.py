@@ -108,7 +108,7 @@ def check_buildable(config) -> None:
     try:
         with torch.device("meta"):  # shapes only, no memory
             weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    except CONFIG_ERRORS as e:
+    except (*CONFIG_ERRORS, RuntimeError) as e:  # on the meta device a RuntimeError is a shape ("negative dimension")
         raise UsageError(f"model.config: {error_line(e)}") from None
     memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if weights * 4 > memory_bytes:

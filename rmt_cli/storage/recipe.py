@@ -8,6 +8,7 @@ with its field path, and unknown keys get a "did you mean".
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,8 @@ MAX_SAMPLES = 10_000_000
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `optim.lr=.inf` is a typo that would train to NaN, not a setting.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(Section):
@@ -207,7 +209,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"override {text!r} is not key=value")
-    return key.strip().split("."), load_yaml(value, f"override {text!r}") if value.strip() else None
+    what = f"override {text!r}" if len(text) <= 200 else f"override {text[:100]!r}…"  # a huge one, cut
+    return key.strip().split("."), load_yaml(value, what) if value.strip() else None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -255,18 +258,39 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _expanded_size(data: Any, limit: int) -> int:
-    """Values in `data` counted as if every alias were written out; stops counting past `limit`."""
-    count, stack = 0, [data]
+# A recipe nests a few levels; far deeper nesting is a mistake or an attack (and recursion for the validator).
+MAX_YAML_DEPTH = 50
+
+
+def _expanded_size(data: Any, limit: int, what: str = "recipe") -> int:
+    """Values in `data` counted as if every alias were written out; stops counting past `limit`. Refuses nesting
+    deeper than MAX_YAML_DEPTH."""
+    count, stack = 0, [(data, 0)]
     while stack and count <= limit:
-        item = stack.pop()
+        item, depth = stack.pop()
         count += 1
+        if depth > MAX_YAML_DEPTH:
+            raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep")
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((k, depth + 1) for k in item.keys())
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
     return count
+
+
+def _non_finite(data: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite number in `data` (model.config included), or None."""
+    stack = [(data, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "(recipe)"
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
+    return None
 
 
 def load_yaml(text: str, what: str) -> Any:
@@ -277,7 +301,9 @@ def load_yaml(text: str, what: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise UsageError(f"{what}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+    except RecursionError:  # PyYAML parses nesting recursively: `[[[[...]]]]` thousands deep
+        raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    if _expanded_size(data, MAX_YAML_NODES, what) > MAX_YAML_NODES:
         raise UsageError(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases")
     return data
 
@@ -299,6 +325,11 @@ def read_recipe_data(path: str | Path) -> dict:
 
 
 def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    bad = _non_finite(data)
+    if bad is not None:
+        raise UsageError(f"{source}: {bad}: must be a finite number, not NaN or infinity")
+    if _expanded_size(data, MAX_YAML_NODES, source) > MAX_YAML_NODES:  # overrides can nest too
+        raise UsageError(f"{source}: more than {MAX_YAML_NODES:,} values")
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:

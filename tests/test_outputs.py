@@ -1,0 +1,213 @@
+"""Outputs (memory files, --trace, --plot, a run's own files): only a regular file or a new path is written; a
+symbolic link is followed (the file it names is written, the link stays); a plan is checked whole first."""
+
+import copy
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from rmt_cli.atomic import atomic_path, output_target, save_figure
+from rmt_cli.cli import app
+from rmt_cli.errors import UsageError
+from rmt_cli.storage.assets import DEFAULT_LM_DIR
+
+TEXT = "Mary went to the garden. Daniel moved to the kitchen. " * 20
+
+
+def run(args, input=None):
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in r.stderr + r.stdout
+    return r
+
+
+def one_error_line(r, code: int, *words: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == code, (r.exit_code, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def doc(tmp_path):
+    (tmp_path / "doc.txt").write_text(TEXT)
+    return tmp_path / "doc.txt"
+
+
+def ingest(*args):
+    return run(["ingest", *args, "--model", DEFAULT_LM_DIR, "-q"])
+
+
+# 1. --trace: the rule of -o
+
+
+def test_trace_onto_a_fifo_is_refused_before_reading(tmp_path, doc):
+    os.mkfifo(tmp_path / "fifo")
+    one_error_line(ingest(doc, "-o", tmp_path / "m.st", "--trace", tmp_path / "fifo"), 2, "--trace",
+                   "not a regular file")
+    assert (tmp_path / "fifo").is_fifo() and not (tmp_path / "m.st").exists()
+
+
+def test_trace_through_a_symlink_writes_the_file_it_names(tmp_path, doc):
+    (tmp_path / "real.jsonl").write_text("old\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
+    r = ingest(doc, "-o", tmp_path / "m.st", "--trace", tmp_path / "link.jsonl")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "link.jsonl").is_symlink()
+    lines = (tmp_path / "real.jsonl").read_text().splitlines()
+    assert lines and all("change" in json.loads(line) for line in lines)
+
+
+def test_trace_through_a_symlink_onto_the_output_is_refused(tmp_path, doc):
+    (tmp_path / "t.jsonl").symlink_to(tmp_path / "m.st")
+    one_error_line(ingest(doc, "-o", tmp_path / "m.st", "--trace", tmp_path / "t.jsonl"), 2, "input or output")
+
+
+# 2. --plot
+
+
+def test_a_plot_onto_a_fifo_is_refused_before_scoring(tmp_path, doc):
+    pytest.importorskip("matplotlib")
+    os.mkfifo(tmp_path / "fifo.png")
+    one_error_line(run(["perplexity", doc, "--plot", tmp_path / "fifo.png", "-q"]), 2, "not a regular file")
+    assert (tmp_path / "fifo.png").is_fifo()
+
+
+def test_a_plot_link_onto_another_kind_of_file_is_refused(tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "victim.txt").write_text("precious")
+    (tmp_path / "evil.png").symlink_to(tmp_path / "victim.txt")
+    one_error_line(run(["eval", "--plot", tmp_path / "evil.png", "-q"]), 2, "not a PNG")
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_plots_are_written_whole_through_links_and_never_onto_a_fifo(tmp_path):
+    pytest.importorskip("matplotlib")
+    from rmt_cli.commands.longeval import plot_results
+
+    row = {"length": 100, **{k: 0.5 for k in ("accuracy", "accuracy_reset", "constant_guess")},
+           **{k + "_ci95": (0.4, 0.6) for k in ("accuracy", "accuracy_reset", "constant_guess")}}
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(UsageError, match="not a regular file"):
+        plot_results([row], str(tmp_path / "fifo.png"))
+    assert (tmp_path / "fifo.png").is_fifo()
+    (tmp_path / "real.png").write_text("old")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    plot_results([row], str(tmp_path / "link.png"))
+    assert (tmp_path / "link.png").is_symlink()
+    assert (tmp_path / "real.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_a_plot_that_cannot_be_written_names_its_target_not_the_temporary(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from rmt_cli.errors import RMTError
+
+    fig = plt.figure()
+    try:
+        with pytest.raises(RMTError) as e:  # no such folder: the temporary cannot be made
+            save_figure(fig, tmp_path / "gone" / "p.png")
+    finally:
+        plt.close(fig)
+    assert str(tmp_path / "gone" / "p.png") in str(e.value) and ".tmp" not in str(e.value)
+
+
+# 3. memory files through symlinks
+
+
+def test_append_through_a_symlink_updates_the_file_it_names(tmp_path, doc):
+    assert ingest(doc, "-o", tmp_path / "real.st").exit_code == 0
+    before = (tmp_path / "real.st").read_bytes()
+    (tmp_path / "link.st").symlink_to(tmp_path / "real.st")
+    (tmp_path / "more.txt").write_text(TEXT)
+    r = ingest("--append", tmp_path / "link.st", tmp_path / "more.txt")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "link.st").is_symlink()
+    assert (tmp_path / "real.st").read_bytes() != before
+
+
+def test_output_target_follows_links_and_refuses_what_is_not_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to_fifo").symlink_to(tmp_path / "fifo")
+    (tmp_path / "to_folder").symlink_to(tmp_path)
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    for bad in ("fifo", "to_fifo", "to_folder", "loop_a"):
+        with pytest.raises(UsageError):
+            output_target(tmp_path / bad)
+    with pytest.raises(UsageError):
+        output_target("/dev/null")
+    (tmp_path / "dangling").symlink_to(tmp_path / "new.st")
+    assert output_target(tmp_path / "dangling") == tmp_path / "new.st"
+
+
+# 4. rmt train's own files
+
+
+def _tiny_recipe(output_dir):
+    return {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
+            "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "memory": {"num_mem_tokens": 2, "segment_size": 48}, "output_dir": str(output_dir),
+            "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}, "threads": 1}
+
+
+@pytest.mark.parametrize("name, kind", [("recipe.yaml", "link"), ("metrics.jsonl", "fifo"),
+                                        ("recipe.yaml", "folder")])
+def test_train_refuses_an_output_dir_whose_own_files_are_not_regular(tmp_path, name, kind):
+    from rmt_cli.commands.train import train
+    from rmt_cli.storage.recipe import validate_recipe
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("precious")
+    if kind == "link":
+        (out / name).symlink_to(tmp_path / "victim.txt")
+    elif kind == "fifo":
+        os.mkfifo(out / name)
+    else:
+        (out / name).mkdir()
+    with pytest.raises(UsageError, match=name):
+        train(validate_recipe(copy.deepcopy(_tiny_recipe(out))), progress=False)
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+# 5. an empty -o
+
+
+@pytest.mark.parametrize("extra", [[], ["--append"]])
+def test_an_empty_output_is_no_output(tmp_path, doc, extra, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if extra:
+        assert ingest(doc, "-o", tmp_path / "m.st").exit_code == 0
+        extra = ["--append", tmp_path / "m.st"]
+    one_error_line(ingest(*extra, doc, "-o", ""), 2, "no output given")
+    assert not (tmp_path / "doc.st").exists()
+
+
+# 6. long names
+
+
+def test_the_longest_legal_output_name_is_written(tmp_path, doc):
+    name = "m" * 251 + ".st"  # 254 bytes
+    r = ingest(doc, "-o", tmp_path / name)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / name).is_file()
+    with atomic_path(tmp_path / ("é" * 125 + ".png")) as tmp:  # 254 bytes, mostly two-byte characters
+        assert len(os.path.basename(tmp).encode()) <= 255 and tmp.endswith(".png")
+        open(tmp, "w").close()
+
+
+# 7. a manifest's plan is checked whole
+
+
+def test_a_manifest_with_a_bad_line_writes_nothing_and_names_the_line(tmp_path, doc):
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text(f"{doc}\t{tmp_path / 'm1.st'}\n{tmp_path / 'nope.txt'}\t{tmp_path / 'm2.st'}\n")
+    one_error_line(ingest("--manifest", manifest), 2, "jobs.tsv:2", "nope.txt")
+    assert not (tmp_path / "m1.st").exists() and not (tmp_path / "m2.st").exists()
+    os.mkfifo(tmp_path / "fifo.st")
+    manifest.write_text(f"{doc}\t{tmp_path / 'm1.st'}\n{doc}\t{tmp_path / 'fifo.st'}\n")
+    one_error_line(ingest("--manifest", manifest), 2, "jobs.tsv:2", "not a regular file")
+    assert not (tmp_path / "m1.st").exists()

@@ -1,0 +1,278 @@
+"""Faults a reviewer found (each was a traceback or invalid output): closed standard streams, stdin named twice,
+overflowing temperatures, deep nesting, impossible model sizes, non-finite numbers, undecodable files and names,
+crafted memory-file counts. Each must be one `error:` line with the documented exit code, or work."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from rmt_cli.cli import app
+from rmt_cli.commands.ask import _choose
+from rmt_cli.commands.ingest import IngestJob, ingest
+from rmt_cli.core.memory import MemoryCell
+from rmt_cli.data.sources import open_document
+from rmt_cli.errors import UsageError
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.memfile import MAX_COUNT, load_memory
+from rmt_cli.storage.recipe import MemorySpec, apply_overrides, load_recipe, read_recipe_data
+
+SEGMENT = 24
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "memorize-tiny.yaml"
+TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer, make_model):
+    path = tmp_path_factory.mktemp("review") / "model"
+    cell = MemoryCell(make_model("gpt2"), num_mem_tokens=2)
+    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def memfile(tmp_path_factory, checkpoint):
+    folder = tmp_path_factory.mktemp("mem")
+    (folder / "doc.txt").write_text(TEXT)
+    [result] = ingest([IngestJob([str(folder / "doc.txt")], folder / "m.st")], load_checkpoint(checkpoint))
+    assert result.error is None
+    return folder / "m.st"
+
+
+def run(args, input=None):
+    result = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in result.stderr + result.stdout
+    return result
+
+
+def one_error(result, code, *words):
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def cli_with_closed_stdin(args, tmp_path):
+    """The real `rmt` in a child started with fd 0 closed (as `<&-` leaves it), which is not /dev/null."""
+    code = ("import os, sys; os.close(0); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'rmt_cli.cli', *sys.argv[1:]])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=tmp_path, env=env, timeout=300)
+
+
+# 1. closed standard input / output
+
+
+@pytest.mark.parametrize("which", ["ingest", "ask"])
+def test_closed_stdin_is_one_line_exit_2(tmp_path, checkpoint, memfile, which):
+    args = (["ingest", "-", "-o", tmp_path / "s.st", "--model", checkpoint] if which == "ingest"
+            else ["ask", memfile, "-", "--model", checkpoint])
+    proc = cli_with_closed_stdin(args, tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0 and "standard input is closed" in err
+    assert not (tmp_path / "s.st").exists()
+
+
+def test_closed_stdout_is_one_line_exit_1(tmp_path, checkpoint, memfile):
+    code = ("import os, sys; os.close(1); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'rmt_cli.cli', *sys.argv[1:]])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for extra in ([], ["--json"]):
+        proc = subprocess.run([sys.executable, "-c", code, "ask", str(memfile), "Where is Mary?", "--model",
+                               str(checkpoint), *extra], stderr=subprocess.PIPE, env=env, timeout=300)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err and err.strip().count("\n") == 0 and "standard output is closed" in err
+
+
+# 2. stdin named twice
+
+
+def test_ask_with_stdin_twice_is_refused(checkpoint, memfile):
+    one_error(run(["ask", memfile, "-", "-", "--model", checkpoint], input="Where is Mary?\n"), 2, "only once")
+
+
+# 3. a temperature so small that logits / temperature overflow
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash(checkpoint, memfile):
+    logits = torch.tensor([1.0, 3.0, 2.0, float("-inf")])
+    assert _choose(logits, 1e-300, 1.0, torch.Generator().manual_seed(0)) == 1
+    assert _choose(logits, 1e-300, 0.5, torch.Generator().manual_seed(0)) == 1
+    result = run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--temperature", "1e-300", "--json"])
+    assert result.exit_code == 0, result.stderr
+    greedy = run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--json"])
+    assert json.loads(result.stdout)["answer"] == json.loads(greedy.stdout)["answer"]
+
+
+# 4. deep nesting
+
+
+def test_deep_nesting_in_an_override_or_a_recipe_is_one_line(tmp_path):
+    for depth in (60, 3000):
+        with pytest.raises(UsageError, match="nested more than"):
+            load_recipe(RECIPE, ["seed=" + "[" * depth + "]" * depth])
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(UsageError, match="nested more than"):
+        read_recipe_data(deep)
+    one_error(run(["train", deep]), 2, "nested more than")
+    result = run(["train", RECIPE, "seed=" + "[" * 3000 + "]" * 3000, f"output_dir={tmp_path / 'o'}"])
+    one_error(result, 2, "nested more than")
+    assert len(result.stderr) < 500  # the override is quoted cut, not 6,000 brackets
+
+
+# 5. an impossible model size
+
+
+def test_a_negative_model_dimension_is_one_line(tmp_path):
+    result = run(["train", RECIPE, "model.config.n_embd=-128", f"output_dir={tmp_path / 'o'}"])
+    one_error(result, 2, "model.config", "negative")
+    assert not (tmp_path / "o").exists()
+
+
+# 6. non-finite numbers in a recipe
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.lr=.nan", "optim.lr=-.inf",
+                                      "model.config.layer_norm_epsilon=.nan"])
+def test_non_finite_numbers_in_a_recipe_are_refused(tmp_path, override):
+    with pytest.raises(UsageError, match="finite"):
+        load_recipe(RECIPE, [override])
+    result = run(["train", RECIPE, override, f"output_dir={tmp_path / 'o'}"])
+    one_error(result, 2, override.split("=")[0], "finite")
+    assert not (tmp_path / "o").exists()
+
+
+# 7. a model whose config makes NaN scores; control characters in answers
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory, tokenizer, make_model):
+    path = tmp_path_factory.mktemp("nan") / "model"
+    cell = MemoryCell(make_model("llama"), num_mem_tokens=2)
+    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
+    config = json.loads((path / "config.json").read_text())
+    config["rms_norm_eps"] = -1.0
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_json_never_holds_nan(tmp_path, nan_checkpoint):
+    (tmp_path / "doc.txt").write_text("Mary went.")  # under a segment: the memory file holds the initial memory
+    result = run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", nan_checkpoint, "-q"])
+    assert result.exit_code == 0, result.stderr
+    result = run(["ask", tmp_path / "m.st", "Where is Mary?", "--model", nan_checkpoint, "--json"])
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    for line in result.stdout.splitlines():
+        json.loads(line)
+    one_error(result, 1, "non-finite")
+
+
+def test_print_json_refuses_non_finite_numbers(capsys):
+    from rmt_cli.cli import _print_json
+    from rmt_cli.errors import RMTError
+
+    with pytest.raises(RMTError, match="non-finite"):
+        _print_json({"logprob": float("nan")})
+    with pytest.raises(RMTError, match="non-finite"):
+        _print_json({"rows": [{"loss": float("inf")}]})
+    assert capsys.readouterr().out == ""
+
+
+def test_plain_answers_escape_control_characters():
+    from rmt_cli.cli import _answer_line
+
+    assert _answer_line("a\nb") == "a b"
+    assert _answer_line("x\x1b[2Jy\rz") == "x\\x1b[2Jy\\rz"
+    assert _answer_line("日本語 “ok” é") == "日本語 “ok” é"
+    assert _answer_line("w" * 5000) == "w" * 5000  # not cut
+
+
+# 8. extend with a trained recipe that is not UTF-8
+
+
+def test_extend_with_an_undecodable_trained_recipe(tmp_path, checkpoint):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    (ckpt / "recipe.yaml").write_bytes(b"seed: 1\n\xff\n")
+    result = run(["extend", ckpt, RECIPE])
+    one_error(result, 2, "UTF-8")
+
+
+# 9. --task babi without a file
+
+
+def test_eval_task_babi_needs_a_file(checkpoint):
+    result = run(["eval", "--model", checkpoint, "--task", "babi", "--lengths", "300", "--samples", "1"])
+    one_error(result, 2, "--babi")
+
+
+# 10. codebases: bad .gitignore lines, names that are not UTF-8
+
+
+def test_bad_gitignore_lines_are_skipped(tmp_path):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / ".gitignore").write_text("[z-a]\n!\n*.log\n")
+    (folder / "a.py").write_text("print(1)\n")
+    (folder / "b.log").write_text("noise\n")
+    document = open_document([str(folder)])
+    assert [i.path.name for i in document.items] == ["a.py"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
+def test_a_file_name_that_is_not_utf8_is_escaped_in_its_header(tmp_path, checkpoint):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    try:
+        with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb") as f:
+            f.write(b"coffee\n")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    document = open_document([str(folder)])
+    [item] = document.items
+    assert b"caf\\udce9.txt" in item.header
+    result = run(["ingest", folder, "-o", tmp_path / "m.st", "--model", checkpoint, "-q", "--json"])
+    assert result.exit_code == 0, result.stderr
+    json.loads(result.stdout)
+
+
+# 11. crafted memory-file counts
+
+
+def _rewrite(src: Path, dst: Path, **meta):
+    with safe_open(str(src), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        metadata = {**f.metadata(), **{k: str(v) for k, v in meta.items()}}
+    save_file(tensors, str(dst), metadata)
+    return dst
+
+
+@pytest.mark.parametrize("meta", [dict(tokens=10**18, segments=0), dict(segments=10**18),
+                                  dict(tokens=0), dict(segments=50)])
+def test_counts_that_disagree_are_refused(tmp_path, memfile, checkpoint, meta):
+    bad = _rewrite(memfile, tmp_path / "bad.st", **meta)
+    with pytest.raises(UsageError, match="metadata (tokens|segments)"):
+        load_memory(bad)
+    (tmp_path / "more.txt").write_text(TEXT)
+    result = run(["ingest", "--append", bad, tmp_path / "more.txt", "--model", checkpoint, "-q"])
+    one_error(result, 2, "metadata")
+
+
+def test_counts_as_ingest_writes_them_are_accepted(memfile):
+    state = load_memory(memfile)
+    assert state.segments * state.segment_size + len(state.tail_tokens) <= state.tokens <= MAX_COUNT
