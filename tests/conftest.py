@@ -117,3 +117,32 @@ def make_model(tokenizer):
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request):
     return request.param
+
+
+# --- the CLI, as tests drive it ------------------------------------------------------------------------------
+
+# The smallest recipe `rmt train` accepts: validation and refusals are tested on it without real training.
+TINY_RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
+               "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+               "memory": {"num_mem_tokens": 2, "segment_size": 48},
+               "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}}
+
+
+def run_cli(args, input=None):
+    """`rmt ARGS` in-process; whatever happens, never a traceback."""
+    from typer.testing import CliRunner
+
+    from rmt_cli.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    assert "Traceback" not in r.stderr + r.stdout
+    return r
+
+
+def one_error_line(r, code: int, *words: str) -> None:
+    """Exit `code` with exactly one `error:` line on stderr, holding each of `words`."""
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == code, (r.exit_code, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])

@@ -2,20 +2,10 @@
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from rmt_cli.cli import app
+from conftest import run_cli as run, TINY_RECIPE
 
-RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
-          "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-          "memory": {"num_mem_tokens": 2, "segment_size": 48},
-          "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}}
-
-
-def run(args, input=None):
-    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
-    assert "Traceback" not in r.stderr + r.stdout
-    return r
+RECIPE = TINY_RECIPE
 
 
 @pytest.fixture

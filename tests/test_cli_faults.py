@@ -5,30 +5,12 @@ import os
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from rmt_cli.storage.assets import DEFAULT_LM_DIR
-from rmt_cli.cli import app
 from rmt_cli.data.sources import open_document
+from conftest import one_error_line, run_cli as run, TINY_RECIPE
 
-RECIPE = {"tokenizer": {"kind": "bpe", "vocab_size": 300, "training_texts": 20},
-          "model": {"architecture": "gpt2", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-          "memory": {"num_mem_tokens": 2, "segment_size": 48},
-          "curriculum": [{"segments": 1, "steps": 1}], "eval": {"samples": 1}}
-
-
-def run(args, input=None):
-    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
-    assert "Traceback" not in r.stderr + r.stdout
-    return r
-
-
-def one_error_line(r, code: int, *words: str) -> None:
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == code, (r.exit_code, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+RECIPE = TINY_RECIPE
 
 
 @pytest.fixture

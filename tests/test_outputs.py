@@ -6,28 +6,13 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
 
 from rmt_cli.atomic import atomic_path, output_target, save_figure
-from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
 from rmt_cli.storage.assets import DEFAULT_LM_DIR
+from conftest import one_error_line, run_cli as run
 
 TEXT = "Mary went to the garden. Daniel moved to the kitchen. " * 20
-
-
-def run(args, input=None):
-    r = CliRunner().invoke(app, [str(a) for a in args], input=input)
-    assert "Traceback" not in r.stderr + r.stdout
-    return r
-
-
-def one_error_line(r, code: int, *words: str) -> None:
-    lines = r.stderr.strip().splitlines()
-    assert r.exit_code == code, (r.exit_code, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture
