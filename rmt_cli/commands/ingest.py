@@ -314,6 +314,8 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise UsageError(f"manifest {shown(path)}:{n}: expected input<TAB>output, got {shown(line, 60)}")
+        if "\0" in line:  # no file name can hold one; the OS would refuse it with a ValueError
+            raise UsageError(f"manifest {shown(path)}:{n}: a name holds a NUL character: {shown(line, 60)}")
         jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip()), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")
