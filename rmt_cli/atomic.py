@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError, shown
+from .errors import RMTError, UsageError, error_line, shown
 
 # A file name may be at most 255 bytes on common file systems: the temporary name keeps this much of the
 # target's name, so that a legal output name never fails for its temporary one.
@@ -111,8 +111,6 @@ def _replace_folder(tmp: Path, final: Path) -> None:
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     """A matplotlib figure saved whole or not at all, onto a regular file or a new path (a link: the file it
     names); a failure names `path`, never the temporary file."""
-    from .errors import RMTError, error_line
-
     target = output_target(path, "--plot ")
     try:
         with atomic_path(target) as tmp:

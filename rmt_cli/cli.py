@@ -135,10 +135,11 @@ class _ClosedStdout:
 
 def stdin_bytes() -> bytes:
     """All of standard input, or one UsageError line when rmt was started with it closed (`<&-`)."""
-    if sys.stdin is None or getattr(sys.stdin, "buffer", None) is None:
-        raise UsageError("standard input is closed; nothing to read from -")
+    from .data.sources import stdin_stream
+
+    stream = stdin_stream()
     try:
-        return sys.stdin.buffer.read()
+        return stream.read()
     except (OSError, ValueError) as e:  # a closed or unreadable descriptor
         raise UsageError(f"standard input cannot be read: {getattr(e, 'strerror', None) or e}") from None
 
@@ -161,7 +162,7 @@ def _question_lines(data: bytes, source: str) -> list[str]:
 
 def _answer_line(answer: str) -> str:
     """An answer on one terminal line: newlines as spaces, other control characters escaped, unicode kept."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in answer.replace("\n", " "))
+    return one_line(answer.replace("\n", " "))
 
 
 def _print_json(obj) -> None:
@@ -448,7 +449,7 @@ def perplexity(
     from .progress import ProgressBar
 
     with ProgressBar(None if quiet else err, "perplexity") as bar:
-        result = run_perplexity(paths, loaded, base, max_tokens, lambda tokens, segments: bar.update(
+        result = run_perplexity(paths, loaded, base, max_tokens, None if quiet else lambda tokens, segments: bar.update(
             stats=f"{tokens:,} tokens {segments:,} segments {bar.speed(tokens)}"))
     result["model"] = str(loaded.path)
     if base is not None:
@@ -550,7 +551,7 @@ def eval_command(
 
         for n, count in zip(wanted, counts):
             bar.update(label=f"eval {n:,} tokens x {count}")
-            results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, step))
+            results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, None if quiet else step))
     rows = [r.row() for r in results]
     if plot_file is not None:
         plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")

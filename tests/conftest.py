@@ -146,3 +146,24 @@ def one_error_line(r, code: int, *words: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+# --- a saved checkpoint ---------------------------------------------------------------------------------------
+
+TINY_SEGMENT = 24  # the segment size of `checkpoint`: short, so a few sentences make several segments
+
+
+def save_tiny_checkpoint(path, tokenizer, make_model, seed: int = 0):
+    """A gpt2 RMT checkpoint folder (2 memory tokens, segments of TINY_SEGMENT) written by rmt itself."""
+    from rmt_cli.core.memory import MemoryCell
+    from rmt_cli.storage.checkpoint import save_checkpoint
+    from rmt_cli.storage.recipe import MemorySpec
+
+    cell = MemoryCell(make_model("gpt2", seed=seed), num_mem_tokens=2)
+    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=TINY_SEGMENT), "test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tokenizer, make_model):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model)

@@ -12,7 +12,7 @@ update rules, and a checkpoint loads back to the same outputs.
 import pytest
 import torch
 from conftest import FAMILIES
-from test_memory import PAD, _write_batch, ids, seq
+from test_memory import PAD, _write_batch, assert_batch_equals_streaming, ids, seq
 from typer.testing import CliRunner
 
 from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
@@ -107,19 +107,8 @@ def test_batched_recurrence_equals_streaming(build, update):
     initial_memory / write_segment / read_segment (the ingest and ask path)."""
     cell = _cell(build(), update).eval()
     rmt = RecurrentMemoryModel(cell, segment_size=8).eval()
-    docs = _documents()
-    batch = collate(docs, PAD)
+    batch, out = assert_batch_equals_streaming(cell, rmt, _documents(), atol=ATOL)
     assert batch.writes_per_row.tolist() == [3, 1, 0]
-    with torch.no_grad():
-        out = rmt(batch)
-        for row, doc in enumerate(docs):
-            memory = cell.initial_memory(1)
-            for segment in doc.writes:
-                memory = cell.write_segment(memory, torch.tensor([segment]))
-            alone = cell.read_segment(memory, torch.tensor([doc.final_ids]))
-            n = len(doc.final_ids)
-            assert torch.allclose(out.final_logits[row, :n], alone[0], atol=ATOL), row
-            assert torch.allclose(out.memory[row], memory[0], atol=ATOL), row
     # ...and the memory matters: reset every segment, the first document's answer logits change.
     with torch.no_grad():
         reset = rmt(batch, reset_memory=True)

@@ -8,36 +8,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.storage.memfile import check_compatible, load_memory
-from rmt_cli.core.memory import MemoryCell
-from rmt_cli.storage.recipe import MemorySpec
 from rmt_cli.data.tokenstream import TokenStream
+from conftest import TINY_SEGMENT, save_tiny_checkpoint
 
-SEGMENT = 24
+SEGMENT = TINY_SEGMENT
 TEXT = (
     "Mary moved to the bathroom. The old man saw a red boat near the river. Daniel went to the kitchen. "
     "Ünïcödé wörds — “quoted” and 日本語 too.   Several   spaces,\ttabs\n\nand blank lines. "
 ) * 12
 
 
-def _save(path, tokenizer, make_model, seed):
-    cell = MemoryCell(make_model("gpt2", seed=seed), num_mem_tokens=2)
-    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
-    return path
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, tokenizer, make_model):
-    return _save(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model, seed=0)
-
-
 @pytest.fixture(scope="session")
 def other_checkpoint(tmp_path_factory, tokenizer, make_model):
-    return _save(tmp_path_factory.mktemp("ckpt2") / "model", tokenizer, make_model, seed=1)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt2") / "model", tokenizer, make_model, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -19,27 +19,18 @@ from typer.testing import CliRunner
 
 from rmt_cli.storage import memfile
 from rmt_cli.commands.ask import ask
-from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+from rmt_cli.storage.checkpoint import load_checkpoint
 from rmt_cli.cli import app
 from rmt_cli.errors import RMTError, UsageError
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.storage.memfile import (MAX_CARRY_CHARS, MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, check_compatible,
                              load_memory, save_memory, vocabulary_size)
-from rmt_cli.core.memory import MemoryCell
-from rmt_cli.storage.recipe import MemorySpec
+from conftest import TINY_SEGMENT
 
-SEGMENT = 24
+SEGMENT = TINY_SEGMENT
 # Ends inside a word and inside a UTF-8 character, so the file holds a tail, carried text and pending bytes.
 DOCUMENT = ("Mary went to the kitchen. Daniel moved to the garden. " * 3).encode() + "Sandra 日".encode()[:-1]
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer, make_model):
-    path = tmp_path_factory.mktemp("faults") / "model"
-    cell = MemoryCell(make_model("gpt2"), num_mem_tokens=2)
-    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,12 @@ from rmt_cli.errors import UsageError
 from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.storage.memfile import MAX_COUNT, load_memory
 from rmt_cli.storage.recipe import MemorySpec, apply_overrides, load_recipe, read_recipe_data
+from conftest import TINY_SEGMENT
 
-SEGMENT = 24
+SEGMENT = TINY_SEGMENT
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "memorize-tiny.yaml"
 TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer, make_model):
-    path = tmp_path_factory.mktemp("review") / "model"
-    cell = MemoryCell(make_model("gpt2"), num_mem_tokens=2)
-    save_checkpoint(path, cell, tokenizer, MemorySpec(num_mem_tokens=2, segment_size=SEGMENT), "test")
-    return path
 
 
 @pytest.fixture(scope="module")

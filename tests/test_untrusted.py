@@ -60,15 +60,7 @@ def test_no_command_runs_code_from_a_checkpoint(tmp_path, evil_checkpoint, confi
     assert not marker.exists()
 
 
-@pytest.fixture()
-def plain_checkpoint(tmp_path, tokenizer, make_model):
-    path = tmp_path / "model"
-    save_checkpoint(path, MemoryCell(make_model("gpt2"), 2), tokenizer, MemorySpec(num_mem_tokens=2, segment_size=24),
-                    "test")
-    return path
-
-
-def test_output_onto_a_fifo_is_refused_and_left_alone(tmp_path, plain_checkpoint):
+def test_output_onto_a_fifo_is_refused_and_left_alone(tmp_path, checkpoint):
     import os
     import stat
 
@@ -76,12 +68,12 @@ def test_output_onto_a_fifo_is_refused_and_left_alone(tmp_path, plain_checkpoint
     os.mkfifo(fifo)
     book = tmp_path / "book.txt"
     book.write_text("Mary went to the kitchen. " * 10)
-    r = CliRunner().invoke(app, ["ingest", str(book), "-o", str(fifo), "--model", str(plain_checkpoint), "-q"])
+    r = CliRunner().invoke(app, ["ingest", str(book), "-o", str(fifo), "--model", str(checkpoint), "-q"])
     assert r.exit_code == 2 and "not a regular file" in r.stderr
     assert stat.S_ISFIFO(fifo.stat().st_mode)  # still the FIFO, not replaced by a memory file
 
 
-def test_a_manifest_that_would_destroy_its_own_inputs_is_refused_before_writing(tmp_path, plain_checkpoint):
+def test_a_manifest_that_would_destroy_its_own_inputs_is_refused_before_writing(tmp_path, checkpoint):
     victim = tmp_path / "victim.txt"
     victim.write_text("Mary went to the kitchen. " * 10)
     other = tmp_path / "other.txt"
@@ -92,7 +84,7 @@ def test_a_manifest_that_would_destroy_its_own_inputs_is_refused_before_writing(
     ):
         manifest = tmp_path / "jobs.tsv"
         manifest.write_text("\n".join(lines) + "\n")
-        r = CliRunner().invoke(app, ["ingest", "--manifest", str(manifest), "--model", str(plain_checkpoint), "-q"])
+        r = CliRunner().invoke(app, ["ingest", "--manifest", str(manifest), "--model", str(checkpoint), "-q"])
         assert r.exit_code == 2 and words in r.stderr, r.stderr
         assert victim.read_text().startswith("Mary went")
         assert not (tmp_path / "same.st").exists() and not (tmp_path / "v.st").exists()

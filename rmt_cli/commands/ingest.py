@@ -16,9 +16,10 @@ from typing import Callable
 
 import torch
 
+from ..atomic import output_target
 from ..storage.checkpoint import LoadedModel
 from ..errors import RMTError, UsageError, one_line, shown
-from ..storage.memfile import (MemoryState, check_compatible, check_output_target, dtype_name, load_memory, memory_fingerprint,
+from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from ..core.segments import SegmentStream
 from ..data.sources import Document, open_document, read_small_file
@@ -116,9 +117,8 @@ class _Reader:
 
 def check_job(job: IngestJob) -> Document:
     """Open a job's inputs (every path checked) and make sure writing its output destroys none of them."""
-    check_output_target(job.output)
+    target = output_target(job.output)
     document = open_document(job.paths)
-    target = job.output.resolve()
     for item in document.items:
         if item.path is not None and item.path.resolve() == target:
             raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")

@@ -246,7 +246,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     recipe_yaml = dump_recipe(recipe)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(output_dir / "recipe.yaml") as tmp:  # replaces the file; never writes through a link
+        with atomic_path(output_dir / "recipe.yaml") as tmp:  # whole or not at all (a link was refused above)
             Path(tmp).write_text(recipe_yaml, encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
     if resume_from is not None and accelerator.is_main_process:

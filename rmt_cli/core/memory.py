@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import UsageError
+from ..errors import UsageError, shown
 
 IGNORE_INDEX = -100
 
@@ -74,12 +74,12 @@ def final_logit_softcap(config) -> float | None:
             value = getattr(settings, name, None)
             if not _neutral(value):
                 raise UnsupportedModelError(
-                    f"{family} with {name}={_short(value)}: the model's own forward {what}, which rmt's memory cell "
+                    f"{family} with {name}={shown(repr(value), 40)}: the model's own forward {what}, which rmt's memory cell "
                     f"does not do, so its logits would be wrong; not supported (README: Supported model families)")
         caps.append(getattr(settings, SOFTCAP, None))
     cap = next((c for c in caps if c is not None), None)
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
-        raise UnsupportedModelError(f"{family} with {SOFTCAP}={_short(cap)}: a soft-cap must be a positive number "
+        raise UnsupportedModelError(f"{family} with {SOFTCAP}={shown(repr(cap), 40)}: a soft-cap must be a positive number "
                                     f"or null")
     return None if cap is None else float(cap)
 
@@ -87,11 +87,6 @@ def final_logit_softcap(config) -> float | None:
 def _neutral(value) -> bool:
     """None or 1: a setting of LOGIT_TRANSFORMS that changes nothing."""
     return value is None or (isinstance(value, (int, float)) and float(value) == 1.0)
-
-
-def _short(value) -> str:
-    text = repr(value)  # escapes newlines and control characters: a config.json is user input
-    return text if len(text) <= 40 else text[:39] + "…"
 
 
 class MemoryCell(nn.Module):

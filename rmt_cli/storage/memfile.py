@@ -122,12 +122,6 @@ class MemoryState:
         return meta
 
 
-def check_output_target(path: str | Path) -> Path:
-    """Only a regular file or a new path may be written: never replace a device, a FIFO or a folder. A symbolic
-    link is followed: the file it names is checked (and written), the link stays. Returns that file."""
-    return output_target(path)
-
-
 def vocabulary_size(model: LoadedModel) -> int:
     """Token ids below this are both the tokenizer's and rows of the model's embedding."""
     return min(len(model.tokenizer), model.cell.model.get_input_embeddings().num_embeddings)
@@ -164,7 +158,7 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
     path = Path(path)
-    check_output_target(path)
+    output_target(path)  # a regular file or a new path; a link: the file it names
     tensors = {
         "memory": state.memory.detach().to("cpu").contiguous(),
         "tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64),
