@@ -365,6 +365,9 @@ def _with_progress(run, quiet: bool, documents: int):
         return run(None if quiet else update)
 
 
+ASK_BATCH = 64
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  rmt ask mem.st \"Where is Daniel?\" --model runs/qa1/final\n\n"
@@ -389,7 +392,7 @@ def ask(
     """Answer questions from a memory file: answers alone on stdout, one line per question."""
     import torch
 
-    from .commands.ask import ask as run_ask
+    from .commands.ask import ask_many
     from .storage.memfile import DTYPES, check_compatible, load_memory
 
     asked = list(questions or [])
@@ -408,8 +411,11 @@ def ask(
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     check_compatible(state, loaded, force, str(memory))
     generator = torch.Generator().manual_seed(seed)
-    for q in asked:
-        a = run_ask(loaded, state, q, max_new_tokens, temperature, top_p, generator)
+    # Answered in batches: a long --file is neither held whole on the model nor printed only at the end.
+    answers = (a for start in range(0, len(asked), ASK_BATCH)
+               for a in ask_many(loaded, state, asked[start : start + ASK_BATCH], max_new_tokens, temperature, top_p,
+                                 generator))
+    for a in answers:
         if json_out:
             _print_json({"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)})
         else:

@@ -323,3 +323,40 @@ def test_a_refused_checkpoint_is_one_error_line(make_model, tokenizer, tmp_path)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "cohere with logit_scale=0.0625: " in lines[0], lines
     assert "Traceback" not in result.output
     assert not (tmp_path / "mem.st").exists()
+
+
+def _greedy_without_cache(cell, memory, prompt, steps, eos):
+    """The reference for `ask.generate`: each answer token from a whole read of the growing final segment."""
+    row, out, logprob = list(prompt), [], 0.0
+    for _ in range(steps):
+        logits = cell.read_segment(memory, torch.tensor([row]))[0, -1].float()
+        token = int(logits.argmax())
+        logprob += float(torch.log_softmax(logits, -1)[token])
+        if token == eos:
+            break
+        out.append(token)
+        row.append(token)
+    return out, logprob
+
+
+@torch.inference_mode()
+def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer):
+    """`rmt ask` generates with the model's KV cache; each token must be the one a full read of the final segment
+    gives, with the same log-probability, for rows of different prompt lengths batched together."""
+    from types import SimpleNamespace
+
+    from rmt_cli.commands.ask import generate
+
+    cell = _cell(build(), "gated").eval()
+    loaded = SimpleNamespace(cell=cell, tokenizer=tokenizer, segment_size=16)
+    memory = torch.randn(3, M, cell.hidden_size, generator=torch.Generator().manual_seed(2))
+    prompts = [[5, 9, 13], [7, 8, 21, 30, 2], [11, 4, 6]]
+    got = generate(loaded, memory, prompts, max_new_tokens=6)
+    for r, prompt in enumerate(prompts):
+        room = min(6, loaded.segment_size - len(prompt))
+        tokens, logprob = _greedy_without_cache(cell, memory[r : r + 1], prompt, room, tokenizer.eos_token_id)
+        assert got[r][0] == tokens
+        assert got[r][1] == pytest.approx(logprob, abs=1e-4)
+    # a row stops where its final segment would outgrow a segment's positions
+    [(long_answer, _)] = generate(loaded, memory[:1], [list(range(3, 14))], max_new_tokens=16)
+    assert len(long_answer) <= 16 - 11

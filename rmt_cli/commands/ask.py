@@ -1,8 +1,10 @@
 """`rmt ask`: answer questions from a memory file.
 
 The final segment is built by `segments.build_final_segment`, the same function training used: the memory,
-the document's unfinished tail, the question prompt; then the answer is generated until the end token.
-The memory file is only read. Questions are independent of each other.
+the document's unfinished tail, the question prompt; then the answer is generated until the end token, by the
+model's own `generate()` with a KV cache (each answer token costs one token's forward, not the segment's).
+The memory file is only read. Questions are independent of each other; asked together, the document's rest is
+written to memory once and questions of the same length are answered as one batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from ..storage.memfile import MemoryState
-from ..core.segments import build_final_segment, question_ids, split_document
+from ..core.segments import FinalSegment, build_final_segment, question_ids, split_document
 from ..data.tokenstream import TokenStream
 
 
@@ -33,19 +35,32 @@ def document_rest(state: MemoryState, tokenizer) -> list[int]:
     return list(state.tail_tokens) + TokenStream(tokenizer, carry).peek_rest()
 
 
-@torch.inference_mode()
-def prepare_memory(model: LoadedModel, state: MemoryState, question: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """Memory after everything but the final segment, and the final segment's prompt tokens."""
-    cell, S = model.cell, model.segment_size
-    memory = state.memory.to(device=cell.memory.device, dtype=cell.dtype).unsqueeze(0)
-    whole, tail = split_document(document_rest(state, model.tokenizer), S)
-    try:
-        final = build_final_segment(tail, question, [], S)
-    except ValueError as e:
-        raise UsageError(f"question too long: {e}") from None
-    for segment in whole + ([final.flush] if final.flush else []):
-        memory = cell.write_segment(memory, torch.tensor([segment], device=memory.device))
-    return memory, final.input_ids
+class _DocumentEnd:
+    """The memory after the document's rest, written once and shared by every question asked of it: after the
+    whole segments, and (built when a question first needs it) after the unfinished tail too."""
+
+    def __init__(self, model: LoadedModel, state: MemoryState):
+        self.model = model
+        cell = model.cell
+        memory = state.memory.to(device=cell.memory.device, dtype=cell.dtype).unsqueeze(0)
+        whole, self.tail = split_document(document_rest(state, model.tokenizer), model.segment_size)
+        for segment in whole:
+            memory = cell.write_segment(memory, torch.tensor([segment], device=memory.device))
+        self.memory = memory
+        self._flushed: torch.Tensor | None = None
+
+    def final(self, question: list[int]) -> tuple[torch.Tensor, FinalSegment]:
+        """The memory the question's final segment reads, and that segment."""
+        try:
+            final = build_final_segment(self.tail, question, [], self.model.segment_size)
+        except ValueError as e:
+            raise UsageError(f"question too long: {e}") from None
+        if not final.flush:
+            return self.memory, final
+        if self._flushed is None:  # the tail did not fit beside this question: it is written to memory first
+            self._flushed = self.model.cell.write_segment(self.memory, torch.tensor([final.flush],
+                                                                                   device=self.memory.device))
+        return self._flushed, final
 
 
 @torch.inference_mode()
@@ -54,50 +69,96 @@ def generate(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]],
              generator: torch.Generator | None = None) -> list[tuple[list[int], float]]:
     """Answer tokens (without the end token) and their log-probability, for a batch of final segments.
 
-    Each row reads its memory and its prompt; a row stops at the end token, after `max_new_tokens` tokens, or
-    when its final segment would outgrow a segment's positions. Rows are right-padded: a shorter prompt does not
-    move the memory or the others' positions.
+    Row r reads memory[r] and prompts[r]; it stops at the end token, after `max_new_tokens` tokens, or when its
+    final segment would outgrow a segment's positions. Rows with prompts of one length run as one batch, so no
+    row is padded and every row sees the positions it would see alone (and in training).
     """
-    S, eos = model.segment_size, model.tokenizer.eos_token_id
-    pad = model.tokenizer.pad_token_id
-    rows = [list(p) for p in prompts]
-    out: list[list[int]] = [[] for _ in rows]
-    logprobs = [0.0] * len(rows)
-    live = list(range(len(rows)))
-    device = memory.device
-    while live:
-        width = max(len(rows[r]) for r in live)
-        ids = torch.full((len(live), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(live), width), dtype=torch.long)
-        for i, r in enumerate(live):
-            ids[i, : len(rows[r])] = torch.tensor(rows[r])
-            mask[i, : len(rows[r])] = 1
-        logits = model.cell.read_segment(memory[live], ids.to(device), mask.to(device) if len(live) > 1 else None)
-        last = torch.tensor([len(rows[r]) - 1 for r in live], device=device)
-        step_logits = logits[torch.arange(len(live), device=device), last].float()
-        still = []
-        for i, r in enumerate(live):
-            token = _choose(step_logits[i], temperature, top_p, generator)
-            logprobs[r] += float(torch.log_softmax(step_logits[i], -1)[token])
+    results: list[tuple[list[int], float] | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for r, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(r)
+    for length, rows in by_length.items():
+        room = min(max_new_tokens, model.segment_size - length)
+        answers = _generate_rows(model, memory[rows], [prompts[r] for r in rows], room, temperature, top_p,
+                                 generator)
+        for r, answer in zip(rows, answers):
+            results[r] = answer
+    return results
+
+
+def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperature, top_p, generator):
+    """One `generate()` call over rows whose prompts have the same length."""
+    from transformers import LogitsProcessorList
+
+    cell, tokenizer = model.cell, model.tokenizer
+    eos = tokenizer.eos_token_id
+    ids = torch.tensor(prompts, device=memory.device)
+    inputs_embeds = torch.cat([memory.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
+    processors = LogitsProcessorList([_Choose(temperature, top_p, generator)]) if temperature > 0 else None
+    out = cell.model.generate(
+        inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
+                                                               device=memory.device),
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, logits_processor=processors,
+        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        output_logits=True, return_dict_in_generate=True,
+        # generation_config.json may carry sampling or length settings of its own: only these apply
+        generation_config=_plain_generation_config(cell.model),
+    )
+    answers = []
+    for row in range(len(prompts)):
+        tokens, logprob = [], 0.0
+        for step, token in enumerate(out.sequences[row, -len(out.logits):].tolist()):
+            logprob += float(torch.log_softmax(out.logits[step][row].float(), -1)[token])
             if token == eos:
-                continue
-            out[r].append(token)
-            rows[r].append(token)
-            if len(out[r]) < max_new_tokens and len(rows[r]) < S:
-                still.append(r)
-        live = still
-    return list(zip(out, logprobs))
+                break
+            tokens.append(token)
+        answers.append((tokens, logprob))
+    return answers
 
 
-@torch.inference_mode()
+def _plain_generation_config(hf_model):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=getattr(hf_model.config, "bos_token_id", None))
+
+
+class _Choose:
+    """A logits processor that picks each row's next token with `_choose` (rmt's sampling: temperature, top-p, its
+    own generator) and leaves generate()'s greedy step only that token to take."""
+
+    def __init__(self, temperature: float, top_p: float, generator):
+        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+
+    def __call__(self, input_ids, scores):
+        chosen = torch.full_like(scores, -float("inf"))
+        for row in range(scores.shape[0]):
+            chosen[row, _choose(scores[row].float(), self.temperature, self.top_p, self.generator)] = 0.0
+        return chosen
+
+
+def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Answer]:
+    """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order)."""
+    for question in questions:
+        if not question.strip():
+            raise UsageError("empty question")
+    with torch.inference_mode():
+        end = _DocumentEnd(model, state)
+        finals = [end.final(question_ids(model.tokenizer, q)) for q in questions]
+        if temperature > 0:  # one question after another, so a question's sample does not depend on the others
+            generated = [generate(model, memory, [final.input_ids], max_new_tokens, temperature, top_p,
+                                  generator)[0] for memory, final in finals]
+        else:
+            memory = torch.cat([memory for memory, _ in finals])
+            generated = generate(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
+    return [Answer(q, answer_text(model.tokenizer, tokens), logprob, len(tokens))
+            for q, (tokens, logprob) in zip(questions, generated)]
+
+
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,
         top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
-    if not question.strip():
-        raise UsageError("empty question")
-    q = question_ids(model.tokenizer, question)
-    memory, prompt = prepare_memory(model, state, q)
-    [(generated, logprob)] = generate(model, memory, [prompt], max_new_tokens, temperature, top_p, generator)
-    return Answer(question, answer_text(model.tokenizer, generated), logprob, len(generated))
+    [answer] = ask_many(model, state, [question], max_new_tokens, temperature, top_p, generator)
+    return answer
 
 
 def answer_text(tokenizer, tokens: list[int]) -> str:
