@@ -94,8 +94,10 @@ def command(func):
             _quiet_libraries()
             return func(*args, **kwargs)
         except RMTError as e:
-            for line in str(e).splitlines() or [type(e).__name__]:
-                _say("error", line)
+            # Under torchrun every process checks the same input: one of them says what was wrong with it.
+            if not (isinstance(e, UsageError) and os.environ.get("RANK", "0") != "0"):
+                for line in str(e).splitlines() or [type(e).__name__]:
+                    _say("error", line)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -244,12 +246,12 @@ def _dtype(name: str):
     return DTYPES[key]
 
 
-def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None):
+def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None, device=None):
     from .storage.assets import DEFAULT_MODEL_DIR, resolve_model_path
     from .storage.checkpoint import load_checkpoint
 
     path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
-    return load_checkpoint(path, dtype=dtype, device=_device())
+    return load_checkpoint(path, dtype=dtype, device=device or _device())
 
 
 def _device() -> str:
@@ -288,9 +290,23 @@ def ingest(
 ):
     """Stream a book, a codebase or stdin through a trained RMT and save its final memory to a file."""
     from .commands.ingest import ingest as run_ingest, plan_jobs
+    from .distributed import launched_processes
     from .storage.memfile import load_memory
 
     jobs = plan_jobs(list(paths or []), output, append, manifest)
+    processes = None
+    if launched_processes() > 1:
+        if trace is not None:
+            raise UsageError("--trace: one process writes one trace; run it without torchrun")
+        from .commands.ingest import check_job, check_plan
+        from .distributed import Processes
+
+        # Every process checks the whole plan, so a bad line stops them all alike (none waits for the others).
+        check_plan(jobs)
+        for job in jobs:
+            check_job(job)
+        processes = Processes()
+        quiet = quiet or not processes.is_main
     if append is not None:
         kept = load_memory(append).dtype
         if dtype is not None and DTYPE_CHOICES.get(dtype.lower()) != kept:
@@ -307,7 +323,7 @@ def ingest(
         if any(trace in (Path(os.path.realpath(j.output)), *(Path(os.path.realpath(p)) for p in j.paths if p != "-"))
                for j in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
-    loaded = _load_model(model, torch_dtype)
+    loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 
     started = time.perf_counter()
@@ -326,8 +342,15 @@ def ingest(
                     entry["gate_max"] = round(t.gate_max, 6)
                 trace_file.write(json.dumps(entry) + "\n")
 
-        results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record), quiet,
-                                 len(jobs))
+        if processes is None:
+            results = _with_progress(lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record), quiet,
+                                     len(jobs))
+        else:
+            results = _sharded_ingest(jobs, processes, lambda some: _with_progress(
+                lambda cb: run_ingest(some, loaded, batch_size, force, cb), quiet, len(some)))
+            if not processes.is_main:  # the main process reports for all
+                failed = [r for r in results if r.error]
+                raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
     elapsed = time.perf_counter() - started
     failures = [r for r in results if r.error]
     for r in results:
@@ -343,13 +366,24 @@ def ingest(
         done = [r for r in results if not r.error]
         tokens = sum(r.tokens for r in done)
         _say("done", f"{len(done)} of {len(results)} documents, {tokens:,} tokens in {elapsed:.1f} s "
-             f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s together)")
+             f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s together"
+             f"{f', {processes.world} processes' if processes else ''})")
     if json_out:
         summaries = [r.summary() for r in results]
         _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
     if failures:
         # 2 when every failure was bad input, else 1 (a runtime failure)
         raise typer.Exit(2 if all(r.exit_code == 2 for r in failures) else 1)
+
+
+def _sharded_ingest(jobs, processes, run_some):
+    """This process's share of the jobs (`shard_jobs`), then every process's results in the jobs' order."""
+    from .commands.ingest import shard_jobs
+
+    mine = shard_jobs(jobs, processes.rank, processes.world)
+    done = run_some([jobs[i] for i in mine])
+    gathered = processes.gather(list(zip(mine, done)))
+    return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
 
 
 def _with_progress(run, quiet: bool, documents: int):

@@ -263,6 +263,12 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
                                 f"{record.size_when_opened:,} when it was opened")
 
 
+def shard_jobs(jobs: list[IngestJob], rank: int, world: int) -> list[int]:
+    """Which jobs process `rank` of `world` ingests: every world-th, so each process gets a share of long and
+    short documents alike. Each job is one document and one memory file, so the shards never share a file."""
+    return list(range(rank, len(jobs), world))
+
+
 def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append: str | os.PathLike | None = None,
               manifest: str | os.PathLike | None = None) -> list[IngestJob]:
     """The documents of one `rmt ingest` call and where each memory goes:

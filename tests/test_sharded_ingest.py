@@ -1,0 +1,74 @@
+"""`rmt ingest --manifest` under torchrun: the documents are shared out between processes, and every memory file
+is the one a single process writes (bit for bit, at batch size 1; batching documents side by side changes float
+rounding only, as tests/test_ingest_ask.py checks)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rmt_cli.commands.ingest import ingest, manifest_jobs, shard_jobs
+
+TEXT = "Mary moved to the bathroom. The old man saw a red boat near the river. Daniel went to the kitchen. "
+
+
+def _torchrun(args, cwd, processes=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", "0", "-m", "rmt_cli.cli", "ingest", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _tensors(path):
+    with safe_open(str(path), "pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, {k: v for k, v in f.metadata().items()
+                                                                 if k != "created"}
+
+
+def test_every_process_gets_a_share_and_no_job_twice():
+    for world in (1, 2, 3, 8):
+        shares = [shard_jobs(list(range(7)), rank, world) for rank in range(world)]
+        assert sorted(i for share in shares for i in share) == list(range(7))
+
+
+def test_torchrun_ingest_writes_what_one_process_writes(tmp_path, checkpoint):
+    lines = []
+    for i in range(5):
+        (tmp_path / f"d{i}.txt").write_text(TEXT * (3 + 4 * i))
+        lines.append(f"d{i}.txt\tsharded/d{i}.st")
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "jobs.tsv").write_text("\n".join(lines) + "\n")
+    r = _torchrun(["--manifest", "jobs.tsv", "--model", checkpoint, "--batch-size", "1", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    summaries = json.loads(r.stdout)  # one JSON list, from the main process only, in the manifest's order
+    assert [s["output"] for s in summaries] == [f"sharded/d{i}.st" for i in range(5)]
+
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single.tsv").write_text("\n".join(lines).replace("sharded/", "single/") + "\n")
+    from rmt_cli.storage.checkpoint import load_checkpoint
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ingest(manifest_jobs("single.tsv"), load_checkpoint(checkpoint), batch_size=1)
+    finally:
+        os.chdir(cwd)
+    for i in range(5):
+        sharded, sharded_meta = _tensors(tmp_path / "sharded" / f"d{i}.st")
+        single, single_meta = _tensors(tmp_path / "single" / f"d{i}.st")
+        assert sharded_meta == single_meta
+        assert sharded.keys() == single.keys()
+        assert all(torch.equal(sharded[k], single[k]) for k in single)
+
+
+def test_a_bad_manifest_line_stops_every_process_with_one_error_line(tmp_path, checkpoint):
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "jobs.tsv").write_text("a.txt\ta.st\nmissing.txt\tb.st\n")
+    r = _torchrun(["--manifest", "jobs.tsv", "--model", checkpoint], tmp_path)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1 and "missing.txt" in errors[0], r.stderr
+    assert not (tmp_path / "a.st").exists()
