@@ -26,6 +26,7 @@ every family the README lists that the cell's logits are the model's own.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -281,12 +282,19 @@ class RecurrentMemoryModel(nn.Module):
         loss_sum = initial.new_zeros((), dtype=torch.float32)
         loss_tokens = 0
         gate_sum, gate_count = initial.new_zeros((), dtype=torch.float32), 0
+        cut = None if self.bptt_depth is None else len(batch.steps) - self.bptt_depth - 1
+        supervised_gates = self.cell.gate is not None and bool(self.gate_supervision)
         for index, step in enumerate(batch.steps):
             rows = step.active.nonzero().squeeze(-1)
             want_logits = step.labels is not None
-            new_memory, logits, gate = self._segment(
-                memory.index_select(0, rows), step.input_ids[rows], step.attention_mask[rows], True, want_logits
-            )
+            # A segment at or before the cut with no loss of its own would only build a graph that the cut
+            # throws away: it runs without one, so truncated BPTT bounds memory and backward time alike.
+            local_loss = want_logits or (supervised_gates and step.has_fact is not None)
+            beyond_reach = cut is not None and index <= cut and not local_loss
+            with torch.no_grad() if beyond_reach else contextlib.nullcontext():
+                new_memory, logits, gate = self._segment(
+                    memory.index_select(0, rows), step.input_ids[rows], step.attention_mask[rows], True, want_logits
+                )
             if want_logits:
                 s, n = _shifted_loss_sum(logits, step.labels[rows])
                 loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
@@ -294,7 +302,7 @@ class RecurrentMemoryModel(nn.Module):
                 gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows], self.gate_supervision_open)
                 gate_count += len(rows)
             memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
-            if self.bptt_depth is not None and index == len(batch.steps) - self.bptt_depth - 1:
+            if index == cut:
                 # Gradients flow back through at most `bptt_depth` write segments of each row. Every row's last
                 # write is the last step (collate right-aligns them), so one cut here bounds every row and the
                 # graph before it is dropped; rows that have not started yet keep their initial memory's graph.
