@@ -5,8 +5,9 @@ Each family is a tiny model built from its transformers config (tests/conftest.p
 GPT-2 and OPT (learned positions; OPT's are offset by 2), Llama, Qwen2, Mistral and Phi-3 (rotary), Gemma-2
 (embeddings scaled by sqrt(hidden), alternating sliding and full attention, attention and final-logit
 soft-capping). The matrix checks the core of the RMT on each: the cell's logits are the model's own, batched
-equals streamed, positions restart every segment, padding changes nothing, gradients cross segments, under both
-update rules, and a checkpoint loads back to the same outputs.
+equals streamed, positions restart every segment, padding changes nothing, gradients cross segments, under every
+update rule (associative: its matrices hooked into each family's decoder layers), and a checkpoint loads back to
+the same outputs.
 """
 
 import pytest
@@ -25,6 +26,7 @@ from rmt_cli.core.segments import DocumentSample, collate
 
 M = 3
 ATOL = 1e-5
+KEY_SIZE = 4  # the associative rule's keys: 24 features, so the tiny matrices stay small
 # The seven families, and OPT as opt-350m is built: embeddings (16) narrower than the model (32), projected in and
 # out, and the layer norm after each block.
 VARIANTS = {name: (name, {}) for name in FAMILIES}
@@ -44,11 +46,16 @@ def build(make_model, family):
 
 
 def _cell(model, update="replace", num_mem_tokens=M, gate_floor=0.0):
-    cell = MemoryCell(model, num_mem_tokens, update, gate_floor)
+    cell = MemoryCell(model, num_mem_tokens, update, gate_floor, associative_key_size=KEY_SIZE)
     if cell.gate is not None:  # a gate that depends on what was written, as after training (a fresh one does not)
         with torch.no_grad():
             cell.gate.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
             cell.gate.bias.fill_(0.0)
+    if cell.associative is not None:  # values that write something, as after training (fresh ones write nothing)
+        with torch.no_grad():
+            for layer in cell.associative.layers:
+                layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+                layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
     return cell
 
 
@@ -101,7 +108,7 @@ def _documents():
     return [DocumentSample(w, f, labels, write_labels=w) for w, (f, labels) in zip(writes, finals)]
 
 
-@pytest.mark.parametrize("update", ["replace", "gated"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative"])
 def test_batched_recurrence_equals_streaming(build, update):
     """RecurrentMemoryModel on a batch gives each document the memory and logits of streaming it alone through
     initial_memory / write_segment / read_segment (the ingest and ask path)."""
@@ -157,9 +164,10 @@ def test_positions_restart_every_segment(build):
 # --- padding -----------------------------------------------------------------------------------------------------
 
 
-def test_padded_short_document_equals_it_alone(build):
+@pytest.mark.parametrize("update", ["replace", "associative"])
+def test_padded_short_document_equals_it_alone(build, update):
     """Left-padded writes and right-padded finals: the short document's memory and logits are its own."""
-    cell = _cell(build()).eval()
+    cell = _cell(build(), update).eval()
     short, long = seq(20, 5), seq(60, 11)
     step = _write_batch(short, long).steps[0]
     assert step.attention_mask[0].tolist() == [0] * 6 + [1] * 5
@@ -182,10 +190,10 @@ def test_padded_short_document_equals_it_alone(build):
 # --- gradients -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update", ["replace", "gated"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative"])
 def test_gradients_reach_the_memory_and_the_model_through_segments(build, update):
     """The answer's loss back-propagates through two write segments into the first one's tokens, the learned
-    initial memory, the gate and every layer of the model."""
+    initial memory, the gate, the associative projections and every layer of the model."""
     # Untied embeddings: with tied ones the LM head sends gradient to every embedding row.
     cell = _cell(build(tie_word_embeddings=False), update)
     rmt = RecurrentMemoryModel(cell, segment_size=8).train()
@@ -199,6 +207,9 @@ def test_gradients_reach_the_memory_and_the_model_through_segments(build, update
     assert cell.memory.grad is not None and cell.memory.grad.abs().sum() > 0
     if update == "gated":
         assert cell.gate.weight.grad.abs().sum() > 0
+    if update == "associative":  # the keys, values and write strengths only through the earlier segments' writes
+        for name, param in cell.associative.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
     for name, param in cell.model.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
@@ -209,10 +220,12 @@ def test_gradients_reach_the_memory_and_the_model_through_segments(build, update
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-def test_checkpoint_loads_back_to_the_same_outputs(build, tokenizer, tmp_path):
-    cell = _cell(build(), "gated", gate_floor=0.001).eval()
-    save_checkpoint(tmp_path / "ckpt", cell, tokenizer, MemorySpec(num_mem_tokens=M, segment_size=24, update="gated",
-                                                                    gate_floor=0.001), "test")
+@pytest.mark.parametrize("update", ["gated", "associative"])
+def test_checkpoint_loads_back_to_the_same_outputs(build, tokenizer, tmp_path, update):
+    cell = _cell(build(), update, gate_floor=0.001).eval()
+    save_checkpoint(tmp_path / "ckpt", cell, tokenizer, MemorySpec(num_mem_tokens=M, segment_size=24, update=update,
+                                                                    gate_floor=0.001, associative_key_size=KEY_SIZE),
+                    "test")
     loaded = load_checkpoint(tmp_path / "ckpt").cell
     tokens = ids(*seq(20, 10))
     with torch.no_grad():

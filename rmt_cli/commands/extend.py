@@ -15,7 +15,7 @@ from ..errors import UsageError
 from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
 
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
-          ("memory", "gate_floor")]
+          ("memory", "gate_floor"), ("memory", "associative_key_size")]
 
 
 def _get(data: dict, path: tuple):

@@ -112,6 +112,7 @@ class _Reader:
             model_hint=str(model.path), tokens=tokens, segments=self.segments,
             carry_text=self.document_tokens.stream.carry, pending_bytes=self.document_tokens.utf8.pending,
             sources=self.sources + records, sources_omitted=self.sources_omitted,
+            associative_shape=model.cell.associative_shape,
         )
 
 

@@ -221,7 +221,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     else:
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model, data.corpus(recipe.tokenizer.training_texts))
         base_model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
-        cell = MemoryCell(base_model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor)
+        cell = MemoryCell(base_model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor,
+                          recipe.memory.associative_key_size)
     data.bind(tokenizer)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
                                recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,

@@ -12,6 +12,9 @@ How the written memory becomes the next segment's memory is the update rule:
 - `gated`: each memory slot has a learned gate g = sigmoid(w . written + b), started mostly shut, and the new
   memory is old + g * (written - old). A gate under `gate_floor` is exactly 0, so a segment that writes nothing
   (noise) passes the memory through bit for bit: a million tokens of noise cannot wear a fact away.
+- `associative` (ARMT): the memory vectors are replaced as in `replace`, and besides them every decoder layer
+  has an associative matrix that the write-memory tokens write with a delta rule and every token reads
+  (`associative.py`). The matrices travel as further rows of the memory tensor, after the m memory vectors.
 
 `RecurrentMemoryModel` runs a batch of documents segment after segment, carries the memory, applies truncated
 back-propagation through time and computes the loss. Ingestion and asking use the cell's streaming calls
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +40,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UsageError, shown
+from .associative import KEY_SIZE, AssociativeMemory
 
 IGNORE_INDEX = -100
 
 
-UPDATE_RULES = ("replace", "gated")
+UPDATE_RULES = ("replace", "gated", "associative")
 GATE_INIT_BIAS = -3.0  # sigmoid(-3) ~ 0.05: a fresh gate mostly keeps the old memory
 
 # Config settings with which a family's own forward changes the logits after (or the hidden states just before)
@@ -93,10 +98,13 @@ def _neutral(value) -> bool:
 class MemoryCell(nn.Module):
     """A causal LM with `num_mem_tokens` memory vectors read at the start and written at the end of a segment."""
 
-    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0):
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0,
+                 associative_key_size: int = KEY_SIZE):
         super().__init__()
         if update not in UPDATE_RULES:
             raise ValueError(f"unknown memory update rule {update!r}; known: {', '.join(UPDATE_RULES)}")
+        if update == "associative" and num_mem_tokens < 1:
+            raise UsageError("the associative update rule needs memory tokens to write with: num_mem_tokens >= 1")
         self.model = model
         self.num_mem_tokens = num_mem_tokens
         self.update = update
@@ -114,6 +122,9 @@ class MemoryCell(nn.Module):
                 self.gate.bias.fill_(GATE_INIT_BIAS)
         else:
             self.gate = None
+        # The associative rule: per-layer matrices, read and written through hooks on the decoder layers.
+        self.associative = (AssociativeMemory(decoder_layers(model), _layer_width(model), embeddings.embedding_dim,
+                                              associative_key_size) if update == "associative" else None)
         # Start the memory at the scale of the token embeddings so the first segments are not swamped.
         scale = _embedding_scale(embeddings)
         generator = torch.Generator().manual_seed(0)
@@ -129,9 +140,18 @@ class MemoryCell(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def associative_shape(self) -> tuple[int, int, int] | None:
+        """(layers, features, hidden) of the associative matrices after the memory vectors; None without them."""
+        return None if self.associative is None else self.associative.shape
+
     def initial_memory(self, batch_size: int) -> torch.Tensor:
-        """The learned memory every document starts from, shaped [batch, m, hidden]."""
-        return self.memory.to(self.dtype).unsqueeze(0).expand(batch_size, -1, -1)
+        """The learned memory every document starts from, shaped [batch, m, hidden] (the associative rule: then
+        empty associative matrices, [batch, m + associative rows, hidden])."""
+        memory = self.memory.to(self.dtype).unsqueeze(0).expand(batch_size, -1, -1)
+        if self.associative is None:
+            return memory
+        return torch.cat([memory, self.associative.empty_state(batch_size, memory.dtype)], dim=1)
 
     def _hidden_states(self, memory, input_ids, attention_mask, write: bool) -> torch.Tensor:
         batch, length = input_ids.shape
@@ -175,11 +195,22 @@ class MemoryCell(nn.Module):
         logits[:, i] predicts input_ids[:, i + 1], as in any causal LM. The gate (per slot, before the floor) is
         there for the gated update rule only.
         """
-        hidden = self._hidden_states(memory, input_ids, attention_mask, write)
         m, length = self.num_mem_tokens, input_ids.shape[1]
-        new_memory, gate = self.update_memory(memory, hidden[:, m + length :]) if write else (None, None)
+        vectors, associations = memory[:, :m], memory[:, m:]  # associations: empty but for the associative rule
+        with self._associating(associations, m if write else 0) as associating:
+            hidden = self._hidden_states(vectors, input_ids, attention_mask, write)
+        new_memory, gate = self.update_memory(vectors, hidden[:, m + length :]) if write else (None, None)
+        if write and associating is not None:
+            new_memory = torch.cat([new_memory, self.associative.write(associating).to(new_memory.dtype)], dim=1)
         token_logits = self.logits(hidden[:, m : m + length]) if logits else None
         return new_memory, token_logits, gate
+
+    def _associating(self, associations: torch.Tensor, write_slots: int):
+        """Inside, the decoder layers read the associative matrices (and record the write memory's outputs);
+        yields the pass for AssociativeMemory.write. Without the associative rule: nothing, and yields None."""
+        if self.associative is None:
+            return nullcontext()
+        return self.associative.reading(associations, write_slots)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on hidden states, and the family's final soft-capping where it has one (Gemma-2)."""
@@ -195,6 +226,29 @@ class MemoryCell(nn.Module):
     def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
         """Logits for a final segment (no memory is written)."""
         return self.forward_segment(memory, input_ids, attention_mask, write=False, logits=True)[1]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The wrapped model's decoder layers: the first list of config.num_hidden_layers modules in its base model
+    (GPT-2's `h`, OPT's `decoder.layers`, `layers` elsewhere)."""
+    count = getattr(_text_config(model), "num_hidden_layers", None)
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and count and len(module) == count:
+            return module
+    raise UnsupportedModelError(f"{getattr(model.config, 'model_type', type(model).__name__)}: the associative update "
+                                f"rule cannot find the model's decoder layers (a list of num_hidden_layers={count} "
+                                f"modules in its base model)")
+
+
+def _layer_width(model: nn.Module) -> int:
+    """The width of the hidden states between decoder layers (wider than the embeddings in OPT-350m)."""
+    return _text_config(model).hidden_size
+
+
+def _text_config(model: nn.Module):
+    """The settings of the language model (a model with text and vision nests them)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _embedding_scale(embeddings: nn.Module) -> float:

@@ -56,7 +56,8 @@ class LoadedModel:
 
 
 def memory_tensors(cell: MemoryCell) -> dict[str, torch.Tensor]:
-    """What the cell adds to the wrapped model: the initial memory and, for the gated rule, the gate."""
+    """What the cell adds to the wrapped model: the initial memory and, for the gated rule, the gate (for the
+    associative rule, its projections)."""
     return {name: t.detach().cpu().contiguous() for name, t in cell.state_dict().items()
             if not name.startswith("model.")}
 
@@ -326,7 +327,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
         raise UsageError(f"{_where(path)}: {RMT_JSON}: {e}") from None
     model = _load_model(path, config)
     tokenizer = _load_tokenizer(path, model)
-    cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor)
+    cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor, memory.associative_key_size)
     _load_memory(path, cell, memory)
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)

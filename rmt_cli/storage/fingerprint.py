@@ -28,5 +28,7 @@ def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
     settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
     if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
         settings.update(update=memory.update, gate_floor=memory.gate_floor)
+    if memory.update == "associative":
+        settings.update(associative_key_size=memory.associative_key_size)
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:32]

@@ -3,6 +3,8 @@
 Tensors
     memory        [num_mem_tokens, hidden]  the memory written after the last whole segment
     tail_tokens   [k] int64, k < segment_size  tokens of the unfinished last segment
+    associative_matrices  [layers, features, layer hidden]  (the associative update rule only, with the next)
+    associative_norms     [layers, features]  the per-layer matrices and normalisers after the last whole segment
 Metadata (safetensors string map)
     rmt_format            "1"
     rmt_version           the rmt that wrote it
@@ -20,10 +22,12 @@ reading everything in one pass. Files are written to a temporary name and rename
 (`atomic.atomic_path`).
 
 A memory file is untrusted input. `load_memory` reads only a regular file of at most MAX_FILE_BYTES and checks
-every tensor (no others; memory float32, bfloat16 or float16 with values within float16's range; tail_tokens
-int64 or int32, non-negative) and every metadata field (type, range, the MAX_* caps below) before anything uses
-them. `check_compatible` then checks the file against the model (memory shape, segment size, token ids within the
-vocabulary), even with --force. Every failure is one line naming the file and the field (UsageError, exit 2).
+every tensor (no others; memory float32, bfloat16 or float16 with values within float16's range, and so the
+associative tensors, both or neither, in the memory's dtype and of agreeing shapes; tail_tokens int64 or int32,
+non-negative) and every metadata field (type, range, the MAX_* caps below) before anything uses them.
+`check_compatible` then checks the file against the model (memory and associative shapes, segment size, token ids
+within the vocabulary), even with --force. Every failure is one line naming the file and the field (UsageError,
+exit 2).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from safetensors.torch import load as load_safetensors, save_file
 from .. import __version__
 from ..atomic import atomic_path, output_target
 from ..errors import RMTError, UsageError, error_line, shown
+from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
 
 if TYPE_CHECKING:  # checkpoint imports this module
@@ -55,6 +60,7 @@ FORMAT = "1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKEN_DTYPES = (torch.int64, torch.int32)
 TENSORS = ("memory", "tail_tokens")
+ASSOCIATIVE_TENSORS = ("associative_matrices", "associative_norms")  # the associative rule's, both or neither
 REQUIRED_METADATA = ("fingerprint", "dtype", "segment_size", "num_mem_tokens", "tokens", "segments")
 # What a memory file may hold. The writer stays well inside these caps; the reader refuses anything beyond them.
 MAX_FILE_BYTES = 256 * 1024 * 1024  # memory is num_mem_tokens x hidden floats: a few MiB even for large models
@@ -96,6 +102,9 @@ class MemoryState:
     sources_omitted: int = 0
     created: str = ""
     rmt_version: str = __version__
+    # The associative rule: `memory` holds, after its num_mem_tokens vectors, the per-layer matrices of this
+    # (layers, features, hidden) shape as the cell lays them out (core.associative.join_state); None without.
+    associative_shape: tuple[int, int, int] | None = None
 
     def metadata(self) -> dict[str, str]:
         meta = {
@@ -142,8 +151,14 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
             f"{shown(model.path)} in {dtype_name(model.cell.dtype)}); use the model that made it, or --force"
         )
     if state.memory.shape[-1] != model.cell.hidden_size or state.num_mem_tokens != model.memory_settings.num_mem_tokens:
-        raise UsageError(f"{where}: memory of shape {tuple(state.memory.shape)} cannot be used with this model "
-                         f"({model.memory_settings.num_mem_tokens} x {model.cell.hidden_size}), even with --force")
+        raise UsageError(f"{where}: memory of shape {(state.num_mem_tokens, state.memory.shape[-1])} cannot be used "
+                         f"with this model ({model.memory_settings.num_mem_tokens} x {model.cell.hidden_size}), even "
+                         f"with --force")
+    if state.associative_shape != model.cell.associative_shape:
+        held, wanted = (" x ".join(map(str, shape)) if shape else "none"
+                        for shape in (state.associative_shape, model.cell.associative_shape))
+        raise UsageError(f"{where}: associative matrices (layers x features x hidden) {held}; this model's: {wanted} "
+                         f"(memory update rule {model.memory_settings.update}), even with --force")
     if state.segment_size != model.segment_size:
         raise UsageError(f"{where}: made for segments of {state.segment_size} tokens; this model reads "
                          f"{model.segment_size}, even with --force")
@@ -159,10 +174,13 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
     path = Path(path)
     output_target(path)  # a regular file or a new path; a link: the file it names
-    tensors = {
-        "memory": state.memory.detach().to("cpu").contiguous(),
-        "tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64),
-    }
+    memory = state.memory.detach().to("cpu")
+    tensors = {"tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64)}
+    if state.associative_shape is not None:  # the matrices as tensors of their own, the vectors as any memory
+        matrices, norms = split_state(memory[state.num_mem_tokens :], *state.associative_shape)
+        tensors.update(associative_matrices=matrices.contiguous(), associative_norms=norms.contiguous())
+        memory = memory[: state.num_mem_tokens]
+    tensors["memory"] = memory.contiguous()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -190,6 +208,7 @@ def load_memory(path: str | Path) -> MemoryState:
     if missing:
         raise UsageError(f"{where}: memory file metadata lacks {', '.join(missing)}")
     memory, tail = _checked_tensors(tensors, where)
+    associative = _checked_associative(tensors, memory, where)
 
     fingerprint, dtype = meta["fingerprint"], meta["dtype"]
     if not re.fullmatch(r"[0-9a-f]{32}", fingerprint):
@@ -221,7 +240,7 @@ def load_memory(path: str | Path) -> MemoryState:
         raise _invalid(where, "metadata tokens", f"{tokens} disagrees with {segments} segments of {segment_size} "
                        f"tokens")
     return MemoryState(
-        memory=memory,
+        memory=memory if associative is None else torch.cat([memory, join_state(*associative, memory.shape[-1])]),
         tail_tokens=tail,
         fingerprint=fingerprint,
         dtype=dtype,
@@ -236,6 +255,7 @@ def load_memory(path: str | Path) -> MemoryState:
         sources_omitted=_whole_number(where, "sources_omitted", meta.get("sources_omitted", "0"), 0, MAX_COUNT),
         created=_text(where, meta, "created", MAX_LABEL_CHARS),
         rmt_version=_text(where, meta, "rmt_version", MAX_LABEL_CHARS),
+        associative_shape=None if associative is None else tuple(associative[0].shape),
     )
 
 
@@ -288,10 +308,11 @@ def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torc
     missing = [name for name in TENSORS if name not in tensors]
     if missing:
         raise UsageError(f"{where}: memory file lacks {', '.join(missing)}")
-    extra = sorted(set(tensors) - set(TENSORS))
+    extra = sorted(set(tensors) - set(TENSORS) - set(ASSOCIATIVE_TENSORS))
     if extra:
         raise UsageError(f"{where}: unexpected tensor {_quoted(extra[0])}; a memory file holds "
-                         f"{' and '.join(TENSORS)} only")
+                         f"{' and '.join(TENSORS)} (and the associative rule's {' and '.join(ASSOCIATIVE_TENSORS)}) "
+                         f"only")
     memory, tail = tensors["memory"], tensors["tail_tokens"]
     if memory.dtype not in DTYPES.values():
         raise _invalid(where, "tensor memory", f"is {dtype_name(memory.dtype)}, not one of {', '.join(DTYPES)}")
@@ -306,6 +327,31 @@ def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torc
     if tail.numel() and int(tail.min()) < 0:
         raise _invalid(where, "tensor tail_tokens", f"holds a negative token id ({int(tail.min())})")
     return memory, tail.tolist()
+
+
+def _checked_associative(tensors: dict[str, torch.Tensor], memory: torch.Tensor,
+                         where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The associative rule's (matrices [L, F, H], normalisers [L, F]), both in the memory's dtype and value
+    range, or None for a file without them (every other rule, and files from before the rule)."""
+    present = [name for name in ASSOCIATIVE_TENSORS if name in tensors]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(name for name in ASSOCIATIVE_TENSORS if name not in tensors)
+        raise UsageError(f"{where}: memory file holds {present[0]} but lacks {missing}")
+    matrices, norms = (tensors[name] for name in ASSOCIATIVE_TENSORS)
+    for name, tensor in zip(ASSOCIATIVE_TENSORS, (matrices, norms)):
+        if tensor.dtype != memory.dtype:
+            raise _invalid(where, f"tensor {name}", f"is {dtype_name(tensor.dtype)}; the memory is "
+                           f"{dtype_name(memory.dtype)}")
+    if matrices.dim() != 3 or 0 in matrices.shape or tuple(norms.shape) != tuple(matrices.shape[:2]):
+        raise _invalid(where, "tensors associative_matrices and associative_norms", f"have shapes "
+                       f"{shown(list(matrices.shape), 80)} and {shown(list(norms.shape), 80)}; expected [layers, "
+                       f"features, hidden] and [layers, features]")
+    for name, tensor in zip(ASSOCIATIVE_TENSORS, (matrices, norms)):
+        if not (tensor.abs() <= MAX_MEMORY_VALUE).all():  # also false for NaN
+            raise _invalid(where, f"tensor {name}", f"holds NaN, infinite or values beyond ±{MAX_MEMORY_VALUE:g}")
+    return matrices, norms
 
 
 def _whole_number(where: str, key: str, value: str, low: int, high: int) -> int:

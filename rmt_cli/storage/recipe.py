@@ -56,12 +56,22 @@ class MemorySpec(Section):
     gradient_checkpointing: bool = False
     # replace: the written memory is the next one (the original RMT). gated: a learned gate per slot mixes the
     # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
-    update: Literal["replace", "gated"] = "replace"
+    # associative (ARMT): replace, plus a matrix per layer that the memory tokens write with a delta rule.
+    update: Literal["replace", "gated", "associative"] = "replace"
     gate_floor: float = Field(0.001, ge=0, lt=1)
+    # Associative rule: the size of the keys and queries before the feature map (6x as many features). The
+    # default is core.associative.KEY_SIZE, written out: recipes are read without importing torch.
+    associative_key_size: int = Field(16, ge=1, le=1024)
     # Training only: weight of a loss that shuts the gates on segments without a fact (gated rule), and whether
     # it also opens the most open slot on segments with one (off: which slots open is left to the answer loss).
     gate_supervision: float = Field(0.0, ge=0)
     gate_supervision_open: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.update == "associative" and self.num_mem_tokens < 1:
+            raise ValueError("update associative needs memory tokens to write the matrices with: num_mem_tokens >= 1")
+        return self
 
 
 class NoiseSpec(Section):
