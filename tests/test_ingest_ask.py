@@ -340,3 +340,35 @@ def test_a_bad_path_among_several_is_found_before_reading(tmp_path, checkpoint):
              "-q", "--batch-size", "1"])
     assert r.exit_code == 2 and "typo.txt: no such file" in r.stderr
     assert "done:" not in r.stderr and not (tmp_path / "out" / "a.st").exists()  # nothing read or written
+
+
+def test_a_compile_that_fails_warns_and_runs_eagerly_to_the_same_memory(tmp_path, model, monkeypatch):
+    """--compile where torch.compile cannot work (no C++ compiler, say): one warning, and the eager result."""
+    (tmp_path / "a.txt").write_text(TEXT)
+    [plain] = ingest([IngestJob([tmp_path / "a.txt"], tmp_path / "plain.st")], model, batch_size=1)
+
+    def broken(step, dynamic=None):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    warnings = []
+    ingest([IngestJob([tmp_path / "a.txt"], tmp_path / "c.st")], model, batch_size=1, compile_step=True,
+           on_warning=warnings.append)
+    assert len(warnings) == 1 and "compiling the segment step failed" in warnings[0] and "C++" in warnings[0]
+    assert torch.equal(load_memory(tmp_path / "c.st").memory, load_memory(tmp_path / "plain.st").memory)
+
+
+@pytest.mark.slow
+def test_compiled_ingest_agrees_with_eager(tmp_path, model):
+    """torch.compile of the segment step (tens of seconds to compile on a CPU): the same memory to rounding."""
+    (tmp_path / "a.txt").write_text(TEXT * 3)
+    for name in ("b.txt", "c.txt"):
+        (tmp_path / name).write_text(TEXT[: 400 + len(name) * 50])
+    jobs = lambda suffix: [IngestJob([tmp_path / n], tmp_path / f"{n}.{suffix}.st") for n in ("a.txt", "b.txt", "c.txt")]  # noqa: E731
+    ingest(jobs("eager"), model, batch_size=3)
+    ingest(jobs("compiled"), model, batch_size=3, compile_step=True)  # the batch shrinks: one graph serves all
+    for n in ("a.txt", "b.txt", "c.txt"):
+        eager, compiled = load_memory(tmp_path / f"{n}.eager.st").memory, load_memory(tmp_path / f"{n}.compiled.st").memory
+        assert torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4), n
