@@ -1,7 +1,9 @@
 """Ingest speed and memory, as ratios measured in one run.
 
 1. RMT ingest of one document vs the bare model's forward over the same segments (no memory, no LM head):
-   what the memory costs.
+   what the memory costs; and `ingest()` against the memory cell's own loop over the same segments
+   (`write_segment` on pre-tokenized segments): what reading, tokenizing and bookkeeping cost (the goal: the
+   ingest at >= 0.95x the loop's speed).
 2. Several documents ingested side by side (batched) vs one after another.
 3. Peak resident memory of `rmt ingest` on a text and on a text 4 times longer (flat memory).
 
@@ -44,9 +46,10 @@ def main() -> None:
     p.add_argument("--text", required=True)
     p.add_argument("--documents", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.model)
+    model = load_checkpoint(args.model, dtype=getattr(torch, args.dtype))
     S = model.segment_size
     text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     work = Path(tempfile.mkdtemp(prefix="rmt-bench-"))
@@ -63,6 +66,11 @@ def main() -> None:
         for seg in segments:
             model.cell.model.base_model(input_ids=torch.tensor([seg]))
         bare_seconds = time.perf_counter() - t
+        memory = model.cell.initial_memory(1)
+        t = time.perf_counter()
+        for seg in segments:
+            memory = model.cell.write_segment(memory, torch.tensor([seg]))
+        loop_seconds = time.perf_counter() - t
 
     docs = []
     for i in range(args.documents):
@@ -85,6 +93,8 @@ def main() -> None:
         "rmt_ingest_tokens_per_second": round(single.tokens / rmt_seconds),
         "bare_forward_tokens_per_second": round(len(segments) * S / bare_seconds),
         "rmt_ingest_time_over_bare_forward": round(rmt_seconds / bare_seconds, 2),
+        "cell_loop_tokens_per_second": round(len(segments) * S / loop_seconds),
+        "ingest_speed_over_cell_loop": round((single.tokens / rmt_seconds) / (len(segments) * S / loop_seconds), 3),
         "batched_documents": args.documents,
         "batched_tokens_per_second": round(batched_tokens / batched_seconds),
         "batched_speedup_over_single": round((batched_tokens / batched_seconds) / (single.tokens / rmt_seconds), 2),
