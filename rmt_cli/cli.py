@@ -159,7 +159,7 @@ def _question_lines(data: bytes, source: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"{source}: questions must be UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [q for q in text.splitlines() if q.strip()]
+    return [q for q in text.removeprefix("\ufeff").splitlines() if q.strip()]  # a BOM is no part of a question
 
 
 def _answer_line(answer: str) -> str:

@@ -269,3 +269,41 @@ def test_counts_that_disagree_are_refused(tmp_path, memfile, checkpoint, meta):
 def test_counts_as_ingest_writes_them_are_accepted(memfile):
     state = load_memory(memfile)
     assert state.segments * state.segment_size + len(state.tail_tokens) <= state.tokens <= MAX_COUNT
+
+
+# 12. the third review's "confusing but within the rules"
+
+
+def test_output_dash_is_refused_not_a_file_named_dash(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text(TEXT)
+    one_error(run(["ingest", "a.txt", "-o", "-", "--model", checkpoint, "-q"]), 2, "-o -", "standard output")
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_byte_order_mark_is_no_part_of_a_manifest_or_a_question(tmp_path, checkpoint, memfile, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "jobs.tsv").write_bytes("\ufeffa.txt\ta.st\n".encode())
+    result = run(["ingest", "--manifest", "jobs.tsv", "--model", checkpoint, "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "a.st").is_file()
+    (tmp_path / "q.txt").write_bytes("\ufeffWhere is Mary?\n".encode())
+    with_bom = run(["ask", memfile, "--file", "q.txt", "--model", checkpoint, "--json"])
+    plain = run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--json"])
+    assert with_bom.exit_code == 0 and json.loads(with_bom.stdout) == json.loads(plain.stdout)
+
+
+def test_a_codebase_link_to_a_file_outside_it_is_skipped(tmp_path, checkpoint):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("the password is swordfish")
+    code = tmp_path / "code"
+    (code / "sub").mkdir(parents=True)
+    (code / "main.py").write_text("print('hello')\n")
+    (code / "sub" / "peer.py").write_text("x = 1\n")
+    (code / "leak.txt").symlink_to(outside)
+    (code / "inside.py").symlink_to(code / "sub" / "peer.py")  # a link within the folder is part of it
+    document = open_document([str(code)])
+    names = [item.header.decode() for item in document.items]
+    assert not any("leak" in n for n in names) and any("inside.py" in n for n in names)
+    assert document.skipped == 1

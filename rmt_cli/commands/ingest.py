@@ -321,6 +321,8 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         raise UsageError("no input given: name files, folders, or - for standard input")
     if output is None or not str(output):
         raise UsageError("no output given: -o MEMORY_FILE (or -o FOLDER/ for one file per input)")
+    if str(output) == "-":  # a file named "-" is never what was meant
+        raise UsageError("-o -: a memory file is binary and goes to a file, not to standard output; name a file")
     folder = Path(output)
     if not (folder.is_dir() or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
@@ -336,7 +338,7 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
     """`input<TAB>output` lines; blank lines and lines starting with # are skipped."""
     path = Path(path)
     try:
-        text = read_small_file(path, "manifest").decode("utf-8")
+        text = read_small_file(path, "manifest").decode("utf-8").removeprefix("\ufeff")  # a BOM names no file
     except UnicodeDecodeError as e:
         raise UsageError(f"manifest {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     jobs = []

@@ -116,12 +116,22 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
     return data
 
 
+def _links_outside(path: Path, real_root: Path) -> bool:
+    """A symbolic link to a file outside the folder being read (`secrets -> /etc/...`): a codebase is what is in
+    it, so such a link is skipped like a hidden file, never read."""
+    if not path.is_symlink():
+        return False
+    target = Path(os.path.realpath(path))
+    return target != real_root and real_root not in target.parents
+
+
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     """Files of a folder in sorted order, with .gitignore honoured. Returns (items, skipped count)."""
     items: list[_Item] = []
     skipped = 0
     specs: list[tuple[Path, object]] = []
     seen_dirs: set[tuple[int, int]] = set()
+    real_root = Path(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
         here = Path(dirpath)
         st = here.stat()
@@ -157,7 +167,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
         dirnames[:] = keep_dirs
         for name in sorted(filenames):
             p = here / name
-            if name.startswith(".") or ignored(p, False):
+            if name.startswith(".") or ignored(p, False) or _links_outside(p, real_root):
                 skipped += 1
                 continue
             try:
