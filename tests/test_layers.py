@@ -7,7 +7,7 @@ from pathlib import Path
 import rmt_cli
 
 PACKAGE = Path(rmt_cli.__file__).parent
-RANK = {"errors": 0, "atomic": 0, "progress": 0, "core": 1, "data": 2, "storage": 3, "commands": 4, "cli": 5}
+RANK = {"errors": 0, "atomic": 0, "progress": 0, "distributed": 0, "core": 1, "data": 2, "storage": 3, "commands": 4, "cli": 5}
 
 
 def layer_of(module: str) -> str:
