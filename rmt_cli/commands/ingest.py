@@ -157,7 +157,6 @@ class TraceRecord:
     gate_max: float | None  # gated rule: the most open gate of the segment (before the floor)
 
 
-@torch.inference_mode()
 class _SegmentStep:
     """The cell's segment step, eager or compiled (`torch.compile`: fewer Python and dispatch costs per segment,
     at a one-off compile of tens of seconds on a CPU, so it pays on long inputs). Compiled results agree with
@@ -180,6 +179,7 @@ class _SegmentStep:
         return self.cell.forward_segment(memory, ids)
 
 
+@torch.inference_mode()
 def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force: bool = False,
            on_progress: Callable[[Progress], None] | None = None,
            on_trace: Callable[[TraceRecord], None] | None = None, compile_step: bool = False,
