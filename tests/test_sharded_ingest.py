@@ -18,8 +18,8 @@ TEXT = "Mary moved to the bathroom. The old man saw a red boat near the river. D
 
 def _torchrun(args, cwd, processes=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", "0", "-m", "rmt_cli.cli", "ingest", *map(str, args)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(processes), "-m", "rmt_cli.cli", "ingest", *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
