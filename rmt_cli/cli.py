@@ -368,6 +368,8 @@ def _with_progress(run, quiet: bool, documents: int):
 @app.command(
     epilog="Examples:\n\n"
     "  rmt ask mem.st \"Where is Daniel?\" --model runs/qa1/final\n\n"
+    "  rmt ask mem.st \"Where is Daniel?\" --json --model runs/minilm-memorize/final   # an encoder: + probability, "
+    "runner-up\n\n"
     "  rmt ask mem.st \"Where is Mary?\" \"Where is John?\" --json --model M\n\n"
     "  rmt ask mem.st --file questions.txt --model M      # one question per line\n\n"
     "  echo \"Where is Sandra?\" | rmt ask mem.st - --model M"
@@ -379,14 +381,18 @@ def ask(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
+                                       "LM's; an encoder picks one of its answers)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for sampling."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob "
+                                  "(an encoder adds the answer's probability and the runner-up with its own)."),
 ):
     """Answer questions from a memory file: answers alone on stdout, one line per question."""
+    import math
+
     import torch
 
     from .commands.ask import ask as run_ask
@@ -411,7 +417,12 @@ def ask(
     for q in asked:
         a = run_ask(loaded, state, q, max_new_tokens, temperature, top_p, generator)
         if json_out:
-            _print_json({"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)})
+            entry = {"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)}
+            if loaded.cell.kind == "encoder":  # a classifier: how sure it is, and what it would have said next
+                second = a.runner_up_logprob
+                entry.update(probability=round(math.exp(a.logprob), 4), runner_up=a.runner_up,
+                             runner_up_probability=None if second is None else round(math.exp(second), 4))
+            _print_json(entry)
         else:
             sys.stdout.write(_answer_line(a.answer) + "\n")
             sys.stdout.flush()

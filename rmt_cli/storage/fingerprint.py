@@ -1,5 +1,5 @@
 """The fingerprint of a model: what a memory file depends on, so that a memory is only read by the model that
-wrote it (weights, initial memory, tokenizer, memory settings)."""
+wrote it (weights, initial memory, tokenizer, memory settings; for an encoder, that it is one and its answers)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 
 import torch
 
-from ..core.memory import MemoryCell
+from ..core.memory import MemorySlots
 from .recipe import MemorySpec
 
 
-def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
+def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
     """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
     h = hashlib.sha256()
     state = cell.state_dict()
@@ -28,5 +28,7 @@ def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
     settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
     if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
         settings.update(update=memory.update, gate_floor=memory.gate_floor)
+    if cell.kind == "encoder":  # an encoder's memory is never read by a causal LM, nor with another answer set
+        settings.update(kind=cell.kind, answers=list(cell.answers))
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:32]
