@@ -494,7 +494,8 @@ def eval_command(
                                 "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
     samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
                                 "length (100,100,20)."),
-    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, ..."),
+    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, "
+                             "detect-and-memorize, reasoning."),
     babi: Optional[Path] = typer.Option(None, "--babi", help="Take the stories from this bAbI-format file "
                                         "instead of a generator."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "

@@ -194,7 +194,8 @@ def evaluate_length(model: LoadedModel, noise: NoiseCorpus, stories: StorySource
         docs = []
         for i in range(start, min(start + batch_size, samples)):
             story, rng = stories.story(length, i)
-            docs.append(_Document(story, SegmentStream(S, haystack_pieces(story, noise, length, rng, stories.placement))))
+            pieces = haystack_pieces(story, noise, length, rng, stories.placement)
+            docs.append(_Document(story, SegmentStream(S, pieces)))
         memory = cell.initial_memory(len(docs)).clone()
         while True:
             rows = [r for r, d in enumerate(docs) if d.tokens.fill()]  # as ingest: every whole segment
