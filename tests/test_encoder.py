@@ -361,6 +361,13 @@ def test_rmt_train_builds_a_bert_from_scratch(tmp_path):
     assert loaded.cell.model.config.max_position_embeddings == M + 64 + 3
 
 
+def test_a_run_from_a_checkpoint_of_the_other_kind_is_refused(tmp_path, encoder_checkpoint):
+    recipe = {"output_dir": str(tmp_path / "run"), "model": {"architecture": "gpt2"}, "tokenizer": {"kind": "bpe"},
+              "memory": {"num_mem_tokens": M, "segment_size": SEGMENT}, "curriculum": [{"segments": 1, "steps": 1}]}
+    with pytest.raises(UsageError, match="model.kind: the recipe says causal, the checkpoint .* holds an encoder"):
+        train(validate_recipe(recipe), init_from=encoder_checkpoint, progress=False)
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"model": {"architecture": "bert"}}, ["architecture bert", "kind: encoder"]),
     ({"model": {"architecture": "gpt2", "kind": "encoder"}}, ["architecture gpt2", "kind: causal"]),

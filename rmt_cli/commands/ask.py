@@ -33,6 +33,8 @@ class Reply:
 
 @dataclass
 class Answer(Reply):
+    """A reply to a question asked of a memory file."""
+
     question: str = ""
 
 

@@ -218,7 +218,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         source = loaded.info.get("source", source)
         if cell.kind != recipe.model.kind:
             raise UsageError(f"model.kind: the recipe says {recipe.model.kind}, the checkpoint "
-                             f"{loaded.path} holds {'an encoder' if cell.kind == 'encoder' else 'a causal LM'}")
+                             f"{shown(loaded.path)} holds {'an encoder' if cell.kind == 'encoder' else 'a causal LM'}")
         check_fits(cell.model.config, recipe.memory, cell.kind)
         cell.train()
     else:
