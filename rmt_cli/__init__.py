@@ -3,7 +3,7 @@
 The package's folders are its layers, and imports only run down them:
 
     errors, atomic, progress   the base: one-line errors, atomic writes, the progress bar
-    core/      the memory cell, its update rules and the recurrence; segments
+    core/      the memory cells (causal LM, encoder), their update rules and the recurrence; segments
     data/      stories and haystacks, the one reader of user text, streamed tokenization
     storage/   recipes, model building, checkpoint folders, fingerprints, memory files, shipped assets
     commands/  train, extend, ingest, ask, perplexity, eval (and the training samples and evaluation)
@@ -22,7 +22,8 @@ _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _EXPORTS = {
     "RMTError": "errors", "UsageError": "errors",
-    "MemoryCell": "core.memory", "RecurrentMemoryModel": "core.memory", "build_final_segment": "core.segments",
+    "MemoryCell": "core.memory", "EncoderMemoryCell": "core.encoder", "RecurrentMemoryModel": "core.memory",
+    "build_final_segment": "core.segments",
     "Recipe": "storage.recipe", "load_recipe": "storage.recipe",
     "LoadedModel": "storage.checkpoint", "load_checkpoint": "storage.checkpoint", "save_checkpoint": "storage.checkpoint",
     "default_model": "storage.assets", "MemoryState": "storage.memfile", "load_memory": "storage.memfile",

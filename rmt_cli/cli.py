@@ -412,6 +412,8 @@ ASK_BATCH = 64
 @app.command(
     epilog="Examples:\n\n"
     "  rmt ask mem.st \"Where is Daniel?\" --model runs/qa1/final\n\n"
+    "  rmt ask mem.st \"Where is Daniel?\" --json --model runs/minilm-memorize/final   # an encoder: + probability, "
+    "runner-up\n\n"
     "  rmt ask mem.st \"Where is Mary?\" \"Where is John?\" --json --model M\n\n"
     "  rmt ask mem.st --file questions.txt --model M      # one question per line\n\n"
     "  echo \"Where is Sandra?\" | rmt ask mem.st - --model M"
@@ -423,14 +425,18 @@ def ask(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
+                                       "LM's; an encoder picks one of its answers)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for sampling."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob "
+                                  "(an encoder adds the answer's probability and the runner-up with its own)."),
 ):
     """Answer questions from a memory file: answers alone on stdout, one line per question."""
+    import math
+
     import torch
 
     from .commands.ask import ask_many
@@ -458,7 +464,12 @@ def ask(
                                  generator))
     for a in answers:
         if json_out:
-            _print_json({"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)})
+            entry = {"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)}
+            if loaded.cell.kind == "encoder":  # a classifier: how sure it is, and what it would have said next
+                second = a.runner_up_logprob
+                entry.update(probability=round(math.exp(a.logprob), 4), runner_up=a.runner_up,
+                             runner_up_probability=None if second is None else round(math.exp(second), 4))
+            _print_json(entry)
         else:
             sys.stdout.write(_answer_line(a.answer) + "\n")
             sys.stdout.flush()
@@ -530,7 +541,8 @@ def eval_command(
                                 "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
     samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
                                 "length (100,100,20)."),
-    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, ..."),
+    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, "
+                             "detect-and-memorize, reasoning."),
     babi: Optional[Path] = typer.Option(None, "--babi", help="Take the stories from this bAbI-format file "
                                         "instead of a generator."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "

@@ -119,7 +119,7 @@ def test_unknown_key_without_a_close_name_lists_the_known_keys():
 
 def test_all_errors_are_reported_at_once_with_their_paths():
     data = {**MINIMAL, "batch_size": 0, "memory": {"segment_size": "big", "num_mem_tokens": -1},
-            "optim": {"lr": -1}, "curriculum": [{"segments": 1}], "model": {"architecture": "bert"},
+            "optim": {"lr": -1}, "curriculum": [{"segments": 1}], "model": {"architecture": "t5"},
             "eval": {"segments": [1, "x"]}, "tokenizr": {}}
     lines = errors_of(data)
     paths = [line.split(": ")[1] for line in lines]

@@ -10,7 +10,8 @@ from rmt_cli.errors import UsageError
 from rmt_cli.core.memory import IGNORE_INDEX
 from rmt_cli.storage.recipe import MemorySpec, NoiseSpec, TaskSpec
 from rmt_cli.data.tasks import (DIRECTIONS, DROPS, MOVES, OBJECTS, PEOPLE, PLACES, TAKES, NoiseSource, Story,
-                           build_haystack, default_placement, make_story, read_babi, rng_for, split_sentences)
+                           answer_set, build_haystack, default_placement, make_story, read_babi, rng_for,
+                           split_sentences)
 
 TASKS = ["memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4"]
 
@@ -145,13 +146,37 @@ def test_qa4_relations_answer_the_question():
     assert forms == {"of", "reverse"}
 
 
-def test_reasoning_story_combines_take_and_move():
-    for i in range(50):
+def test_reasoning_story_needs_both_relations():
+    """The seed's reasoning task: two relations about one place in opposite directions, and a question that either
+    answers, each as often; the answer follows from the relations, and from one of them alone only half the time."""
+    answered_by = set()
+    forms = set()
+    for i in range(200):
         s = story("reasoning", i)
-        person, _, obj = re.fullmatch(r"(\w+) (.+) the (\w+)\.", s.facts[0]).groups()
-        move = MOVE_RE.match(s.facts[1])
-        assert move.group(1) == person
-        assert s.question == f"Where is the {obj}?" and s.answer == move.group(3)
+        relations = [RELATION_RE.match(f).groups() for f in s.facts]  # (x, direction, y): x is direction of y
+        assert len(relations) == 2 and relations[0][2] == relations[1][2]
+        assert DIRECTIONS[relations[0][1]] == relations[1][1]  # opposite directions
+        if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", s.question):
+            d, y = m.groups()
+            matches = [x for x, dd, yy in relations if dd == d and yy == y]
+            forms.add("of")
+        else:
+            y, d = re.fullmatch(r"What is the (\w+) (\w+) of\?", s.question).groups()
+            matches = [x for x, dd, yy in relations if dd == DIRECTIONS[d] and yy == y]
+            forms.add("reverse")
+        assert matches == [s.answer], (s.facts, s.question, s.answer)
+        answered_by.add(s.facts.index(next(f for f in s.facts if f.startswith(f"The {s.answer} "))))
+    assert forms == {"of", "reverse"} and answered_by == {0, 1}  # the first fact answers some, the second others
+
+
+def test_answer_sets_are_what_a_classifier_chooses_among():
+    for task in TASKS:
+        assert set(answer_set(task)) == set(PLACES)
+        assert all(story(task, i).answer in PLACES for i in range(30))
+    babi = [Story(["x"], "q", "yes"), Story(["y"], "q", "no"), Story(["z"], "q", "yes")]
+    assert answer_set("babi", babi) == ["no", "yes"]
+    with pytest.raises(ValueError):
+        answer_set("lm")
 
 
 def test_memorize_story_is_one_move_fact():

@@ -1,14 +1,16 @@
 """`rmt ask`: answer questions from a memory file.
 
 The final segment is built by `segments.build_final_segment`, the same function training used: the memory,
-the document's unfinished tail, the question prompt; then the answer is generated until the end token, by the
-model's own `generate()` with a KV cache (each answer token costs one token's forward, not the segment's).
-The memory file is only read. Questions are independent of each other; asked together, the document's rest is
-written to memory once and questions of the same length are answered as one batch.
+the document's unfinished tail, the question prompt. Then a causal LM generates the answer until the end token,
+with its own `generate()` and a KV cache (an answer token costs one token's forward, not the segment's), and an
+encoder's classifier picks one of its answers (`respond`, the one place the two kinds part ways; `rmt eval`
+answers through it too). The memory file is only read. Questions are independent of each other; asked
+together, the document's rest is written to memory once and questions of one length are answered as a batch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +23,21 @@ from ..data.tokenstream import TokenStream
 
 
 @dataclass
-class Answer:
-    question: str
+class Reply:
+    """What a model says to one final segment."""
+
     answer: str
-    logprob: float
-    tokens: int
+    logprob: float  # of the whole answer
+    tokens: int  # generated tokens (0 for a classifier)
+    runner_up: str | None = None  # a classifier's next most likely answer, and its log-probability
+    runner_up_logprob: float | None = None
+
+
+@dataclass
+class Answer(Reply):
+    """A reply to a question asked of a memory file."""
+
+    question: str = ""
 
 
 def document_rest(state: MemoryState, tokenizer) -> list[int]:
@@ -146,13 +158,49 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
         end = _DocumentEnd(model, state)
         finals = [end.final(question_ids(model.tokenizer, q)) for q in questions]
         if temperature > 0:  # one question after another, so a question's sample does not depend on the others
-            generated = [generate(model, memory, [final.input_ids], max_new_tokens, temperature, top_p,
-                                  generator)[0] for memory, final in finals]
+            replies = [respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p, generator)[0]
+                       for memory, final in finals]
         else:
             memory = torch.cat([memory for memory, _ in finals])
-            generated = generate(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
-    return [Answer(q, answer_text(model.tokenizer, tokens), logprob, len(tokens))
-            for q, (tokens, logprob) in zip(questions, generated)]
+            replies = respond(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
+    return [Answer(**vars(reply), question=q) for q, reply in zip(questions, replies)]
+
+
+@torch.inference_mode()
+def classify(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], temperature: float = 0.0,
+             top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Reply]:
+    """An encoder's answers to a batch of final segments: its classifier's most likely answer (or one sampled at
+    `temperature`), and the most likely of the others. Rows are right-padded, as `generate`'s are."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), model.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, : len(prompt)] = 1
+    device = memory.device
+    logits = model.cell.read_segment(memory, ids.to(device), mask.to(device) if len(prompts) > 1 else None).float()
+    answers = model.cell.answers
+    replies = []
+    for row in logits:
+        logprobs = torch.log_softmax(row, -1)
+        chosen = _choose(row, temperature, top_p, generator)
+        others = logprobs.clone()
+        others[chosen] = -math.inf
+        second = int(others.argmax()) if len(answers) > 1 else None
+        replies.append(Reply(answers[chosen], float(logprobs[chosen]), 0,
+                             None if second is None else answers[second],
+                             None if second is None else float(logprobs[second])))
+    return replies
+
+
+def respond(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 16,
+            temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Reply]:
+    """What the model says to each final segment: a causal LM generates its answer, an encoder's classifier picks
+    one of its answers."""
+    if model.cell.kind == "encoder":
+        return classify(model, memory, prompts, temperature, top_p, generator)
+    generated = generate(model, memory, prompts, max_new_tokens, temperature, top_p, generator)
+    return [Reply(answer_text(model.tokenizer, tokens), logprob, len(tokens)) for tokens, logprob in generated]
 
 
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,

@@ -28,7 +28,7 @@ def evaluate(rmt: RecurrentMemoryModel, data: TaskData, lengths: list[int], samp
             for mode, reset in (("memory", False), ("reset", True)):
                 out = rmt(batch, reset_memory=reset)
                 t = totals[mode]
-                t[0] += int(answer_correct(out.final_logits, batch.final_labels).sum())
+                t[0] += int(answer_correct(out.final_logits, batch.final_labels, batch.answers).sum())
                 if out.loss is not None:
                     t[1] += float(out.loss) * out.num_loss_tokens
                     t[2] += out.num_loss_tokens

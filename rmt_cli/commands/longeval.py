@@ -5,8 +5,9 @@ any bAbI-format file) whose facts are hidden in order at random sentence boundar
 document is streamed: its noise is drawn sentence by sentence from the tokenized noise corpus and never built
 whole, so a 1M-token sample costs no more memory than a 1k one. Documents of one length run side by side, a
 segment at a time, through `MemoryCell.write_segment` (what `rmt ingest` runs); the question is put with
-`segments.build_final_segment` and answered by `ask.generate` (what `rmt ask` runs, greedy), and an answer
-counts as right when it is exactly the story's answer.
+`segments.build_final_segment` and answered by `ask.respond` (what `rmt ask` runs, greedy: a causal LM generates,
+an encoder's classifier picks), and an answer counts as right when it is exactly the story's answer. The memorize
+task puts its fact at the start of the document, as training does; the others at random points.
 
 Beside each accuracy: the same weights with the memory reset (the final segment read from the initial memory),
 and the constant guess (the most frequent answer among the samples), each with a 95% Wilson interval.
@@ -26,9 +27,9 @@ import torch
 from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
-from .ask import answer_text, generate
+from .ask import respond
 from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
-from ..data.tasks import STORY_TASKS, Story, make_story, rng_for
+from ..data.tasks import STORY_TASKS, Story, default_placement, make_story, rng_for
 
 _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 
@@ -84,9 +85,11 @@ class NoiseCorpus:
             i += 1
 
 
-def haystack_pieces(story: Story, noise: NoiseCorpus, length: int, rng: random.Random) -> Iterator[list[int]]:
+def haystack_pieces(story: Story, noise: NoiseCorpus, length: int, rng: random.Random,
+                    placement: str = "random") -> Iterator[list[int]]:
     """The document as token pieces: noise sentences with the story's facts inserted, in order, at random
-    sentence boundaries; exactly `length` tokens (more only when the facts alone need more), ending in noise.
+    sentence boundaries (`placement` "start": first); exactly `length` tokens (more only when the facts alone need
+    more), ending in noise.
 
     Streamed: the document is never held whole.
     """
@@ -95,6 +98,8 @@ def haystack_pieces(story: Story, noise: NoiseCorpus, length: int, rng: random.R
     pending = sum(len(f) for f in facts)  # fact tokens still to come
     # Each fact goes in at the first sentence boundary at or after a random point of the noise.
     points = sorted(rng.randrange(max(length - pending, 1)) for _ in facts)
+    if placement == "start":
+        points = [0] * len(facts)
     emitted, noise_used, f = 0, 0, 0
     first = True
 
@@ -162,10 +167,19 @@ class StorySource:
 
     def story(self, length: int, index: int) -> tuple[Story, random.Random]:
         rng = rng_for(self.seed, index, f"eval{length}")
+        return make_story(self.name, rng, self.min_facts, self.max_facts, self.babi), rng
+
+    @property
+    def name(self) -> str:
         task = "babi" if self.babi is not None else self.task
         if task not in STORY_TASKS:
             raise UsageError(f"--task {task!r}: choose one of {', '.join(STORY_TASKS)}")
-        return make_story(task, rng, self.min_facts, self.max_facts, self.babi), rng
+        return task
+
+    @property
+    def placement(self) -> str:
+        """Where the facts go, as training puts them: first for memorize, at random points otherwise."""
+        return default_placement(self.name)
 
 
 @torch.inference_mode()
@@ -180,7 +194,8 @@ def evaluate_length(model: LoadedModel, noise: NoiseCorpus, stories: StorySource
         docs = []
         for i in range(start, min(start + batch_size, samples)):
             story, rng = stories.story(length, i)
-            docs.append(_Document(story, SegmentStream(S, haystack_pieces(story, noise, length, rng))))
+            pieces = haystack_pieces(story, noise, length, rng, stories.placement)
+            docs.append(_Document(story, SegmentStream(S, pieces)))
         memory = cell.initial_memory(len(docs)).clone()
         while True:
             rows = [r for r, d in enumerate(docs) if d.tokens.fill()]  # as ingest: every whole segment
@@ -232,8 +247,7 @@ def _answers(model: LoadedModel, memory: torch.Tensor, finals, device) -> list[s
             mask[row, width - len(seg):] = 1
         index = torch.tensor(flushed, device=device)
         memory[index] = cell.write_segment(memory[index], ids.to(device), mask.to(device))
-    generated = generate(model, memory, [f.input_ids for f in finals], max_new_tokens=ANSWER_ROOM)
-    return [answer_text(model.tokenizer, tokens) for tokens, _ in generated]
+    return [reply.answer for reply in respond(model, memory, [f.input_ids for f in finals], max_new_tokens=ANSWER_ROOM)]
 
 
 def evaluate_lengths(model: LoadedModel, noise: NoiseCorpus, stories: StorySource, lengths: list[int],

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
-from ..errors import UsageError
+from ..errors import UsageError, shown
 from ..core.segments import SegmentStream
 from ..data.sources import open_document
 from ..data.tokenstream import DocumentTokens
@@ -86,6 +86,10 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
                max_tokens: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
+    for loaded in (model, baseline):
+        if loaded is not None and loaded.cell.kind == "encoder":
+            raise UsageError(f"{shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
+                             f"next token, so it has no perplexity; rmt perplexity needs a causal language model")
     if baseline is not None and baseline.segment_size != model.segment_size:
         raise UsageError(f"--baseline has segments of {baseline.segment_size} tokens, the model "
                          f"{model.segment_size}: compare models with the same segment size")

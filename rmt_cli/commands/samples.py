@@ -9,7 +9,8 @@ from ..errors import UsageError
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from ..data.sources import read_texts
-from ..data.tasks import NoiseSource, build_marked_haystack, default_placement, make_story, read_babi, rng_for, split_sentences
+from ..data.tasks import (NoiseSource, answer_set, build_marked_haystack, default_placement, make_story, read_babi,
+                          rng_for, split_sentences)
 
 
 def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
@@ -34,6 +35,7 @@ class TaskData:
         self.lm_texts = self._lm_texts() if task.name == "lm" else None
         self.placement = task.placement or default_placement(task.name)
         self.tokenizer = None
+        self.answers: list[str] | None = None  # a classifier's answer set (an encoder), bound with the tokenizer
 
     def _babi(self):
         try:
@@ -77,8 +79,20 @@ class TaskData:
             prompt = QUESTION_TEMPLATE.format(question=story.question)
             yield " ".join(story.facts) + " " + noise.text_sample(rng, 20) + f"{prompt} {story.answer}"
 
-    def bind(self, tokenizer) -> "TaskData":
+    def answer_set(self) -> list[str]:
+        """Every answer this task's stories can have: a new encoder's classifier is built over them."""
+        return answer_set(self.task.name, self.babi)
+
+    def bind(self, tokenizer, answers: list[str] | None = None) -> "TaskData":
+        """`answers`: an encoder's answer set; samples then carry the answer's index instead of its tokens."""
+        if answers is not None:
+            unknown = [a for a in self.answer_set() if a not in answers]
+            if unknown:
+                raise UsageError(f"task {self.task.name}: answers {', '.join(repr(a) for a in unknown[:5])} are not "
+                                 f"among the {len(answers)} the encoder's classifier knows "
+                                 f"({', '.join(answers[:8])}{', ...' if len(answers) > 8 else ''})")
         self.tokenizer = tokenizer
+        self.answers = answers
         self.noise = NoiseSource(tokenizer, self.noise_sentences) if self.task.noise.kind != "none" else None
         if self.lm_texts is not None:
             self.lm_ids = [t for text in self.lm_texts for t in tokenizer.encode(text, add_special_tokens=False)]
@@ -102,10 +116,12 @@ class TaskData:
         else:
             ids, marks = build_marked_haystack(story, self.noise, target, rng, self.placement)
         try:
+            question = question_ids(self.tokenizer, story.question)
+            if self.answers is not None:  # a classifier: the tail and the question, and the answer's label
+                return qa_sample(ids, question, [], S, marks, answer_index=self.answers.index(story.answer))
             more = [(question_ids(self.tokenizer, q), answer_ids(self.tokenizer, a))
                     for q, a in story.more[: self.task.questions - 1]] if training else []
-            return qa_sample(ids, question_ids(self.tokenizer, story.question),
-                             answer_ids(self.tokenizer, story.answer), S, marks, more)
+            return qa_sample(ids, question, answer_ids(self.tokenizer, story.answer), S, marks, more)
         except ValueError as e:  # the question or answer does not fit a segment of this size
             raise UsageError(f"memory.segment_size: {e} (question {story.question!r})") from None
 

@@ -26,8 +26,8 @@ from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, UsageError, shown
 from .evaluate import evaluate
-from ..core.memory import MemoryCell, RecurrentMemoryModel, answer_correct
-from ..storage.modeling import build_model, build_tokenizer, check_fits
+from ..core.memory import RecurrentMemoryModel, answer_correct
+from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
 from ..progress import ProgressBar
 from ..storage.recipe import Recipe, Stage, dump_recipe
 from ..core.segments import collate
@@ -216,14 +216,17 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         loaded = load_checkpoint(resume_from or init_from)
         cell, tokenizer = loaded.cell, loaded.tokenizer
         source = loaded.info.get("source", source)
-        check_fits(cell.model.config, recipe.memory)
+        if cell.kind != recipe.model.kind:
+            raise UsageError(f"model.kind: the recipe says {recipe.model.kind}, the checkpoint "
+                             f"{shown(loaded.path)} holds {'an encoder' if cell.kind == 'encoder' else 'a causal LM'}")
+        check_fits(cell.model.config, recipe.memory, cell.kind)
         cell.train()
     else:
         tokenizer = build_tokenizer(recipe.tokenizer, recipe.model, data.corpus(recipe.tokenizer.training_texts))
         base_model = build_model(recipe.model, recipe.memory, tokenizer, recipe.seed)
-        cell = MemoryCell(base_model, recipe.memory.num_mem_tokens, recipe.memory.update, recipe.memory.gate_floor,
-                          recipe.memory.associative_key_size)
-    data.bind(tokenizer)
+        cell = make_cell(base_model, tokenizer, recipe.memory,
+                         data.answer_set() if recipe.model.kind == "encoder" else None)
+    data.bind(tokenizer, cell.answers if cell.kind == "encoder" else None)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
                                recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,
                                recipe.memory.gate_supervision_open)
@@ -295,7 +298,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             accuracy = None  # language modelling has no answers to be right about
             if recipe.task.name != "lm":
                 with torch.no_grad():
-                    accuracy = float(answer_correct(out.final_logits, batch.final_labels).float().mean())
+                    accuracy = float(answer_correct(out.final_logits, batch.final_labels, batch.answers).float().mean())
             tokens_seen += batch.num_tokens * world
             speed = tokens_seen / max(time.perf_counter() - t0, 1e-9)
             loss = float(out.loss.detach())

@@ -16,9 +16,13 @@ How the written memory becomes the next segment's memory is the update rule:
   has an associative matrix that the write-memory tokens write with a delta rule and every token reads
   (`associative.py`). The matrices travel as further rows of the memory tensor, after the m memory vectors.
 
+`MemorySlots` holds what every cell has (the initial memory, the update rule, the streaming calls);
+`encoder.EncoderMemoryCell` is the other kind, for BERT-style encoders with a classifier over a task's answers.
+
 `RecurrentMemoryModel` runs a batch of documents segment after segment, carries the memory, applies truncated
-back-propagation through time and computes the loss. Ingestion and asking use the cell's streaming calls
-(`initial_memory`, `write_segment`, `read_segment`) directly, so all three paths run the same code.
+back-propagation through time and computes the loss (of answer tokens, or of a classifier's answer when the batch
+holds `answers`). Ingestion and asking use the cell's streaming calls (`initial_memory`, `write_segment`,
+`read_segment`) directly, so all three paths run the same code.
 
 The cell runs the model's base (`model.base_model`) and its output embeddings itself, so whatever a family's own
 forward does to the logits after the output embeddings has to be done here too, or the family refused:
@@ -95,8 +99,13 @@ def _neutral(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and float(value) == 1.0)
 
 
-class MemoryCell(nn.Module):
-    """A causal LM with `num_mem_tokens` memory vectors read at the start and written at the end of a segment."""
+class MemorySlots(nn.Module):
+    """What every memory cell has, whatever model it wraps: the learned initial memory, the update rule (and its
+    gate), and the streaming calls ingest, ask and eval use. A cell of a kind says how a segment is laid out around
+    the memory (`forward_segment`) and what its final segment predicts: `MemoryCell` (a causal LM: next tokens) and
+    `encoder.EncoderMemoryCell` (a BERT-style encoder: one of a task's answers)."""
+
+    kind = ""  # "causal" or "encoder": what a checkpoint records and the fingerprint marks
 
     def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0,
                  associative_key_size: int = KEY_SIZE):
@@ -109,13 +118,11 @@ class MemoryCell(nn.Module):
         self.num_mem_tokens = num_mem_tokens
         self.update = update
         self.gate_floor = gate_floor
-        config = getattr(model, "config", None)
-        if model.get_output_embeddings() is None:
-            raise UnsupportedModelError(f"{getattr(config, 'model_type', type(model).__name__)}: the model has no "
-                                        f"output embeddings (an LM head); rmt's memory cell needs a causal LM")
-        self.logit_softcap = None if config is None else final_logit_softcap(config)
-        embeddings = model.get_input_embeddings()
-        if update == "gated":
+
+    def _init_memory(self) -> None:
+        """The gate (gated rule) and the initial memory, at the scale of the token embeddings."""
+        embeddings = self.model.get_input_embeddings()
+        if self.update == "gated":
             self.gate = nn.Linear(embeddings.embedding_dim, 1)
             with torch.no_grad():
                 self.gate.weight.zero_()
@@ -129,8 +136,13 @@ class MemoryCell(nn.Module):
         scale = _embedding_scale(embeddings)
         generator = torch.Generator().manual_seed(0)
         self.memory = nn.Parameter(
-            torch.randn(num_mem_tokens, embeddings.embedding_dim, generator=generator) * scale
+            torch.randn(self.num_mem_tokens, embeddings.embedding_dim, generator=generator) * scale
         )
+
+    @staticmethod
+    def positions_needed(num_mem_tokens: int, segment_size: int) -> int:
+        """The model positions one segment takes with its memory."""
+        raise NotImplementedError
 
     @property
     def hidden_size(self) -> int:
@@ -153,6 +165,51 @@ class MemoryCell(nn.Module):
             return memory
         return torch.cat([memory, self.associative.empty_state(batch_size, memory.dtype)], dim=1)
 
+    def gate_probabilities(self, written: torch.Tensor) -> torch.Tensor:
+        """Per slot, how much of the written memory replaces the old one, before the floor: [batch, m] float32."""
+        return torch.sigmoid(self.gate(written).float().squeeze(-1))
+
+    def update_memory(self, old: torch.Tensor, written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next memory from the old and the written one; also the gate probabilities (None for replace)."""
+        if self.gate is None:
+            return written, None
+        gate = self.gate_probabilities(written)
+        # Under the floor a slot keeps its old memory bit for bit.
+        shut = (gate < self.gate_floor).unsqueeze(-1)
+        mixed = old + gate.to(old.dtype).unsqueeze(-1) * (written.to(old.dtype) - old)
+        return torch.where(shut, old, mixed), gate
+
+    def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
+        """Run one segment. Returns (new memory or None, the final segment's predictions or None, gate or None)."""
+        raise NotImplementedError
+
+    def write_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
+        """Read a segment and return the next memory (no head is run)."""
+        return self.forward_segment(memory, input_ids, attention_mask, write=True)[0]
+
+    def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
+        """The predictions for a final segment (no memory is written)."""
+        return self.forward_segment(memory, input_ids, attention_mask, write=False, logits=True)[1]
+
+
+class MemoryCell(MemorySlots):
+    """A causal LM with `num_mem_tokens` memory vectors read at the start and written at the end of a segment."""
+
+    kind = "causal"
+
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0):
+        super().__init__(model, num_mem_tokens, update, gate_floor)
+        config = getattr(model, "config", None)
+        if model.get_output_embeddings() is None:
+            raise UnsupportedModelError(f"{getattr(config, 'model_type', type(model).__name__)}: the model has no "
+                                        f"output embeddings (an LM head); rmt's memory cell needs a causal LM")
+        self.logit_softcap = None if config is None else final_logit_softcap(config)
+        self._init_memory()
+
+    @staticmethod
+    def positions_needed(num_mem_tokens: int, segment_size: int) -> int:
+        return 2 * num_mem_tokens + segment_size  # [read memory] [segment] [write memory]
+
     def _hidden_states(self, memory, input_ids, attention_mask, write: bool) -> torch.Tensor:
         batch, length = input_ids.shape
         m = self.num_mem_tokens
@@ -174,20 +231,6 @@ class MemoryCell(nn.Module):
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
                                     use_cache=False)  # each segment is one pass: a KV cache is pure overhead
         return out.last_hidden_state
-
-    def gate_probabilities(self, written: torch.Tensor) -> torch.Tensor:
-        """Per slot, how much of the written memory replaces the old one, before the floor: [batch, m] float32."""
-        return torch.sigmoid(self.gate(written).float().squeeze(-1))
-
-    def update_memory(self, old: torch.Tensor, written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next memory from the old and the written one; also the gate probabilities (None for replace)."""
-        if self.gate is None:
-            return written, None
-        gate = self.gate_probabilities(written)
-        # Under the floor a slot keeps its old memory bit for bit.
-        shut = (gate < self.gate_floor).unsqueeze(-1)
-        mixed = old + gate.to(old.dtype).unsqueeze(-1) * (written.to(old.dtype) - old)
-        return torch.where(shut, old, mixed), gate
 
     def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
         """Run one segment. Returns (new memory or None, logits over the segment's tokens or None, gate or None).
@@ -218,14 +261,6 @@ class MemoryCell(nn.Module):
         if self.logit_softcap is not None:
             out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
         return out
-
-    def write_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
-        """Read a segment and return the next memory (no LM head is run)."""
-        return self.forward_segment(memory, input_ids, attention_mask, write=True)[0]
-
-    def read_segment(self, memory, input_ids, attention_mask=None) -> torch.Tensor:
-        """Logits for a final segment (no memory is written)."""
-        return self.forward_segment(memory, input_ids, attention_mask, write=False, logits=True)[1]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -285,13 +320,16 @@ class SegmentBatch:
     final_mask: torch.Tensor
     final_labels: torch.Tensor
     writes_per_row: torch.Tensor  # [B] number of write steps each row takes part in
+    # A classifier's labels (the encoder cell): per row, the index of the right answer in the cell's answer set.
+    # None for a causal LM, whose answer tokens are in final_labels.
+    answers: torch.Tensor | None = None
 
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         steps = [WriteStep(move(s.input_ids), move(s.attention_mask), move(s.active), move(s.labels), move(s.has_fact))
                  for s in self.steps]
         return SegmentBatch(steps, move(self.final_ids), move(self.final_mask), move(self.final_labels),
-                            move(self.writes_per_row))
+                            move(self.writes_per_row), move(self.answers))
 
     @property
     def num_tokens(self) -> int:
@@ -365,7 +403,7 @@ class RecurrentMemoryModel(nn.Module):
             if reset_memory:
                 memory = initial
         _, final_logits, _ = self._segment(memory, batch.final_ids, batch.final_mask, False, True)
-        s, n = _shifted_loss_sum(final_logits, batch.final_labels)
+        s, n = _answer_loss_sum(final_logits, batch)
         loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
         loss = loss_sum / max(loss_tokens, 1) if loss_tokens else None
         gate_loss = gate_sum / gate_count if gate_count else None
@@ -383,6 +421,13 @@ def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor, open_on_facts: bo
     return torch.where(has_fact, opened, shut).sum()
 
 
+def _answer_loss_sum(final_logits: torch.Tensor, batch: SegmentBatch) -> tuple[torch.Tensor, int]:
+    """The final segment's loss sum and count: a classifier's (one answer per row), or the answer tokens'."""
+    if batch.answers is not None:
+        return F.cross_entropy(final_logits.float(), batch.answers, reduction="sum"), len(batch.answers)
+    return _shifted_loss_sum(final_logits, batch.final_labels)
+
+
 def _shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies where logits[:, i] predicts labels[:, i + 1]."""
     targets = labels[:, 1:]
@@ -394,8 +439,12 @@ def _shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return loss, count
 
 
-def answer_correct(final_logits: torch.Tensor, final_labels: torch.Tensor) -> torch.Tensor:
-    """Per row: every answer token is the argmax (what greedy decoding would produce)."""
+def answer_correct(final_logits: torch.Tensor, final_labels: torch.Tensor,
+                   answers: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row: every answer token is the argmax (what greedy decoding would produce); for a classifier (`answers`,
+    SegmentBatch.answers), its most likely answer is the right one."""
+    if answers is not None:
+        return final_logits.argmax(-1) == answers
     predictions = final_logits[:, :-1].argmax(-1)
     targets = final_labels[:, 1:]
     scored = targets != IGNORE_INDEX

@@ -114,14 +114,17 @@ class DocumentSample:
     final_labels: list[int]
     write_labels: list[list[int]] | None = None  # language modelling: targets inside write segments too
     write_has_fact: list[bool] | None = None  # per write segment: holds a fact token (gate supervision)
+    answer: int | None = None  # a classifier's label (the encoder cell): the answer's index in its answer set
 
 
 def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segment_size: int,
               fact_marks: list[bool] | None = None,
-              more: list[tuple[list[int], list[int]]] = ()) -> DocumentSample:
+              more: list[tuple[list[int], list[int]]] = (), answer_index: int | None = None) -> DocumentSample:
     """`fact_marks`, one per document token, says which tokens belong to facts (known when the task made the
     document); the sample then records which write segments hold a fact. `more`: further (question, answer)
-    token pairs asked after the first answer, as many as fit the segment (training only: `ask` asks one)."""
+    token pairs asked after the first answer, as many as fit the segment (training only: `ask` asks one).
+    `answer_index`: for a classifier (the encoder cell), the answer's label; `answer` is then empty, and the
+    final segment is the tail and the question, exactly as `ask` builds it."""
     segments, tail = split_document(doc_ids, segment_size)
     final = build_final_segment(tail, question, answer, segment_size)
     for q, a in more:
@@ -134,7 +137,7 @@ def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segmen
     if fact_marks is not None:
         mark_segments, mark_tail = split_document(fact_marks, segment_size)
         has_fact = [any(m) for m in mark_segments] + ([any(mark_tail)] if final.flush else [])
-    return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact)
+    return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact, answer=answer_index)
 
 
 def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
@@ -180,4 +183,7 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
         final_mask[row, :n] = 1
         final_labels[row, :n] = torch.tensor(s.final_labels, dtype=torch.long)
     writes = torch.tensor([len(s.writes) for s in samples], dtype=torch.long)
-    return SegmentBatch(steps, final_ids, final_mask, final_labels, writes)
+    answers = None
+    if all(s.answer is not None for s in samples):
+        answers = torch.tensor([s.answer for s in samples], dtype=torch.long)
+    return SegmentBatch(steps, final_ids, final_mask, final_labels, writes, answers)

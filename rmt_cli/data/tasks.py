@@ -120,10 +120,20 @@ def qa3_story(rng: random.Random, min_facts: int = 4, max_facts: int = 12) -> St
 
 
 def reasoning_story(rng: random.Random) -> Story:
-    """The seed's reasoning variant: two facts that must be combined."""
-    person, obj, place = rng.choice(PEOPLE), rng.choice(OBJECTS), rng.choice(PLACES)
-    facts = [f"{person} {rng.choice(TAKES)} the {obj}.", _move(person, place, rng)]
-    return Story(facts, f"Where is the {obj}?", place)
+    """The seed's reasoning task: two relations about one place in opposite directions ("The hallway is east of
+    the bathroom. The bedroom is west of the bathroom."), in random order, and a question either may answer
+    ("What is the bathroom east of?" - bedroom). The facts name the same place and the same pair of directions,
+    so a question is answered by telling them apart: a memory that kept one fact is right only when the question
+    happens to be about it."""
+    a, b, c = rng.sample(PLACES, 3)
+    d = rng.choice(list(DIRECTIONS))
+    back = DIRECTIONS[d]
+    facts = [f"The {a} is {d} of the {b}.", f"The {c} is {back} of the {b}."]
+    rng.shuffle(facts)
+    # "the b is back of X" means X is d of the b: a; "the b is d of X" means X is back of the b: c.
+    question, answer = rng.choice([(f"What is {d} of the {b}?", a), (f"What is {back} of the {b}?", c),
+                                   (f"What is the {b} {back} of?", a), (f"What is the {b} {d} of?", c)])
+    return Story(facts, question, answer)
 
 
 def qa4_story(rng: random.Random) -> Story:
@@ -310,3 +320,13 @@ def make_story(task: str, rng: random.Random, min_facts: int, max_facts: int, ba
 
 def default_placement(task: str) -> str:
     return "start" if task == "memorize" else "random"
+
+
+def answer_set(task: str, babi: list[Story] | None = None) -> list[str]:
+    """Every answer a task's stories can have, in a fixed order: what a classifier (the encoder cell) chooses
+    among. The generators' stories answer with a place; a bAbI file's with whatever its answers are."""
+    if task == "babi":
+        return sorted({story.answer for story in babi or []})
+    if task in STORY_TASKS:
+        return list(PLACES)
+    raise ValueError(f"task {task!r} has no answer set to classify into")

@@ -2,8 +2,9 @@
 
     config.json, model.safetensors    the wrapped model, as `save_pretrained` writes it
     tokenizer.json, ...               its tokenizer
-    memory.safetensors                the learned initial memory
-    rmt.json                          memory settings, where the model came from, fingerprint
+    memory.safetensors                the learned initial memory (and the gate; an encoder's classifier head)
+    rmt.json                          memory settings, where the model came from, fingerprint; for an encoder
+                                      "kind": "encoder" and its classifier's "answers"
     recipe.yaml                       the resolved recipe of the run that made it
     training_state.json               (training checkpoints) step, stage, RNG states
     optimizer.safetensors             (training checkpoints) optimizer tensors; hyper-parameters in the JSON
@@ -20,17 +21,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..atomic import atomic_folder
 from ..errors import UsageError, error_line, shown
-from ..core.memory import MemoryCell
-from .modeling import check_fits, load_tokenizer
+from ..core.memory import MemorySlots
+from .modeling import check_fits, load_tokenizer, make_cell, model_class
 from .recipe import MemorySpec, format_errors
 from .fingerprint import fingerprint
 from .training_state import optimizer_tensors
@@ -44,7 +46,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LoadedModel:
-    cell: MemoryCell
+    cell: MemorySlots  # a causal LM's MemoryCell, or an EncoderMemoryCell (cell.kind says which)
     tokenizer: object
     memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
@@ -55,14 +57,20 @@ class LoadedModel:
         return self.memory_settings.segment_size
 
 
-def memory_tensors(cell: MemoryCell) -> dict[str, torch.Tensor]:
-    """What the cell adds to the wrapped model: the initial memory and, for the gated rule, the gate (for the
-    associative rule, its projections)."""
+def memory_tensors(cell: MemorySlots) -> dict[str, torch.Tensor]:
+    """What the cell adds to the wrapped model: the initial memory; for the gated rule, the gate; for the
+    associative rule, its projections; for an encoder, its classifier head."""
     return {name: t.detach().cpu().contiguous() for name, t in cell.state_dict().items()
             if not name.startswith("model.")}
 
 
-def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: MemorySpec, source: str,
+def cell_info(cell: MemorySlots) -> dict:
+    """What rmt.json says about the cell's kind: nothing for a causal LM (as before encoders), else the kind and the
+    classifier's answers, in the order of its logits."""
+    return {"kind": cell.kind, "answers": list(cell.answers)} if cell.kind == "encoder" else {}
+
+
+def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
                     recipe_yaml: str | None = None, training_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
     final = Path(path)
@@ -76,6 +84,7 @@ def save_checkpoint(path: str | Path, cell: MemoryCell, tokenizer, memory: Memor
             "memory": memory.model_dump(),
             "source": source,
             "fingerprint": fingerprint(cell, tokenizer, memory),
+            **cell_info(cell),
             **(extra or {}),
         }
         (tmp / RMT_JSON).write_text(json.dumps(info, indent=2) + "\n")
@@ -103,6 +112,10 @@ PROBLEMS_SHOWN = 5  # a one-line error names this many problems and counts the r
 STORED_MEMORY_KEYS = ("num_mem_tokens", "segment_size")
 
 
+MAX_ANSWERS = 10_000  # a classifier over more answers than this is a crafted file, not a task
+MAX_ANSWER_CHARS = 200
+
+
 class CheckpointInfo(BaseModel):
     """rmt.json as read back, in the JSON types rmt writes (validated strictly). Other keys are kept."""
 
@@ -112,6 +125,19 @@ class CheckpointInfo(BaseModel):
     source: str | None = None
     fingerprint: str | None = None
     rmt_version: str | None = None
+    kind: Literal["causal", "encoder"] = "causal"  # absent in checkpoints from before encoders: causal
+    answers: list[Annotated[str, Field(min_length=1, max_length=MAX_ANSWER_CHARS)]] | None = \
+        Field(None, min_length=1, max_length=MAX_ANSWERS)
+
+    @model_validator(mode="after")
+    def _answers_match_kind(self):
+        if self.kind == "encoder" and self.answers is None:
+            raise ValueError("answers: missing (an encoder's classifier needs its answer set)")
+        if self.kind == "causal" and self.answers is not None:
+            raise ValueError("answers: only an encoder has a classifier (kind is causal)")
+        if self.answers is not None and len(set(self.answers)) != len(self.answers):
+            raise ValueError("answers: an answer is listed twice")
+        return self
 
 
 def _where(path: Path) -> str:
@@ -221,11 +247,10 @@ def _stored_sizes(path: Path) -> tuple[int, int]:
     return len(shapes), sum(math.prod(shape) for shape in shapes)
 
 
-def _load_model(path: Path, config):
+def _load_model(path: Path, config, kind: str):
     """The wrapped model with every weight from model.safetensors, in the shapes config.json gives: transformers
     would re-initialise missing or mismatched weights, and skip unexpected ones, with a warning at most."""
-    from transformers import AutoModelForCausalLM
-
+    auto = model_class(kind)  # a causal LM with its head, or an encoder
     where = _where(path)
     tensors, stored = _stored_sizes(path)
     # Even a weightless (meta) model is built layer by layer and expert by expert, each with at least one tensor in
@@ -237,7 +262,7 @@ def _load_model(path: Path, config):
                              f"{tensors} tensors")
     try:
         with torch.device("meta"):  # counts the weights without allocating them
-            needed = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+            needed = sum(p.numel() for p in auto.from_config(config).parameters())
     except Exception as e:
         raise _cannot_build(path, e) from None
     # Loading allocates (and initialises) whatever the file lacks, however large: refuse a config describing far
@@ -246,7 +271,7 @@ def _load_model(path: Path, config):
         raise UsageError(f"{where}: {CONFIG_FILE} describes a model of {needed:,} weights; {MODEL_FILE} holds "
                          f"{stored:,}")
     try:
-        model, report = AutoModelForCausalLM.from_pretrained(
+        model, report = auto.from_pretrained(
             path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
             output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:
@@ -265,14 +290,14 @@ def _load_model(path: Path, config):
     return model
 
 
-def _load_tokenizer(path: Path, model):
+def _load_tokenizer(path: Path, model, encoder: bool):
     """The folder's own tokenizer, with ids that the model's embedding can look up."""
     where = _where(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         # transformers would build a tokenizer with an empty vocabulary, which reads any text as nothing.
         raise UsageError(f"{where}: no tokenizer (expected tokenizer.json, or the tokenizer.model, vocab.json and "
                          f"merges.txt, or vocab.txt of a slow tokenizer)")
-    tokenizer = load_tokenizer(str(path), trust_remote_code=False)
+    tokenizer = load_tokenizer(str(path), trust_remote_code=False, encoder=encoder)
     ids = tokenizer.get_vocab().values()
     if len(ids) < MIN_VOCAB:
         raise UsageError(f"{where}: the tokenizer has {len(ids)} entries; a real one has at least {MIN_VOCAB}")
@@ -283,15 +308,16 @@ def _load_tokenizer(path: Path, model):
     return tokenizer
 
 
-def _load_memory(path: Path, cell: MemoryCell, memory: MemorySpec) -> None:
-    """The learned initial memory (and gate) from memory.safetensors, each tensor present and of its shape."""
+def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec) -> None:
+    """The learned initial memory (and gate, and an encoder's head) from memory.safetensors, each tensor present
+    and of its shape."""
     where = _where(path)
     try:
         saved = load_file(str(path / MEMORY_FILE))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise _unreadable(path, MEMORY_FILE, e) from None
     expected = memory_tensors(cell)
-    rule = f"memory update rule {memory.update!r}"
+    rule = f"memory update rule {memory.update!r}" + (" of an encoder" if cell.kind == "encoder" else "")
     missing = sorted(set(expected) - set(saved))
     if missing:
         raise UsageError(f"{where}: {MEMORY_FILE} lacks {', '.join(missing)} ({rule})")
@@ -321,13 +347,14 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     memory = MemorySpec(**info["memory"])
     refuse_remote_code(path)
     config = _read_config(path)
+    kind = info.get("kind", "causal")
     try:
-        check_fits(config, memory)
+        check_fits(config, memory, kind)
     except UsageError as e:
         raise UsageError(f"{_where(path)}: {RMT_JSON}: {e}") from None
-    model = _load_model(path, config)
-    tokenizer = _load_tokenizer(path, model)
-    cell = MemoryCell(model, memory.num_mem_tokens, memory.update, memory.gate_floor, memory.associative_key_size)
+    model = _load_model(path, config, kind)
+    tokenizer = _load_tokenizer(path, model, kind == "encoder")
+    cell = make_cell(model, tokenizer, memory, info.get("answers") if kind == "encoder" else None)
     _load_memory(path, cell, memory)
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)

@@ -1,5 +1,5 @@
 """The fingerprint of a model: what a memory file depends on, so that a memory is only read by the model that
-wrote it (weights, initial memory, tokenizer, memory settings)."""
+wrote it (weights, initial memory, tokenizer, memory settings; for an encoder, that it is one and its answers)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 
 import torch
 
-from ..core.memory import MemoryCell
+from ..core.memory import MemorySlots
 from .recipe import MemorySpec
 
 
-def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
+def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
     """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
     h = hashlib.sha256()
     state = cell.state_dict()
@@ -30,5 +30,7 @@ def fingerprint(cell: MemoryCell, tokenizer, memory: MemorySpec) -> str:
         settings.update(update=memory.update, gate_floor=memory.gate_floor)
     if memory.update == "associative":
         settings.update(associative_key_size=memory.associative_key_size)
+    if cell.kind == "encoder":  # an encoder's memory is never read by a causal LM, nor with another answer set
+        settings.update(kind=cell.kind, answers=list(cell.answers))
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:32]

