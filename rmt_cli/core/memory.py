@@ -33,7 +33,6 @@ every family the README lists that the cell's logits are the model's own.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -118,6 +117,7 @@ class MemorySlots(nn.Module):
         self.num_mem_tokens = num_mem_tokens
         self.update = update
         self.gate_floor = gate_floor
+        self.associative_key_size = associative_key_size
 
     def _init_memory(self) -> None:
         """The gate (gated rule) and the initial memory, at the scale of the token embeddings."""
@@ -130,8 +130,9 @@ class MemorySlots(nn.Module):
         else:
             self.gate = None
         # The associative rule: per-layer matrices, read and written through hooks on the decoder layers.
-        self.associative = (AssociativeMemory(decoder_layers(model), _layer_width(model), embeddings.embedding_dim,
-                                              associative_key_size) if update == "associative" else None)
+        self.associative = (AssociativeMemory(decoder_layers(self.model), _layer_width(self.model),
+                                              embeddings.embedding_dim, self.associative_key_size)
+                            if self.update == "associative" else None)
         # Start the memory at the scale of the token embeddings so the first segments are not swamped.
         scale = _embedding_scale(embeddings)
         generator = torch.Generator().manual_seed(0)
@@ -197,8 +198,9 @@ class MemoryCell(MemorySlots):
 
     kind = "causal"
 
-    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0):
-        super().__init__(model, num_mem_tokens, update, gate_floor)
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0,
+                 associative_key_size: int = KEY_SIZE):
+        super().__init__(model, num_mem_tokens, update, gate_floor, associative_key_size)
         config = getattr(model, "config", None)
         if model.get_output_embeddings() is None:
             raise UnsupportedModelError(f"{getattr(config, 'model_type', type(model).__name__)}: the model has no "
@@ -383,7 +385,7 @@ class RecurrentMemoryModel(nn.Module):
             # throws away: it runs without one, so truncated BPTT bounds memory and backward time alike.
             local_loss = want_logits or (supervised_gates and step.has_fact is not None)
             beyond_reach = cut is not None and index <= cut and not local_loss
-            with torch.no_grad() if beyond_reach else contextlib.nullcontext():
+            with torch.no_grad() if beyond_reach else nullcontext():
                 new_memory, logits, gate = self._segment(
                     memory.index_select(0, rows), step.input_ids[rows], step.attention_mask[rows], True, want_logits
                 )
