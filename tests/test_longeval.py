@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory, tokenizer, make_model):
 def test_parse_lengths():
     assert parse_lengths("1k,16k, 128k,1M,500") == [1_000, 16_000, 128_000, 1_000_000, 500]
     assert parse_lengths("1.5k") == [1500]
-    for bad in ("", "k", "1x", "-3", "0"):
+    for bad in ("", "k", "1x", "-3", "0", "\u0663k", "\uff11k"):  # Arabic-Indic and full-width digits
         with pytest.raises(UsageError):
             parse_lengths(bad)
 

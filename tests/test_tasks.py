@@ -448,3 +448,18 @@ def test_noise_and_lm_text_from_a_local_datasets_folder(tmp_path, tokenizer):
     with pytest.raises(UsageError, match="no field"):
         TaskData(TaskSpec(name="lm", lm_dataset=DatasetSpec(name=str(folder), text_field="body")),
                  MemorySpec(segment_size=8), 0)
+
+
+@pytest.mark.parametrize("line", ["2 Where is Mary?\t\t1", "2 \tbathroom\t1", "2 Where is Mary?\t   \t1"])
+def test_read_babi_rejects_a_question_without_an_answer_or_a_question(tmp_path, line):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"1 Mary moved to the bathroom.\n{line}\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: a question line"):
+        read_babi(bad)
+
+
+def test_read_babi_ids_are_ascii_numbers(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\u0661 Mary moved to the bathroom.\n")  # an Arabic-Indic one
+    with pytest.raises(ValueError, match=r"bad.txt:1"):
+        read_babi(bad)

@@ -31,7 +31,7 @@ from .ask import respond
 from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
 from ..data.tasks import STORY_TASKS, Story, default_placement, make_story, rng_for
 
-_LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+_LENGTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*$", re.ASCII)  # ASCII digits only: "٣k" is no length
 
 
 def parse_lengths(text: str) -> list[int]:

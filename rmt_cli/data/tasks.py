@@ -167,13 +167,16 @@ def read_babi(path: str | Path, split: str = "all") -> list[Story]:
         if not raw.strip():
             continue
         head, _, rest = raw.partition(" ")
-        if not head.isdigit():
+        if not (head.isascii() and head.isdigit()):
             raise ValueError(f"{path}:{line_no}: a bAbI line starts with a number, got {raw[:40]!r}")
         if head == "1":
             context = []
             story_number += 1
         if "\t" in rest:
             parts = rest.split("\t")
+            if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
+                raise ValueError(f"{path}:{line_no}: a question line is ID question<TAB>answer<TAB>ids, with a "
+                                 f"question and an answer; got {raw[:60]!r}")
             in_valid = story_number % VALID_EVERY == VALID_EVERY - 1
             if split == "all" or (split == "valid") == in_valid:
                 stories.append(Story(list(context), parts[0].strip(), parts[1].strip()))
