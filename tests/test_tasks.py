@@ -463,3 +463,18 @@ def test_read_babi_ids_are_ascii_numbers(tmp_path):
     bad.write_text("\u0661 Mary moved to the bathroom.\n")  # an Arabic-Indic one
     with pytest.raises(ValueError, match=r"bad.txt:1"):
         read_babi(bad)
+
+
+def test_read_babi_refuses_an_endless_or_huge_file(tmp_path, monkeypatch):
+    """/dev/zero (or a wrong path to a huge file) is refused at the cap, not read until memory runs out."""
+    from rmt_cli.data import tasks
+
+    from rmt_cli.errors import UsageError
+
+    monkeypatch.setattr(tasks, "BABI_MAX_BYTES", 1024)
+    big = tmp_path / "big.txt"
+    big.write_text("1 Mary moved to the bathroom.\n" * 100)
+    with pytest.raises(UsageError, match="larger than"):
+        read_babi(big)
+    with pytest.raises(UsageError, match="larger than"):
+        read_babi("/dev/zero")

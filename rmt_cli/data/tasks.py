@@ -152,6 +152,9 @@ BABI_SPLITS = ("all", "train", "valid")
 VALID_EVERY = 10  # every 10th story of a bAbI file is the validation split
 
 
+BABI_MAX_BYTES = 64 << 20
+
+
 def read_babi(path: str | Path, split: str = "all") -> list[Story]:
     """Stories from a bAbI-format file: `ID text` lines; `ID question<TAB>answer<TAB>ids`; IDs restart per story.
 
@@ -163,7 +166,11 @@ def read_babi(path: str | Path, split: str = "all") -> list[Story]:
     stories: list[Story] = []
     context: list[str] = []
     story_number = -1
-    for line_no, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    from .sources import read_small_file
+
+    # A bAbI file is a few MB; a size cap keeps /dev/zero or a wrong path to a huge file from filling memory.
+    text = read_small_file(Path(path), "bAbI file", limit=BABI_MAX_BYTES).decode("utf-8")
+    for line_no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         head, _, rest = raw.partition(" ")
