@@ -587,7 +587,7 @@ def eval_command(
     stories = None
     if babi is not None:
         try:
-            stories = read_babi(babi, babi_split)
+            stories = read_babi(babi, babi_split, "--babi")
         except OSError as e:
             raise UsageError(f"--babi {babi}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:

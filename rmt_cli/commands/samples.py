@@ -39,7 +39,7 @@ class TaskData:
 
     def _babi(self):
         try:
-            return read_babi(self.task.babi_path, self.task.babi_split)
+            return read_babi(self.task.babi_path, self.task.babi_split, "task.babi_path")
         except OSError as e:
             raise UsageError(f"task.babi_path: {self.task.babi_path}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:

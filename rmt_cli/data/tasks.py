@@ -155,7 +155,7 @@ VALID_EVERY = 10  # every 10th story of a bAbI file is the validation split
 BABI_MAX_BYTES = 64 << 20
 
 
-def read_babi(path: str | Path, split: str = "all") -> list[Story]:
+def read_babi(path: str | Path, split: str = "all", what: str = "bAbI file") -> list[Story]:
     """Stories from a bAbI-format file: `ID text` lines; `ID question<TAB>answer<TAB>ids`; IDs restart per story.
 
     Each question becomes one Story holding every statement of its story before it. `split` "valid" keeps
@@ -169,7 +169,7 @@ def read_babi(path: str | Path, split: str = "all") -> list[Story]:
     from .sources import read_small_file
 
     # A bAbI file is a few MB; a size cap keeps /dev/zero or a wrong path to a huge file from filling memory.
-    text = read_small_file(Path(path), "bAbI file", limit=BABI_MAX_BYTES).decode("utf-8")
+    text = read_small_file(Path(path), what, limit=BABI_MAX_BYTES).decode("utf-8")  # `what`: the setting named
     for line_no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
