@@ -20,7 +20,13 @@ def _torchrun(args, cwd, processes=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(processes), "-m", "rmt_cli.cli", "ingest", *map(str, args)]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    for attempt in range(2):
+        r = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        # A launcher failure (rendezvous, a port taken meanwhile) says nothing about rmt: one more try. An error
+        # of rmt's own is an `error:` line, and is returned at once.
+        if r.returncode == 0 or "error:" in r.stderr:
+            return r
+    return r
 
 
 def _tensors(path):
