@@ -88,10 +88,13 @@ def layer_shapes(model: nn.Module) -> tuple[int, int, int]:
 
 
 def checkpoint_shapes(label: str, path: str) -> Shapes:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    rmt = json.loads((Path(path) / "rmt.json").read_text())["memory"]
-    config = AutoConfig.from_pretrained(path)
+    from rmt_cli.storage.checkpoint import read_config, read_info, refuse_remote_code
+
+    rmt = read_info(path)["memory"]
+    refuse_remote_code(Path(path))  # the checkpoint's own code never runs, as in every rmt command
+    config = read_config(Path(path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     layers, linear, width = layer_shapes(model)

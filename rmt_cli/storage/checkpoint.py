@@ -210,7 +210,7 @@ def refuse_remote_code(path: Path) -> None:
                              f"(auto_map); rmt never runs code from a checkpoint")
 
 
-def _read_config(path: Path):
+def read_config(path: Path):
     """config.json as transformers reads it, for an architecture this transformers knows."""
     import transformers
     from transformers import CONFIG_MAPPING, AutoConfig
@@ -346,7 +346,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     info = read_info(path)
     memory = MemorySpec(**info["memory"])
     refuse_remote_code(path)
-    config = _read_config(path)
+    config = read_config(path)
     kind = info.get("kind", "causal")
     try:
         check_fits(config, memory, kind)
