@@ -167,3 +167,20 @@ def save_tiny_checkpoint(path, tokenizer, make_model, seed: int = 0):
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, tokenizer, make_model):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model)
+
+
+def batched_and_single_ingests(tmp_path, model, texts):
+    """Each text ingested in one batch with the others and alone: the pairs of memory states (batched, single)."""
+    from rmt_cli.commands.ingest import IngestJob, ingest
+    from rmt_cli.storage.memfile import load_memory
+
+    paths = []
+    for i, text in enumerate(texts):
+        paths.append(tmp_path / f"d{i}.txt")
+        paths[-1].write_text(text)
+    ingest([IngestJob([str(p)], tmp_path / f"batch{i}.st") for i, p in enumerate(paths)], model,
+           batch_size=len(paths))
+    for i, p in enumerate(paths):
+        ingest([IngestJob([str(p)], tmp_path / f"single{i}.st")], model, batch_size=1)
+    return [(load_memory(tmp_path / f"batch{i}.st"), load_memory(tmp_path / f"single{i}.st"))
+            for i in range(len(paths))]

@@ -14,7 +14,7 @@ from test_memory import PAD, SEGMENT_IDS, _four_segment_batch, _nonzero, seq
 from test_train import run as run_training
 from test_train import step_losses, tiny_recipe
 
-from conftest import TINY_SEGMENT, one_error_line, run_cli
+from conftest import TINY_SEGMENT, batched_and_single_ingests, one_error_line, run_cli
 from rmt_cli.commands.ask import ask
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.core.associative import (KEY_SIZE, AssociativeLayer, AssociativeMemory, feature_count, feature_map,
@@ -260,14 +260,7 @@ def test_append_equals_one_pass_through_the_cli(tmp_path, checkpoint, cut):
 
 
 def test_batched_ingest_matches_streamed_within_tolerance(tmp_path, model):
-    paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"d{i}.txt")
-        paths[-1].write_text(TEXT[: 300 + 250 * i])
-    ingest([IngestJob([str(p)], tmp_path / f"batch{i}.st") for i, p in enumerate(paths)], model, batch_size=3)
-    for i, p in enumerate(paths):
-        ingest([IngestJob([str(p)], tmp_path / f"single{i}.st")], model, batch_size=1)
-        batched, single = load_memory(tmp_path / f"batch{i}.st"), load_memory(tmp_path / f"single{i}.st")
+    for batched, single in batched_and_single_ingests(tmp_path, model, [TEXT[: 300 + 250 * i] for i in range(3)]):
         assert batched.segments == single.segments > 1
         # The matrices sum the writes of every segment (entries up to ~60 here): rounding relative to that scale.
         assert torch.allclose(batched.memory, single.memory, atol=1e-5 * float(single.memory.abs().max()))

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 import torch
-from conftest import _texts, one_error_line, run_cli
+from conftest import _texts, batched_and_single_ingests, one_error_line, run_cli
+from test_memory import assert_batch_equals_streaming
 from safetensors.torch import load_file, save_file
 
 from rmt_cli.commands.ingest import IngestJob, ingest
@@ -120,17 +121,9 @@ def test_batched_recurrence_equals_streaming_each_document(word_tokenizer, updat
     docs = [DocumentSample([seq(10, 8), seq(20, 8), seq(30, 3)], seq(40, 5), [IGNORE_INDEX] * 5, answer=1),
             DocumentSample([seq(50, 8)], seq(60, 7), [IGNORE_INDEX] * 7, answer=4),
             DocumentSample([], seq(70, 3), [IGNORE_INDEX] * 3, answer=0)]
-    batch = collate(docs, PAD)
+    batch, out = assert_batch_equals_streaming(cell, rmt, docs, atol=1e-5)
     assert batch.answers.tolist() == [1, 4, 0] and batch.writes_per_row.tolist() == [3, 1, 0]
     with torch.no_grad():
-        out = rmt(batch)
-        for row, doc in enumerate(docs):
-            memory = cell.initial_memory(1)
-            for segment in doc.writes:
-                memory = cell.write_segment(memory, torch.tensor([segment]))
-            alone = cell.read_segment(memory, torch.tensor([doc.final_ids]))
-            assert torch.allclose(out.final_logits[row], alone[0], atol=1e-5), row
-            assert torch.allclose(out.memory[row], memory[0], atol=1e-5), row
         reset = rmt(batch, reset_memory=True)
     assert not torch.allclose(reset.final_logits[0], out.final_logits[0], atol=1e-6)
     expected = torch.nn.functional.cross_entropy(out.final_logits, batch.answers)
@@ -234,15 +227,8 @@ def test_a_checkpoint_without_its_classifier_is_refused(tmp_path, encoder_checkp
 
 
 def test_ingest_batched_equals_streamed_and_append_equals_one_pass(tmp_path, encoder_model):
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"d{i}.txt"
-        p.write_text(TEXT[: 150 + 200 * i])
-        paths.append(p)
-    ingest([IngestJob([str(p)], tmp_path / f"batch{i}.st") for i, p in enumerate(paths)], encoder_model, batch_size=3)
-    for i, p in enumerate(paths):
-        ingest([IngestJob([str(p)], tmp_path / f"single{i}.st")], encoder_model, batch_size=1)
-        batched, single = load_memory(tmp_path / f"batch{i}.st"), load_memory(tmp_path / f"single{i}.st")
+    texts = [TEXT[: 150 + 200 * i] for i in range(3)]
+    for batched, single in batched_and_single_ingests(tmp_path, encoder_model, texts):
         assert batched.segments == single.segments > 0
         assert torch.allclose(batched.memory, single.memory, atol=1e-5)
     cut = 123  # inside a word

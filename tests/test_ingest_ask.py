@@ -14,7 +14,7 @@ from rmt_cli.errors import UsageError
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.storage.memfile import check_compatible, load_memory
 from rmt_cli.data.tokenstream import TokenStream
-from conftest import TINY_SEGMENT, save_tiny_checkpoint
+from conftest import TINY_SEGMENT, batched_and_single_ingests, save_tiny_checkpoint
 
 SEGMENT = TINY_SEGMENT
 TEXT = (
@@ -97,15 +97,7 @@ def test_several_files_read_as_one_document(tmp_path, model):
 
 
 def test_batched_ingest_matches_single_within_tolerance(tmp_path, model):
-    paths = []
-    for i in range(3):
-        p = tmp_path / f"d{i}.txt"
-        p.write_text(TEXT[: 300 + 250 * i])
-        paths.append(p)
-    ingest([IngestJob([str(p)], tmp_path / f"batch{i}.st") for i, p in enumerate(paths)], model, batch_size=3)
-    for i, p in enumerate(paths):
-        ingest([IngestJob([str(p)], tmp_path / f"single{i}.st")], model, batch_size=1)
-        batched, single = load_memory(tmp_path / f"batch{i}.st"), load_memory(tmp_path / f"single{i}.st")
+    for batched, single in batched_and_single_ingests(tmp_path, model, [TEXT[: 300 + 250 * i] for i in range(3)]):
         assert batched.segments == single.segments
         assert torch.allclose(batched.memory, single.memory, atol=1e-5)
 

@@ -127,21 +127,30 @@ def test_qa3_answer_is_the_place_before_the_current_one():
         assert s.answer == history[obj][-2] != current
 
 
+def _relations_about_one_place(s) -> list[tuple[str, str, str]]:
+    """A story's two relations (x, direction, y: x is direction of y), both about one place y."""
+    relations = [RELATION_RE.match(f).groups() for f in s.facts]
+    assert len(relations) == 2 and relations[0][2] == relations[1][2]
+    return relations
+
+
+def _answers_by_relations(s, relations) -> tuple[list[str], str]:
+    """The places the relations give as the question's answer, and the question's form ("of" or "reverse")."""
+    if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", s.question):
+        d, y = m.groups()
+        return [x for x, dd, yy in relations if dd == d and yy == y], "of"
+    y, d = re.fullmatch(r"What is the (\w+) (\w+) of\?", s.question).groups()
+    # "the y is d of X" means X is the opposite of d, of y
+    return [x for x, dd, yy in relations if dd == DIRECTIONS[d] and yy == y], "reverse"
+
+
 def test_qa4_relations_answer_the_question():
     forms = set()
     for i in range(100):
         s = story("qa4", i)
-        relations = [RELATION_RE.match(f).groups() for f in s.facts]  # (x, direction, y): x is direction of y
-        assert len(relations) == 2 and relations[0][2] == relations[1][2]
-        if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", s.question):
-            d, y = m.groups()
-            matches = [x for x, dd, yy in relations if dd == d and yy == y]
-            forms.add("of")
-        else:
-            y, d = re.fullmatch(r"What is the (\w+) (\w+) of\?", s.question).groups()
-            # "the y is d of X" means X is the opposite of d, of y
-            matches = [x for x, dd, yy in relations if dd == DIRECTIONS[d] and yy == y]
-            forms.add("reverse")
+        relations = _relations_about_one_place(s)
+        matches, form = _answers_by_relations(s, relations)
+        forms.add(form)
         assert matches == [s.answer], (s.facts, s.question, s.answer)
     assert forms == {"of", "reverse"}
 
@@ -153,17 +162,10 @@ def test_reasoning_story_needs_both_relations():
     forms = set()
     for i in range(200):
         s = story("reasoning", i)
-        relations = [RELATION_RE.match(f).groups() for f in s.facts]  # (x, direction, y): x is direction of y
-        assert len(relations) == 2 and relations[0][2] == relations[1][2]
+        relations = _relations_about_one_place(s)
         assert DIRECTIONS[relations[0][1]] == relations[1][1]  # opposite directions
-        if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", s.question):
-            d, y = m.groups()
-            matches = [x for x, dd, yy in relations if dd == d and yy == y]
-            forms.add("of")
-        else:
-            y, d = re.fullmatch(r"What is the (\w+) (\w+) of\?", s.question).groups()
-            matches = [x for x, dd, yy in relations if dd == DIRECTIONS[d] and yy == y]
-            forms.add("reverse")
+        matches, form = _answers_by_relations(s, relations)
+        forms.add(form)
         assert matches == [s.answer], (s.facts, s.question, s.answer)
         answered_by.add(s.facts.index(next(f for f in s.facts if f.startswith(f"The {s.answer} "))))
     assert forms == {"of", "reverse"} and answered_by == {0, 1}  # the first fact answers some, the second others

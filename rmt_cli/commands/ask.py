@@ -18,7 +18,7 @@ import torch
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from ..storage.memfile import MemoryState
-from ..core.segments import FinalSegment, build_final_segment, question_ids, split_document
+from ..core.segments import FinalSegment, build_final_segment, pad_rows, question_ids, split_document
 from ..data.tokenstream import TokenStream
 
 
@@ -170,13 +170,9 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
 def classify(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], temperature: float = 0.0,
              top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Reply]:
     """An encoder's answers to a batch of final segments: its classifier's most likely answer (or one sampled at
-    `temperature`), and the most likely of the others. Rows are right-padded, as `generate`'s are."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), model.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, : len(prompt)] = 1
+    `temperature`), and the most likely of the others. Rows are right-padded (an encoder numbers positions over
+    real entries only, so padding moves nothing)."""
+    ids, mask = pad_rows(prompts, model.tokenizer.pad_token_id)
     device = memory.device
     logits = model.cell.read_segment(memory, ids.to(device), mask.to(device) if len(prompts) > 1 else None).float()
     answers = model.cell.answers

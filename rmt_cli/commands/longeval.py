@@ -28,7 +28,7 @@ from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from .ask import respond
-from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, question_ids
+from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, pad_rows, question_ids
 from ..data.tasks import STORY_TASKS, Story, default_placement, make_story, rng_for
 
 _LENGTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*$", re.ASCII)  # ASCII digits only: "٣k" is no length
@@ -238,13 +238,7 @@ def _answers(model: LoadedModel, memory: torch.Tensor, finals, device) -> list[s
     flushed = [r for r, f in enumerate(finals) if f.flush]
     if flushed:
         memory = memory.clone()
-        width = max(len(finals[r].flush) for r in flushed)
-        ids = torch.full((len(flushed), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(flushed), width), dtype=torch.long)
-        for row, r in enumerate(flushed):  # left-padded, as write segments are
-            seg = finals[r].flush
-            ids[row, width - len(seg):] = torch.tensor(seg)
-            mask[row, width - len(seg):] = 1
+        ids, mask = pad_rows([finals[r].flush for r in flushed], pad_id, left=True)  # as write segments are
         index = torch.tensor(flushed, device=device)
         memory[index] = cell.write_segment(memory[index], ids.to(device), mask.to(device))
     return [reply.answer for reply in respond(model, memory, [f.input_ids for f in finals], max_new_tokens=ANSWER_ROOM)]

@@ -22,7 +22,8 @@ import inspect
 import torch
 from torch import nn
 
-from .memory import MemorySlots, UnsupportedModelError
+from ..errors import UsageError
+from .memory import MemorySlots, UnsupportedModelError, real_positions
 
 HEAD_INIT_STD = 0.02  # BERT's initializer_range: a fresh classifier starts near uniform over the answers
 
@@ -35,6 +36,9 @@ class EncoderMemoryCell(MemorySlots):
 
     def __init__(self, model: nn.Module, num_mem_tokens: int, answers: list[str], cls_token_id: int,
                  sep_token_id: int, update: str = "replace", gate_floor: float = 0.0):
+        if update == "associative":
+            raise UsageError("memory.update associative: the associative matrices hook into decoder layers; an "
+                             "encoder takes replace or gated")
         super().__init__(model, num_mem_tokens, update, gate_floor)
         config = getattr(model, "config", None)
         family = getattr(config, "model_type", type(model).__name__)
@@ -72,14 +76,11 @@ class EncoderMemoryCell(MemorySlots):
         cls, sep = (special[i].expand(batch, 1, -1) for i in range(2))
         # The memory sits where token embeddings do; the model adds positions and token types to both alike.
         inputs_embeds = torch.cat([cls, memory.to(token_embeds.dtype), sep, token_embeds, sep], dim=1)
-        if attention_mask is None:
-            full_mask = None
-            positions = torch.arange(inputs_embeds.shape[1], device=input_ids.device).unsqueeze(0).expand(batch, -1)
-        else:
+        full_mask = None
+        if attention_mask is not None:
             head = attention_mask.new_ones(batch, self.num_mem_tokens + 2)
             full_mask = torch.cat([head, attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-            # Padding must not move anything: count positions over real entries only.
-            positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = real_positions(full_mask, batch, inputs_embeds.shape[1], input_ids.device)
         return self.model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions)
 
     def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):

@@ -221,15 +221,11 @@ class MemoryCell(MemorySlots):
         memory = memory.to(token_embeds.dtype)
         parts = [memory, token_embeds, memory] if write else [memory, token_embeds]
         inputs_embeds = torch.cat(parts, dim=1)
-        if attention_mask is None:
-            full_mask = None
-            positions = torch.arange(inputs_embeds.shape[1], device=input_ids.device).unsqueeze(0)
-            positions = positions.expand(batch, -1)
-        else:
+        full_mask = None
+        if attention_mask is not None:
             ones = attention_mask.new_ones(batch, m)
             full_mask = torch.cat([ones, attention_mask, ones] if write else [ones, attention_mask], dim=1)
-            # Left padding must not move the memory: count positions over real entries only.
-            positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = real_positions(full_mask, batch, inputs_embeds.shape[1], input_ids.device)
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
                                     use_cache=False)  # each segment is one pass: a KV cache is pure overhead
         return out.last_hidden_state
@@ -263,6 +259,14 @@ class MemoryCell(MemorySlots):
         if self.logit_softcap is not None:
             out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
         return out
+
+
+def real_positions(full_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """Position ids 0, 1, 2, ... over the real entries of a segment laid out with its memory, [batch, length]:
+    padding, left or right, moves nothing (the memory sits where it sits in an unpadded row)."""
+    if full_mask is None:
+        return torch.arange(length, device=device).unsqueeze(0).expand(batch, -1)
+    return (full_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

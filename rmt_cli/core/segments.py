@@ -140,6 +140,19 @@ def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segmen
     return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact, answer=answer_index)
 
 
+def pad_rows(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths as one batch (ids, attention mask): right-padded (final segments), or
+    left-padded (write segments, whose memory is written at their end)."""
+    width = max((len(row) for row in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, where] = torch.tensor(row, dtype=torch.long)
+        mask[i, where] = 1
+    return ids, mask
+
+
 def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
     """Stack samples: write segments left-padded (memory positions stay put), final segments right-padded.
 

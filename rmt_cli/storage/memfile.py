@@ -319,8 +319,7 @@ def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torc
     if memory.dim() != 2 or 0 in memory.shape:
         raise _invalid(where, "tensor memory", f"has shape {shown(list(memory.shape), 80)}; expected "
                        f"[num_mem_tokens, hidden]")
-    if not (memory.abs() <= MAX_MEMORY_VALUE).all():  # also false for NaN
-        raise _invalid(where, "tensor memory", f"holds NaN, infinite or values beyond ±{MAX_MEMORY_VALUE:g}")
+    _check_values(memory, "memory", where)
     if tail.dtype not in TOKEN_DTYPES or tail.dim() != 1:
         raise _invalid(where, "tensor tail_tokens", f"is {dtype_name(tail.dtype)} of shape "
                        f"{shown(list(tail.shape), 80)}; expected a list of int64 token ids")
@@ -349,9 +348,14 @@ def _checked_associative(tensors: dict[str, torch.Tensor], memory: torch.Tensor,
                        f"{shown(list(matrices.shape), 80)} and {shown(list(norms.shape), 80)}; expected [layers, "
                        f"features, hidden] and [layers, features]")
     for name, tensor in zip(ASSOCIATIVE_TENSORS, (matrices, norms)):
-        if not (tensor.abs() <= MAX_MEMORY_VALUE).all():  # also false for NaN
-            raise _invalid(where, f"tensor {name}", f"holds NaN, infinite or values beyond ±{MAX_MEMORY_VALUE:g}")
+        _check_values(tensor, name, where)
     return matrices, norms
+
+
+def _check_values(tensor: torch.Tensor, name: str, where: str) -> None:
+    """Values a model run in float16 could hold: finite and within float16's range."""
+    if not (tensor.abs() <= MAX_MEMORY_VALUE).all():  # also false for NaN
+        raise _invalid(where, f"tensor {name}", f"holds NaN, infinite or values beyond ±{MAX_MEMORY_VALUE:g}")
 
 
 def _whole_number(where: str, key: str, value: str, low: int, high: int) -> int:

@@ -139,9 +139,6 @@ def make_cell(model, tokenizer, memory: MemorySpec, answers: list[str] | None = 
     if answers is None:
         return cell_class("causal")(model, memory.num_mem_tokens, memory.update, memory.gate_floor,
                                     memory.associative_key_size)
-    if memory.update == "associative":
-        raise UsageError("memory.update associative: the associative matrices hook into decoder layers; an encoder "
-                         "takes replace or gated")
     return cell_class("encoder")(model, memory.num_mem_tokens, answers, tokenizer.cls_token_id,
                                  tokenizer.sep_token_id, memory.update, memory.gate_floor)
 
