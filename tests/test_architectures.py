@@ -373,3 +373,22 @@ def test_cached_generation_equals_reading_the_whole_segment_every_token(build, t
     # a row stops where its final segment would outgrow a segment's positions
     [(long_answer, _)] = generate(loaded, memory[:1], [list(range(3, 14))], max_new_tokens=16)
     assert len(long_answer) <= 16 - 11
+
+
+@torch.inference_mode()
+def test_generation_through_the_library_prints_no_transformers_warning(build, tokenizer, monkeypatch):
+    """Library users (and `rmt eval` through the Python API) see no deprecation notice from generate(): every
+    generation setting travels in one GenerationConfig."""
+    from types import SimpleNamespace
+
+    import transformers.generation.utils as generation_utils
+    from rmt_cli.commands.ask import generate
+
+    said = []
+    monkeypatch.setattr(generation_utils.logger, "warning_once", lambda *a, **k: said.append(a))
+    monkeypatch.setattr(generation_utils.logger, "warning", lambda *a, **k: said.append(a))
+    cell = _cell(build(), "gated").eval()
+    loaded = SimpleNamespace(cell=cell, tokenizer=tokenizer, segment_size=16)
+    memory = torch.randn(2, M, cell.hidden_size, generator=torch.Generator().manual_seed(3))
+    generate(loaded, memory, [[5, 9, 13], [7, 8, 21]], max_new_tokens=3)
+    assert said == []

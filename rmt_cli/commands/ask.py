@@ -110,11 +110,11 @@ def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperat
     out = cell.model.generate(
         inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
                                                                device=memory.device),
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, logits_processor=processors,
-        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-        output_logits=True, return_dict_in_generate=True,
+        logits_processor=processors,
         # generation_config.json may carry sampling or length settings of its own: only these apply
-        generation_config=_plain_generation_config(cell.model),
+        generation_config=_plain_generation_config(
+            cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
     )
     answers = []
     for row in range(len(prompts)):
@@ -128,10 +128,13 @@ def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperat
     return answers
 
 
-def _plain_generation_config(hf_model):
+def _plain_generation_config(hf_model, **settings):
+    """Greedy, one beam, logits kept: every setting in one object (transformers warns when a config and loose
+    arguments are mixed)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=getattr(hf_model.config, "bos_token_id", None))
+    return GenerationConfig(bos_token_id=getattr(hf_model.config, "bos_token_id", None), do_sample=False,
+                            num_beams=1, output_logits=True, return_dict_in_generate=True, **settings)
 
 
 class _Choose:
