@@ -267,6 +267,46 @@ def test_a_folder_name_with_a_newline_stays_on_one_line(tmp_path, saved):
     refused(odd, "odd\\nname", "no tokenizer")
 
 
+def test_a_folder_path_that_is_not_utf8_is_named_as_such(tmp_path, saved):
+    """safetensors and tokenizers take UTF-8 paths only: such a folder was refused as an unreadable weights file."""
+    odd = shutil.copytree(saved["gpt2"], tmp_path / os.fsdecode(b"mod\xe9l"))
+    refused(odd, "mod\\udce9l", "path is not UTF-8", "rename the folder")
+    (tmp_path / "plain").symlink_to(odd)  # as the message says: a UTF-8 name for it loads
+    assert load_checkpoint(tmp_path / "plain").segment_size == SPEC.segment_size
+    r = CliRunner().invoke(app, ["ingest", "-", "-o", str(tmp_path / "m.st"), "--model", str(odd), "-q"], input="Hi.")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr, r.stderr
+    assert not (tmp_path / "m.st").exists()
+
+
+def _point(file, kind: str) -> None:
+    if kind == "link to /dev/zero":
+        file.symlink_to(os.devnull.replace("null", "zero"))
+    elif kind == "folder":
+        file.mkdir()
+    elif kind == "looping link":
+        file.symlink_to(file)
+    else:  # a broken link
+        file.symlink_to(file.parent / "nowhere")
+
+
+@pytest.mark.parametrize("name, kind, words", [
+    ("tokenizer_config.json", "link to /dev/zero", "is not a regular file"),  # transformers skipped it unsaid
+    ("config.json", "link to /dev/zero", "is not a regular file"),
+    ("tokenizer.json", "folder", "is a folder"),
+    ("model.safetensors", "looping link", "a loop of symbolic links"),  # was "missing model.safetensors"
+    ("generation_config.json", "broken link", "a broken symbolic link"),
+])
+def test_a_checkpoint_file_that_is_not_a_regular_file_is_refused(folder, name, kind, words):
+    (folder / name).unlink()
+    _point(folder / name, kind)
+    refused(folder, f"{name}: {words}")
+
+
+def test_a_looping_link_as_the_folder_is_named_as_one(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refused(tmp_path / "loop", "a loop of symbolic links")  # was "no such folder"
+
+
 def test_a_model_hint_from_a_memory_file_is_escaped(tmp_path):
     with pytest.raises(UsageError) as caught:
         resolve_model_path(None, hint="model\n\x1b[2Jcleared", default=tmp_path / "none")

@@ -151,6 +151,17 @@ def test_a_file_over_the_size_cap_is_refused_without_reading_it(tmp_path, model)
     refused(path, model, str(MAX_FILE_BYTES), "at most")
 
 
+def test_a_file_shorter_than_its_header_says_is_not_a_memory_file(tmp_path, model):
+    """7 bytes were read as a header length (of 15 quadrillion bytes); now the line says how short the file is."""
+    for size in (0, 7):
+        path = tmp_path / f"short{size}.st"
+        path.write_bytes(b"1234567"[:size])
+        refused(path, model, "not a readable rmt memory file", "truncated", f"{size} bytes, fewer than the 8")
+    cut = tmp_path / "cut.st"
+    cut.write_bytes((100).to_bytes(8, "little") + b'{"a": 1')  # a header of 100 bytes, cut after 7
+    refused(cut, model, "truncated", "a header of 100 bytes, but only 7 bytes follow")
+
+
 def test_a_header_over_its_cap_is_refused_before_parsing(tmp_path, model):
     path = tmp_path / "header.st"
     path.write_bytes((MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b"{" + b" " * 100)
