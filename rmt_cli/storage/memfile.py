@@ -8,7 +8,8 @@ Tensors
 Metadata (safetensors string map)
     rmt_format            "1"
     rmt_version           the rmt that wrote it
-    fingerprint           sha256 (32 hex) of the model's weights, initial memory, tokenizer, memory settings, dtype
+    fingerprint           sha256 (32 hex) of the model's weights, architecture settings (config.json), initial
+                          memory, tokenizer, memory settings, dtype
     model_hint            where the model was loaded from (a hint for error messages; never loaded or run)
     dtype, segment_size, num_mem_tokens
     tokens, segments      tokens and whole segments ingested
