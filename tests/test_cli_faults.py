@@ -106,6 +106,17 @@ def test_a_looping_link_is_named_as_one_wherever_a_path_is_given(tmp_path, memor
     assert not out.exists()
 
 
+def test_lines_on_stderr_are_never_wrapped_nor_read_as_markup(tmp_path):
+    """rich wrapped a line at 80 columns where stderr is no terminal (a CI log, `2> file`), and read `[b]` in a
+    path as markup."""
+    out = tmp_path / ("a-long-folder-name-" * 6 + "[b]x[/b]")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(out)}))
+    r = run(["train", recipe, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert f"checkpoint: {out / 'final'}" in r.stderr.splitlines(), r.stderr
+
+
 def test_control_characters_from_names_stay_on_one_line(tmp_path):
     bad = tmp_path / "evil\nerror: forged\x1b[2Jname.txt"
     r = run(["ingest", bad, "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR, "-q"])
