@@ -68,7 +68,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+# Lines on stderr are never wrapped (rich wraps at 80 columns where stderr is no terminal: CI logs, `2> file`),
+# and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
 
 
@@ -207,7 +209,7 @@ def _finish_run(result, json_out: bool) -> None:
     elif json_out:
         _print_json(summary)
     else:
-        err.print(f"checkpoint: {result.final_checkpoint}")
+        err.print(f"checkpoint: {one_line(result.final_checkpoint)}")
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -310,10 +312,17 @@ def ingest(
             check_job(job)
         processes = Processes()
         quiet = quiet or not processes.is_main
+    if dtype is not None:
+        _dtype(dtype)  # a name rmt knows, whatever else is wrong
     if append is not None:
         kept = load_memory(append).dtype
-        if dtype is not None and DTYPE_CHOICES.get(dtype.lower()) != kept:
-            raise UsageError(f"--dtype {dtype}: {append} was made in {kept}; an append continues in the same dtype")
+        if kept not in DTYPE_CHOICES.values():  # float16: written by the Python API, read by rmt ask
+            raise UsageError(f"--append {shown(append)}: the memory file holds a {kept} memory; rmt ingest continues "
+                             f"float32 or bfloat16 memories only (ingest the whole text again into a new file, with "
+                             f"-o)")
+        if dtype is not None and DTYPE_CHOICES[dtype.lower()] != kept:
+            raise UsageError(f"--dtype {dtype}: the memory file {shown(append)} holds a {kept} memory, and an append "
+                             f"continues in the file's dtype (leave out --dtype, or ingest anew with -o)")
         dtype = kept
     torch_dtype = _dtype(dtype or "float32")
     if trace is not None:

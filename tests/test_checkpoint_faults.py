@@ -25,6 +25,7 @@ from rmt_cli.storage.assets import resolve_model_path
 from rmt_cli.cli import app
 from rmt_cli.errors import UsageError
 from rmt_cli.core.memory import MemoryCell
+from rmt_cli.storage.fingerprint import architecture_settings
 from rmt_cli.storage.modeling import EOS, PAD
 from rmt_cli.storage.recipe import MemorySpec
 
@@ -119,6 +120,8 @@ def test_every_supported_family_passes_the_checks(tmp_path, tokenizer, make_mode
     loaded = load_checkpoint(tmp_path / family)
     for name, tensor in cell.state_dict().items():
         assert torch.equal(loaded.cell.state_dict()[name], tensor), name
+    # config.json read back gives the architecture settings (a part of the fingerprint) the model in memory had
+    assert architecture_settings(loaded.cell.model.config) == architecture_settings(cell.model.config)
 
 
 def test_weights_of_another_width_are_refused(folder, saved):
@@ -265,6 +268,90 @@ def test_a_folder_name_with_a_newline_stays_on_one_line(tmp_path, saved):
     assert load_checkpoint(odd).segment_size == SPEC.segment_size  # such a folder is fine in itself
     (odd / "tokenizer.json").unlink()
     refused(odd, "odd\\nname", "no tokenizer")
+
+
+def test_a_folder_path_that_is_not_utf8_is_named_as_such(tmp_path, saved):
+    """safetensors and tokenizers take UTF-8 paths only: such a folder was refused as an unreadable weights file."""
+    odd = shutil.copytree(saved["gpt2"], tmp_path / os.fsdecode(b"mod\xe9l"))
+    refused(odd, "mod\\udce9l", "path is not UTF-8", "rename the folder")
+    (tmp_path / "plain").symlink_to(odd)  # as the message says: a UTF-8 name for it loads
+    assert load_checkpoint(tmp_path / "plain").segment_size == SPEC.segment_size
+    r = CliRunner().invoke(app, ["ingest", "-", "-o", str(tmp_path / "m.st"), "--model", str(odd), "-q"], input="Hi.")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr, r.stderr
+    assert not (tmp_path / "m.st").exists()
+
+
+def _point(file, kind: str) -> None:
+    if kind == "link to /dev/zero":
+        file.symlink_to(os.devnull.replace("null", "zero"))
+    elif kind == "folder":
+        file.mkdir()
+    elif kind == "looping link":
+        file.symlink_to(file)
+    else:  # a broken link
+        file.symlink_to(file.parent / "nowhere")
+
+
+@pytest.mark.parametrize("name, kind, words", [
+    ("tokenizer_config.json", "link to /dev/zero", "is not a regular file"),  # transformers skipped it unsaid
+    ("config.json", "link to /dev/zero", "is not a regular file"),
+    ("tokenizer.json", "folder", "is a folder"),
+    ("model.safetensors", "looping link", "a loop of symbolic links"),  # was "missing model.safetensors"
+    ("generation_config.json", "broken link", "a broken symbolic link"),
+])
+def test_a_checkpoint_file_that_is_not_a_regular_file_is_refused(folder, name, kind, words):
+    (folder / name).unlink()
+    _point(folder / name, kind)
+    refused(folder, f"{name}: {words}")
+
+
+def test_a_looping_link_as_the_folder_is_named_as_one(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refused(tmp_path / "loop", "a loop of symbolic links")  # was "no such folder"
+
+
+# --- the fingerprint covers config.json -------------------------------------------------------------------------
+
+
+def _edit_config(folder, change):
+    edit_json(folder, "config.json", change)
+    return folder
+
+
+def _other_rope_theta(config):
+    rope = config.get("rope_parameters")  # transformers 5; rope_theta at the top level before
+    (rope if isinstance(rope, dict) else config)["rope_theta"] = 500_000.0
+
+
+def test_the_fingerprint_covers_the_architecture_settings_not_the_bookkeeping(tmp_path, saved):
+    """Same weights, another rms_norm_eps or rope_theta: another model, whose memory files the first refuses. The
+    keys that change no computation (where it was loaded from, the writer's version and dtype, a default written
+    out or left out) leave the fingerprint as it was."""
+    def copy(name):
+        return shutil.copytree(saved["llama"], tmp_path / name)
+
+    base = load_checkpoint(saved["llama"]).info["fingerprint"]
+    eps = _edit_config(copy("eps"), lambda c: c.update(rms_norm_eps=1e-3))
+    rope = _edit_config(copy("rope"), _other_rope_theta)
+    for other in (eps, rope):
+        assert load_checkpoint(other).info["fingerprint"] != base
+    defaults = json.loads((saved["llama"] / "config.json").read_text())
+    same = _edit_config(copy("same"), lambda c: (
+        c.update(_name_or_path="/elsewhere", transformers_version="4.0.0", dtype="bfloat16", torch_dtype="float16",
+                 architectures=["LlamaModel"], use_cache=not c.get("use_cache", True), attention_dropout=0.0),
+        c.pop("attention_bias", None), c.pop("mlp_bias", None)))  # defaults (false) left out
+    assert "attention_bias" in defaults or "mlp_bias" in defaults  # so leaving them out was tried
+    assert load_checkpoint(same).info["fingerprint"] == base
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mary went to the garden. Daniel moved to the kitchen. " * 10)
+    r = CliRunner().invoke(app, ["ingest", str(doc), "-o", str(tmp_path / "m.st"), "--model", str(saved["llama"]),
+                                 "-q"])
+    assert r.exit_code == 0, r.stderr
+    r = CliRunner().invoke(app, ["ask", str(tmp_path / "m.st"), "Where is Mary?", "--model", str(eps)])
+    assert r.exit_code == 2 and "made by another model" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = CliRunner().invoke(app, ["ask", str(tmp_path / "m.st"), "Where is Mary?", "--model", str(same)])
+    assert r.exit_code == 0, r.stderr
 
 
 def test_a_model_hint_from_a_memory_file_is_escaped(tmp_path):

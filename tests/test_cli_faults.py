@@ -8,6 +8,7 @@ import yaml
 
 from rmt_cli.storage.assets import DEFAULT_LM_DIR
 from rmt_cli.data.sources import open_document
+from rmt_cli.storage.recipe import load_recipe
 from conftest import one_error_line, run_cli as run, TINY_RECIPE
 
 RECIPE = TINY_RECIPE
@@ -68,6 +69,52 @@ def test_questions_and_manifests_from_a_pipe(tmp_path, memory_file):
 def test_a_question_file_that_is_a_folder_or_missing(tmp_path, memory_file):
     one_error_line(run(["ask", memory_file, "--file", tmp_path, "--model", DEFAULT_LM_DIR]), 2, "is a folder")
     one_error_line(run(["ask", memory_file, "--file", tmp_path / "none", "--model", DEFAULT_LM_DIR]), 2, "no such")
+
+
+def _piped(text: str) -> int:
+    read_end, write_end = os.pipe()
+    os.write(write_end, text.encode())
+    os.close(write_end)
+    return read_end
+
+
+def test_a_recipe_from_a_pipe_is_read(tmp_path):
+    """`rmt train <(...)` names /dev/fd/N, a pipe, which is no regular file: it was "no such file"."""
+    read_end = _piped(yaml.safe_dump({**RECIPE, "output_dir": str(tmp_path / "run")}))
+    try:
+        recipe = load_recipe(f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert recipe.memory.segment_size == RECIPE["memory"]["segment_size"]
+    read_end = _piped(yaml.safe_dump({**RECIPE, "bogus": 1}))
+    try:
+        r = run(["train", f"/dev/fd/{read_end}", "-q"])
+    finally:
+        os.close(read_end)
+    one_error_line(r, 2, "bogus: unknown key")  # read, then checked as any recipe
+
+
+def test_a_looping_link_is_named_as_one_wherever_a_path_is_given(tmp_path, memory_file):
+    """A model folder or a recipe that is a link to itself was "no such folder" / "no such file"."""
+    loop, doc, out = tmp_path / "loop", tmp_path / "doc.txt", tmp_path / "x.st"
+    loop.symlink_to(loop)
+    for args in (["ingest", loop, "-o", out, "--model", DEFAULT_LM_DIR], ["ingest", doc, "-o", out, "--model", loop],
+                 ["ingest", doc, "-o", loop, "--model", DEFAULT_LM_DIR], ["train", loop],
+                 ["extend", loop, loop], ["ask", loop, "Where?", "--model", DEFAULT_LM_DIR],
+                 ["eval", "--noise", loop, "--model", DEFAULT_LM_DIR], ["eval", "--babi", loop]):
+        one_error_line(run([*args, "-q"] if args[0] != "ask" else args), 2, "loop")
+    assert not out.exists()
+
+
+def test_lines_on_stderr_are_never_wrapped_nor_read_as_markup(tmp_path):
+    """rich wrapped a line at 80 columns where stderr is no terminal (a CI log, `2> file`), and read `[b]` in a
+    path as markup."""
+    out = tmp_path / ("a-long-folder-name-" * 6 + "[b]x[/b]")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(out)}))
+    r = run(["train", recipe, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert f"checkpoint: {out / 'final'}" in r.stderr.splitlines(), r.stderr
 
 
 def test_control_characters_from_names_stay_on_one_line(tmp_path):

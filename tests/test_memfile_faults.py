@@ -25,7 +25,7 @@ from rmt_cli.errors import RMTError, UsageError
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.storage.memfile import (MAX_CARRY_CHARS, MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, check_compatible,
                              load_memory, save_memory, vocabulary_size)
-from conftest import TINY_SEGMENT
+from conftest import TINY_SEGMENT, one_error_line, run_cli
 
 SEGMENT = TINY_SEGMENT
 # Ends inside a word and inside a UTF-8 character, so the file holds a tail, carried text and pending bytes.
@@ -149,6 +149,17 @@ def test_a_file_over_the_size_cap_is_refused_without_reading_it(tmp_path, model)
     with open(path, "wb") as f:
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
     refused(path, model, str(MAX_FILE_BYTES), "at most")
+
+
+def test_a_file_shorter_than_its_header_says_is_not_a_memory_file(tmp_path, model):
+    """7 bytes were read as a header length (of 15 quadrillion bytes); now the line says how short the file is."""
+    for size in (0, 7):
+        path = tmp_path / f"short{size}.st"
+        path.write_bytes(b"1234567"[:size])
+        refused(path, model, "not a readable rmt memory file", "truncated", f"{size} bytes, fewer than the 8")
+    cut = tmp_path / "cut.st"
+    cut.write_bytes((100).to_bytes(8, "little") + b'{"a": 1')  # a header of 100 bytes, cut after 7
+    refused(cut, model, "truncated", "a header of 100 bytes, but only 7 bytes follow")
 
 
 def test_a_header_over_its_cap_is_refused_before_parsing(tmp_path, model):
@@ -336,6 +347,25 @@ def test_ask_on_a_fifo_does_not_hang(tmp_path, checkpoint):
     with released_after(tmp_path / "pipe.st"):
         result = CliRunner().invoke(app, ["ask", str(tmp_path / "pipe.st"), "Where?", "--model", str(checkpoint)])
     assert result.exit_code == 2 and "not a regular file" in result.stderr
+
+
+def test_append_onto_a_float16_file_says_what_the_file_holds(tmp_path, checkpoint, valid):
+    """The file's dtype was blamed on --dtype, which the user had not given."""
+    memory = valid[1]["memory"].half()
+    path = craft(tmp_path / "m.st", valid, tensors={"memory": memory, "tail_tokens": valid[1]["tail_tokens"]},
+                 dtype="float16")
+    before = path.read_bytes()
+    (tmp_path / "more.txt").write_text("John moved to the office. " * 5)
+    r = run_cli(["ingest", "--append", path, tmp_path / "more.txt", "--model", checkpoint, "-q"])
+    one_error_line(r, 2, f"--append {path}", "holds a float16 memory", "float32 or bfloat16", "-o")
+    assert "--dtype" not in r.stderr and path.read_bytes() == before
+    # --dtype unlike the file's names both; a --dtype rmt does not know is named as such first
+    plain = craft(tmp_path / "plain.st", valid)
+    one_error_line(run_cli(["ingest", "--append", plain, tmp_path / "more.txt", "--model", checkpoint, "--dtype",
+                            "bf16", "-q"]), 2, "--dtype bf16", "holds a float32 memory", "leave out --dtype")
+    one_error_line(run_cli(["ingest", "--append", path, tmp_path / "more.txt", "--model", checkpoint, "--dtype",
+                            "float16", "-q"]), 2, "--dtype 'float16'", "choose float32 or bfloat16")
+    assert path.read_bytes() == before
 
 
 # --- writing -------------------------------------------------------------------------------------------------------

@@ -53,10 +53,12 @@ def test_trace_through_a_symlink_onto_the_output_is_refused(tmp_path, doc):
 # 2. --plot
 
 
-def test_a_plot_onto_a_fifo_is_refused_before_scoring(tmp_path, doc):
+@pytest.mark.parametrize("command", ["perplexity", "eval"])
+def test_a_plot_onto_a_fifo_is_refused_before_scoring(tmp_path, doc, command):
     pytest.importorskip("matplotlib")
     os.mkfifo(tmp_path / "fifo.png")
-    one_error_line(run(["perplexity", doc, "--plot", tmp_path / "fifo.png", "-q"]), 2, "not a regular file")
+    args = ["perplexity", doc] if command == "perplexity" else ["eval", "--model", tmp_path / "no-model-needed"]
+    one_error_line(run([*args, "--plot", tmp_path / "fifo.png", "-q"]), 2, "--plot", "not a regular file")
     assert (tmp_path / "fifo.png").is_fifo()
 
 

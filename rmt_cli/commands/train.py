@@ -24,7 +24,7 @@ from ..atomic import atomic_path
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError, shown
+from ..errors import RMTError, UsageError, one_line, shown
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -346,8 +346,8 @@ class _Logger:
         self.console = console
 
     def info(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text)
+        if self.console is not None:  # paths in it may hold newlines or escapes: one line, escaped
+            self.console.print(one_line(text))
 
     def eval_table(self, stage: int, rows: list[dict], lm: bool) -> None:
         if self.console is None:

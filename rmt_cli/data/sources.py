@@ -84,9 +84,10 @@ def _open_error(path: str, error: OSError) -> UsageError:
     return UsageError(f"{path}: cannot read ({error.strerror or error})")
 
 
-def _missing_reason(path: Path) -> str:
+def missing_reason(path: Path, what: str = "file or folder") -> str:
+    """Why a path the user named is not there: no such file (or `what`), or a broken or looping link."""
     if not path.is_symlink():
-        return "no such file or folder"
+        return f"no such {what}"
     try:
         os.stat(path)
     except OSError as e:
@@ -105,7 +106,7 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
     if path.is_dir():
         raise UsageError(f"{label}: is a folder, not a file")
     if not path.exists():
-        raise UsageError(f"{label}: {_missing_reason(path)}")
+        raise UsageError(f"{label}: {missing_reason(path)}")
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
@@ -249,7 +250,7 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
                 skipped += n
                 continue
             if not path.exists():
-                raise UsageError(f"{raw}: {_missing_reason(path)}")
+                raise UsageError(f"{raw}: {missing_reason(path)}")
             if not path.is_file():
                 raise UsageError(f"{raw}: not a regular file")
             if looks_binary(path):

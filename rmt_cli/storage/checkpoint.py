@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +33,7 @@ from .. import __version__
 from ..atomic import atomic_folder
 from ..errors import UsageError, error_line, shown
 from ..core.memory import MemorySlots
+from ..data.sources import missing_reason
 from .modeling import check_fits, load_tokenizer, make_cell, model_class
 from .recipe import MemorySpec, format_errors
 from .fingerprint import fingerprint
@@ -105,6 +107,13 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
 # What the tokenizer loader can build a vocabulary from: the fast tokenizer rmt writes, or a slow one's files.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 MIN_VOCAB = 64  # the smallest vocabulary a recipe can train; a one-entry tokenizer reads any text as nothing
+# The files of a checkpoint that rmt or transformers read, where present: each must be a regular file (or a link to
+# one). A FIFO in their place would hang the reader, a device such as /dev/zero be read for ever, and transformers
+# skips a tokenizer_config.json that is not a regular file without a word (another tokenizer set-up).
+CHECKPOINT_FILES = (RMT_JSON, MEMORY_FILE, CONFIG_FILE, MODEL_FILE, *TOKENIZER_FILES, "merges.txt",
+                    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                    "generation_config.json", "processor_config.json", "recipe.yaml", "training_state.json",
+                    "optimizer.safetensors")
 MAX_JSON_BYTES = 16 * 2**20  # far above any real config; a bigger file is a flood, not a setting
 PROBLEMS_SHOWN = 5  # a one-line error names this many problems and counts the rest
 # The memory settings a model was trained with: a recipe's defaults are no stand-in for them. (`update` may be
@@ -153,9 +162,11 @@ def _read_json_object(path: Path, name: str) -> dict:
     """A JSON file of the folder that must hold an object, or one line saying why it does not."""
     file, where = path / name, _where(path)
     try:
-        if file.stat().st_size > MAX_JSON_BYTES:
+        with open(file, "rb") as f:  # read_info checked it is a regular file; at most the cap, whatever it is
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
             raise UsageError(f"{where}: {name} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UsageError(f"{where}: {name} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
@@ -170,14 +181,34 @@ def _read_json_object(path: Path, name: str) -> dict:
     return data
 
 
+def _check_files_are_regular(path: Path) -> None:
+    """Each file of CHECKPOINT_FILES the folder holds is a regular file (or a link to one)."""
+    for name in CHECKPOINT_FILES:
+        file = path / name
+        if not os.path.lexists(file) or file.is_file():
+            continue
+        reason = ("is a folder, not a file" if file.is_dir() else
+                  "is not a regular file (a device, a FIFO or a socket)" if file.exists() else
+                  missing_reason(file, "file"))  # a broken or looping link
+        raise UsageError(f"{_where(path)}: {name}: {reason}")
+
+
 def read_info(path: str | Path) -> dict:
     """rmt.json, validated: the folder has the files of a checkpoint, and the memory settings are complete."""
     path = Path(path)
     where = _where(path)
     if not path.exists():
-        raise UsageError(f"{where}: no such folder")
+        raise UsageError(f"{where}: {missing_reason(path, 'folder')}")
     if not path.is_dir():
         raise UsageError(f"{where}: not a folder (a checkpoint is a folder with {RMT_JSON})")
+    if not str(path).isascii():
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in a name (Python holds them as surrogates)
+            raise UsageError(f"{where}: the folder's path is not UTF-8; the libraries that read a model (safetensors, "
+                             f"tokenizers) take UTF-8 paths only: rename the folder, or link to it from a UTF-8 "
+                             f"name") from None
+    _check_files_are_regular(path)
     missing = [f for f in (RMT_JSON, MEMORY_FILE, CONFIG_FILE, MODEL_FILE) if not (path / f).is_file()]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)} (was it written by rmt train?)")

@@ -1,5 +1,6 @@
 """The fingerprint of a model: what a memory file depends on, so that a memory is only read by the model that
-wrote it (weights, initial memory, tokenizer, memory settings; for an encoder, that it is one and its answers)."""
+wrote it (weights, architecture settings, initial memory, tokenizer, memory settings; for an encoder, that it is one
+and its answers)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,38 @@ from ..core.memory import MemorySlots
 from .recipe import MemorySpec
 
 
+# config.json keys that say nothing about what the model computes: where it was loaded from, which library and
+# dtype wrote it, which head class it was saved with (rmt picks the class by kind), runtime switches.
+BOOKKEEPING_KEYS = frozenset({
+    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
+    "_attn_implementation", "_attn_implementation_autoset", "attn_implementation", "use_cache", "return_dict",
+    "output_attentions", "output_hidden_states", "torchscript", "id2label", "label2id", "problem_type",
+    "finetuning_task", "tokenizer_class", "task_specific_params", "prefix",
+})
+
+
+def architecture_settings(config) -> dict:
+    """The model's config as far as it changes what the model computes (rope_theta, a norm's epsilon, ...): the
+    values that differ from the family's defaults, plus model_type, bookkeeping left out. Differences only, so a
+    value written out and the same value left to its default agree, and a key a later transformers adds with its
+    default changes nothing."""
+    def as_json(settings: dict) -> dict:  # as config.json holds them: a tuple in memory is a list once loaded
+        return json.loads(json.dumps(settings, default=str))
+
+    values = as_json(config.to_dict())
+    try:
+        defaults = as_json(type(config)().to_dict())
+    except Exception:  # a config class that cannot be built without arguments: every value counts
+        defaults = {}
+    missing = object()
+    settings = {key: value for key, value in values.items()
+                if key not in BOOKKEEPING_KEYS and defaults.get(key, missing) != value}
+    return {**settings, "model_type": getattr(config, "model_type", "")}
+
+
 def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
-    """What a memory file depends on: base weights, initial memory, tokenizer, memory settings."""
+    """What a memory file depends on: base weights, architecture settings, initial memory, tokenizer, memory
+    settings."""
     h = hashlib.sha256()
     state = cell.state_dict()
     for name in sorted(state):
@@ -33,4 +64,5 @@ def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
     if cell.kind == "encoder":  # an encoder's memory is never read by a causal LM, nor with another answer set
         settings.update(kind=cell.kind, answers=list(cell.answers))
     h.update(json.dumps(settings).encode())
+    h.update(json.dumps(architecture_settings(cell.model.config), sort_keys=True).encode())
     return h.hexdigest()[:32]

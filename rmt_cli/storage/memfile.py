@@ -8,7 +8,8 @@ Tensors
 Metadata (safetensors string map)
     rmt_format            "1"
     rmt_version           the rmt that wrote it
-    fingerprint           sha256 (32 hex) of the model's weights, initial memory, tokenizer, memory settings, dtype
+    fingerprint           sha256 (32 hex) of the model's weights, architecture settings (config.json), initial
+                          memory, tokenizer, memory settings, dtype
     model_hint            where the model was loaded from (a hint for error messages; never loaded or run)
     dtype, segment_size, num_mem_tokens
     tokens, segments      tokens and whole segments ingested
@@ -33,6 +34,7 @@ exit 2).
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import json
 import os
@@ -274,6 +276,8 @@ def _read_regular_file(path: Path, where: str) -> bytes:
     except PermissionError:
         raise UsageError(f"{where}: permission denied") from None
     except OSError as e:  # a symbolic-link loop, a path through a file, an I/O error
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{where}: a loop of symbolic links") from None
         raise UsageError(f"{where}: cannot read it: {e.strerror or e}") from None
     if len(data) > MAX_FILE_BYTES:  # it grew while being read
         raise UsageError(f"{where}: more than {MAX_FILE_BYTES} bytes; a memory file is at most that")
@@ -291,9 +295,14 @@ def _check_regular(info: os.stat_result, where: str) -> None:
 
 def _read_safetensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file's bytes; safetensors checks the layout (offsets, sizes)."""
+    if len(data) < 8:  # not even the length of the header: its bytes read as a length would mislead
+        raise _corrupt(where, f"{len(data)} bytes, fewer than the 8 a safetensors file starts with (the length of "
+                       f"its header)")
     header_bytes = int.from_bytes(data[:8], "little")
     if header_bytes > MAX_HEADER_BYTES:  # refused before parsing: a memory file's header is a few KiB
         raise _corrupt(where, f"a header of {header_bytes} bytes (at most {MAX_HEADER_BYTES})")
+    if header_bytes > len(data) - 8:
+        raise _corrupt(where, f"a header of {header_bytes} bytes, but only {len(data) - 8} bytes follow its length")
     try:
         tensors = load_safetensors(data)
         meta = json.loads(data[8 : 8 + header_bytes]).get("__metadata__") or {}

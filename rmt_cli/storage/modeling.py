@@ -12,6 +12,7 @@ from typing import Iterable  # noqa: E402
 
 import torch  # noqa: E402
 
+from ..data.sources import missing_reason  # noqa: E402
 from ..errors import UsageError, error_line, shown  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
@@ -95,6 +96,37 @@ def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
     return source, {"gguf_file": gguf}
 
 
+def not_fetched(name_or_path: str, error: Exception) -> str | None:
+    """Why a model named by `name_or_path` could not be loaded, in one whole line, when it is no local folder:
+    a path that is not there (a typo, a broken link), or a hub id that could not be fetched. transformers says
+    so in lines that run on into URLs, and one cut to fit a line ends in the middle of one. None for a local
+    folder (its own errors say what is wrong with it) and for any other failure."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name_or_path)
+    if path.exists() or not isinstance(error, (OSError, ValueError)):
+        return None
+    try:
+        validate_repo_id(name_or_path)
+        looks_like_a_path = path.is_symlink() or name_or_path.startswith((".", "/", "~"))
+    except HFValidationError:  # a hub id never looks like this: a folder was meant
+        looks_like_a_path = True
+    if looks_like_a_path:
+        return f"{shown(name_or_path)}: {missing_reason(path, 'folder')}"
+    text = str(error)
+    if constants.HF_HUB_OFFLINE:
+        why = "rmt is offline (HF_HUB_OFFLINE is set) and it is not in the local cache"
+    elif "couldn't connect" in text or "connection" in text.lower():
+        why = "there is no connection to the hub and it is not in the local cache"
+    elif "not a valid model identifier" in text or "not found" in text.lower():
+        why = "the hub has no such model (a private or gated one needs `hf auth login`)"
+    else:
+        return None
+    return f"{shown(name_or_path)}: no such local folder, and the model could not be fetched from the Hugging Face " \
+           f"hub: {why}"
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False,
                    encoder: bool = False, **source_options):
     """A model's tokenizer, with the special tokens its memory cell needs: an end token for a causal LM (answers
@@ -105,6 +137,9 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
                                             **source_options)
     except (OSError, ValueError) as e:
+        unreachable = not_fetched(name_or_path, e)
+        if unreachable:
+            raise UsageError(f"cannot load the tokenizer of {unreachable}") from None
         raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {error_line(e)}") from None
     except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
         raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: its files are malformed "
@@ -241,6 +276,9 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         model = auto.from_pretrained(source, config=config, revision=spec.revision,
                                      trust_remote_code=spec.trust_remote_code, dtype=torch.float32, **weights_format)
     except (OSError, ValueError) as e:
+        unreachable = not_fetched(source, e)
+        if unreachable:
+            raise UsageError(f"cannot load model {unreachable}") from None
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
     if source_options:
         _forget_gguf(model)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import UsageError
+from ..errors import UsageError, error_line, shown
+from ..data.sources import read_small_file
 from ..data.tasks import STORY_TASKS
 
 
@@ -326,7 +327,8 @@ def load_yaml(text: str, what: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UsageError(f"{what}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        # A reader error (a character YAML does not allow) has no `problem`, and its text runs over two lines.
+        raise UsageError(f"{what}: not valid YAML{where}: {getattr(e, 'problem', None) or error_line(e)}") from None
     except RecursionError:  # PyYAML parses nesting recursively: `[[[[...]]]]` thousands deep
         raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep") from None
     if _expanded_size(data, MAX_YAML_NODES, what) > MAX_YAML_NODES:
@@ -334,14 +336,16 @@ def load_yaml(text: str, what: str) -> Any:
     return data
 
 
-def read_recipe_data(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe {path}: no such file")
+def read_recipe_text(path: str | Path, what: str = "recipe") -> str:
+    """A recipe's text: a regular file or a pipe (`rmt train <(...)`), at most 16 MiB, UTF-8; else one line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"recipe {path}: not UTF-8 text") from None
+        return read_small_file(Path(path), what).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_recipe_data(path: str | Path) -> dict:
+    text = read_recipe_text(path)
     data = load_yaml(text, f"recipe {path}")
     if data is None:
         data = {}
