@@ -3,9 +3,11 @@
 The package's folders are its layers, and imports only run down them:
 
     errors, atomic, progress   the base: one-line errors, atomic writes, the progress bar
-    core/      the memory cells (causal LM, encoder), their update rules and the recurrence; segments
+    core/      the memory cells (causal LM, encoder), their update rules and the recurrence; segments; the
+               native Llama decoder that inference runs where a checkpoint allows
     data/      stories and haystacks, the one reader of user text, streamed tokenization
-    storage/   recipes, model building, checkpoint folders, fingerprints, memory files, shipped assets
+    storage/   recipes, model building, checkpoint folders and which engine runs them, fingerprints, memory
+               files, shipped assets
     commands/  train, extend, ingest, ask, perplexity, eval (and the training samples and evaluation)
     cli.py     the `rmt` command, a thin layer on top
 

@@ -75,14 +75,22 @@ SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
 
 
 def _quiet_libraries() -> None:
+    """transformers' warnings and progress bars off: through the environment, which they read when first imported
+    (a command on the native engine never imports transformers), and directly where they are imported already."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import warnings
 
     warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def command(func):
@@ -249,11 +257,12 @@ def _dtype(name: str):
 
 
 def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None, device=None):
+    """A checkpoint for inference: on the native engine where it qualifies (storage/engine.py)."""
     from .storage.assets import DEFAULT_MODEL_DIR, resolve_model_path
     from .storage.checkpoint import load_checkpoint
 
     path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
-    return load_checkpoint(path, dtype=dtype, device=device or _device())
+    return load_checkpoint(path, dtype=dtype, device=device or _device(), engine="auto")
 
 
 def _device() -> str:

@@ -2,7 +2,8 @@
 
 The final segment is built by `segments.build_final_segment`, the same function training used: the memory,
 the document's unfinished tail, the question prompt. Then a causal LM generates the answer until the end token,
-with its own `generate()` and a KV cache (an answer token costs one token's forward, not the segment's), and an
+with its engine's `generate()` (transformers', or the native Llama's) and a KV cache (an answer token costs one
+token's forward, not the segment's), and an
 encoder's classifier picks one of its answers (`respond`, the one place the two kinds part ways; `rmt eval`
 answers through it too). The memory file is only read. Questions are independent of each other; asked
 together, the document's rest is written to memory once and questions of one length are answered as a batch.
@@ -99,28 +100,33 @@ def generate(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]],
 
 
 def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperature, top_p, generator):
-    """One `generate()` call over rows whose prompts have the same length."""
-    from transformers import LogitsProcessorList
-
+    """One `generate()` call over rows whose prompts have the same length: the native engine's
+    (`NativeLlama.generate`), or transformers'."""
     cell, tokenizer = model.cell, model.tokenizer
     eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.tensor(prompts, device=memory.device)
     inputs_embeds = torch.cat([memory.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
-    processors = LogitsProcessorList([_Choose(temperature, top_p, generator)]) if temperature > 0 else None
-    out = cell.model.generate(
-        inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
-                                                               device=memory.device),
-        logits_processor=processors,
-        # generation_config.json may carry sampling or length settings of its own: only these apply
-        generation_config=_plain_generation_config(
-            cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
-    )
+    choose = _Choose(temperature, top_p, generator) if temperature > 0 else None
+    if getattr(cell.model, "engine", None) == "native":
+        sequences, logits = cell.model.generate(inputs_embeds, max_new_tokens, eos, pad, choose)
+    else:
+        from transformers import LogitsProcessorList
+
+        out = cell.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
+                                                                   device=memory.device),
+            logits_processor=LogitsProcessorList([choose]) if choose is not None else None,
+            # generation_config.json may carry sampling or length settings of its own: only these apply
+            generation_config=_plain_generation_config(cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                                       pad_token_id=pad),
+        )
+        sequences, logits = out.sequences[:, -len(out.logits):], out.logits
     answers = []
     for row in range(len(prompts)):
         tokens, logprob = [], 0.0
-        for step, token in enumerate(out.sequences[row, -len(out.logits):].tolist()):
-            logprob += float(torch.log_softmax(out.logits[step][row].float(), -1)[token])
+        for step, token in enumerate(sequences[row].tolist()):
+            logprob += float(torch.log_softmax(logits[step][row].float(), -1)[token])
             if token == eos:
                 break
             tokens.append(token)
@@ -139,7 +145,7 @@ def _plain_generation_config(hf_model, **settings):
 
 class _Choose:
     """A logits processor that picks each row's next token with `_choose` (rmt's sampling: temperature, top-p, its
-    own generator) and leaves generate()'s greedy step only that token to take."""
+    own generator) and leaves generate()'s greedy step only that token to take (either engine's)."""
 
     def __init__(self, temperature: float, top_p: float, generator):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator

@@ -33,8 +33,10 @@ from .. import __version__
 from ..atomic import atomic_folder
 from ..errors import UsageError, error_line, shown
 from ..core.memory import MemorySlots
+from ..core.native_llama import NativeLlama, load_weights
 from ..data.sources import missing_reason
-from .modeling import check_fits, load_tokenizer, make_cell, model_class
+from .engine import NativeParts, native_parts, requested
+from .modeling import check_fits, load_tokenizer, make_cell, model_class, with_needed_tokens
 from .recipe import MemorySpec, format_errors
 from .fingerprint import fingerprint
 from .training_state import optimizer_tensors
@@ -53,6 +55,7 @@ class LoadedModel:
     memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
     path: Path
+    engine: str = "transformers"  # or "native": what runs the model (storage/engine.py)
 
     @property
     def segment_size(self) -> int:
@@ -267,23 +270,23 @@ def _cannot_build(path: Path, error: Exception) -> UsageError:
     return UsageError(f"{_where(path)}: cannot load the model: {error_line(error)}")
 
 
-def _stored_sizes(path: Path) -> tuple[int, int]:
-    """How many tensors and numbers model.safetensors holds, from its header alone (which safetensors checks
-    against the file's length, so a truncated or corrupt file stops here)."""
+def _stored_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of each tensor model.safetensors holds, from its header alone (which safetensors checks against
+    the file's length, so a truncated or corrupt file stops here)."""
     try:
         with safe_open(str(path / MODEL_FILE), framework="pt") as weights:
-            shapes = [weights.get_slice(name).get_shape() for name in weights.keys()]
+            return {name: weights.get_slice(name).get_shape() for name in weights.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise _unreadable(path, MODEL_FILE, e) from None
-    return len(shapes), sum(math.prod(shape) for shape in shapes)
 
 
-def _load_model(path: Path, config, kind: str):
+def _load_model(path: Path, config, kind: str, native: bool = False):
     """The wrapped model with every weight from model.safetensors, in the shapes config.json gives: transformers
-    would re-initialise missing or mismatched weights, and skip unexpected ones, with a warning at most."""
-    auto = model_class(kind)  # a causal LM with its head, or an encoder
+    would re-initialise missing or mismatched weights, and skip unexpected ones, with a warning at most.
+    `native`: the native engine's model (config is its LlamaSettings)."""
     where = _where(path)
-    tensors, stored = _stored_sizes(path)
+    shapes = _stored_shapes(path)
+    tensors, stored = len(shapes), sum(math.prod(shape) for shape in shapes.values())
     # Even a weightless (meta) model is built layer by layer and expert by expert, each with at least one tensor in
     # the file: a config naming more of them than the file has tensors would keep the builder busy for ever.
     for key, value in config.to_dict().items():
@@ -291,9 +294,10 @@ def _load_model(path: Path, config, kind: str):
         if counts and type(value) is int and value > tensors:
             raise UsageError(f"{where}: {CONFIG_FILE}: {shown(key)} is {value:,}, but {MODEL_FILE} holds only "
                              f"{tensors} tensors")
+    build = NativeLlama if native else model_class(kind).from_config  # a causal LM with its head, or an encoder
     try:
         with torch.device("meta"):  # counts the weights without allocating them
-            needed = sum(p.numel() for p in auto.from_config(config).parameters())
+            needed = sum(p.numel() for p in build(config).parameters())
     except Exception as e:
         raise _cannot_build(path, e) from None
     # Loading allocates (and initialises) whatever the file lacks, however large: refuse a config describing far
@@ -302,9 +306,13 @@ def _load_model(path: Path, config, kind: str):
         raise UsageError(f"{where}: {CONFIG_FILE} describes a model of {needed:,} weights; {MODEL_FILE} holds "
                          f"{stored:,}")
     try:
-        model, report = auto.from_pretrained(
-            path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
-            output_loading_info=True, ignore_mismatched_sizes=True)
+        if native:
+            model = NativeLlama(config)
+            report = load_weights(model, load_file(str(path / MODEL_FILE)))
+        else:
+            model, report = model_class(kind).from_pretrained(
+                path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
+                output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as e:
         raise _cannot_build(path, e) from None
     # Tied weights (an LM head sharing the embedding) are absent from the file by design; transformers does not
@@ -321,14 +329,16 @@ def _load_model(path: Path, config, kind: str):
     return model
 
 
-def _load_tokenizer(path: Path, model, encoder: bool):
-    """The folder's own tokenizer, with ids that the model's embedding can look up."""
+def _load_tokenizer(path: Path, model, encoder: bool, native=None):
+    """The folder's own tokenizer (`native`: the native engine's, read already), with ids that the model's
+    embedding can look up."""
     where = _where(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         # transformers would build a tokenizer with an empty vocabulary, which reads any text as nothing.
         raise UsageError(f"{where}: no tokenizer (expected tokenizer.json, or the tokenizer.model, vocab.json and "
                          f"merges.txt, or vocab.txt of a slow tokenizer)")
-    tokenizer = load_tokenizer(str(path), trust_remote_code=False, encoder=encoder)
+    tokenizer = with_needed_tokens(native, str(path)) if native is not None else \
+        load_tokenizer(str(path), trust_remote_code=False, encoder=encoder)
     ids = tokenizer.get_vocab().values()
     if len(ids) < MIN_VOCAB:
         raise UsageError(f"{where}: the tokenizer has {len(ids)} entries; a real one has at least {MIN_VOCAB}")
@@ -367,27 +377,50 @@ def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec) -> None:
                 param.copy_(saved[name])
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def _native_parts(path: Path, info: dict, engine: str) -> NativeParts | None:
+    """The native engine's parts where it runs the checkpoint (storage/engine.py), else None: transformers runs
+    it. Asked for by name (engine or RMT_ENGINE "native"), a checkpoint that does not qualify is an error."""
+    engine = requested(engine)
+    if engine == "transformers":
+        return None
+    tokenizer_config = "tokenizer_config.json"
+    parts = native_parts(path, info, _read_json_object(path, CONFIG_FILE),
+                         _read_json_object(path, tokenizer_config) if (path / tokenizer_config).is_file() else None,
+                         lambda: _stored_shapes(path))
+    if isinstance(parts, NativeParts):
+        return parts
+    if engine == "native":
+        raise UsageError(f"{_where(path)}: the native engine was asked for, and cannot run it: {shown(parts)}")
+    return None
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                    engine: str = "transformers") -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
 
-    Loads completely or raises UsageError with one line: never a traceback, never a silent fallback. The
-    fingerprint is computed from the weights as loaded (float32), not trusted from rmt.json.
+    Loads completely or raises UsageError with one line: never a traceback, never a silent fallback to weights
+    it did not read. The fingerprint is computed from the weights as loaded (float32), not trusted from rmt.json.
+
+    `engine`: "transformers" (a transformers model, which can be trained and saved), "auto" (inference only: the
+    native engine where the checkpoint qualifies, RMT_ENGINE deciding when set; see storage/engine.py) or
+    "native" (an error where it does not qualify).
     """
     path = Path(path)
     info = read_info(path)
     memory = MemorySpec(**info["memory"])
     refuse_remote_code(path)
-    config = read_config(path)
+    native = _native_parts(path, info, engine)
+    config = native.settings if native else read_config(path)
     kind = info.get("kind", "causal")
     try:
         check_fits(config, memory, kind)
     except UsageError as e:
         raise UsageError(f"{_where(path)}: {RMT_JSON}: {e}") from None
-    model = _load_model(path, config, kind)
-    tokenizer = _load_tokenizer(path, model, kind == "encoder")
+    model = _load_model(path, config, kind, native is not None)
+    tokenizer = _load_tokenizer(path, model, kind == "encoder", native and native.tokenizer)
     cell = make_cell(model, tokenizer, memory, info.get("answers") if kind == "encoder" else None)
     _load_memory(path, cell, memory)
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
-    return LoadedModel(cell, tokenizer, memory, info, path)
+    return LoadedModel(cell, tokenizer, memory, info, path, "native" if native else "transformers")

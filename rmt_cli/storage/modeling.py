@@ -16,11 +16,16 @@ from ..data.sources import missing_reason  # noqa: E402
 from ..errors import UsageError, error_line, shown  # noqa: E402
 from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
-try:  # transformers 5 validates configs as strict dataclasses
-    from huggingface_hub.errors import StrictDataclassError as _StrictError
-except ImportError:  # older huggingface_hub
-    _StrictError = ValueError
-CONFIG_ERRORS = (TypeError, ValueError, _StrictError)
+
+def config_errors() -> tuple[type[Exception], ...]:
+    """What building a config or model from bad settings raises. Imported when an error is matched against it
+    (an except clause evaluates it then), so that inference on the native engine never imports huggingface_hub."""
+    try:  # transformers 5 validates configs as strict dataclasses
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub
+        return TypeError, ValueError
+    return TypeError, ValueError, StrictDataclassError
+
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -144,6 +149,12 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
         raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: its files are malformed "
                          f"({type(e).__name__}: {error_line(e)})") from None
+    return with_needed_tokens(tok, name_or_path, encoder)
+
+
+def with_needed_tokens(tok, name_or_path: str, encoder: bool = False):
+    """A tokenizer (transformers' or storage.native_tokenizer's) checked for the special tokens its memory cell
+    needs, its padding token set where it has none."""
     if encoder and (tok.cls_token_id is None or tok.sep_token_id is None):
         raise UsageError(f"the tokenizer of {name_or_path!r} has no [CLS] or no [SEP] token; an encoder's segments "
                          f"are [CLS] memory [SEP] tokens [SEP]")
@@ -197,7 +208,7 @@ def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
         base = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
         return LlamaConfig(**{**base, **common, **spec.config})
-    except CONFIG_ERRORS as e:
+    except config_errors() as e:
         raise UsageError(f"model.config: {error_line(e)}") from None
 
 
@@ -238,7 +249,7 @@ def check_buildable(config, kind: str = "causal") -> None:
     try:
         with torch.device("meta"):  # shapes only, no memory
             weights = sum(p.numel() for p in model_class(kind).from_config(config).parameters())
-    except (*CONFIG_ERRORS, RuntimeError) as e:  # on the meta device a RuntimeError is a shape ("negative dimension")
+    except (*config_errors(), RuntimeError) as e:  # on the meta device a RuntimeError is a shape ("negative dimension")
         raise UsageError(f"model.config: {error_line(e)}") from None
     memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if weights * 4 > memory_bytes:
@@ -259,7 +270,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         torch.manual_seed(seed)
         try:  # some architectures check their settings only when the model is built
             return auto.from_config(config)
-        except CONFIG_ERRORS as e:
+        except config_errors() as e:
             raise UsageError(f"model.config: {error_line(e)}") from None
     source, source_options = pretrained_source(spec)
     # safetensors only, as everywhere in rmt; a GGUF holds no pickled code either
