@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
@@ -203,6 +203,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
+    check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     for own in ("recipe.yaml", "metrics.jsonl"):  # found now, not after loading (a FIFO would hang training)
         _check_own_file(output_dir / own)
     resume_from = resolve_resume(recipe)
