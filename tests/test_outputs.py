@@ -245,3 +245,13 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path, doc):
     memory.chmod(0o640)
     assert ingest(doc, "-o", memory).exit_code == 0
     assert memory.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_trace_onto_the_append_source_is_refused(tmp_path, doc):
+    """`--append a.st ... -o b.st --trace a.st` replaced the memory file being continued with the trace."""
+    memory = tmp_path / "a.st"
+    assert ingest(doc, "-o", memory).exit_code == 0
+    before = memory.read_bytes()
+    one_error_line(ingest("--append", memory, doc, "-o", tmp_path / "b.st", "--trace", memory), 2, "--trace",
+                   "an input or output")
+    assert memory.read_bytes() == before and not (tmp_path / "b.st").exists()
