@@ -194,9 +194,10 @@ def train(
 ):
     """Train an RMT through the recipe's curriculum (1 segment, then more), with checkpoints and evaluation."""
     from .storage.recipe import load_recipe
-    from .commands.train import train as run_train
+    from .commands.train import check_run_inputs, train as run_train
 
     r = load_recipe(recipe, overrides or [])
+    check_run_inputs(r, [recipe])
     result = run_train(r, console=err, progress=not quiet)
     _finish_run(result, json_out)
 
@@ -229,9 +230,10 @@ def extend(
 ):
     """Continue a trained model on longer inputs: its weights, a fresh optimizer, the recipe's stages."""
     from .commands.extend import extend_recipe
-    from .commands.train import train as run_train
+    from .commands.train import check_run_inputs, train as run_train
 
     r = extend_recipe(checkpoint, recipe, overrides or [])
+    check_run_inputs(r, [recipe])
     result = run_train(r, init_from=checkpoint, console=err, progress=not quiet)
     _finish_run(result, json_out)
 

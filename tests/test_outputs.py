@@ -255,3 +255,14 @@ def test_a_trace_onto_the_append_source_is_refused(tmp_path, doc):
     one_error_line(ingest("--append", memory, doc, "-o", tmp_path / "b.st", "--trace", memory), 2, "--trace",
                    "an input or output")
     assert memory.read_bytes() == before and not (tmp_path / "b.st").exists()
+
+
+def test_train_refuses_to_write_over_the_recipe_it_reads(tmp_path, monkeypatch):
+    """`rmt train recipe.yaml output_dir=.` replaced the recipe given (its comments and all) with the resolved one."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    text = "# my notes\n" + yaml.safe_dump(_tiny_recipe("."))
+    (tmp_path / "recipe.yaml").write_text(text)
+    one_error_line(run(["train", "recipe.yaml", "-q"]), 2, "output_dir .", "write over recipe.yaml")
+    assert (tmp_path / "recipe.yaml").read_text() == text and not (tmp_path / "final").exists()

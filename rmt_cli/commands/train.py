@@ -158,6 +158,19 @@ def _source_name(recipe: Recipe) -> str:
     return recipe.model.name_or_path or f"scratch:{recipe.model.architecture}"
 
 
+RUN_FILES = ("recipe.yaml", "metrics.jsonl")  # what a run keeps in output_dir beside its checkpoints
+
+
+def check_run_inputs(recipe: Recipe, inputs: list[str | Path]) -> None:
+    """No file a run writes in output_dir is one of its inputs: `rmt train recipe.yaml output_dir=.` would
+    replace the recipe given (its comments and all) with the resolved one."""
+    own = {Path(os.path.realpath(Path(recipe.output_dir) / name)) for name in RUN_FILES}
+    for given in inputs:
+        if Path(os.path.realpath(given)) in own:
+            raise UsageError(f"output_dir {shown(recipe.output_dir)}: the run would write over {shown(given)}, which "
+                             f"it reads; choose another output_dir")
+
+
 def _check_own_file(path: Path) -> None:
     """The files a run keeps in output_dir are its own: a regular file or none; never a link (which would write
     elsewhere), a FIFO (which would hang training), a device or a folder."""
@@ -204,7 +217,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
-    for own in ("recipe.yaml", "metrics.jsonl"):  # found now, not after loading (a FIFO would hang training)
+    for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own_file(output_dir / own)
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
