@@ -93,6 +93,10 @@ def command(func):
         try:
             if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
                 sys.stdout = _ClosedStdout()
+            elif hasattr(sys.stdout, "reconfigure"):
+                # What this stdout cannot encode (an answer's "é" under PYTHONIOENCODING=ascii) is escaped, as
+                # Python escapes it on stderr, not a UnicodeEncodeError.
+                sys.stdout.reconfigure(errors="backslashreplace")
             _quiet_libraries()
             return func(*args, **kwargs)
         except RMTError as e:

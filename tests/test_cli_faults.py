@@ -273,3 +273,21 @@ def test_a_plot_that_is_not_png_is_refused_before_scoring(tmp_path):
     one_error_line(r, 2, "PNG")
     r = run(["eval", "--plot", tmp_path / "x", "-q"])
     one_error_line(r, 2, "PNG")
+
+
+# Third review (a crafted set): each of these failed before its fix.
+
+
+def test_answers_this_stdout_cannot_encode_are_escaped(memory_file, monkeypatch):
+    """An answer holding "é" printed to a stdout in ASCII (PYTHONIOENCODING=ascii, a C locale) was a
+    UnicodeEncodeError traceback; it is escaped, as Python escapes it on stderr."""
+    from typer.testing import CliRunner
+
+    from rmt_cli.cli import app
+    from rmt_cli.commands import ask as ask_module
+
+    monkeypatch.setattr(ask_module, "ask_many", lambda model, state, questions, *rest: [
+        ask_module.Answer("café ☕", -1.0, 2, question=q) for q in questions])
+    r = CliRunner(charset="ascii").invoke(app, ["ask", str(memory_file), "Q", "--model", str(DEFAULT_LM_DIR)])
+    assert r.exit_code == 0 and r.exception is None, r.stderr
+    assert r.stdout == "caf\\xe9 \\u2615\n"
