@@ -291,3 +291,22 @@ def test_answers_this_stdout_cannot_encode_are_escaped(memory_file, monkeypatch)
     r = CliRunner(charset="ascii").invoke(app, ["ask", str(memory_file), "Q", "--model", str(DEFAULT_LM_DIR)])
     assert r.exit_code == 0 and r.exception is None, r.stderr
     assert r.stdout == "caf\\xe9 \\u2615\n"
+
+
+def test_names_too_long_for_the_system_are_one_short_line_exit_2(tmp_path):
+    """A 300-byte file name or a 5,000-byte path as -o was exit 1 (an OSError from the folder check), the path
+    printed whole; it is bad input, found before reading, named cut short."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mary went to the garden. " * 20)
+    assert run(["ingest", doc, "-o", tmp_path / "a.st", "--model", DEFAULT_LM_DIR, "-q"]).exit_code == 0
+    for output in (tmp_path / ("m" * 300 + ".st"), tmp_path / "/".join(["d" * 200] * 25) / "m.st"):
+        for extra in ([], ["--append", tmp_path / "a.st"]):
+            r = run(["ingest", doc, "-o", output, "--model", DEFAULT_LM_DIR, "-q", *extra])
+            one_error_line(r, 2, "File name too long")
+            assert len(r.stderr) < 400
+
+
+def test_append_onto_a_folder_names_append(tmp_path):
+    """`rmt ingest --append FOLDER more.txt` said '-o FOLDER: is a folder' though no -o was given."""
+    (tmp_path / "doc.txt").write_text("Mary went to the garden.")
+    one_error_line(run(["ingest", "--append", tmp_path, tmp_path / "doc.txt"]), 2, f"--append {tmp_path}: is a folder")

@@ -314,8 +314,9 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         if output is not None and not str(output):
             raise UsageError("no output given: -o '' names no file; leave -o out to write back to --append")
         target = Path(output if output else append)
-        if target.is_dir():
-            raise UsageError(f"-o {shown(target)}: is a folder; --append writes one memory file")
+        if os.path.isdir(target):  # False for a name the system refuses (too long): output_target names why
+            raise UsageError(f"{'-o' if output else '--append'} {shown(target)}: is a folder; --append writes one "
+                             f"memory file")
         return [IngestJob(paths, target, Path(append))]
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
@@ -324,7 +325,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if str(output) == "-":  # a file named "-" is never what was meant
         raise UsageError("-o -: a memory file is binary and goes to a file, not to standard output; name a file")
     folder = Path(output)
-    if not (folder.is_dir() or str(output).endswith(("/", os.sep))):
+    if not (os.path.isdir(folder) or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
     if "-" in paths:
         raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
