@@ -306,6 +306,12 @@ def test_names_too_long_for_the_system_are_one_short_line_exit_2(tmp_path):
             assert len(r.stderr) < 400
 
 
+def test_a_home_of_no_such_user_is_a_missing_path(tmp_path):
+    """`~nosuchuser/a.txt` (Path.expanduser raises RuntimeError) was a traceback in ingest, perplexity and eval."""
+    one_error_line(run(["ingest", "~nosuchuser-rmt/a.txt", "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR]), 2,
+                   "~nosuchuser-rmt/a.txt: no such file or folder")
+
+
 def test_append_onto_a_folder_names_append(tmp_path):
     """`rmt ingest --append FOLDER more.txt` said '-o FOLDER: is a folder' though no -o was given."""
     (tmp_path / "doc.txt").write_text("Mary went to the garden.")

@@ -240,7 +240,10 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             stdin_stream()  # closed (`<&-`): said before anything is read or written
             items.append(_Item(None, "<stdin>"))
             continue
-        path = Path(raw).expanduser()
+        try:
+            path = Path(raw).expanduser()
+        except RuntimeError:  # ~name of no such user: the path as given, which is then not found
+            path = Path(raw)
         try:
             if path.is_dir():
                 found, n = _walk_folder(path)
