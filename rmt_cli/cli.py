@@ -16,18 +16,20 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError, UsageError, one_line, shown
+from .errors import RMTError, UsageError, one_line, shown, stop_signals
 
 def _terminate_like_ctrl_c() -> None:
-    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) stops rmt as Ctrl-C does:
-    temporaries removed, a training run saved, exit 130."""
+    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
+    stops rmt as Ctrl-C does: temporaries removed, a training run saved, exit 130."""
     import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, interrupt)
+        for number in stop_signals():
+            if number != signal.SIGINT:  # Python's own handler raises KeyboardInterrupt
+                signal.signal(number, interrupt)
     except ValueError:  # not the main thread (rmt called from a library's worker thread): leave it alone
         pass
 

@@ -222,10 +222,11 @@ def _wait_for_trace(tmp_path, proc, timeout=120.0):
     raise AssertionError(f"ingest never started: {proc.poll()}")
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
 def test_ingest_interrupted_or_killed_writes_nothing_and_keeps_the_old_file(tmp_path, memory_file, signal_name):
-    """Ctrl-C (the terminal's SIGINT to the process group) or kill -9 in the middle of an --append: the memory
-    file is as it was, bit for bit, and no trace or memory file appears half-written."""
+    """Ctrl-C (the terminal's SIGINT to the process group), SIGTERM, a closed terminal (SIGHUP: exited 129 and left
+    the trace's temporary) or kill -9 in the middle of an --append: the memory file is as it was, bit for bit, and
+    no trace or memory file appears half-written."""
     import signal
 
     book = tmp_path / "book.txt"
@@ -238,7 +239,7 @@ def test_ingest_interrupted_or_killed_writes_nothing_and_keeps_the_old_file(tmp_
     _, stderr = proc.communicate(timeout=120)
     assert memory_file.read_bytes() == before
     assert not (tmp_path / "t.jsonl").exists()
-    if signal_name != "SIGKILL":  # `kill` (SIGTERM) stops rmt as Ctrl-C does
+    if signal_name != "SIGKILL":  # `kill` (SIGTERM) and a closed terminal (SIGHUP) stop rmt as Ctrl-C does
         assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
         assert not list(tmp_path.glob(".*.tmp*"))  # temporaries removed on the way out
     else:
@@ -276,6 +277,20 @@ def test_a_plot_that_is_not_png_is_refused_before_scoring(tmp_path):
 
 
 # Third review (a crafted set): each of these failed before its fix.
+
+
+def test_an_ignored_stop_signal_stays_ignored():
+    """Under `nohup` (SIGHUP ignored) a closed terminal does not stop rmt: only signals not ignored are taken."""
+    import signal
+
+    from rmt_cli.errors import stop_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert signal.SIGHUP not in stop_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert signal.SIGHUP in stop_signals()
 
 
 def test_answers_this_stdout_cannot_encode_are_escaped(memory_file, monkeypatch):

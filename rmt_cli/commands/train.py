@@ -24,7 +24,7 @@ from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError, one_line, shown
+from ..errors import RMTError, UsageError, one_line, shown, stop_signals
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -104,8 +104,8 @@ def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, r
 def _ignore_interrupts(worker_id: int) -> None:
     # A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches the whole process group. A worker killed by it would
     # make the step waiting for its batch fail; the training process alone decides to finish the step, save and stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for number in stop_signals():
+        signal.signal(number, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -129,9 +129,9 @@ def resolve_resume(recipe: Recipe) -> Path | None:
 
 
 class _StopFlag:
-    """First Ctrl-C (or SIGTERM): finish the step, save, exit 130. A second one: stop at once."""
+    """First Ctrl-C (or SIGTERM, or SIGHUP): finish the step, save, exit 130. A second one: stop at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(stop_signals())
 
     def __init__(self):
         self.stop = False
