@@ -35,7 +35,7 @@ from ..errors import UsageError, error_line, shown
 from ..core.memory import MemorySlots
 from ..data.sources import missing_reason
 from .modeling import check_fits, load_tokenizer, make_cell, model_class
-from .recipe import MemorySpec, format_errors
+from .recipe import CODE_KEYS, MemorySpec, format_errors
 from .fingerprint import fingerprint
 from .training_state import optimizer_tensors
 
@@ -226,9 +226,6 @@ def read_info(path: str | Path) -> dict:
     if problems:
         raise _problems_line(where, problems)
     return info
-
-
-CODE_KEYS = ("auto_map",)  # config keys that make transformers import Python files shipped beside the weights
 
 
 def refuse_remote_code(path: Path) -> None:
