@@ -288,7 +288,8 @@ def ingest(
                                          "model, when the package ships one)."),
     append: Optional[Path] = typer.Option(None, "--append", help="Continue from this memory file; writes back "
                                           "to it unless -o is given."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines (relative "
+                                            "paths from the current folder)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default; bit-exact appends) or bfloat16 "
                                         "(faster). --append keeps the memory file's."),

@@ -364,3 +364,21 @@ def test_compiled_ingest_agrees_with_eager(tmp_path, model):
     for n in ("a.txt", "b.txt", "c.txt"):
         eager, compiled = load_memory(tmp_path / f"{n}.eager.st").memory, load_memory(tmp_path / f"{n}.compiled.st").memory
         assert torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4), n
+
+
+# --- third review (a crafted set) -------------------------------------------------------------------------------
+
+
+def test_manifest_lines_end_only_at_newlines(tmp_path):
+    """A manifest was cut into lines by str.splitlines(), which also cuts at a vertical tab, a form feed or U+2028:
+    a line holding one became two jobs (or a wrong job), and errors named lines an editor does not show."""
+    from rmt_cli.commands.ingest import manifest_jobs
+
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text("a.txt\tout/a.st\r\nb\x0bc.txt\tout/b\u2028.st\n\n# note\n", newline="")
+    jobs = manifest_jobs(manifest)
+    assert [(j.paths, j.output.name, j.origin.rsplit(":", 1)[1]) for j in jobs] == [
+        (["a.txt"], "a.st", "1"), (["b\x0bc.txt"], "b\u2028.st", "2")]
+    manifest.write_text("a\x0cb.txt\tout/a.st\nno tab here\n", newline="")
+    with pytest.raises(UsageError, match=r"jobs.tsv:2: expected input<TAB>output, got no tab here"):
+        manifest_jobs(manifest)

@@ -336,14 +336,17 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
 
 
 def manifest_jobs(path: str | Path) -> list[IngestJob]:
-    """`input<TAB>output` lines; blank lines and lines starting with # are skipped."""
+    """`input<TAB>output` lines (LF or CRLF); blank lines and lines starting with # are skipped. Relative paths
+    are read from the current folder, as on the command line, not from the manifest's."""
     path = Path(path)
     try:
         text = read_small_file(path, "manifest").decode("utf-8").removeprefix("\ufeff")  # a BOM names no file
     except UnicodeDecodeError as e:
         raise UsageError(f"manifest {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     jobs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines end at a newline (CRLF too) and nowhere else: str.splitlines() would also cut at a form feed, a vertical
+    # tab or U+2028, which a file name may hold, and number the lines unlike an editor.
+    for n, line in enumerate((line.removesuffix("\r") for line in text.split("\n")), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")
