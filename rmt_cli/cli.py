@@ -145,13 +145,13 @@ class _ClosedStdout:
 
 def stdin_bytes() -> bytes:
     """All of standard input, or one UsageError line when rmt was started with it closed (`<&-`)."""
-    from .data.sources import stdin_stream
+    from .data.sources import stdin_stream, stdin_unreadable
 
     stream = stdin_stream()
     try:
         return stream.read()
     except (OSError, ValueError) as e:  # a closed or unreadable descriptor
-        raise UsageError(f"standard input cannot be read: {getattr(e, 'strerror', None) or e}") from None
+        raise stdin_unreadable(e) from None
 
 
 def _say(kind: str, text: str) -> None:

@@ -327,6 +327,21 @@ def test_a_home_of_no_such_user_is_a_missing_path(tmp_path):
                    "~nosuchuser-rmt/a.txt: no such file or folder")
 
 
+def test_an_unreadable_stdin_is_bad_input_in_ingest_as_in_ask(tmp_path):
+    """`rmt ingest - 0>file` (stdin open, but write-only) was exit 1 with '[Errno 9] Bad file descriptor'; rmt ask
+    said 'standard input cannot be read', exit 2."""
+    import subprocess
+    import sys
+
+    with open(tmp_path / "write-only", "wb") as stdin:
+        r = subprocess.run([sys.executable, "-m", "rmt_cli.cli", "ingest", "-", "-o", tmp_path / "m.st", "--model",
+                            DEFAULT_LM_DIR, "-q"], stdin=stdin, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines == ["error: standard input cannot be read: Bad file descriptor"], r.stderr
+    assert not (tmp_path / "m.st").exists()
+
+
 def test_append_onto_a_folder_names_append(tmp_path):
     """`rmt ingest --append FOLDER more.txt` said '-o FOLDER: is a folder' though no -o was given."""
     (tmp_path / "doc.txt").write_text("Mary went to the garden.")

@@ -382,3 +382,34 @@ def test_manifest_lines_end_only_at_newlines(tmp_path):
     manifest.write_text("a\x0cb.txt\tout/a.st\nno tab here\n", newline="")
     with pytest.raises(UsageError, match=r"jobs.tsv:2: expected input<TAB>output, got no tab here"):
         manifest_jobs(manifest)
+
+
+def test_the_api_takes_one_path_as_well_as_a_list(tmp_path, model):
+    """IngestJob("book.txt", ...) and perplexity("book.txt", ...) read the string as a list of one-letter paths:
+    "b: no such file or folder"."""
+    from rmt_cli.data.sources import open_document
+
+    (tmp_path / "doc.txt").write_text(TEXT)
+    job = IngestJob(str(tmp_path / "doc.txt"), tmp_path / "m.st")
+    assert job.paths == [str(tmp_path / "doc.txt")]
+    [result] = ingest([job], model)
+    assert result.error is None and result.tokens > 0
+    assert [item.name for item in open_document(tmp_path / "doc.txt").items] == [str(tmp_path / "doc.txt")]
+
+
+def test_the_api_refuses_settings_the_cli_options_refuse(tmp_path, model):
+    """ingest(batch_size=0) looped for ever; ask(max_new_tokens=0) was transformers' ValueError; a temperature of
+    infinity (also `rmt ask --temperature inf`) sampled noise for an answer."""
+    from rmt_cli.commands.ask import ask
+
+    (tmp_path / "doc.txt").write_text(TEXT)
+    with pytest.raises(UsageError, match="batch_size 0"):
+        ingest([IngestJob([str(tmp_path / "doc.txt")], tmp_path / "m.st")], model, batch_size=0)
+    assert not (tmp_path / "m.st").exists()
+    [result] = ingest([IngestJob([str(tmp_path / "doc.txt")], tmp_path / "m.st")], model)
+    state = load_memory(tmp_path / "m.st")
+    with pytest.raises(UsageError, match="max_new_tokens 0"):
+        ask(model, state, "Where is Mary?", max_new_tokens=0)
+    for temperature in (float("inf"), float("nan")):
+        with pytest.raises(UsageError, match=f"temperature {temperature}: a finite number"):
+            ask(model, state, "Where is Mary?", temperature=temperature)

@@ -22,7 +22,7 @@ from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from ..core.segments import SegmentStream
-from ..data.sources import Document, open_document, read_small_file
+from ..data.sources import Document, open_document, path_list, read_small_file
 from ..data.tokenstream import DocumentTokens
 
 
@@ -33,8 +33,8 @@ class IngestJob:
     append_from: Path | None = None
     origin: str | None = None  # where the job was given, for errors: "MANIFEST:LINE"
 
-    def __post_init__(self):  # accept str and os.PathLike as well as Path
-        self.paths = [str(p) for p in self.paths]
+    def __post_init__(self):  # accept str and os.PathLike as well as Path, and one path as well as a list
+        self.paths = path_list(self.paths)
         self.output = Path(self.output)
         self.append_from = None if self.append_from is None else Path(self.append_from)
 
@@ -189,6 +189,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     `on_trace`, when given, receives a record per segment of how much it changed the memory. `compile_step` runs
     the segment step through `torch.compile` (see `_SegmentStep`).
     """
+    if batch_size < 1:  # no document would ever be read: a loop for ever
+        raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
     S = model.segment_size
     cell = model.cell
     segment_step = _SegmentStep(cell, compile_step, on_warning)
@@ -303,7 +305,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     - `output` a folder (existing, or a name ending in /): one memory file per input, FOLDER/STEM.st;
     - else all paths are one document written to `output`.
     """
-    paths = [str(p) for p in paths]
+    paths = path_list(paths)
     if manifest is not None:
         if paths or output or append:
             raise UsageError("--manifest takes no paths, -o or --append: each line names input and output")
