@@ -387,3 +387,18 @@ def test_a_nul_character_in_a_recipe_is_refused(tmp_path, override, path):
         load_recipe(write(tmp_path, MINIMAL), [override])
     assert str(caught.value) == f"{tmp_path / 'recipe.yaml'}: {path}: holds a NUL character (\\x00), which no name " \
                                 f"or setting may hold"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("seed: !!python/object/apply:os.system ['touch PWNED']\n", "could not determine a constructor"),
+    ("seed: !!python/name:os.system\n", "could not determine a constructor"),
+    ("seed: 1\n---\nseed: 2\n", "but found another document"),
+    ("? [a, b]\n: 1\n", "found unhashable key"),
+])
+def test_yaml_that_would_run_code_or_is_not_one_recipe_is_one_line(tmp_path, monkeypatch, text, words):
+    """Already refused before the third review; kept so that it stays so. Nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as caught:
+        load_recipe(write(tmp_path, text))
+    assert len(str(caught.value).splitlines()) == 1 and words in str(caught.value)
+    assert not (tmp_path / "PWNED").exists()
