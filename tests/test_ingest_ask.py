@@ -395,6 +395,8 @@ def test_the_api_takes_one_path_as_well_as_a_list(tmp_path, model):
     [result] = ingest([job], model)
     assert result.error is None and result.tokens > 0
     assert [item.name for item in open_document(tmp_path / "doc.txt").items] == [str(tmp_path / "doc.txt")]
+    with pytest.raises(UsageError, match="no input given"):  # as before: None is no path
+        open_document(None)
 
 
 def test_the_api_refuses_settings_the_cli_options_refuse(tmp_path, model):

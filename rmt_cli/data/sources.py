@@ -50,7 +50,7 @@ def path_list(paths) -> list[str]:
     the list of its characters."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return [str(p) for p in paths]
+    return [str(p) for p in paths or ()]
 
 
 def stdin_unreadable(error: Exception) -> UsageError:
