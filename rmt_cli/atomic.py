@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,22 +35,41 @@ def output_target(path: str | Path, what: str = "") -> Path:
                              f"regular files or new paths")
         if os.path.islink(path) and not target.exists() and os.path.lexists(target):
             raise UsageError(f"{where}: a broken or looping symbolic link")
-        parent = target.parent
+        if target.exists() and not os.access(target, os.W_OK):  # replaced, it would lose what guards it
+            raise UsageError(f"{where}: is read-only; rmt replaces only a file you may write")
+    except OSError as e:  # e.g. a folder on the way that may not be searched, or a name too long
+        raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
+    check_folder(target.parent, where)
+    return target
+
+
+def check_folder(folder: Path, where: str) -> None:
+    """The folder an output goes in (or the nearest of its parents that exists, in which rmt creates the rest)
+    is a folder rmt may write in: found before any work, not when the output is written after it. `where`
+    starts each error."""
+    parent = folder
+    try:
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{where}: {shown(parent)} is a file, not a folder")
-    except OSError as e:  # e.g. a folder on the way that may not be searched
+    except OSError as e:  # e.g. a folder on the way that may not be searched, or a name too long
         raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
-    return target
+    if not os.access(parent, os.W_OK | os.X_OK):  # no permission, or a read-only file system
+        raise UsageError(f"{where}: cannot write in the folder {shown(parent)} (permission denied, or a read-only "
+                         f"file system)")
 
 
 def _cut(text: str, limit: int) -> str:
     return text.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
-def make_ordinary(path: str | Path) -> None:
-    """Temporary files are private (0600); what we hand over gets the permissions of any new file."""
+def make_ordinary(path: str | Path, replacing: str | Path | None = None) -> None:
+    """Temporary files are private (0600); what we hand over gets the permissions of any new file, or those of
+    the file it replaces (a private 0600 memory file stays private after an --append)."""
+    if replacing is not None and os.path.isfile(replacing):
+        os.chmod(path, stat.S_IMODE(os.stat(replacing).st_mode))
+        return
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -72,7 +92,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield tmp
-        make_ordinary(tmp)
+        make_ordinary(tmp, replacing=path)
         _sync(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -16,18 +16,20 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError, UsageError, one_line, shown
+from .errors import RMTError, UsageError, one_line, shown, stop_signals
 
 def _terminate_like_ctrl_c() -> None:
-    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) stops rmt as Ctrl-C does:
-    temporaries removed, a training run saved, exit 130."""
+    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
+    stops rmt as Ctrl-C does: temporaries removed, a training run saved, exit 130."""
     import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, interrupt)
+        for number in stop_signals():
+            if number != signal.SIGINT:  # Python's own handler raises KeyboardInterrupt
+                signal.signal(number, interrupt)
     except ValueError:  # not the main thread (rmt called from a library's worker thread): leave it alone
         pass
 
@@ -101,6 +103,10 @@ def command(func):
         try:
             if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
                 sys.stdout = _ClosedStdout()
+            elif hasattr(sys.stdout, "reconfigure"):
+                # What this stdout cannot encode (an answer's "é" under PYTHONIOENCODING=ascii) is escaped, as
+                # Python escapes it on stderr, not a UnicodeEncodeError.
+                sys.stdout.reconfigure(errors="backslashreplace")
             _quiet_libraries()
             return func(*args, **kwargs)
         except RMTError as e:
@@ -147,13 +153,13 @@ class _ClosedStdout:
 
 def stdin_bytes() -> bytes:
     """All of standard input, or one UsageError line when rmt was started with it closed (`<&-`)."""
-    from .data.sources import stdin_stream
+    from .data.sources import stdin_stream, stdin_unreadable
 
     stream = stdin_stream()
     try:
         return stream.read()
     except (OSError, ValueError) as e:  # a closed or unreadable descriptor
-        raise UsageError(f"standard input cannot be read: {getattr(e, 'strerror', None) or e}") from None
+        raise stdin_unreadable(e) from None
 
 
 def _say(kind: str, text: str) -> None:
@@ -202,9 +208,10 @@ def train(
 ):
     """Train an RMT through the recipe's curriculum (1 segment, then more), with checkpoints and evaluation."""
     from .storage.recipe import load_recipe
-    from .commands.train import train as run_train
+    from .commands.train import check_run_inputs, train as run_train
 
     r = load_recipe(recipe, overrides or [])
+    check_run_inputs(r, [recipe])
     result = run_train(r, console=err, progress=not quiet)
     _finish_run(result, json_out)
 
@@ -237,9 +244,10 @@ def extend(
 ):
     """Continue a trained model on longer inputs: its weights, a fresh optimizer, the recipe's stages."""
     from .commands.extend import extend_recipe
-    from .commands.train import train as run_train
+    from .commands.train import check_run_inputs, train as run_train
 
     r = extend_recipe(checkpoint, recipe, overrides or [])
+    check_run_inputs(r, [recipe])
     result = run_train(r, init_from=checkpoint, console=err, progress=not quiet)
     _finish_run(result, json_out)
 
@@ -289,7 +297,8 @@ def ingest(
                                          "model, when the package ships one)."),
     append: Optional[Path] = typer.Option(None, "--append", help="Continue from this memory file; writes back "
                                           "to it unless -o is given."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines (relative "
+                                            "paths from the current folder)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default; bit-exact appends) or bfloat16 "
                                         "(faster). --append keeps the memory file's."),
@@ -341,7 +350,8 @@ def ingest(
         trace = output_target(trace, "--trace ")
         if not trace.parent.is_dir():
             raise UsageError(f"--trace {trace}: no folder {trace.parent}")
-        if any(trace in (Path(os.path.realpath(j.output)), *(Path(os.path.realpath(p)) for p in j.paths if p != "-"))
+        if any(trace in (Path(os.path.realpath(j.output)), *(Path(os.path.realpath(p)) for p in j.paths if p != "-"),
+                         *([Path(os.path.realpath(j.append_from))] if j.append_from else []))
                for j in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)

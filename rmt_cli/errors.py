@@ -1,6 +1,20 @@
 """Errors that the CLI turns into one clear line and an exit code (never a traceback)."""
 
 
+# Signals that stop rmt as Ctrl-C (SIGINT) does: temporaries removed, a training run saved, exit 130. SIGTERM is
+# what timeout(1), systemd and batch schedulers send; SIGHUP, what a closed terminal or ssh session sends.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def stop_signals() -> list:
+    """STOP_SIGNALS as this system's signal numbers (Windows has no SIGHUP), but those this process ignores: an
+    ignored signal stays ignored (`nohup` ignores SIGHUP, a script's background job SIGINT)."""
+    import signal
+
+    numbers = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    return [number for number in numbers if signal.getsignal(number) is not signal.SIG_IGN]
+
+
 class RMTError(Exception):
     """A failure at run time (exit 1)."""
 

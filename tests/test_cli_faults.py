@@ -222,10 +222,11 @@ def _wait_for_trace(tmp_path, proc, timeout=120.0):
     raise AssertionError(f"ingest never started: {proc.poll()}")
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
 def test_ingest_interrupted_or_killed_writes_nothing_and_keeps_the_old_file(tmp_path, memory_file, signal_name):
-    """Ctrl-C (the terminal's SIGINT to the process group) or kill -9 in the middle of an --append: the memory
-    file is as it was, bit for bit, and no trace or memory file appears half-written."""
+    """Ctrl-C (the terminal's SIGINT to the process group), SIGTERM, a closed terminal (SIGHUP: exited 129 and left
+    the trace's temporary) or kill -9 in the middle of an --append: the memory file is as it was, bit for bit, and
+    no trace or memory file appears half-written."""
     import signal
 
     book = tmp_path / "book.txt"
@@ -238,7 +239,7 @@ def test_ingest_interrupted_or_killed_writes_nothing_and_keeps_the_old_file(tmp_
     _, stderr = proc.communicate(timeout=120)
     assert memory_file.read_bytes() == before
     assert not (tmp_path / "t.jsonl").exists()
-    if signal_name != "SIGKILL":  # `kill` (SIGTERM) stops rmt as Ctrl-C does
+    if signal_name != "SIGKILL":  # `kill` (SIGTERM) and a closed terminal (SIGHUP) stop rmt as Ctrl-C does
         assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
         assert not list(tmp_path.glob(".*.tmp*"))  # temporaries removed on the way out
     else:
@@ -273,3 +274,75 @@ def test_a_plot_that_is_not_png_is_refused_before_scoring(tmp_path):
     one_error_line(r, 2, "PNG")
     r = run(["eval", "--plot", tmp_path / "x", "-q"])
     one_error_line(r, 2, "PNG")
+
+
+# Third review (a crafted set): each of these failed before its fix.
+
+
+def test_an_ignored_stop_signal_stays_ignored():
+    """Under `nohup` (SIGHUP ignored) a closed terminal does not stop rmt: only signals not ignored are taken."""
+    import signal
+
+    from rmt_cli.errors import stop_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert signal.SIGHUP not in stop_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert signal.SIGHUP in stop_signals()
+
+
+def test_answers_this_stdout_cannot_encode_are_escaped(memory_file, monkeypatch):
+    """An answer holding "é" printed to a stdout in ASCII (PYTHONIOENCODING=ascii, a C locale) was a
+    UnicodeEncodeError traceback; it is escaped, as Python escapes it on stderr."""
+    from typer.testing import CliRunner
+
+    from rmt_cli.cli import app
+    from rmt_cli.commands import ask as ask_module
+
+    monkeypatch.setattr(ask_module, "ask_many", lambda model, state, questions, *rest: [
+        ask_module.Answer("café ☕", -1.0, 2, question=q) for q in questions])
+    r = CliRunner(charset="ascii").invoke(app, ["ask", str(memory_file), "Q", "--model", str(DEFAULT_LM_DIR)])
+    assert r.exit_code == 0 and r.exception is None, r.stderr
+    assert r.stdout == "caf\\xe9 \\u2615\n"
+
+
+def test_names_too_long_for_the_system_are_one_short_line_exit_2(tmp_path):
+    """A 300-byte file name or a 5,000-byte path as -o was exit 1 (an OSError from the folder check), the path
+    printed whole; it is bad input, found before reading, named cut short."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Mary went to the garden. " * 20)
+    assert run(["ingest", doc, "-o", tmp_path / "a.st", "--model", DEFAULT_LM_DIR, "-q"]).exit_code == 0
+    for output in (tmp_path / ("m" * 300 + ".st"), tmp_path / "/".join(["d" * 200] * 25) / "m.st"):
+        for extra in ([], ["--append", tmp_path / "a.st"]):
+            r = run(["ingest", doc, "-o", output, "--model", DEFAULT_LM_DIR, "-q", *extra])
+            one_error_line(r, 2, "File name too long")
+            assert len(r.stderr) < 400
+
+
+def test_a_home_of_no_such_user_is_a_missing_path(tmp_path):
+    """`~nosuchuser/a.txt` (Path.expanduser raises RuntimeError) was a traceback in ingest, perplexity and eval."""
+    one_error_line(run(["ingest", "~nosuchuser-rmt/a.txt", "-o", tmp_path / "m.st", "--model", DEFAULT_LM_DIR]), 2,
+                   "~nosuchuser-rmt/a.txt: no such file or folder")
+
+
+def test_an_unreadable_stdin_is_bad_input_in_ingest_as_in_ask(tmp_path):
+    """`rmt ingest - 0>file` (stdin open, but write-only) was exit 1 with '[Errno 9] Bad file descriptor'; rmt ask
+    said 'standard input cannot be read', exit 2."""
+    import subprocess
+    import sys
+
+    with open(tmp_path / "write-only", "wb") as stdin:
+        r = subprocess.run([sys.executable, "-m", "rmt_cli.cli", "ingest", "-", "-o", tmp_path / "m.st", "--model",
+                            DEFAULT_LM_DIR, "-q"], stdin=stdin, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines == ["error: standard input cannot be read: Bad file descriptor"], r.stderr
+    assert not (tmp_path / "m.st").exists()
+
+
+def test_append_onto_a_folder_names_append(tmp_path):
+    """`rmt ingest --append FOLDER more.txt` said '-o FOLDER: is a folder' though no -o was given."""
+    (tmp_path / "doc.txt").write_text("Mary went to the garden.")
+    one_error_line(run(["ingest", "--append", tmp_path, tmp_path / "doc.txt"]), 2, f"--append {tmp_path}: is a folder")

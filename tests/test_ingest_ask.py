@@ -364,3 +364,54 @@ def test_compiled_ingest_agrees_with_eager(tmp_path, model):
     for n in ("a.txt", "b.txt", "c.txt"):
         eager, compiled = load_memory(tmp_path / f"{n}.eager.st").memory, load_memory(tmp_path / f"{n}.compiled.st").memory
         assert torch.allclose(eager, compiled, atol=1e-4, rtol=1e-4), n
+
+
+# --- third review (a crafted set) -------------------------------------------------------------------------------
+
+
+def test_manifest_lines_end_only_at_newlines(tmp_path):
+    """A manifest was cut into lines by str.splitlines(), which also cuts at a vertical tab, a form feed or U+2028:
+    a line holding one became two jobs (or a wrong job), and errors named lines an editor does not show."""
+    from rmt_cli.commands.ingest import manifest_jobs
+
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text("a.txt\tout/a.st\r\nb\x0bc.txt\tout/b\u2028.st\n\n# note\n", newline="")
+    jobs = manifest_jobs(manifest)
+    assert [(j.paths, j.output.name, j.origin.rsplit(":", 1)[1]) for j in jobs] == [
+        (["a.txt"], "a.st", "1"), (["b\x0bc.txt"], "b\u2028.st", "2")]
+    manifest.write_text("a\x0cb.txt\tout/a.st\nno tab here\n", newline="")
+    with pytest.raises(UsageError, match=r"jobs.tsv:2: expected input<TAB>output, got no tab here"):
+        manifest_jobs(manifest)
+
+
+def test_the_api_takes_one_path_as_well_as_a_list(tmp_path, model):
+    """IngestJob("book.txt", ...) and perplexity("book.txt", ...) read the string as a list of one-letter paths:
+    "b: no such file or folder"."""
+    from rmt_cli.data.sources import open_document
+
+    (tmp_path / "doc.txt").write_text(TEXT)
+    job = IngestJob(str(tmp_path / "doc.txt"), tmp_path / "m.st")
+    assert job.paths == [str(tmp_path / "doc.txt")]
+    [result] = ingest([job], model)
+    assert result.error is None and result.tokens > 0
+    assert [item.name for item in open_document(tmp_path / "doc.txt").items] == [str(tmp_path / "doc.txt")]
+    with pytest.raises(UsageError, match="no input given"):  # as before: None is no path
+        open_document(None)
+
+
+def test_the_api_refuses_settings_the_cli_options_refuse(tmp_path, model):
+    """ingest(batch_size=0) looped for ever; ask(max_new_tokens=0) was transformers' ValueError; a temperature of
+    infinity (also `rmt ask --temperature inf`) sampled noise for an answer."""
+    from rmt_cli.commands.ask import ask
+
+    (tmp_path / "doc.txt").write_text(TEXT)
+    with pytest.raises(UsageError, match="batch_size 0"):
+        ingest([IngestJob([str(tmp_path / "doc.txt")], tmp_path / "m.st")], model, batch_size=0)
+    assert not (tmp_path / "m.st").exists()
+    [result] = ingest([IngestJob([str(tmp_path / "doc.txt")], tmp_path / "m.st")], model)
+    state = load_memory(tmp_path / "m.st")
+    with pytest.raises(UsageError, match="max_new_tokens 0"):
+        ask(model, state, "Where is Mary?", max_new_tokens=0)
+    for temperature in (float("inf"), float("nan")):
+        with pytest.raises(UsageError, match=f"temperature {temperature}: a finite number"):
+            ask(model, state, "Where is Mary?", temperature=temperature)

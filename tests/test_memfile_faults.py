@@ -535,3 +535,38 @@ def test_structured_mutations_of_a_valid_file(model, valid, scratch, data):
     crafted = data.draw(crafted_tensors(tensors["memory"], tensors["tail_tokens"]))
     scratch.write_bytes(safetensors_bytes(crafted, metadata=crafted_meta))
     accepted_or_one_line(scratch, model)
+
+
+# Third review (a crafted set): safetensors headers as a crafter may write them; each was already handled.
+
+
+def _with_header(data: bytes, change) -> bytes:
+    size = int.from_bytes(data[:8], "little")
+    header = change(data[8 : 8 + size])
+    return len(header).to_bytes(8, "little") + header + data[8 + size :]
+
+
+CRAFTED_HEADERS = {  # name: (how the header is changed, None if the file still loads, else words of the error)
+    "padded with spaces (the format allows it)": (lambda h: h + b" " * 1000, None),
+    "the same tensor entry twice": (lambda h: h.rstrip()[:-1] + b', "memory": '
+                                    + json.dumps(json.loads(h)["memory"]).encode() + b"}", None),
+    "__metadata__ twice": (lambda h: h.rstrip()[:-1] + b', "__metadata__": {"rmt_format": "1"}}', "duplicate field"),
+    "padded with NUL bytes": (lambda h: h + b"\0" * 16, "trailing characters"),
+    "a byte order mark first": (lambda h: b"\xef\xbb\xbf" + h, "expected value"),
+    "a NaN literal": (lambda h: h.replace(b'"__metadata__"', b'"x": NaN, "__metadata__"'), "expected value"),
+    "a lone surrogate escape": (lambda h: h.replace(b'"created":"', b'"created":"\\ud800'), "hex escape"),
+}
+
+
+@pytest.mark.parametrize("name", CRAFTED_HEADERS)
+def test_crafted_headers_load_exactly_or_are_one_line(tmp_path, valid, name):
+    change, words = CRAFTED_HEADERS[name]
+    path = tmp_path / "crafted.st"
+    path.write_bytes(_with_header(valid[0].read_bytes(), change))
+    if words is None:
+        assert torch.equal(load_memory(path).memory, load_memory(valid[0]).memory)
+        return
+    with pytest.raises(UsageError) as caught:
+        load_memory(path)
+    assert len(str(caught.value).splitlines()) == 1 and "not a readable rmt memory file" in str(caught.value)
+    assert words in str(caught.value)

@@ -198,3 +198,71 @@ def test_a_manifest_with_a_bad_line_writes_nothing_and_names_the_line(tmp_path, 
     manifest.write_text(f"{doc}\t{tmp_path / 'm1.st'}\n{doc}\t{tmp_path / 'fifo.st'}\n")
     one_error_line(ingest("--manifest", manifest), 2, "jobs.tsv:2", "not a regular file")
     assert not (tmp_path / "m1.st").exists()
+
+
+# 8. where rmt may not write (third review): found before reading, and what guards a replaced file kept
+
+
+@pytest.fixture
+def no_write(tmp_path, monkeypatch):
+    """A folder `ro` (0555) and a file `ro.st` (0444) rmt may not write, also where the tests run as root (who
+    may write anywhere): os.access answers for them as for any other user."""
+    from pathlib import Path
+
+    ro, read_only = tmp_path / "ro", tmp_path / "ro.st"
+    ro.mkdir(mode=0o555)
+    read_only.write_bytes(b"a read-only file")
+    read_only.chmod(0o444)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK and Path(path) in (ro, read_only))
+                        and real(path, mode, **kw))
+    return ro
+
+
+def test_an_output_rmt_may_not_write_is_refused_before_reading(tmp_path, doc, no_write):
+    """A folder without write permission (or on a read-only file system) was found only when the memory file was
+    written, after the whole input was read (exit 1), and a --trace there was named by its temporary."""
+    from rmt_cli.commands.train import train
+    from rmt_cli.storage.recipe import validate_recipe
+
+    one_error_line(ingest(doc, "-o", no_write / "m.st"), 2, "ro/m.st", "cannot write in the folder")
+    one_error_line(ingest(doc, "-o", tmp_path / "m.st", "--trace", no_write / "t.jsonl"), 2, "--trace",
+                   "ro/t.jsonl", "cannot write in the folder")
+    assert not (tmp_path / "m.st").exists() and list(no_write.iterdir()) == []
+    one_error_line(ingest(doc, "-o", tmp_path / "ro.st"), 2, "is read-only")
+    assert (tmp_path / "ro.st").read_bytes() == b"a read-only file"
+    with pytest.raises(UsageError, match="output_dir .*cannot write in the folder"):  # before building the model
+        train(validate_recipe(_tiny_recipe(no_write / "run")), progress=False)
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path, doc):
+    """A private memory file (0600) became world-readable (0644) after an --append or a new -o onto it."""
+    memory = tmp_path / "m.st"
+    assert ingest(doc, "-o", memory).exit_code == 0
+    memory.chmod(0o600)
+    assert ingest("--append", memory, doc).exit_code == 0
+    assert memory.stat().st_mode & 0o777 == 0o600
+    memory.chmod(0o640)
+    assert ingest(doc, "-o", memory).exit_code == 0
+    assert memory.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_trace_onto_the_append_source_is_refused(tmp_path, doc):
+    """`--append a.st ... -o b.st --trace a.st` replaced the memory file being continued with the trace."""
+    memory = tmp_path / "a.st"
+    assert ingest(doc, "-o", memory).exit_code == 0
+    before = memory.read_bytes()
+    one_error_line(ingest("--append", memory, doc, "-o", tmp_path / "b.st", "--trace", memory), 2, "--trace",
+                   "an input or output")
+    assert memory.read_bytes() == before and not (tmp_path / "b.st").exists()
+
+
+def test_train_refuses_to_write_over_the_recipe_it_reads(tmp_path, monkeypatch):
+    """`rmt train recipe.yaml output_dir=.` replaced the recipe given (its comments and all) with the resolved one."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    text = "# my notes\n" + yaml.safe_dump(_tiny_recipe("."))
+    (tmp_path / "recipe.yaml").write_text(text)
+    one_error_line(run(["train", "recipe.yaml", "-q"]), 2, "output_dir .", "write over recipe.yaml")
+    assert (tmp_path / "recipe.yaml").read_text() == text and not (tmp_path / "final").exists()

@@ -357,3 +357,48 @@ def test_values_that_would_fail_later_are_refused_up_front(override, path, tmp_p
 
     data = apply_overrides(dict(MINIMAL), [override])
     assert any(line.startswith(f"r.yaml: {path}:") for line in errors_of(data))
+
+
+# --- third review (a crafted set) -------------------------------------------------------------------------------
+
+
+def test_yaml_merge_keys_are_read(tmp_path):
+    """`<<: *stage` (a YAML merge key, the way to reuse an anchor with changes) was refused: "could not determine
+    a constructor for the tag 'tag:yaml.org,2002:merge'". Keys given twice in one mapping are still an error."""
+    text = ("curriculum:\n  - &stage {segments: 1, steps: 5, mix_shorter: 0.25}\n  - {<<: *stage, segments: 2}\n"
+            "tokenizer: {kind: bpe}\n")
+    recipe = load_recipe(write(tmp_path, text))
+    assert [(s.segments, s.steps, s.mix_shorter) for s in recipe.curriculum] == [(1, 5, 0.25), (2, 5, 0.25)]
+    with pytest.raises(UsageError, match="duplicate key 'segments'"):
+        load_recipe(write(tmp_path, text.replace("segments: 2}", "segments: 2, segments: 3}")))
+
+
+def test_code_in_model_config_is_refused():
+    """`model.config.auto_map=...` trained a model whose checkpoint every other command then refused."""
+    with pytest.raises(UsageError, match=r"model: config.auto_map: .*never runs code"):
+        validate_recipe({**MINIMAL, "model": {"config": {"auto_map": {"AutoModelForCausalLM": "x.Y"}}}})
+
+
+@pytest.mark.parametrize("override, path", [('output_dir="run\\0x"', "output_dir"),
+                                            ('task.noise.paths=["a\\0b"]', "task.noise.paths.0")])
+def test_a_nul_character_in_a_recipe_is_refused(tmp_path, override, path):
+    """A NUL in output_dir (a YAML escape) was a ValueError traceback from mkdir, after the model was built."""
+    with pytest.raises(UsageError) as caught:
+        load_recipe(write(tmp_path, MINIMAL), [override])
+    assert str(caught.value) == f"{tmp_path / 'recipe.yaml'}: {path}: holds a NUL character (\\x00), which no name " \
+                                f"or setting may hold"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("seed: !!python/object/apply:os.system ['touch PWNED']\n", "could not determine a constructor"),
+    ("seed: !!python/name:os.system\n", "could not determine a constructor"),
+    ("seed: 1\n---\nseed: 2\n", "but found another document"),
+    ("? [a, b]\n: 1\n", "found unhashable key"),
+])
+def test_yaml_that_would_run_code_or_is_not_one_recipe_is_one_line(tmp_path, monkeypatch, text, words):
+    """Already refused before the third review; kept so that it stays so. Nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as caught:
+        load_recipe(write(tmp_path, text))
+    assert len(str(caught.value).splitlines()) == 1 and words in str(caught.value)
+    assert not (tmp_path / "PWNED").exists()

@@ -480,3 +480,11 @@ def test_read_babi_refuses_an_endless_or_huge_file(tmp_path, monkeypatch):
         read_babi(big)
     with pytest.raises(UsageError, match="larger than"):
         read_babi("/dev/zero")
+
+
+def test_read_babi_ignores_a_byte_order_mark(tmp_path):
+    """A bAbI file saved with a byte order mark (as Windows editors save) was refused: "a bAbI line starts with a
+    number, got '\\ufeff1 Mary …'" (manifests and question files already dropped it)."""
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf1 Mary went to the kitchen.\n2 Where is Mary?\tkitchen\t1\n")
+    assert read_babi(path) == [Story(["Mary went to the kitchen."], "Where is Mary?", "kitchen")]

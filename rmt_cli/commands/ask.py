@@ -160,6 +160,10 @@ class _Choose:
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Answer]:
     """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order)."""
+    if not max_new_tokens >= 1:
+        raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")
+    if not math.isfinite(temperature):  # infinity samples every token alike: noise, not an answer
+        raise UsageError(f"temperature {temperature}: a finite number (0: greedy)")
     for question in questions:
         if not question.strip():
             raise UsageError("empty question")

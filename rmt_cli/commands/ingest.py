@@ -22,7 +22,7 @@ from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from ..core.segments import SegmentStream
-from ..data.sources import Document, open_document, read_small_file
+from ..data.sources import Document, open_document, path_list, read_small_file
 from ..data.tokenstream import DocumentTokens
 
 
@@ -33,8 +33,8 @@ class IngestJob:
     append_from: Path | None = None
     origin: str | None = None  # where the job was given, for errors: "MANIFEST:LINE"
 
-    def __post_init__(self):  # accept str and os.PathLike as well as Path
-        self.paths = [str(p) for p in self.paths]
+    def __post_init__(self):  # accept str and os.PathLike as well as Path, and one path as well as a list
+        self.paths = path_list(self.paths)
         self.output = Path(self.output)
         self.append_from = None if self.append_from is None else Path(self.append_from)
 
@@ -189,6 +189,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     `on_trace`, when given, receives a record per segment of how much it changed the memory. `compile_step` runs
     the segment step through `torch.compile` (see `_SegmentStep`).
     """
+    if batch_size < 1:  # no document would ever be read: a loop for ever
+        raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
     S = model.segment_size
     cell = model.cell
     segment_step = _SegmentStep(cell, compile_step, on_warning)
@@ -303,7 +305,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     - `output` a folder (existing, or a name ending in /): one memory file per input, FOLDER/STEM.st;
     - else all paths are one document written to `output`.
     """
-    paths = [str(p) for p in paths]
+    paths = path_list(paths)
     if manifest is not None:
         if paths or output or append:
             raise UsageError("--manifest takes no paths, -o or --append: each line names input and output")
@@ -314,8 +316,9 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         if output is not None and not str(output):
             raise UsageError("no output given: -o '' names no file; leave -o out to write back to --append")
         target = Path(output if output else append)
-        if target.is_dir():
-            raise UsageError(f"-o {shown(target)}: is a folder; --append writes one memory file")
+        if os.path.isdir(target):  # False for a name the system refuses (too long): output_target names why
+            raise UsageError(f"{'-o' if output else '--append'} {shown(target)}: is a folder; --append writes one "
+                             f"memory file")
         return [IngestJob(paths, target, Path(append))]
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
@@ -324,7 +327,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if str(output) == "-":  # a file named "-" is never what was meant
         raise UsageError("-o -: a memory file is binary and goes to a file, not to standard output; name a file")
     folder = Path(output)
-    if not (folder.is_dir() or str(output).endswith(("/", os.sep))):
+    if not (os.path.isdir(folder) or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
     if "-" in paths:
         raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
@@ -335,14 +338,17 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
 
 
 def manifest_jobs(path: str | Path) -> list[IngestJob]:
-    """`input<TAB>output` lines; blank lines and lines starting with # are skipped."""
+    """`input<TAB>output` lines (LF or CRLF); blank lines and lines starting with # are skipped. Relative paths
+    are read from the current folder, as on the command line, not from the manifest's."""
     path = Path(path)
     try:
         text = read_small_file(path, "manifest").decode("utf-8").removeprefix("\ufeff")  # a BOM names no file
     except UnicodeDecodeError as e:
         raise UsageError(f"manifest {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     jobs = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines end at a newline (CRLF too) and nowhere else: str.splitlines() would also cut at a form feed, a vertical
+    # tab or U+2028, which a file name may hold, and number the lines unlike an editor.
+    for n, line in enumerate((line.removesuffix("\r") for line in text.split("\n")), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")

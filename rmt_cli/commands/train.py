@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError, one_line, shown
+from ..errors import RMTError, UsageError, one_line, shown, stop_signals
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -104,8 +104,8 @@ def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, r
 def _ignore_interrupts(worker_id: int) -> None:
     # A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches the whole process group. A worker killed by it would
     # make the step waiting for its batch fail; the training process alone decides to finish the step, save and stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for number in stop_signals():
+        signal.signal(number, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -129,9 +129,9 @@ def resolve_resume(recipe: Recipe) -> Path | None:
 
 
 class _StopFlag:
-    """First Ctrl-C (or SIGTERM): finish the step, save, exit 130. A second one: stop at once."""
+    """First Ctrl-C (or SIGTERM, or SIGHUP): finish the step, save, exit 130. A second one: stop at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(stop_signals())
 
     def __init__(self):
         self.stop = False
@@ -156,6 +156,19 @@ class _StopFlag:
 
 def _source_name(recipe: Recipe) -> str:
     return recipe.model.name_or_path or f"scratch:{recipe.model.architecture}"
+
+
+RUN_FILES = ("recipe.yaml", "metrics.jsonl")  # what a run keeps in output_dir beside its checkpoints
+
+
+def check_run_inputs(recipe: Recipe, inputs: list[str | Path]) -> None:
+    """No file a run writes in output_dir is one of its inputs: `rmt train recipe.yaml output_dir=.` would
+    replace the recipe given (its comments and all) with the resolved one."""
+    own = {Path(os.path.realpath(Path(recipe.output_dir) / name)) for name in RUN_FILES}
+    for given in inputs:
+        if Path(os.path.realpath(given)) in own:
+            raise UsageError(f"output_dir {shown(recipe.output_dir)}: the run would write over {shown(given)}, which "
+                             f"it reads; choose another output_dir")
 
 
 def _check_own_file(path: Path) -> None:
@@ -203,7 +216,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
-    for own in ("recipe.yaml", "metrics.jsonl"):  # found now, not after loading (a FIFO would hang training)
+    check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
+    for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own_file(output_dir / own)
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:

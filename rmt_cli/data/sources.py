@@ -45,6 +45,19 @@ def _gitignore_spec(lines: list[str]):
     return pathspec.GitIgnoreSpec.from_lines(good)
 
 
+def path_list(paths) -> list[str]:
+    """Paths given as a list, as strings; one path alone (a str or os.PathLike) is a list of one, never read as
+    the list of its characters."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return [str(p) for p in paths or ()]
+
+
+def stdin_unreadable(error: Exception) -> UsageError:
+    """Standard input that is open but cannot be read (`0>file` opens it write-only)."""
+    return UsageError(f"standard input cannot be read: {getattr(error, 'strerror', None) or error}")
+
+
 def stdin_stream() -> BinaryIO:
     """Standard input's bytes, or one UsageError line when rmt was started with it closed (`<&-`)."""
     stream = getattr(sys.stdin, "buffer", None)
@@ -213,7 +226,12 @@ class Document:
                 record.size_when_opened = os.fstat(stream.fileno()).st_size
             try:
                 while True:
-                    block = stream.read(chunk_bytes)
+                    try:
+                        block = stream.read(chunk_bytes)
+                    except (OSError, ValueError) as e:
+                        if item.path is None:  # a file failing mid-read is the reader's error to report
+                            raise stdin_unreadable(e) from None
+                        raise
                     if not block:
                         break
                     digest.update(block)
@@ -227,6 +245,7 @@ class Document:
 
 def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
     """Check every path and list the files to read, in order."""
+    paths = path_list(paths)
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
     if paths.count("-") > 1:
@@ -240,7 +259,10 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             stdin_stream()  # closed (`<&-`): said before anything is read or written
             items.append(_Item(None, "<stdin>"))
             continue
-        path = Path(raw).expanduser()
+        try:
+            path = Path(raw).expanduser()
+        except RuntimeError:  # ~name of no such user: the path as given, which is then not found
+            path = Path(raw)
         try:
             if path.is_dir():
                 found, n = _walk_folder(path)

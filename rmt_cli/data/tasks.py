@@ -170,6 +170,7 @@ def read_babi(path: str | Path, split: str = "all", what: str = "bAbI file") -> 
 
     # A bAbI file is a few MB; a size cap keeps /dev/zero or a wrong path to a huge file from filling memory.
     text = read_small_file(Path(path), what, limit=BABI_MAX_BYTES).decode("utf-8")  # `what`: the setting named
+    text = text.removeprefix("\ufeff")  # a byte order mark (Windows editors write one) is no part of line 1
     for line_no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue

