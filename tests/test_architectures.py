@@ -353,16 +353,21 @@ def _greedy_without_cache(cell, memory, prompt, steps, eos):
 
 
 @torch.inference_mode()
-def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer):
+@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative"])
+def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer, update):
     """`rmt ask` generates with the model's KV cache; each token must be the one a full read of the final segment
-    gives, with the same log-probability, for rows of different prompt lengths batched together."""
+    gives, with the same log-probability, for rows of different prompt lengths batched together (and the
+    associative matrices read by every layer, as in a read)."""
     from types import SimpleNamespace
 
     from rmt_cli.commands.ask import generate
 
-    cell = _cell(build(), "gated").eval()
+    cell = _cell(build(), update).eval()
     loaded = SimpleNamespace(cell=cell, tokenizer=tokenizer, segment_size=16)
     memory = torch.randn(3, M, cell.hidden_size, generator=torch.Generator().manual_seed(2))
+    if cell.associative is not None:  # matrices that hold something, written by a segment
+        written = cell.write_segment(cell.initial_memory(3), torch.tensor([seq(20, 8), seq(40, 8), seq(60, 8)]))
+        memory = torch.cat([memory, written[:, M:]], dim=1)
     prompts = [[5, 9, 13], [7, 8, 21, 30, 2], [11, 4, 6]]
     got = generate(loaded, memory, prompts, max_new_tokens=6)
     for r, prompt in enumerate(prompts):

@@ -17,7 +17,9 @@ from test_train import run as run_training
 from test_train import tiny_recipe
 
 from conftest import TINY_SEGMENT, one_error_line, run_cli
+from rmt_cli.commands.ask import ask
 from rmt_cli.commands.extend import extend_recipe
+from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.core.associative import feature_count, split_state
 from rmt_cli.core.encoder import EncoderMemoryCell
 from rmt_cli.core.memory import MemoryCell, RecurrentMemoryModel
@@ -250,6 +252,22 @@ def test_a_gated_memory_file_is_refused_by_the_upgraded_model(tmp_path, gated_ch
         check_compatible(load_memory(tmp_path / "g.st"), upgraded, force=False, name="g.st")
     with pytest.raises(UsageError, match=f"matrices .* none; this model's: 2 x {feature_count(KEY)} x 32"):
         check_compatible(load_memory(tmp_path / "g.st"), upgraded, force=True, name="g.st")
+
+
+def test_the_upgraded_model_answers_as_the_gated_one(tmp_path, gated_checkpoint):
+    """Ingest and ask (generate() with a KV cache, the matrices read by every layer) through both: the same
+    memory vectors, answers and log-probabilities."""
+    (tmp_path / "book.txt").write_text(TEXT)
+    models = {"gated": load_checkpoint(gated_checkpoint), "upgraded": load_checkpoint(gated_checkpoint, upgrade=spec())}
+    states = {}
+    for name, model in models.items():
+        [result] = ingest([IngestJob([str(tmp_path / "book.txt")], tmp_path / f"{name}.st")], model)
+        assert result.error is None
+        states[name] = load_memory(tmp_path / f"{name}.st")
+    assert states["gated"].segments > 4 and torch.equal(states["gated"].memory, states["upgraded"].memory[:M])
+    for question in ("Where is Mary?", "Where is Daniel?"):
+        gated, upgraded = (ask(models[name], states[name], question, 4) for name in models)
+        assert (gated.answer, gated.logprob) == (upgraded.answer, upgraded.logprob)
 
 
 # --- rmt extend ------------------------------------------------------------------------------------------------

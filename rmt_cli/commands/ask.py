@@ -105,17 +105,19 @@ def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperat
     cell, tokenizer = model.cell, model.tokenizer
     eos = tokenizer.eos_token_id
     ids = torch.tensor(prompts, device=memory.device)
-    inputs_embeds = torch.cat([memory.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
     processors = LogitsProcessorList([_Choose(temperature, top_p, generator)]) if temperature > 0 else None
-    out = cell.model.generate(
-        inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
-                                                               device=memory.device),
-        logits_processor=processors,
-        # generation_config.json may carry sampling or length settings of its own: only these apply
-        generation_config=_plain_generation_config(
-            cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
-    )
+    # The memory vectors go in before the prompt; associative matrices (after them) are read by every layer.
+    with cell.reading_memory(memory) as vectors:
+        inputs_embeds = torch.cat([vectors.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
+        out = cell.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
+                                                                   device=memory.device),
+            logits_processor=processors,
+            # generation_config.json may carry sampling or length settings of its own: only these apply
+            generation_config=_plain_generation_config(
+                cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
+        )
     answers = []
     for row in range(len(prompts)):
         tokens, logprob = [], 0.0

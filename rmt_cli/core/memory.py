@@ -40,7 +40,7 @@ every family the README lists that the cell's logits are the model's own.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -252,6 +252,14 @@ class MemoryCell(MemorySlots):
             new_memory = torch.cat([new_memory, self.associative.write(associating).to(new_memory.dtype)], dim=1)
         token_logits = self.logits(hidden[:, m : m + length]) if logits else None
         return new_memory, token_logits, gate
+
+    @contextmanager
+    def reading_memory(self, memory: torch.Tensor):
+        """For a caller that runs the wrapped model itself on [memory vectors, tokens] (ask's generate(), with its
+        KV cache): yields the memory vectors [batch, m, hidden]; inside, every decoder layer reads the memory's
+        associative matrices (where the rule has them) as in `read_segment`."""
+        with self._associating(memory[:, self.num_mem_tokens :], 0):
+            yield memory[:, : self.num_mem_tokens]
 
     def _associating(self, associations: torch.Tensor, write_slots: int):
         """Inside, the decoder layers read the associative matrices (and record the write memory's outputs);
