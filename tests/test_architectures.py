@@ -108,7 +108,7 @@ def _documents():
     return [DocumentSample(w, f, labels, write_labels=w) for w, (f, labels) in zip(writes, finals)]
 
 
-@pytest.mark.parametrize("update", ["replace", "gated", "associative"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative"])
 def test_batched_recurrence_equals_streaming(build, update):
     """RecurrentMemoryModel on a batch gives each document the memory and logits of streaming it alone through
     initial_memory / write_segment / read_segment (the ingest and ask path)."""
@@ -190,7 +190,7 @@ def test_padded_short_document_equals_it_alone(build, update):
 # --- gradients -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update", ["replace", "gated", "associative"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative"])
 def test_gradients_reach_the_memory_and_the_model_through_segments(build, update):
     """The answer's loss back-propagates through two write segments into the first one's tokens, the learned
     initial memory, the gate, the associative projections and every layer of the model."""
@@ -205,9 +205,9 @@ def test_gradients_reach_the_memory_and_the_model_through_segments(build, update
     assert embedding_grad[first].abs().sum() > 0  # two memory hops back
     assert embedding_grad[second].abs().sum() > 0
     assert cell.memory.grad is not None and cell.memory.grad.abs().sum() > 0
-    if update == "gated":
+    if cell.gate is not None:
         assert cell.gate.weight.grad.abs().sum() > 0
-    if update == "associative":  # the keys, values and write strengths only through the earlier segments' writes
+    if cell.associative is not None:  # the keys, values and write strengths only through the earlier segments' writes
         for name, param in cell.associative.named_parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0, name
     for name, param in cell.model.named_parameters():
@@ -220,7 +220,7 @@ def test_gradients_reach_the_memory_and_the_model_through_segments(build, update
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update", ["gated", "associative"])
+@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative"])
 def test_checkpoint_loads_back_to_the_same_outputs(build, tokenizer, tmp_path, update):
     cell = _cell(build(), update, gate_floor=0.001).eval()
     save_checkpoint(tmp_path / "ckpt", cell, tokenizer, MemorySpec(num_mem_tokens=M, segment_size=24, update=update,
@@ -353,16 +353,21 @@ def _greedy_without_cache(cell, memory, prompt, steps, eos):
 
 
 @torch.inference_mode()
-def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer):
+@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative"])
+def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer, update):
     """`rmt ask` generates with the model's KV cache; each token must be the one a full read of the final segment
-    gives, with the same log-probability, for rows of different prompt lengths batched together."""
+    gives, with the same log-probability, for rows of different prompt lengths batched together (and the
+    associative matrices read by every layer, as in a read)."""
     from types import SimpleNamespace
 
     from rmt_cli.commands.ask import generate
 
-    cell = _cell(build(), "gated").eval()
+    cell = _cell(build(), update).eval()
     loaded = SimpleNamespace(cell=cell, tokenizer=tokenizer, segment_size=16)
     memory = torch.randn(3, M, cell.hidden_size, generator=torch.Generator().manual_seed(2))
+    if cell.associative is not None:  # matrices that hold something, written by a segment
+        written = cell.write_segment(cell.initial_memory(3), torch.tensor([seq(20, 8), seq(40, 8), seq(60, 8)]))
+        memory = torch.cat([memory, written[:, M:]], dim=1)
     prompts = [[5, 9, 13], [7, 8, 21, 30, 2], [11, 4, 6]]
     got = generate(loaded, memory, prompts, max_new_tokens=6)
     for r, prompt in enumerate(prompts):

@@ -106,22 +106,24 @@ def _generate_rows(model: LoadedModel, memory, prompts, max_new_tokens, temperat
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.tensor(prompts, device=memory.device)
-    inputs_embeds = torch.cat([memory.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
     choose = _Choose(temperature, top_p, generator) if temperature > 0 else None
-    if getattr(cell.model, "engine", None) == "native":
-        sequences, logits = cell.model.generate(inputs_embeds, max_new_tokens, eos, pad, choose)
-    else:
-        from transformers import LogitsProcessorList
+    # The memory vectors go in before the prompt; associative matrices (after them) are read by every layer.
+    with cell.reading_memory(memory) as vectors:
+        inputs_embeds = torch.cat([vectors.to(cell.dtype), cell.model.get_input_embeddings()(ids)], dim=1)
+        if getattr(cell.model, "engine", None) == "native":
+            sequences, logits = cell.model.generate(inputs_embeds, max_new_tokens, eos, pad, choose)
+        else:
+            from transformers import LogitsProcessorList
 
-        out = cell.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
-                                                                   device=memory.device),
-            logits_processor=LogitsProcessorList([choose]) if choose is not None else None,
-            # generation_config.json may carry sampling or length settings of its own: only these apply
-            generation_config=_plain_generation_config(cell.model, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                                       pad_token_id=pad),
-        )
-        sequences, logits = out.sequences[:, -len(out.logits):], out.logits
+            out = cell.model.generate(
+                inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
+                                                                       device=memory.device),
+                logits_processor=LogitsProcessorList([choose]) if choose is not None else None,
+                # generation_config.json may carry sampling or length settings of its own: only these apply
+                generation_config=_plain_generation_config(cell.model, max_new_tokens=max_new_tokens,
+                                                           eos_token_id=eos, pad_token_id=pad),
+            )
+            sequences, logits = out.sequences[:, -len(out.logits):], out.logits
     answers = []
     for row in range(len(prompts)):
         tokens, logprob = [], 0.0

@@ -3,6 +3,11 @@
 The checkpoint fixes the architecture, the tokenizer and the memory settings; the recipe brings the task,
 optimizer and the curriculum (absolute segment counts). A recipe value that contradicts the checkpoint is an
 error naming the field, never silently replaced.
+
+One change of a locked setting is allowed: an upgrade of the update rule that keeps what the model computes
+(`core.rules.UPGRADES`: gated -> gated-associative, which adds associative matrices whose W_V starts at zero).
+The run then starts from everything the checkpoint holds plus fresh matrices, of the recipe's
+`associative_key_size` (the checkpoint had none).
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import read_info
 from ..errors import UsageError
 from ..storage.recipe import (Recipe, apply_overrides, load_yaml, read_recipe_data, read_recipe_text,
                               validate_recipe)
 
-LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), ("memory", "update"),
-          ("memory", "gate_floor"), ("memory", "associative_key_size")]
+UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
+LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
+          ("memory", "gate_floor"), KEY_SIZE]
 
 
 def _get(data: dict, path: tuple):
@@ -47,10 +54,13 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     data = apply_overrides(read_recipe_data(recipe_path), overrides)
     base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
     problems = []
+    upgraded = False  # the recipe upgrades the checkpoint's update rule
     for path in LOCKED:
         have, known = _get(trained, path)
         if not known:
             continue
+        if path == KEY_SIZE and upgraded:
+            continue  # the upgrade's matrices are new: their key size is the recipe's
         want, given = _get(data, path)
         if given:
             # Compare validated forms, so a default written out and one left out are the same.
@@ -60,9 +70,14 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
                 asked = _get(validate_recipe(probe).model_dump(mode="json"), path)[0]
             except UsageError:
                 asked = want
-            if asked != _get(base, path)[0]:
+            had = _get(base, path)[0]
+            if path == UPDATE and is_upgrade(had, asked):
+                upgraded = True
+                continue
+            if asked != had:
+                allowed = f"; the one change it allows is the upgrade {upgrades_text()}" if path == UPDATE else ""
                 problems.append(f"{recipe_path}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
-                                f"{want!r}; extend keeps the checkpoint's (remove the key from the recipe)")
+                                f"{want!r}; extend keeps the checkpoint's (remove the key from the recipe){allowed}")
                 continue
         _set(data, path, copy.deepcopy(have))
     if problems:

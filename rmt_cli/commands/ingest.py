@@ -154,7 +154,7 @@ class TraceRecord:
     segment: int  # the document's segment number, from 0 (an --append continues the count)
     end_token: int  # the document's token offset where the segment ends
     change: float  # |new memory - old| / |old memory|: 0 when the segment left the memory untouched
-    gate_max: float | None  # gated rule: the most open gate of the segment (before the floor)
+    gate_max: float | None  # gated rules: the most open gate of the segment (before the floor)
 
 
 class _SegmentStep:

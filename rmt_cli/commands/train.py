@@ -227,7 +227,9 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     data = TaskData(recipe.task, recipe.memory, recipe.seed)
     source = _source_name(recipe)
     if resume_from is not None or init_from is not None:
-        loaded = load_checkpoint(resume_from or init_from)
+        # From a trained model (extend), the recipe's rule may upgrade the checkpoint's (gated -> gated-associative:
+        # fresh associative matrices that compute nothing yet); a resumed run is already what it was.
+        loaded = load_checkpoint(resume_from or init_from, upgrade=None if resume_from is not None else recipe.memory)
         cell, tokenizer = loaded.cell, loaded.tokenizer
         source = loaded.info.get("source", source)
         if cell.kind != recipe.model.kind:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .memory import MemorySlots, UnsupportedModelError, real_positions
+from .rules import has_matrices
 
 HEAD_INIT_STD = 0.02  # BERT's initializer_range: a fresh classifier starts near uniform over the answers
 
@@ -36,9 +37,9 @@ class EncoderMemoryCell(MemorySlots):
 
     def __init__(self, model: nn.Module, num_mem_tokens: int, answers: list[str], cls_token_id: int,
                  sep_token_id: int, update: str = "replace", gate_floor: float = 0.0):
-        if update == "associative":
-            raise UsageError("memory.update associative: the associative matrices hook into decoder layers; an "
-                             "encoder takes replace or gated")
+        if has_matrices(update):
+            raise UsageError(f"memory.update {update}: the associative matrices hook into decoder layers; an "
+                             f"encoder takes replace or gated")
         super().__init__(model, num_mem_tokens, update, gate_floor)
         config = getattr(model, "config", None)
         family = getattr(config, "model_type", type(model).__name__)

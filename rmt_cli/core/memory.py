@@ -15,6 +15,12 @@ How the written memory becomes the next segment's memory is the update rule:
 - `associative` (ARMT): the memory vectors are replaced as in `replace`, and besides them every decoder layer
   has an associative matrix that the write-memory tokens write with a delta rule and every token reads
   (`associative.py`). The matrices travel as further rows of the memory tensor, after the m memory vectors.
+- `gated-associative`: the memory vectors are gated as in `gated`, and the matrices are those of `associative`.
+  W_V starts at zero, so a gated cell upgraded to it (fresh matrices) computes what the gated cell did, bit for
+  bit (`rules.UPGRADES`: `rmt extend` may make this change).
+
+A cell has a gate where `rules.has_gates(update)`, matrices where `rules.has_matrices(update)`; the code below
+asks `self.gate` and `self.associative`, never the rule's name.
 
 `MemorySlots` holds what every cell has (the initial memory, the update rule, the streaming calls);
 `encoder.EncoderMemoryCell` is the other kind, for BERT-style encoders with a classifier over a task's answers.
@@ -34,7 +40,7 @@ every family the README lists that the cell's logits are the model's own.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -44,11 +50,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UsageError, shown
 from .associative import KEY_SIZE, AssociativeMemory
+from .rules import UPDATE_RULES, has_gates, has_matrices
 
 IGNORE_INDEX = -100
 
-
-UPDATE_RULES = ("replace", "gated", "associative")
 GATE_INIT_BIAS = -3.0  # sigmoid(-3) ~ 0.05: a fresh gate mostly keeps the old memory
 
 # Config settings with which a family's own forward changes the logits after (or the hidden states just before)
@@ -111,8 +116,9 @@ class MemorySlots(nn.Module):
         super().__init__()
         if update not in UPDATE_RULES:
             raise ValueError(f"unknown memory update rule {update!r}; known: {', '.join(UPDATE_RULES)}")
-        if update == "associative" and num_mem_tokens < 1:
-            raise UsageError("the associative update rule needs memory tokens to write with: num_mem_tokens >= 1")
+        if has_matrices(update) and num_mem_tokens < 1:
+            raise UsageError(f"the {update} update rule needs memory tokens to write its associative matrices with: "
+                             f"num_mem_tokens >= 1")
         self.model = model
         self.num_mem_tokens = num_mem_tokens
         self.update = update
@@ -120,19 +126,20 @@ class MemorySlots(nn.Module):
         self.associative_key_size = associative_key_size
 
     def _init_memory(self) -> None:
-        """The gate (gated rule) and the initial memory, at the scale of the token embeddings."""
+        """The gate (gated rules), the associative matrices' projections (associative rules) and the initial
+        memory, at the scale of the token embeddings."""
         embeddings = self.model.get_input_embeddings()
-        if self.update == "gated":
+        if has_gates(self.update):
             self.gate = nn.Linear(embeddings.embedding_dim, 1)
             with torch.no_grad():
                 self.gate.weight.zero_()
                 self.gate.bias.fill_(GATE_INIT_BIAS)
         else:
             self.gate = None
-        # The associative rule: per-layer matrices, read and written through hooks on the decoder layers.
+        # The associative rules: per-layer matrices, read and written through hooks on the decoder layers.
         self.associative = (AssociativeMemory(decoder_layers(self.model), _layer_width(self.model),
                                               embeddings.embedding_dim, self.associative_key_size)
-                            if self.update == "associative" else None)
+                            if has_matrices(self.update) else None)
         # Start the memory at the scale of the token embeddings so the first segments are not swamped.
         scale = _embedding_scale(embeddings)
         generator = torch.Generator().manual_seed(0)
@@ -159,7 +166,7 @@ class MemorySlots(nn.Module):
         return None if self.associative is None else self.associative.shape
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
-        """The learned memory every document starts from, shaped [batch, m, hidden] (the associative rule: then
+        """The learned memory every document starts from, shaped [batch, m, hidden] (the associative rules: then
         empty associative matrices, [batch, m + associative rows, hidden])."""
         memory = self.memory.to(self.dtype).unsqueeze(0).expand(batch_size, -1, -1)
         if self.associative is None:
@@ -234,10 +241,10 @@ class MemoryCell(MemorySlots):
         """Run one segment. Returns (new memory or None, logits over the segment's tokens or None, gate or None).
 
         logits[:, i] predicts input_ids[:, i + 1], as in any causal LM. The gate (per slot, before the floor) is
-        there for the gated update rule only.
+        there for the gated update rules only.
         """
         m, length = self.num_mem_tokens, input_ids.shape[1]
-        vectors, associations = memory[:, :m], memory[:, m:]  # associations: empty but for the associative rule
+        vectors, associations = memory[:, :m], memory[:, m:]  # associations: empty but for the associative rules
         with self._associating(associations, m if write else 0) as associating:
             hidden = self._hidden_states(vectors, input_ids, attention_mask, write)
         new_memory, gate = self.update_memory(vectors, hidden[:, m + length :]) if write else (None, None)
@@ -246,9 +253,17 @@ class MemoryCell(MemorySlots):
         token_logits = self.logits(hidden[:, m : m + length]) if logits else None
         return new_memory, token_logits, gate
 
+    @contextmanager
+    def reading_memory(self, memory: torch.Tensor):
+        """For a caller that runs the wrapped model itself on [memory vectors, tokens] (ask's generate(), with its
+        KV cache): yields the memory vectors [batch, m, hidden]; inside, every decoder layer reads the memory's
+        associative matrices (where the rule has them) as in `read_segment`."""
+        with self._associating(memory[:, self.num_mem_tokens :], 0):
+            yield memory[:, : self.num_mem_tokens]
+
     def _associating(self, associations: torch.Tensor, write_slots: int):
         """Inside, the decoder layers read the associative matrices (and record the write memory's outputs);
-        yields the pass for AssociativeMemory.write. Without the associative rule: nothing, and yields None."""
+        yields the pass for AssociativeMemory.write. Without associative matrices: nothing, and yields None."""
         if self.associative is None:
             return nullcontext()
         return self.associative.reading(associations, write_slots)
@@ -363,7 +378,7 @@ class RecurrentMemoryModel(nn.Module):
         self.bptt_depth = bptt_depth
         self.gradient_checkpointing = gradient_checkpointing
         # Weight of the gate supervision: shut every slot on segments without a fact, open some slot on those
-        # with one. Only the gated rule has gates, and only samples that know where their facts are supervise.
+        # with one. Only the gated rules have gates, and only samples that know where their facts are supervise.
         self.gate_supervision = gate_supervision
         self.gate_supervision_open = gate_supervision_open
 

@@ -34,6 +34,7 @@ from ..atomic import atomic_folder
 from ..errors import UsageError, error_line, shown
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
+from ..core.rules import has_matrices, is_upgrade, upgrades_text
 from ..data.sources import missing_reason
 from .engine import NativeParts, native_parts, requested
 from .modeling import check_fits, load_tokenizer, make_cell, model_class, with_needed_tokens
@@ -63,8 +64,8 @@ class LoadedModel:
 
 
 def memory_tensors(cell: MemorySlots) -> dict[str, torch.Tensor]:
-    """What the cell adds to the wrapped model: the initial memory; for the gated rule, the gate; for the
-    associative rule, its projections; for an encoder, its classifier head."""
+    """What the cell adds to the wrapped model: the initial memory; for the gated rules, the gate; for the
+    associative rules, the matrices' projections; for an encoder, its classifier head."""
     return {name: t.detach().cpu().contiguous() for name, t in cell.state_dict().items()
             if not name.startswith("model.")}
 
@@ -346,15 +347,16 @@ def _load_tokenizer(path: Path, model, encoder: bool, native=None):
     return tokenizer
 
 
-def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec) -> None:
+def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec, fresh: tuple[str, ...] = ()) -> None:
     """The learned initial memory (and gate, and an encoder's head) from memory.safetensors, each tensor present
-    and of its shape."""
+    and of its shape. `memory`: the checkpoint's own settings. `fresh`: prefixes of the cell's tensors that the
+    checkpoint does not hold and that keep their fresh values (the matrices' projections of an upgrade)."""
     where = _where(path)
     try:
         saved = load_file(str(path / MEMORY_FILE))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise _unreadable(path, MEMORY_FILE, e) from None
-    expected = memory_tensors(cell)
+    expected = {name: t for name, t in memory_tensors(cell).items() if not name.startswith(fresh)}
     rule = f"memory update rule {memory.update!r}" + (" of an encoder" if cell.kind == "encoder" else "")
     missing = sorted(set(expected) - set(saved))
     if missing:
@@ -391,8 +393,21 @@ def _native_parts(path: Path, info: dict, engine: str) -> NativeParts | None:
     return None
 
 
+def upgraded_memory(stored: MemorySpec, wanted: MemorySpec | None, where: str) -> MemorySpec:
+    """The memory settings to load a checkpoint of `stored` settings under, for a run that wants `wanted`: the
+    checkpoint's own, or where `wanted` upgrades its rule (rules.UPGRADES: the same rule plus fresh associative
+    matrices, which compute the same), the checkpoint's with the new rule and the key size of its matrices."""
+    if wanted is None or wanted.update == stored.update:
+        return stored
+    if not is_upgrade(stored.update, wanted.update):
+        raise UsageError(f"{where}: memory.update: the checkpoint has {stored.update!r}, the run asks "
+                         f"{wanted.update!r}; a trained model keeps its rule, but for the upgrades that add "
+                         f"associative matrices ({upgrades_text()})")
+    return stored.model_copy(update={"update": wanted.update, "associative_key_size": wanted.associative_key_size})
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    engine: str = "transformers") -> LoadedModel:
+                    engine: str = "transformers", upgrade: MemorySpec | None = None) -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
 
     Loads completely or raises UsageError with one line: never a traceback, never a silent fallback to weights
@@ -401,12 +416,17 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     `engine`: "transformers" (a transformers model, which can be trained and saved), "auto" (inference only: the
     native engine where the checkpoint qualifies, RMT_ENGINE deciding when set; see storage/engine.py) or
     "native" (an error where it does not qualify).
+
+    `upgrade` (rmt extend): memory settings whose rule may upgrade the checkpoint's (`upgraded_memory`); the
+    upgraded cell gets everything the checkpoint holds and fresh associative projections (seeded, W_V zero), and
+    `memory_settings` are the upgraded ones. An upgrade always runs on transformers (training does).
     """
     path = Path(path)
     info = read_info(path)
-    memory = MemorySpec(**info["memory"])
+    stored = MemorySpec(**info["memory"])
+    memory = upgraded_memory(stored, upgrade, _where(path))
     refuse_remote_code(path)
-    native = _native_parts(path, info, engine)
+    native = _native_parts(path, info, "transformers" if memory != stored else engine)
     config = native.settings if native else read_config(path)
     kind = info.get("kind", "causal")
     try:
@@ -416,7 +436,11 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     model = _load_model(path, config, kind, native is not None)
     tokenizer = _load_tokenizer(path, model, kind == "encoder", native and native.tokenizer)
     cell = make_cell(model, tokenizer, memory, info.get("answers") if kind == "encoder" else None)
-    _load_memory(path, cell, memory)
+    # What an upgrade adds (the matrices' projections) is not in the checkpoint: it starts fresh.
+    added = ("associative.",) if has_matrices(memory.update) and not has_matrices(stored.update) else ()
+    _load_memory(path, cell, stored, added)
+    if memory != stored:
+        info = {**info, "memory": memory.model_dump()}
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()

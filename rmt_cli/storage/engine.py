@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from ..core.native_llama import LlamaSettings, NativeLlama, unsupported
+from ..core.rules import has_matrices
 from ..errors import UsageError, shown
 from .native_tokenizer import NativeTokenizer, load as load_native_tokenizer
 
@@ -57,8 +58,9 @@ def native_parts(folder: Path, info: dict, config: dict, tokenizer_config: dict 
     file does not qualify: loading it with transformers says what is wrong, in the order it checks."""
     if info.get("kind", "causal") != "causal":
         return "an encoder"
-    if info["memory"].get("update") == "associative":
-        return "the associative update rule (its matrices hook into transformers' decoder layers)"
+    rule = info["memory"].get("update")
+    if has_matrices(rule):
+        return f"the {rule} update rule (its matrices hook into transformers' decoder layers)"
     reason = unsupported(config)
     if reason is not None:
         return f"config.json: {reason}"

@@ -10,6 +10,7 @@ import json
 import torch
 
 from ..core.memory import MemorySlots
+from ..core.rules import has_matrices
 from .recipe import MemorySpec
 
 
@@ -59,7 +60,7 @@ def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
     settings = {"num_mem_tokens": memory.num_mem_tokens, "segment_size": memory.segment_size}
     if memory.update != "replace":  # memory files of replace-rule models keep the fingerprints they had
         settings.update(update=memory.update, gate_floor=memory.gate_floor)
-    if memory.update == "associative":
+    if has_matrices(memory.update):
         settings.update(associative_key_size=memory.associative_key_size)
     if cell.kind == "encoder":  # an encoder's memory is never read by a causal LM, nor with another answer set
         settings.update(kind=cell.kind, answers=list(cell.answers))

@@ -3,7 +3,7 @@
 Tensors
     memory        [num_mem_tokens, hidden]  the memory written after the last whole segment
     tail_tokens   [k] int64, k < segment_size  tokens of the unfinished last segment
-    associative_matrices  [layers, features, layer hidden]  (the associative update rule only, with the next)
+    associative_matrices  [layers, features, layer hidden]  (associative and gated-associative only, with the next)
     associative_norms     [layers, features]  the per-layer matrices and normalisers after the last whole segment
 Metadata (safetensors string map)
     rmt_format            "1"
@@ -104,7 +104,7 @@ class MemoryState:
     sources_omitted: int = 0
     created: str = ""
     rmt_version: str = __version__
-    # The associative rule: `memory` holds, after its num_mem_tokens vectors, the per-layer matrices of this
+    # The associative rules: `memory` holds, after its num_mem_tokens vectors, the per-layer matrices of this
     # (layers, features, hidden) shape as the cell lays them out (core.associative.join_state); None without.
     associative_shape: tuple[int, int, int] | None = None
 
@@ -320,7 +320,7 @@ def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torc
     extra = sorted(set(tensors) - set(TENSORS) - set(ASSOCIATIVE_TENSORS))
     if extra:
         raise UsageError(f"{where}: unexpected tensor {_quoted(extra[0])}; a memory file holds "
-                         f"{' and '.join(TENSORS)} (and the associative rule's {' and '.join(ASSOCIATIVE_TENSORS)}) "
+                         f"{' and '.join(TENSORS)} (and the associative rules' {' and '.join(ASSOCIATIVE_TENSORS)}) "
                          f"only")
     memory, tail = tensors["memory"], tensors["tail_tokens"]
     if memory.dtype not in DTYPES.values():
@@ -339,8 +339,8 @@ def _checked_tensors(tensors: dict[str, torch.Tensor], where: str) -> tuple[torc
 
 def _checked_associative(tensors: dict[str, torch.Tensor], memory: torch.Tensor,
                          where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The associative rule's (matrices [L, F, H], normalisers [L, F]), both in the memory's dtype and value
-    range, or None for a file without them (every other rule, and files from before the rule)."""
+    """The associative rules' (matrices [L, F, H], normalisers [L, F]), both in the memory's dtype and value
+    range, or None for a file without them (the rules without matrices, and files from before the rule)."""
     present = [name for name in ASSOCIATIVE_TENSORS if name in tensors]
     if not present:
         return None

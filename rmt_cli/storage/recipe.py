@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import UsageError, error_line, shown
 from ..data.sources import read_small_file
+from ..core.rules import UPDATE_RULES, has_matrices
 from ..data.tasks import STORY_TASKS
 
 
@@ -75,20 +76,22 @@ class MemorySpec(Section):
     # replace: the written memory is the next one (the original RMT). gated: a learned gate per slot mixes the
     # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
     # associative (ARMT): replace, plus a matrix per layer that the memory tokens write with a delta rule.
-    update: Literal["replace", "gated", "associative"] = "replace"
+    # gated-associative: gated, plus the matrices of associative (core/rules.py).
+    update: Literal[UPDATE_RULES] = "replace"  # type: ignore[valid-type]
     gate_floor: float = Field(0.001, ge=0, lt=1)
-    # Associative rule: the size of the keys and queries before the feature map (6x as many features). The
+    # Associative rules: the size of the keys and queries before the feature map (6x as many features). The
     # default is core.associative.KEY_SIZE, written out: recipes are read without importing torch.
     associative_key_size: int = Field(16, ge=1, le=1024)
-    # Training only: weight of a loss that shuts the gates on segments without a fact (gated rule), and whether
+    # Training only: weight of a loss that shuts the gates on segments without a fact (gated rules), and whether
     # it also opens the most open slot on segments with one (off: which slots open is left to the answer loss).
     gate_supervision: float = Field(0.0, ge=0)
     gate_supervision_open: bool = True
 
     @model_validator(mode="after")
     def _check(self):
-        if self.update == "associative" and self.num_mem_tokens < 1:
-            raise ValueError("update associative needs memory tokens to write the matrices with: num_mem_tokens >= 1")
+        if has_matrices(self.update) and self.num_mem_tokens < 1:
+            raise ValueError(f"update {self.update} needs memory tokens to write the matrices with: "
+                             f"num_mem_tokens >= 1")
         return self
 
 

@@ -1,0 +1,41 @@
+"""The memory update rules by name, and what each has (no torch here: recipes are validated without it).
+
+- `replace`: the written memory is the next one (the original RMT).
+- `gated`: a learned gate per memory slot mixes the written memory into the old one (`memory.MemorySlots`).
+- `associative` (ARMT): `replace`, plus a matrix per decoder layer written by the memory tokens (`associative.py`).
+- `gated-associative`: `gated`, plus the matrices of `associative`.
+
+Code asks what a rule has (`has_gates`, `has_matrices`), never which rule it is, so a rule made of parts that
+already exist needs no code of its own.
+"""
+
+from __future__ import annotations
+
+UPDATE_RULES = ("replace", "gated", "associative", "gated-associative")
+GATED_RULES = frozenset({"gated", "gated-associative"})  # a gate per memory slot, a floor, gate supervision
+ASSOCIATIVE_RULES = frozenset({"associative", "gated-associative"})  # per-layer associative matrices
+
+# The changes of a trained model's rule that keep what it computes, so that `rmt extend` may make them: the new
+# rule is the old one plus associative matrices, whose W_V starts at zero (a fresh matrix reads exactly 0), so the
+# upgraded model computes what the old one did, bit for bit, until training moves W_V.
+UPGRADES = {"gated": "gated-associative"}
+
+
+def has_gates(update: str) -> bool:
+    """The rule gates each memory slot (and so has a gate floor and gate supervision)."""
+    return update in GATED_RULES
+
+
+def has_matrices(update: str) -> bool:
+    """The rule keeps associative matrices besides the memory vectors (and needs memory tokens to write them)."""
+    return update in ASSOCIATIVE_RULES
+
+
+def is_upgrade(old: str, new: str) -> bool:
+    """`new` is `old` plus fresh associative matrices: a trained `old` model may continue as `new`."""
+    return UPGRADES.get(old) == new
+
+
+def upgrades_text() -> str:
+    """The allowed upgrades, for error messages: "gated -> gated-associative"."""
+    return ", ".join(f"{old} -> {new}" for old, new in UPGRADES.items())
