@@ -135,7 +135,11 @@ def delta_write(matrix: torch.Tensor, norm: torch.Tensor, keys: torch.Tensor, va
 
     Token i writes u_i = beta_i (e_i - sum_{j<i} (k_i . k_j) u_j), where e_i = [v_i, 1] - k_i [A, z] is its error
     against the matrix as the segment found it and the sum is what tokens 1 .. i-1 already wrote under k_i: exactly
-    the error against the matrix as they left it. Then [A, z] += sum_i k_i^T u_i."""
+    the error against the matrix as they left it. Then [A, z] += sum_i k_i^T u_i. Computed in float32 at least
+    (a bfloat16 state is rounded once per segment, not once per token), returned in the matrix's dtype."""
+    dtype = matrix.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    matrix, norm, keys, values, beta = (t.to(work) for t in (matrix, norm, keys, values, beta))
     joint = torch.cat([matrix, norm.unsqueeze(-1)], dim=-1)  # z is A's column for the constant value 1
     targets = torch.cat([values, torch.ones_like(values[..., :1])], dim=-1)
     errors = targets - keys @ joint  # [..., m, H + 1]
@@ -146,7 +150,7 @@ def delta_write(matrix: torch.Tensor, norm: torch.Tensor, keys: torch.Tensor, va
         if steps:
             error = error - overlaps[..., i : i + 1, :i] @ torch.cat(steps, dim=-2)
         steps.append(beta[..., i : i + 1, :] * error)
-    joint = joint + keys.transpose(-1, -2) @ torch.cat(steps, dim=-2)
+    joint = (joint + keys.transpose(-1, -2) @ torch.cat(steps, dim=-2)).to(dtype)
     return joint[..., :-1], joint[..., -1]
 
 
