@@ -17,8 +17,8 @@ from test_train import step_losses, tiny_recipe
 from conftest import TINY_SEGMENT, batched_and_single_ingests, one_error_line, run_cli
 from rmt_cli.commands.ask import ask
 from rmt_cli.commands.ingest import IngestJob, ingest
-from rmt_cli.core.associative import (KEY_SIZE, AssociativeLayer, AssociativeMemory, feature_count, feature_map,
-                                      join_state, rows_per_layer, split_state)
+from rmt_cli.core.associative import (KEY_SIZE, AssociativeLayer, AssociativeMemory, delta_write, feature_count,
+                                      feature_map, join_state, rows_per_layer, split_state)
 from rmt_cli.core.memory import IGNORE_INDEX, MemoryCell, RecurrentMemoryModel
 from rmt_cli.core.segments import DocumentSample, collate
 from rmt_cli.errors import UsageError
@@ -33,9 +33,9 @@ TEXT = ("Mary moved to the bathroom. The old man saw a red boat near the river. 
         "Ünïcödé wörds — “quoted” and 日本語 too.   Several   spaces,\ttabs\n\nand blank lines. ") * 8
 
 
-def associative(model, key_size=KEY, trained=True):
+def associative(model, key_size=KEY, trained=True, memory_tokens=M):
     """An associative cell; `trained`: values and write strengths that write something (fresh ones write nothing)."""
-    cell = MemoryCell(model, M, "associative", associative_key_size=key_size)
+    cell = MemoryCell(model, memory_tokens, "associative", associative_key_size=key_size)
     if trained:
         with torch.no_grad():
             for i, layer in enumerate(cell.associative.layers):
@@ -139,6 +139,83 @@ def test_the_delta_rule_erases_the_old_value_before_writing_the_new_one():
         layer.beta_bias.fill_(-30.0)  # beta = 0: writes nothing
         unchanged = layer.write(matrix, norm, first)
     assert torch.allclose(unchanged[0], matrix, atol=1e-9) and torch.allclose(unchanged[1], norm, atol=1e-9)
+
+
+def test_the_memory_tokens_write_one_after_another():
+    """Writing one key twice at full strength in one segment leaves the second value alone: the second token's
+    error is measured against the matrix as the first left it (written in parallel, both errors were measured
+    against the empty matrix and the key held their sum)."""
+    hidden = 8
+    layer = _layer_keyed_on_the_first_half(hidden)
+    key_half = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    first = torch.cat([key_half, torch.tensor([1.0, 2.0, 3.0, 4.0])])
+    second = torch.cat([key_half, torch.tensor([-5.0, 0.0, 7.0, 1.0])])
+    features = feature_count(2)
+    with torch.no_grad():
+        matrix, norm = layer.write(torch.zeros(1, features, hidden), torch.zeros(1, features),
+                                   torch.stack([first, second]).unsqueeze(0))
+        read = layer.read(first.view(1, 1, hidden), matrix, norm)[0, 0]
+        assert torch.allclose(read[hidden // 2:], second[hidden // 2:], atol=1e-5)
+        k = feature_map(second @ layer.key.T)
+        assert torch.allclose(k @ norm[0], torch.tensor(1.0), atol=1e-6)  # the normaliser is 1 under k, not 2
+
+
+def test_delta_write_is_the_rank_one_updates_token_by_token():
+    """The forward substitution over the tokens gives the numbers of m rank-one delta-rule updates, each against
+    the matrix the previous one left, over any leading dimensions (batch, layers)."""
+    g = torch.Generator().manual_seed(0)
+    matrix, norm = torch.randn(2, 3, 24, 5, generator=g), torch.randn(2, 3, 24, generator=g)
+    keys = feature_map(torch.randn(2, 3, 6, 4, generator=g))
+    values, beta = torch.randn(2, 3, 6, 5, generator=g), torch.rand(2, 3, 6, 1, generator=g)
+    a, z = matrix, norm
+    for i in range(6):
+        k, v, b = keys[..., i : i + 1, :], values[..., i : i + 1, :], beta[..., i : i + 1, :]
+        a = a + (b * k).transpose(-1, -2) @ (v - k @ a)
+        z = z + (b * k * (1 - k @ z.unsqueeze(-1))).squeeze(-2)
+    new_a, new_z = delta_write(matrix, norm, keys, values, beta)
+    assert torch.allclose(new_a, a, atol=1e-5) and torch.allclose(new_z, z, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_normalisers_and_matrices_stay_bounded_over_200_segments(make_model, family):
+    """Eight memory tokens with random values and write strengths, 200 segments of random tokens: the normalisers
+    stay within 1 and the matrices finite and small (written in parallel, z doubled per segment with alternating
+    sign and overflowed float32 within 30 segments)."""
+    cell = associative(make_model(family), memory_tokens=8).eval()
+    g = torch.Generator().manual_seed(0)
+    memory, largest_z, largest_a = cell.initial_memory(2), 0.0, 0.0
+    with torch.no_grad():
+        for _ in range(200):
+            memory = cell.write_segment(memory, torch.randint(2, 300, (2, 12), generator=g))
+            matrices, norms = split_state(memory[:, 8:], *cell.associative_shape)
+            largest_z = max(largest_z, float(norms.abs().max()))
+            largest_a = max(largest_a, float(matrices.abs().max()))
+    assert torch.isfinite(memory).all()
+    assert 0.5 < largest_z <= 1 + 1e-4, largest_z  # seen: 0.96 (gpt2), 0.92 (llama)
+    assert 0 < largest_a < 1000, largest_a  # seen: 101, 23
+
+
+def test_the_gradient_of_w_v_stays_the_size_of_the_others_whatever_the_normaliser(make_model):
+    """A normaliser of either sign near 0 (as the parallel writes left it): reads divide by max(q . z, 1), so W_V's
+    gradient stays the size of the rest of the model's (divided by q . z clamped at 1e-5, it was ~1000 times it
+    here, and ~1e6 times on a real model)."""
+    cell = associative(make_model("llama"), trained=False, memory_tokens=8)  # W_V = 0: an upgraded model
+    with torch.no_grad():
+        for layer in cell.associative.layers:
+            layer.beta_bias.fill_(-1.0)
+    g = torch.Generator().manual_seed(2)
+    memory = cell.initial_memory(2)
+    matrices, norms = split_state(memory[:, 8:], *cell.associative_shape)
+    norms = torch.randn(norms.shape, generator=g)
+    memory = torch.cat([memory[:, :8], join_state(matrices, norms, memory.shape[-1])], dim=1)
+    tokens = torch.randint(2, 300, (2, 2, 8), generator=g)
+    logits = cell.read_segment(cell.write_segment(memory, tokens[:, 0]), tokens[:, 1])
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                      tokens[:, 1, 1:].reshape(-1)).backward()
+    values = torch.stack([layer.value.grad.norm() for layer in cell.associative.layers]).norm()
+    rest = torch.stack([p.grad.norm() for name, p in cell.named_parameters()
+                        if p.grad is not None and not name.endswith(".value")]).norm()
+    assert 0 < values < 100 * rest, (float(values), float(rest))  # seen: 0.02 times
 
 
 def test_the_feature_map_is_dpfp_of_unit_length():
@@ -262,8 +339,9 @@ def test_append_equals_one_pass_through_the_cli(tmp_path, checkpoint, cut):
 def test_batched_ingest_matches_streamed_within_tolerance(tmp_path, model):
     for batched, single in batched_and_single_ingests(tmp_path, model, [TEXT[: 300 + 250 * i] for i in range(3)]):
         assert batched.segments == single.segments > 1
-        # The matrices sum the writes of every segment (entries up to ~60 here): rounding relative to that scale.
-        assert torch.allclose(batched.memory, single.memory, atol=1e-5 * float(single.memory.abs().max()))
+        # Rounding relative to the matrices' scale (entries up to ~16 here), compounded over the segments: the
+        # reads of the matrices feed the next segment's writes (seen: 1.5e-5 of the scale).
+        assert torch.allclose(batched.memory, single.memory, atol=5e-5 * float(single.memory.abs().max()))
 
 
 def test_bfloat16_ingest_agrees_with_float32_within_tolerance(tmp_path, checkpoint, memory_file):
@@ -273,8 +351,11 @@ def test_bfloat16_ingest_agrees_with_float32_within_tolerance(tmp_path, checkpoi
     assert r.exit_code == 0, r.stderr
     bf16, fp32 = load_memory(tmp_path / "bf16.st"), load_memory(memory_file)
     assert bf16.memory.dtype == torch.bfloat16 and bf16.associative_shape == fp32.associative_shape
-    # bf16 rounding compounds over the segments, in the matrices as in the vectors (as for the replace rule)
-    assert (bf16.memory.float() - fp32.memory).norm() / fp32.memory.norm() < 0.2
+    # bf16 rounding compounds over the segments, in the matrices as in the vectors (this random model's reads
+    # and writes are strong, W_V ~ N(0, 0.3): seen 0.37 of the vectors' norm, 0.32 of the matrices')
+    difference = bf16.memory.float() - fp32.memory
+    assert difference[:M].norm() / fp32.memory[:M].norm() < 0.5
+    assert difference[M:].norm() / fp32.memory[M:].norm() < 0.5
     answer = run_cli(["ask", tmp_path / "bf16.st", "Where is Mary?", "--model", checkpoint, "--max-new-tokens", "2"])
     assert answer.exit_code == 0, answer.stderr  # asked in the file's dtype
 

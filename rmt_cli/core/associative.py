@@ -4,17 +4,40 @@ Rodkin et al., 2024).
 Every decoder layer l of the wrapped model gets an associative matrix A_l [F, hidden] and a normaliser z_l [F],
 written by the memory tokens with a delta rule and read by every token:
 
-    read  (every position, before layer l):  q = phi(W_Q h);   h <- h + (q A_l) / max(q . z_l, eps)
-    write (each write-memory token's output w of layer l, after the segment):
-          k = phi(W_K w),  v = W_V w,  beta = sigmoid(W_beta w + b)
+    read  (every position, before layer l):  q = phi(W_Q h);   h <- h + (q A_l) / max(q . z_l, 1)
+    write (the write-memory tokens' outputs w_1 .. w_m of layer l, after the segment, one after another):
+          k = phi(W_K w_i),  v = W_V w_i,  beta = sigmoid(W_beta w_i + b)
           A_l <- A_l + beta k^T (v - k A_l)        the value k held is erased as v is written
           z_l <- z_l + beta k (1 - k . z_l)        the same rule for the constant value 1
 
 phi is DPFP (deterministic parameter-free projection, nu = 3: 6 x key_size features, all >= 0) scaled to unit
-length, which makes beta a step size: with beta = 1, k holds v alone afterwards and the normalised read of k gives
-v back; a beta near 0 writes nothing at all. A segment's memory tokens write in parallel (each computes its error
-against the matrix as the segment found it). W_V starts at zero, so a fresh memory never writes (A stays 0) and
-its reads add exactly 0: a fresh associative cell is the replace-rule RMT bit for bit until training moves W_V.
+length, which makes beta a step size: with beta = 1, k holds v alone afterwards (k A = v, k . z = 1); a beta near
+0 writes nothing at all.
+
+The writes are sequential: token i's error (v - k A) is measured against the matrix as tokens 1 .. i-1 left it,
+so writing one key twice with beta = 1 leaves exactly the second value. (Written in parallel, each token measured
+its error against the matrix as the segment found it; the memory tokens' keys are strongly correlated, so their
+corrections added up to several times the error, and z overshot, doubling per segment with alternating sign on a
+real model.) Sequentially, each step is a relaxed projection (Kaczmarz) onto {k A = v, k . z = 1}: its linear
+part I - beta k^T k has norm <= 1 for a unit k and beta in [0, 1], so a step never amplifies what the matrix
+holds, and z moves towards the keys' common solution instead of away from it. The m steps are computed at once
+per segment by forward substitution over the tokens' errors (`delta_write`): u_i = beta_i (e_i - sum_{j<i}
+(k_i . k_j) u_j) with e_i = [v_i, 1] - k_i [A, z], then [A, z] += sum_i k_i^T u_i (the same numbers as m rank-one
+updates, without m copies of the matrices).
+
+The read divides by max(q . z, 1), not by q . z as linear attention does. Under the delta rule k A is already
+the value stored under k (k . z = 1 there), so a query on a stored key reads v either way; the division is needed
+only where a query overlaps several stored keys whose values add up (q . z > 1), and there it averages them. A
+query that overlaps stored keys only weakly (q . z << 1) reads the little they hold, q A, instead of dividing it
+by the small overlap: dividing by q . z (ARMT's code adds 1e-5; we clamped at 1e-5) turns a key overlap of 1e-4
+into a full-strength read, and makes the read's gradient, and W_V's through it, up to 1 / eps times larger
+(W_V's gradient norm was ~1e6 times the rest of the model's on a real model, and one Adam step broke it). With
+the denominator >= 1, |read| <= |q| |A| = |A| (q has unit length) and d read / dA is at most q: bounded whatever
+z holds, including zero or negative.
+
+W_V starts at zero, so a fresh memory never writes (A stays 0; z is written but read only through A) and its
+reads add exactly 0: a fresh associative cell is the replace-rule RMT (and a fresh gated-associative one the
+gated RMT) bit for bit until training moves W_V.
 
 The state travels as rows of the width of the memory vectors, after them in the one memory tensor
 [batch, rows, width] (so batching, truncated BPTT and the callers of the streaming calls handle it like any
@@ -34,7 +57,7 @@ import torch.nn.functional as functional
 from torch import nn
 
 DPFP_NU = 3  # DPFP's products of each feature with its nu right-hand neighbours: 2 x nu x key_size features
-READ_EPS = 1e-5  # the smallest normaliser a read divides by (one no key has touched reads A's zeros)
+READ_FLOOR = 1.0  # the smallest normaliser a read divides by: weak key overlaps read weakly (see above)
 KEY_SIZE = 16  # W_Q and W_K project a hidden state to this many numbers before DPFP: 96 features
 
 
@@ -84,23 +107,51 @@ class AssociativeLayer(nn.Module):
         self.beta_bias = nn.Parameter(torch.zeros(1))  # a fresh write strength of sigmoid(0) = 0.5
 
     def read(self, hidden: torch.Tensor, matrix: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """What every position reads: (q A) / max(q . z, eps), [batch, T, hidden] in the hidden states' dtype."""
+        """What every position reads: (q A) / max(q . z, 1), [batch, T, hidden] in the hidden states' dtype."""
         q = feature_map(functional.linear(hidden, self.query))
         numerator = q @ matrix.to(q.dtype)
-        denominator = (q @ norm.to(q.dtype).unsqueeze(-1)).clamp(min=READ_EPS)
+        denominator = (q @ norm.to(q.dtype).unsqueeze(-1)).clamp(min=READ_FLOOR)
         return (numerator / denominator).to(hidden.dtype)
 
-    def write(self, matrix: torch.Tensor, norm: torch.Tensor,
-              written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The delta rule for the memory tokens' outputs `written` [batch, m, hidden]: the new (A, z)."""
-        dtype = matrix.dtype
+    def write_inputs(self, written: torch.Tensor,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys [batch, m, F], values [batch, m, hidden] and strengths [batch, m, 1] of the outputs `written`."""
         k = feature_map(functional.linear(written, self.key)).to(dtype)
         v = functional.linear(written, self.value).to(dtype)
         beta = torch.sigmoid(functional.linear(written, self.beta, self.beta_bias)).to(dtype)
-        step = beta * k  # [batch, m, F]
-        matrix = matrix + step.transpose(-1, -2) @ (v - k @ matrix)
-        norm = norm + (step * (1 - k @ norm.unsqueeze(-1))).sum(-2)
-        return matrix, norm
+        return k, v, beta
+
+    def write(self, matrix: torch.Tensor, norm: torch.Tensor,
+              written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The delta rule for the memory tokens' outputs `written` [batch, m, hidden], token after token: the new
+        (A, z)."""
+        return delta_write(matrix, norm, *self.write_inputs(written, matrix.dtype))
+
+
+def delta_write(matrix: torch.Tensor, norm: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequential delta rule over m writes: matrix [..., F, H], norm [..., F], keys [..., m, F], values
+    [..., m, H], beta [..., m, 1] (any leading dimensions: batch, layers). The new (matrix, norm).
+
+    Token i writes u_i = beta_i (e_i - sum_{j<i} (k_i . k_j) u_j), where e_i = [v_i, 1] - k_i [A, z] is its error
+    against the matrix as the segment found it and the sum is what tokens 1 .. i-1 already wrote under k_i: exactly
+    the error against the matrix as they left it. Then [A, z] += sum_i k_i^T u_i. Computed in float32 at least
+    (a bfloat16 state is rounded once per segment, not once per token), returned in the matrix's dtype."""
+    dtype = matrix.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    matrix, norm, keys, values, beta = (t.to(work) for t in (matrix, norm, keys, values, beta))
+    joint = torch.cat([matrix, norm.unsqueeze(-1)], dim=-1)  # z is A's column for the constant value 1
+    targets = torch.cat([values, torch.ones_like(values[..., :1])], dim=-1)
+    errors = targets - keys @ joint  # [..., m, H + 1]
+    overlaps = keys @ keys.transpose(-1, -2)  # [..., m, m]
+    steps: list[torch.Tensor] = []
+    for i in range(keys.shape[-2]):
+        error = errors[..., i : i + 1, :]
+        if steps:
+            error = error - overlaps[..., i : i + 1, :i] @ torch.cat(steps, dim=-2)
+        steps.append(beta[..., i : i + 1, :] * error)
+    joint = (joint + keys.transpose(-1, -2) @ torch.cat(steps, dim=-2)).to(dtype)
+    return joint[..., :-1], joint[..., -1]
 
 
 @dataclass
@@ -158,10 +209,12 @@ class AssociativeMemory(nn.Module):
             self._pass = None
 
     def write(self, done: _Pass) -> torch.Tensor:
-        """The state after the memory tokens of a finished pass wrote to every layer's matrix."""
-        new = [layer.write(done.matrices[:, i], done.norms[:, i], done.written[i])
-               for i, layer in enumerate(self.layers)]
-        matrices, norms = torch.stack([a for a, _ in new], dim=1), torch.stack([z for _, z in new], dim=1)
+        """The state after the memory tokens of a finished pass wrote to every layer's matrix (one sequential
+        delta rule over the tokens for all layers and the whole batch at once)."""
+        dtype = done.matrices.dtype
+        inputs = [layer.write_inputs(done.written[i], dtype) for i, layer in enumerate(self.layers)]
+        keys, values, beta = (torch.stack(parts, dim=1) for parts in zip(*inputs, strict=True))  # [batch, L, m, .]
+        matrices, norms = delta_write(done.matrices, done.norms, keys, values, beta)
         return join_state(matrices, norms, self.width)
 
     def _before_layer(self, index: int, module, args, kwargs):
