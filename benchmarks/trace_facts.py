@@ -26,7 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
 from rmt_cli.data.sources import read_texts  # noqa: E402
 from rmt_cli.commands.ingest import IngestJob, ingest  # noqa: E402
-from rmt_cli.commands.longeval import NoiseCorpus, StorySource, haystack_pieces  # noqa: E402
+from rmt_cli.commands.longeval import NoiseCorpus, StorySource  # noqa: E402
+from probe_memory import fact_segments as fact_segments_of  # noqa: E402  (benchmarks/, beside this script)
 from rmt_cli.data.tasks import split_sentences  # noqa: E402
 
 
@@ -46,13 +47,9 @@ def main(argv=None) -> int:
     corpus = NoiseCorpus(model.tokenizer, sentences)
     low, high = (int(x) for x in args.facts.split(","))
     source = StorySource("qa1", low, high, seed=args.seed)
-    story, rng = source.story(args.tokens, 0)
-    fact_texts = {f.strip() for f in story.facts}
-    ids, fact_segments = [], set()
-    for piece in haystack_pieces(story, corpus, args.tokens, rng):
-        if model.tokenizer.decode(piece).strip() in fact_texts:
-            fact_segments.update(range(len(ids) // S, (len(ids) + len(piece) - 1) // S + 1))
-        ids.extend(piece)
+    story, _ = source.story(args.tokens, 0)
+    ids, where = fact_segments_of(model, corpus, source, args.tokens, 0)
+    fact_segments = set(where)
     records = []
     with tempfile.TemporaryDirectory() as work:
         doc = Path(work) / "doc.txt"

@@ -350,9 +350,7 @@ def ingest(
         trace = output_target(trace, "--trace ")
         if not trace.parent.is_dir():
             raise UsageError(f"--trace {trace}: no folder {trace.parent}")
-        if any(trace in (Path(os.path.realpath(j.output)), *(Path(os.path.realpath(p)) for p in j.paths if p != "-"),
-                         *([Path(os.path.realpath(j.append_from))] if j.append_from else []))
-               for j in jobs):
+        if any(trace in job.files() for job in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time

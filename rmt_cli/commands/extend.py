@@ -18,8 +18,8 @@ from pathlib import Path
 from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import read_info
 from ..errors import UsageError
-from ..storage.recipe import (Recipe, apply_overrides, load_yaml, read_recipe_data, read_recipe_text,
-                              validate_recipe)
+from ..data.sources import read_small_text
+from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
 
 UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
@@ -48,7 +48,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     trained_path = checkpoint / "recipe.yaml"
     trained = {"memory": info["memory"]}
     if trained_path.is_file():
-        trained = load_yaml(read_recipe_text(trained_path, "the trained recipe"), str(trained_path))
+        trained = load_yaml(read_small_text(trained_path, "the trained recipe"), str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     data = apply_overrides(read_recipe_data(recipe_path), overrides)

@@ -22,7 +22,7 @@ from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_memory, memory_fingerprint,
                       save_memory)
 from ..core.segments import SegmentStream
-from ..data.sources import Document, open_document, path_list, read_small_file
+from ..data.sources import Document, open_document, path_list, read_small_text
 from ..data.tokenstream import DocumentTokens
 
 
@@ -37,6 +37,12 @@ class IngestJob:
         self.paths = path_list(self.paths)
         self.output = Path(self.output)
         self.append_from = None if self.append_from is None else Path(self.append_from)
+
+    def files(self) -> list[Path]:
+        """Every file the job reads or writes, as real paths: its inputs (but stdin), the memory file it continues,
+        its output (realpath, unlike resolve(), never raises on a link loop)."""
+        named = [*(p for p in self.paths if p != "-"), *([self.append_from] if self.append_from else []), self.output]
+        return [Path(os.path.realpath(p)) for p in named]
 
 
 @dataclass
@@ -341,10 +347,7 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
     """`input<TAB>output` lines (LF or CRLF); blank lines and lines starting with # are skipped. Relative paths
     are read from the current folder, as on the command line, not from the manifest's."""
     path = Path(path)
-    try:
-        text = read_small_file(path, "manifest").decode("utf-8").removeprefix("\ufeff")  # a BOM names no file
-    except UnicodeDecodeError as e:
-        raise UsageError(f"manifest {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_small_text(path, "manifest").removeprefix("\ufeff")  # a BOM names no file
     jobs = []
     # Lines end at a newline (CRLF too) and nowhere else: str.splitlines() would also cut at a form feed, a vertical
     # tab or U+2028, which a file name may hold, and number the lines unlike an editor.

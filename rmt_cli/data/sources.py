@@ -130,6 +130,14 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
     return data
 
 
+def read_small_text(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> str:
+    """`read_small_file` as UTF-8 text, or one line saying where it is not UTF-8."""
+    try:
+        return read_small_file(path, what, limit).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _links_outside(path: Path, real_root: Path) -> bool:
     """A symbolic link to a file outside the folder being read (`secrets -> /etc/...`): a codebase is what is in
     it, so such a link is skipped like a hidden file, never read."""

@@ -56,11 +56,15 @@ class LoadedModel:
     memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
     path: Path
-    engine: str = "transformers"  # or "native": what runs the model (storage/engine.py)
 
     @property
     def segment_size(self) -> int:
         return self.memory_settings.segment_size
+
+    @property
+    def engine(self) -> str:
+        """What runs the model: "native" (core.native_llama, see storage/engine.py) or "transformers"."""
+        return getattr(self.cell.model, "engine", "transformers")
 
 
 def memory_tensors(cell: MemorySlots) -> dict[str, torch.Tensor]:
@@ -444,4 +448,4 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
-    return LoadedModel(cell, tokenizer, memory, info, path, "native" if native else "transformers")
+    return LoadedModel(cell, tokenizer, memory, info, path)

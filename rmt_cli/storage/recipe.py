@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import UsageError, error_line, shown
-from ..data.sources import read_small_file
+from ..errors import UsageError, error_line
+from ..data.sources import read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices
 from ..data.tasks import STORY_TASKS
 
@@ -357,16 +357,8 @@ def load_yaml(text: str, what: str) -> Any:
     return data
 
 
-def read_recipe_text(path: str | Path, what: str = "recipe") -> str:
-    """A recipe's text: a regular file or a pipe (`rmt train <(...)`), at most 16 MiB, UTF-8; else one line."""
-    try:
-        return read_small_file(Path(path), what).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{what} {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
 def read_recipe_data(path: str | Path) -> dict:
-    text = read_recipe_text(path)
+    text = read_small_text(Path(path), "recipe")  # a regular file or a pipe (`rmt train <(...)`), UTF-8
     data = load_yaml(text, f"recipe {path}")
     if data is None:
         data = {}
