@@ -51,11 +51,12 @@ def _cell(model, update="replace", num_mem_tokens=M, gate_floor=0.0):
         with torch.no_grad():
             cell.gate.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
             cell.gate.bias.fill_(0.0)
-    if cell.associative is not None:  # values that write something, as after training (fresh ones write nothing)
+    if cell.associative is not None:  # writes and reads that count, as after training (fresh reads are scaled by 0)
         with torch.no_grad():
             for layer in cell.associative.layers:
                 layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
                 layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+                layer.read_scale.fill_(1.0)
     return cell
 
 

@@ -34,13 +34,15 @@ TEXT = ("Mary moved to the bathroom. The old man saw a red boat near the river. 
 
 
 def associative(model, key_size=KEY, trained=True, memory_tokens=M):
-    """An associative cell; `trained`: values and write strengths that write something (fresh ones write nothing)."""
+    """An associative cell; `trained`: values, write strengths and read scales that write and read something (a
+    fresh cell's reads are scaled by 0)."""
     cell = MemoryCell(model, memory_tokens, "associative", associative_key_size=key_size)
     if trained:
         with torch.no_grad():
             for i, layer in enumerate(cell.associative.layers):
                 layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
                 layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(100 + i))
+                layer.read_scale.fill_(1.0)
     return cell
 
 
@@ -65,7 +67,7 @@ def model(checkpoint):
 
 
 def test_a_fresh_associative_cell_is_the_replace_rule_bit_for_bit(make_model, architecture):
-    """W_V starts at zero: nothing is written into the matrices and every read adds exactly 0, so a fresh cell
+    """The read scale starts at zero: the matrices are written, but every read adds exactly 0, so a fresh cell
     gives the replace rule's memory vectors and logits on every segment (and the plain model's on the first)."""
     model = make_model(architecture).eval()
     fresh, replace = associative(model, trained=False).eval(), MemoryCell(model, M).eval()
@@ -80,8 +82,7 @@ def test_a_fresh_associative_cell_is_the_replace_rule_bit_for_bit(make_model, ar
             assert torch.equal(logits_a, logits_b) and torch.equal(a[:, :M], b)
         assert torch.equal(fresh.read_segment(a, segments[0]), replace.read_segment(b, segments[0]))
         matrices, norms = split_state(a[:, M:], *fresh.associative_shape)
-    assert not matrices.any()  # nothing written...
-    assert norms.any()  # ...though the keys were seen
+    assert matrices.any() and norms.any()  # written, and read at scale 0
 
 
 def test_a_model_whose_decoder_layers_cannot_be_found_is_refused(make_model):
@@ -116,6 +117,7 @@ def _layer_keyed_on_the_first_half(hidden=8, key_size=2):
         layer.value.zero_()
         layer.value[hidden // 2:, hidden // 2:] = torch.eye(hidden // 2)
         layer.beta_bias.fill_(30.0)  # beta = 1: a full write
+        layer.read_scale.fill_(1.0)  # read what is stored, unscaled
     return layer
 
 
@@ -179,8 +181,9 @@ def test_delta_write_is_the_rank_one_updates_token_by_token():
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_normalisers_and_matrices_stay_bounded_over_200_segments(make_model, family):
     """Eight memory tokens with random values and write strengths, 200 segments of random tokens: the normalisers
-    stay within 1 and the matrices finite and small (written in parallel, z doubled per segment with alternating
-    sign and overflowed float32 within 30 segments)."""
+    stay near 1 and the matrices finite and small (written in parallel, z doubled per segment with alternating
+    sign and overflowed float32 within 30 segments). Each write moves k . z towards 1 for its key; z's entries
+    pass 1 a little where keys that differ share features."""
     cell = associative(make_model(family), memory_tokens=8).eval()
     g = torch.Generator().manual_seed(0)
     memory, largest_z, largest_a = cell.initial_memory(2), 0.0, 0.0
@@ -191,7 +194,7 @@ def test_normalisers_and_matrices_stay_bounded_over_200_segments(make_model, fam
             largest_z = max(largest_z, float(norms.abs().max()))
             largest_a = max(largest_a, float(matrices.abs().max()))
     assert torch.isfinite(memory).all()
-    assert 0.5 < largest_z <= 1 + 1e-4, largest_z  # seen: 0.96 (gpt2), 0.92 (llama)
+    assert 0.5 < largest_z < 2, largest_z  # seen: 0.96 (gpt2), 1.06 (llama)
     assert 0 < largest_a < 1000, largest_a  # seen: 101, 23
 
 
@@ -199,10 +202,11 @@ def test_the_gradient_of_w_v_stays_the_size_of_the_others_whatever_the_normalise
     """A normaliser of either sign near 0 (as the parallel writes left it): reads divide by max(q . z, 1), so W_V's
     gradient stays the size of the rest of the model's (divided by q . z clamped at 1e-5, it was ~1000 times it
     here, and ~1e6 times on a real model)."""
-    cell = associative(make_model("llama"), trained=False, memory_tokens=8)  # W_V = 0: an upgraded model
+    cell = associative(make_model("llama"), trained=False, memory_tokens=8)  # fresh projections: an upgraded model
     with torch.no_grad():
         for layer in cell.associative.layers:
             layer.beta_bias.fill_(-1.0)
+            layer.read_scale.fill_(1.0)  # read at full scale, so that W_V has a gradient
     g = torch.Generator().manual_seed(2)
     memory = cell.initial_memory(2)
     matrices, norms = split_state(memory[:, 8:], *cell.associative_shape)
@@ -260,10 +264,11 @@ def test_gradients_reach_the_projections_across_segments(make_model):
     RecurrentMemoryModel(cell, segment_size=8).train()(batch).loss.backward()
     for name, param in cell.associative.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
-    # A fresh cell writes nothing yet, but W_V, where training starts, has a gradient.
+    # A fresh cell reads at scale 0, where training starts: the scale has a gradient (and nothing behind it yet).
     fresh = associative(make_model("gpt2"), trained=False)
     RecurrentMemoryModel(fresh, segment_size=8).train()(batch).loss.backward()
-    assert all(layer.value.grad.abs().sum() > 0 for layer in fresh.associative.layers)
+    assert all(layer.read_scale.grad.abs().sum() > 0 for layer in fresh.associative.layers)
+    assert all(not layer.value.grad.any() for layer in fresh.associative.layers)
 
 
 def test_gradient_checkpointing_recomputes_the_reads_and_writes(make_model):

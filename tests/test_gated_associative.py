@@ -1,5 +1,5 @@
 """The gated-associative update rule: the gated rule's gates on the memory vectors plus the associative rule's
-matrices. A gated model upgraded to it (fresh matrices, W_V zero) computes what it did, bit for bit, so `rmt extend`
+matrices. A gated model upgraded to it (fresh matrices, read at scale 0) computes what it did, bit for bit, so `rmt extend`
 may make that one change of a locked setting; memory files, --append, the trace and gate supervision work as for
 the two rules it is made of."""
 
@@ -50,11 +50,12 @@ def trained_gate(cell):
 
 
 def writing(cell):
-    """Values and write strengths that write something (fresh ones write nothing)."""
+    """Values, write strengths and read scales that write and read something (a fresh cell reads at scale 0)."""
     with torch.no_grad():
         for i, layer in enumerate(cell.associative.layers):
             layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
             layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(100 + i))
+            layer.read_scale.fill_(1.0)
     return cell
 
 
@@ -105,11 +106,11 @@ def test_a_fresh_gated_associative_cell_is_the_gated_cell_bit_for_bit(make_model
     shut = torch.stack([gate < FLOOR for *_, gate in gated_run[0]])
     assert shut.any() and not shut.all()
     matrices, norms = split_state(upgraded_run[0][-1][1], *upgraded.associative_shape)
-    assert not matrices.any() and norms.any()  # nothing written, though the keys were seen
+    assert matrices.any() and norms.any()  # written, and read at scale 0
 
 
 def test_values_off_zero_make_it_differ(make_model, architecture):
-    """Once W_V leaves zero, the matrices hold something and the later segments read it."""
+    """Once the read scale leaves zero, the later segments read what the earlier ones wrote."""
     model = make_model(architecture).eval()
     gated = trained_gate(MemoryCell(model, M, "gated", FLOOR)).eval()
     upgraded = MemoryCell(model, M, "gated-associative", FLOOR, associative_key_size=KEY).eval()
@@ -194,7 +195,7 @@ def test_a_gated_checkpoint_loads_upgraded_and_computes_the_same(gated_checkpoin
     fresh = MemoryCell(gated.cell.model, M, "gated-associative", FLOOR, associative_key_size=KEY + 1)
     for name, tensor in fresh.associative.state_dict().items():
         assert torch.equal(upgraded.cell.associative.state_dict()[name], tensor), name
-    assert all(not layer.value.any() for layer in upgraded.cell.associative.layers)
+    assert all(not layer.read_scale.any() for layer in upgraded.cell.associative.layers)
     assert_same_run(run_segments(gated.cell), run_segments(upgraded.cell))
     # The same rule: the checkpoint's own settings, whatever key size the run asks.
     assert load_checkpoint(gated_checkpoint, upgrade=spec("gated")).memory_settings == spec("gated")

@@ -5,7 +5,7 @@ optimizer and the curriculum (absolute segment counts). A recipe value that cont
 error naming the field, never silently replaced.
 
 One change of a locked setting is allowed: an upgrade of the update rule that keeps what the model computes
-(`core.rules.UPGRADES`: gated -> gated-associative, which adds associative matrices whose W_V starts at zero).
+(`core.rules.UPGRADES`: gated -> gated-associative, which adds associative matrices read at scale 0).
 The run then starts from everything the checkpoint holds plus fresh matrices, of the recipe's
 `associative_key_size` (the checkpoint had none).
 """

@@ -4,7 +4,7 @@ Rodkin et al., 2024).
 Every decoder layer l of the wrapped model gets an associative matrix A_l [F, hidden] and a normaliser z_l [F],
 written by the memory tokens with a delta rule and read by every token:
 
-    read  (every position, before layer l):  q = phi(W_Q h);   h <- h + (q A_l) / max(q . z_l, 1)
+    read  (every position, before layer l):  q = phi(W_Q h);   h <- h + s_l (q A_l) / max(q . z_l, 1)
     write (the write-memory tokens' outputs w_1 .. w_m of layer l, after the segment, one after another):
           k = phi(W_K w_i),  v = W_V w_i,  beta = sigmoid(W_beta w_i + b)
           A_l <- A_l + beta k^T (v - k A_l)        the value k held is erased as v is written
@@ -35,9 +35,13 @@ into a full-strength read, and makes the read's gradient, and W_V's through it, 
 the denominator >= 1, |read| <= |q| |A| = |A| (q has unit length) and d read / dA is at most q: bounded whatever
 z holds, including zero or negative.
 
-W_V starts at zero, so a fresh memory never writes (A stays 0; z is written but read only through A) and its
-reads add exactly 0: a fresh associative cell is the replace-rule RMT (and a fresh gated-associative one the
-gated RMT) bit for bit until training moves W_V.
+Each layer's read is multiplied by a learned scale s that starts at zero, so a fresh memory's reads add exactly
+0: a fresh associative cell is the replace-rule RMT (and a fresh gated-associative one the gated RMT) bit for bit
+until training moves s. (W_V used to start at zero instead. That fails the moment training starts: Adam's first
+step moves every entry of W_V by about the learning rate whatever its gradient, so every value v = W_V w, and with
+it every position's read, jumps to ~lr x |w| x hidden in a direction no gradient chose; a C5 upgraded this way
+fell from 72% to 9% in two steps. With s = 0 and a random W_V, Adam's first steps move s by ~lr: the reads start
+at a thousandth of their size and grow as the loss asks.)
 
 The state travels as rows of the width of the memory vectors, after them in the one memory tensor
 [batch, rows, width] (so batching, truncated BPTT and the callers of the streaming calls handle it like any
@@ -102,16 +106,18 @@ class AssociativeLayer(nn.Module):
         # Parameters rather than nn.Linear: nn.Linear would draw its initial weights from the global RNG.
         self.query = nn.Parameter(torch.randn(key_size, hidden, generator=generator) / math.sqrt(hidden))
         self.key = nn.Parameter(torch.randn(key_size, hidden, generator=generator) / math.sqrt(hidden))
-        self.value = nn.Parameter(torch.zeros(hidden, hidden))  # zero: a fresh memory writes nothing
+        self.value = nn.Parameter(torch.randn(hidden, hidden, generator=generator) / math.sqrt(hidden))
         self.beta = nn.Parameter(torch.zeros(1, hidden))
         self.beta_bias = nn.Parameter(torch.zeros(1))  # a fresh write strength of sigmoid(0) = 0.5
+        # Zero: a fresh layer reads nothing (see the module's docstring), and the read grows from 0 as it learns.
+        self.read_scale = nn.Parameter(torch.zeros(1))
 
     def read(self, hidden: torch.Tensor, matrix: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """What every position reads: (q A) / max(q . z, 1), [batch, T, hidden] in the hidden states' dtype."""
+        """What every position reads: s (q A) / max(q . z, 1), [batch, T, hidden] in the hidden states' dtype."""
         q = feature_map(functional.linear(hidden, self.query))
         numerator = q @ matrix.to(q.dtype)
         denominator = (q @ norm.to(q.dtype).unsqueeze(-1)).clamp(min=READ_FLOOR)
-        return (numerator / denominator).to(hidden.dtype)
+        return (self.read_scale.to(q.dtype) * numerator / denominator).to(hidden.dtype)
 
     def write_inputs(self, written: torch.Tensor,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ How the written memory becomes the next segment's memory is the update rule:
   has an associative matrix that the write-memory tokens write with a delta rule and every token reads
   (`associative.py`). The matrices travel as further rows of the memory tensor, after the m memory vectors.
 - `gated-associative`: the memory vectors are gated as in `gated`, and the matrices are those of `associative`.
-  W_V starts at zero, so a gated cell upgraded to it (fresh matrices) computes what the gated cell did, bit for
+  The reads start at scale 0, so a gated cell upgraded to it (fresh matrices) computes what the gated cell did, bit for
   bit (`rules.UPGRADES`: `rmt extend` may make this change).
 
 A cell has a gate where `rules.has_gates(update)`, matrices where `rules.has_matrices(update)`; the code below

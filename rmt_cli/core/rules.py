@@ -16,8 +16,8 @@ GATED_RULES = frozenset({"gated", "gated-associative"})  # a gate per memory slo
 ASSOCIATIVE_RULES = frozenset({"associative", "gated-associative"})  # per-layer associative matrices
 
 # The changes of a trained model's rule that keep what it computes, so that `rmt extend` may make them: the new
-# rule is the old one plus associative matrices, whose W_V starts at zero (a fresh matrix reads exactly 0), so the
-# upgraded model computes what the old one did, bit for bit, until training moves W_V.
+# rule is the old one plus associative matrices, whose reads start at scale 0 (a fresh matrix adds exactly 0), so
+# the upgraded model computes what the old one did, bit for bit, until training moves the scale.
 UPGRADES = {"gated": "gated-associative"}
 
 

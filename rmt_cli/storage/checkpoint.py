@@ -422,7 +422,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     "native" (an error where it does not qualify).
 
     `upgrade` (rmt extend): memory settings whose rule may upgrade the checkpoint's (`upgraded_memory`); the
-    upgraded cell gets everything the checkpoint holds and fresh associative projections (seeded, W_V zero), and
+    upgraded cell gets everything the checkpoint holds and fresh associative projections (seeded, read scale 0), and
     `memory_settings` are the upgraded ones. An upgrade always runs on transformers (training does).
     """
     path = Path(path)
