@@ -266,3 +266,27 @@ def test_train_refuses_to_write_over_the_recipe_it_reads(tmp_path, monkeypatch):
     (tmp_path / "recipe.yaml").write_text(text)
     one_error_line(run(["train", "recipe.yaml", "-q"]), 2, "output_dir .", "write over recipe.yaml")
     assert (tmp_path / "recipe.yaml").read_text() == text and not (tmp_path / "final").exists()
+
+
+def test_a_run_resumes_from_its_own_recipe_but_not_with_other_settings(tmp_path, monkeypatch):
+    """`rmt train runs/x/recipe.yaml resume=auto`, the obvious way to continue a run from its folder alone, was
+    refused as "would write over"; it continues the run. With a setting changed, it would replace the run's record of
+    what it ran: refused, and the file is untouched."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    import shutil
+
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({**_tiny_recipe("run"), "curriculum": [{"segments": 1, "steps": 2}],
+                                     "checkpoint": {"every": 1}}))
+    assert run(["train", str(first), "-q"]).exit_code == 0
+    shutil.rmtree(tmp_path / "run" / "final")  # as if killed after step 1's checkpoint
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000002")
+    own = tmp_path / "run" / "recipe.yaml"
+    written = own.read_text()
+    one_error_line(run(["train", str(own), "-q", "seed=99"]), 2, "output_dir run", "with other settings")
+    assert own.read_text() == written
+    resumed = run(["train", str(own), "-q", "resume=auto"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from" in resumed.output and (tmp_path / "run" / "final").is_dir()

@@ -29,7 +29,7 @@ from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
 from ..progress import ProgressBar
-from ..storage.recipe import Recipe, Stage, dump_recipe
+from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe
 from ..core.segments import collate
 from ..data.tasks import rng_for
 
@@ -163,12 +163,29 @@ RUN_FILES = ("recipe.yaml", "metrics.jsonl")  # what a run keeps in output_dir b
 
 def check_run_inputs(recipe: Recipe, inputs: list[str | Path]) -> None:
     """No file a run writes in output_dir is one of its inputs: `rmt train recipe.yaml output_dir=.` would
-    replace the recipe given (its comments and all) with the resolved one."""
+    replace the recipe given (its comments and all) with the resolved one. The one exception is the run's own
+    resolved recipe given back unchanged (`rmt train runs/x/recipe.yaml resume=auto`, the obvious way to continue
+    a run): rewriting it changes nothing but `resume`."""
     own = {Path(os.path.realpath(Path(recipe.output_dir) / name)) for name in RUN_FILES}
     for given in inputs:
-        if Path(os.path.realpath(given)) in own:
-            raise UsageError(f"output_dir {shown(recipe.output_dir)}: the run would write over {shown(given)}, which "
-                             f"it reads; choose another output_dir")
+        if Path(os.path.realpath(given)) not in own:
+            continue
+        if Path(given).name == RUN_FILES[0] and _same_run(recipe, given):
+            continue
+        raise UsageError(f"output_dir {shown(recipe.output_dir)}: the run would write over {shown(given)}, which "
+                         f"it reads, with other settings; choose another output_dir")
+
+
+def _same_run(recipe: Recipe, given: str | Path) -> bool:
+    """`given` is a resolved recipe as a run writes it (no comments, nothing a rewrite would lose), of the run
+    `recipe` describes, whatever `resume` each says."""
+    try:
+        stored = load_recipe(given)
+        text = Path(given).read_text(encoding="utf-8")
+    except (UsageError, OSError, UnicodeDecodeError):
+        return False
+    return text == dump_recipe(stored) and dump_recipe(stored.model_copy(update={"resume": None})) == \
+        dump_recipe(recipe.model_copy(update={"resume": None}))
 
 
 def _check_own_file(path: Path) -> None:
