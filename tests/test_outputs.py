@@ -290,3 +290,24 @@ def test_a_run_resumes_from_its_own_recipe_but_not_with_other_settings(tmp_path,
     resumed = run(["train", str(own), "-q", "resume=auto"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming from" in resumed.output and (tmp_path / "run" / "final").is_dir()
+
+
+def test_more_threads_than_cpus_are_capped_with_a_warning(tmp_path, monkeypatch):
+    """`threads=1000` on 2 cores started 2,000 threads and made the machine unusable: capped at the CPUs this
+    process may use, with a warning on stderr."""
+    import torch
+    import yaml
+
+    from rmt_cli.commands.train import available_cpus
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(_tiny_recipe("run")))
+    before = torch.get_num_threads()
+    try:
+        r = run(["train", "r.yaml", "-q", "threads=1000"])
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert r.exit_code == 0, r.output
+    assert used == available_cpus() < 1000
+    assert f"threads=1000, but this process may use {used} CPUs" in r.stderr

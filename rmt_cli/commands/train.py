@@ -215,13 +215,23 @@ def _drop_metrics_after(path: Path, step: int) -> None:
         Path(tmp).write_text("".join(kept), encoding="utf-8")
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def train(recipe: Recipe, init_from: str | Path | None = None, console=None, progress: bool = True) -> RunResult:
     """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
+    # More threads than CPUs only thrash (threads=1000 on 2 cores: 2,000 threads, the machine unusable).
+    threads = min(recipe.threads, available_cpus()) if recipe.threads else None
+    if threads:
+        torch.set_num_threads(threads)
     # accelerate only spreads CPU training over processes (torchrun, gloo) when told it is on the CPU.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -230,6 +240,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                        f"check the launcher's settings")
     set_seed(recipe.seed)
     log = _Logger(console if accelerator.is_main_process else None)
+    if threads and threads < recipe.threads:
+        log.info(f"warning: threads={recipe.threads}, but this process may use {threads} CPUs: using {threads}")
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
