@@ -35,7 +35,9 @@ def output_target(path: str | Path, what: str = "") -> Path:
                              f"regular files or new paths")
         if os.path.islink(path) and not target.exists() and os.path.lexists(target):
             raise UsageError(f"{where}: a broken or looping symbolic link")
-        if target.exists() and not os.access(target, os.W_OK):  # replaced, it would lose what guards it
+        # Replaced, it would lose what guards it. No write bit for anyone is read-only to root too (who passes
+        # os.access for every file, and is who runs rmt in most containers).
+        if target.exists() and (not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222):
             raise UsageError(f"{where}: is read-only; rmt replaces only a file you may write")
     except OSError as e:  # e.g. a folder on the way that may not be searched, or a name too long
         raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None

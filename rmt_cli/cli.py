@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import RMTError, UsageError, one_line, shown, stop_signals
+from .errors import NON_FINITE_SCORES, RMTError, UsageError, one_line, shown, stop_signals
 
 def _terminate_like_ctrl_c() -> None:
     """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
@@ -129,6 +129,13 @@ def command(func):
         except MemoryError:
             _say("error", "out of memory; try a smaller --batch-size or a smaller model")
             raise typer.Exit(1)
+        except BaseException as e:
+            # pyo3's PanicException (a Rust library gave up: a tokenizer's pathological regex, say) derives from
+            # BaseException, past every handler above; anything else goes on as it came.
+            if type(e).__name__ != "PanicException":
+                raise
+            _say("error", f"a Rust library failed ({one_line(str(e))[:200]}); is the checkpoint's tokenizer sound?")
+            raise typer.Exit(1)
         except RuntimeError as e:
             if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
                 raise  # a bug of ours: the traceback is the report
@@ -188,7 +195,7 @@ def _print_json(obj) -> None:
     try:
         line = json.dumps(obj, indent=None, default=str, allow_nan=False)
     except ValueError:
-        raise RMTError("the model produced non-finite scores (NaN or infinity); is its config sound?") from None
+        raise RMTError(NON_FINITE_SCORES) from None
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

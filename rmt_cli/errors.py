@@ -15,6 +15,10 @@ def stop_signals() -> list:
     return [number for number in numbers if signal.getsignal(number) is not signal.SIG_IGN]
 
 
+# What a model whose arithmetic broke (a NaN or zero in its config) is told, wherever its numbers come out.
+NON_FINITE_SCORES = "the model produced non-finite scores (NaN or infinity); is its config sound?"
+
+
 class RMTError(Exception):
     """A failure at run time (exit 1)."""
 

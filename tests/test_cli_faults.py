@@ -346,3 +346,65 @@ def test_append_onto_a_folder_names_append(tmp_path):
     """`rmt ingest --append FOLDER more.txt` said '-o FOLDER: is a folder' though no -o was given."""
     (tmp_path / "doc.txt").write_text("Mary went to the garden.")
     one_error_line(run(["ingest", "--append", tmp_path, tmp_path / "doc.txt"]), 2, f"--append {tmp_path}: is a folder")
+
+
+@pytest.fixture(scope="module")
+def broken_model(tmp_path_factory):
+    """The embedded model with a NaN in its config: every number it computes is NaN."""
+    import shutil
+
+    from rmt_cli.storage.assets import DEFAULT_MODEL_DIR
+
+    path = tmp_path_factory.mktemp("nan") / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "rms_norm_eps": float("nan")}))
+    return path
+
+
+def test_a_model_whose_numbers_break_is_an_error_everywhere(tmp_path, broken_model):
+    """Such a model wrote a memory file that rmt itself then refused (ingest exit 0), answered "" (ask, exit 0)
+    and scored 0% (eval, exit 0): each is now one line and exit 1, and nothing is written."""
+    book = tmp_path / "book.txt"
+    book.write_text("Mary went to the kitchen. " * 400)
+    one_error_line(run(["ingest", book, "-o", tmp_path / "m.st", "--model", broken_model]), 1, "not written",
+                   "not finite")
+    assert not (tmp_path / "m.st").exists()
+    story = tmp_path / "story.txt"
+    story.write_text("Mary went to the kitchen.\n")  # under one segment: the memory is never written by the model
+    assert run(["ingest", story, "-o", tmp_path / "s.st", "--model", broken_model]).exit_code == 0
+    for extra in ([], ["--json"]):
+        one_error_line(run(["ask", tmp_path / "s.st", "Where is Mary?", "--model", broken_model, *extra]), 1,
+                       "non-finite scores")
+    one_error_line(run(["eval", "--model", broken_model, "--lengths", "1k", "--samples", "2", "-q"]), 1,
+                   "non-finite scores")
+
+
+def test_a_rust_panic_is_one_line(tmp_path, memory_file, monkeypatch):
+    """A Rust library that gives up (a crafted tokenizer's regex) raises pyo3's PanicException, a BaseException:
+    it went past every handler as a traceback."""
+    PanicException = type("PanicException", (BaseException,), {})
+
+    def panic(*args, **kwargs):
+        raise PanicException("Onig: Regex search error: retry-limit-in-match over")
+
+    monkeypatch.setattr("rmt_cli.commands.ask.question_ids", panic)
+    one_error_line(run(["ask", memory_file, "Where is Mary?", "--model", DEFAULT_LM_DIR]), 1, "a Rust library failed",
+                   "retry-limit")
+
+
+def test_recipe_paths_under_home_and_extend_without_the_trained_recipe(tmp_path, monkeypatch):
+    """`output_dir: ~/x` made a folder named "~" in the working folder; `rmt extend` of a checkpoint without its
+    recipe.yaml blamed the contents of the missing file."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": "~/runs/x"}))
+    assert run(["train", "r.yaml", "-q"]).exit_code == 0
+    final = tmp_path / "home" / "runs" / "x" / "final"
+    assert final.is_dir() and not (tmp_path / "~").exists()
+    one_error_line(run(["train", "r.yaml", "-q", "output_dir=~nosuchuser0x/x"]), 2, "no such user's home folder")
+    shutil.copytree(final, tmp_path / "bare")
+    (tmp_path / "bare" / "recipe.yaml").unlink()
+    one_error_line(run(["extend", tmp_path / "bare", "r.yaml", "-q"]), 2, "bare: no recipe.yaml")

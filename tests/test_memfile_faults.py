@@ -221,6 +221,7 @@ BAD_METADATA = {
     "memory tokens unlike the tensor": ({"num_mem_tokens": "3"}, "num_mem_tokens 3 differs"),
     "memory tokens over the cap": ({"num_mem_tokens": str(2**16 + 1)}, "to 65536"),
     "negative tokens": ({"tokens": "-5"}, "metadata tokens"),
+    "fewer tokens than the tail holds": ({"tokens": "0", "segments": "0"}, "0 disagrees with 0 segments"),
     "segments not a number": ({"segments": "many"}, "metadata segments"),
     "carry text over its cap": ({"carry_text": "x" * (MAX_CARRY_CHARS + 1)}, "carry_text has 4097 characters"),
     "pending bytes not hex": ({"pending_bytes_hex": "zz"}, "metadata pending_bytes_hex"),
@@ -286,7 +287,8 @@ def test_a_token_id_beyond_the_vocabulary_is_refused_even_with_force(tmp_path, m
 
 
 def test_another_segment_size_is_refused_even_with_force(tmp_path, model, valid):
-    refused(craft(tmp_path / "m.st", valid, segment_size="32"), model, "segments of 32", "reads 24")
+    # tokens as such a file would count them (a segment of 32, the tail of 12)
+    refused(craft(tmp_path / "m.st", valid, segment_size="32", tokens="44"), model, "segments of 32", "reads 24")
 
 
 def test_another_memory_shape_is_refused_even_with_force(tmp_path, model, valid):

@@ -235,6 +235,17 @@ def test_an_output_rmt_may_not_write_is_refused_before_reading(tmp_path, doc, no
         train(validate_recipe(_tiny_recipe(no_write / "run")), progress=False)
 
 
+def test_a_file_no_one_may_write_is_refused_whoever_runs_rmt(tmp_path, doc):
+    """O21 held only for users os.access says no to: root (as in most containers) replaced a 0444 file."""
+    memory = tmp_path / "m.st"
+    assert ingest(doc, "-o", memory).exit_code == 0
+    memory.chmod(0o444)
+    before = memory.read_bytes()
+    one_error_line(ingest(doc, "-o", memory), 2, "is read-only")
+    one_error_line(ingest("--append", memory, doc), 2, "is read-only")
+    assert memory.read_bytes() == before
+
+
 def test_a_replaced_file_keeps_its_permissions(tmp_path, doc):
     """A private memory file (0600) became world-readable (0644) after an --append or a new -o onto it."""
     memory = tmp_path / "m.st"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..storage.checkpoint import LoadedModel
-from ..errors import UsageError
+from ..errors import NON_FINITE_SCORES, RMTError, UsageError
 from ..storage.memfile import MemoryState
 from ..core.segments import FinalSegment, build_final_segment, pad_rows, question_ids, split_document
 from ..data.tokenstream import TokenStream
@@ -209,9 +209,14 @@ def respond(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], 
     """What the model says to each final segment: a causal LM generates its answer, an encoder's classifier picks
     one of its answers."""
     if model.cell.kind == "encoder":
-        return classify(model, memory, prompts, temperature, top_p, generator)
-    generated = generate(model, memory, prompts, max_new_tokens, temperature, top_p, generator)
-    return [Reply(answer_text(model.tokenizer, tokens), logprob, len(tokens)) for tokens, logprob in generated]
+        replies = classify(model, memory, prompts, temperature, top_p, generator)
+    else:
+        generated = generate(model, memory, prompts, max_new_tokens, temperature, top_p, generator)
+        replies = [Reply(answer_text(model.tokenizer, tokens), logprob, len(tokens)) for tokens, logprob in generated]
+    # A model whose numbers broke answers "" (or its first answer) with a NaN score: an error, not an answer.
+    if not all(math.isfinite(reply.logprob) for reply in replies):
+        raise RMTError(NON_FINITE_SCORES)
+    return replies
 
 
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,

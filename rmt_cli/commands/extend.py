@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import read_info
-from ..errors import UsageError
+from ..errors import UsageError, shown
 from ..data.sources import read_small_text
 from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
 
@@ -44,11 +44,12 @@ def _set(data: dict, path: tuple, value) -> None:
 
 def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: list[str]) -> Recipe:
     checkpoint = Path(checkpoint)
-    info = read_info(checkpoint)
+    read_info(checkpoint)  # a checkpoint folder, or one line saying what is wrong with it
     trained_path = checkpoint / "recipe.yaml"
-    trained = {"memory": info["memory"]}
-    if trained_path.is_file():
-        trained = load_yaml(read_small_text(trained_path, "the trained recipe"), str(trained_path))
+    if not trained_path.is_file():  # the model, tokenizer and memory it was built with: nothing to continue without
+        raise UsageError(f"{shown(str(checkpoint))}: no recipe.yaml (the recipe the checkpoint was trained with, which "
+                         f"rmt extend continues)")
+    trained = load_yaml(read_small_text(trained_path, "the trained recipe"), str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     data = apply_overrides(read_recipe_data(recipe_path), overrides)

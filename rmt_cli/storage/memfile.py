@@ -183,6 +183,10 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         tensors.update(associative_matrices=matrices.contiguous(), associative_norms=norms.contiguous())
         memory = memory[: state.num_mem_tokens]
     tensors["memory"] = memory.contiguous()
+    # What load_memory would refuse is never written (a model whose arithmetic broke writes NaN).
+    if not all(_storable(t) for name, t in tensors.items() if name != "tail_tokens"):
+        raise RMTError(f"{shown(path)}: not written: the model produced a memory that is not finite (NaN or "
+                       f"infinity) or beyond ±{MAX_MEMORY_VALUE:g}; is its config sound?")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -192,6 +196,12 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         raise RMTError(f"{shown(path)}: cannot write the memory file: "
                        f"{shown(reason.removeprefix('Error while serializing: '))}") from None
     return path
+
+
+def _storable(tensor: torch.Tensor) -> bool:
+    """Finite and within what a memory file may hold (±MAX_MEMORY_VALUE)."""
+    values = tensor.float()
+    return bool(torch.isfinite(values).all()) and bool((values.abs() <= MAX_MEMORY_VALUE).all())
 
 
 def load_memory(path: str | Path) -> MemoryState:
@@ -232,15 +242,15 @@ def load_memory(path: str | Path) -> MemoryState:
     carry_text = _text(where, meta, "carry_text", MAX_CARRY_CHARS)
     # ingest writes tokens = segments x segment_size + the tail (under a segment) + the tokens of the carried text
     # (at most one a UTF-8 byte, plus a few a tokenizer may add). Counts outside that would go negative or past the
-    # cap on --append. (Bounds by a whole segment, not the tail tensor's length: a tail that disagrees is
-    # check_compatible's to name.)
+    # cap on --append, or (fewer than the tail holds) make --append report tokens it never read.
     whole = segments * segment_size
     if whole > MAX_COUNT:
         raise _invalid(where, "metadata segments", f"{segments} segments of {segment_size} tokens are more than "
                        f"{MAX_COUNT} tokens")
-    if not whole <= tokens < whole + segment_size + len(carry_text.encode("utf-8", errors="surrogatepass")) + 4:
+    carried = len(carry_text.encode("utf-8", errors="surrogatepass"))
+    if not whole + len(tail) <= tokens < whole + segment_size + carried + 4:
         raise _invalid(where, "metadata tokens", f"{tokens} disagrees with {segments} segments of {segment_size} "
-                       f"tokens")
+                       f"tokens and a tail of {len(tail)}")
     return MemoryState(
         memory=memory if associative is None else torch.cat([memory, join_state(*associative, memory.shape[-1])]),
         tail_tokens=tail,

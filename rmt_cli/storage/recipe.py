@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UsageError, error_line
 from ..data.sources import read_small_text
@@ -194,6 +194,19 @@ class Recipe(Section):
     data_workers: int = Field(0, ge=0, le=64)
     resume: str | None = None  # "auto" or a checkpoint folder
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        # `~/runs/x` is the home folder's, as in a shell and as for inputs: not a folder named "~" here.
+        if not value.startswith("~"):
+            return value
+        import os.path
+
+        expanded = os.path.expanduser(value)
+        if expanded.startswith("~"):
+            raise ValueError(f"{value[:80]!r}: no such user's home folder")
+        return expanded
 
     @model_validator(mode="after")
     def _check(self):
