@@ -129,17 +129,17 @@ def command(func):
         except MemoryError:
             _say("error", "out of memory; try a smaller --batch-size or a smaller model")
             raise typer.Exit(1)
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+                raise  # a bug of ours: the traceback is the report
+            _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
+            raise typer.Exit(1)
         except BaseException as e:
             # pyo3's PanicException (a Rust library gave up: a tokenizer's pathological regex, say) derives from
             # BaseException, past every handler above; anything else goes on as it came.
             if type(e).__name__ != "PanicException":
                 raise
             _say("error", f"a Rust library failed ({one_line(str(e))[:200]}); is the checkpoint's tokenizer sound?")
-            raise typer.Exit(1)
-        except RuntimeError as e:
-            if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
-                raise  # a bug of ours: the traceback is the report
-            _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
             raise typer.Exit(1)
 
     return wrapper
