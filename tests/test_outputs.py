@@ -322,3 +322,22 @@ def test_more_threads_than_cpus_are_capped_with_a_warning(tmp_path, monkeypatch)
     assert r.exit_code == 0, r.output
     assert used == available_cpus() < 1000
     assert f"threads=1000, but this process may use {used} CPUs" in r.stderr
+
+
+@pytest.mark.parametrize("name, kind", [("final.tmp", "file"), ("stage-0.tmp", "link")])
+def test_a_file_where_a_stage_folder_is_written_first_is_refused_before_training(tmp_path, name, kind):
+    """A file or link at output_dir/final.tmp (or stage-K.tmp) failed the run when that stage ended, after all
+    its training ("File exists", exit 1, no final/)."""
+    from rmt_cli.commands.train import train
+    from rmt_cli.storage.recipe import validate_recipe
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "precious.txt").write_text("precious")
+    if kind == "file":
+        (out / name).write_text("precious")
+    else:
+        (out / name).symlink_to(tmp_path / "precious.txt")
+    with pytest.raises(UsageError, match=f"{name} is .*remove it, or choose another output_dir"):
+        train(validate_recipe(_tiny_recipe(out)), progress=False)
+    assert (tmp_path / "precious.txt").read_text() == "precious" and not (out / "final").exists()

@@ -198,6 +198,15 @@ def _check_own_file(path: Path) -> None:
                          f"there: remove it, or choose another output_dir")
 
 
+def _check_own_scratch(path: Path) -> None:
+    """A stage's folder is written as NAME.tmp and then renamed (atomic.atomic_folder), which clears a folder left
+    there by a killed run; a file or link at that name would fail the run when the stage ends, after its work."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = "a symbolic link" if path.is_symlink() else "not a folder"
+        raise UsageError(f"output_dir {shown(path.parent)}: {path.name} is {kind}; rmt writes a stage's folder "
+                         f"under that name first: remove it, or choose another output_dir")
+
+
 def _drop_metrics_after(path: Path, step: int) -> None:
     """A resumed run trains again the steps after its checkpoint: drop their old lines (and a line cut short by a
     kill), so that metrics.jsonl logs each step once."""
@@ -248,6 +257,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own_file(output_dir / own)
+    for stage_folder in ["final", *(f"stage-{k}" for k in range(len(recipe.curriculum)))]:
+        _check_own_scratch(output_dir / f"{stage_folder}.tmp")  # found now, not when the stage ends
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
