@@ -37,12 +37,16 @@ def associative(model, key_size=KEY, trained=True, memory_tokens=M):
     """An associative cell; `trained`: values, write strengths and read scales that write and read something (a
     fresh cell's reads are scaled by 0)."""
     cell = MemoryCell(model, memory_tokens, "associative", associative_key_size=key_size)
-    if trained:
-        with torch.no_grad():
-            for i, layer in enumerate(cell.associative.layers):
-                layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
-                layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(100 + i))
-                layer.read_scale.fill_(1.0)
+    return writing(cell) if trained else cell
+
+
+def writing(cell):
+    """Values, write strengths and read scales that write and read something (a fresh cell reads at scale 0)."""
+    with torch.no_grad():
+        for i, layer in enumerate(cell.associative.layers):
+            layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
+            layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(100 + i))
+            layer.read_scale.fill_(1.0)
     return cell
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_associative import TEXT
+from test_associative import TEXT, writing
 from test_train import run as run_training
 from test_train import tiny_recipe
 
@@ -46,16 +46,6 @@ def trained_gate(cell):
     with torch.no_grad():
         cell.gate.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
         cell.gate.bias.fill_(0.0)
-    return cell
-
-
-def writing(cell):
-    """Values, write strengths and read scales that write and read something (a fresh cell reads at scale 0)."""
-    with torch.no_grad():
-        for i, layer in enumerate(cell.associative.layers):
-            layer.value.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
-            layer.beta.normal_(0, 0.3, generator=torch.Generator().manual_seed(100 + i))
-            layer.read_scale.fill_(1.0)
     return cell
 
 

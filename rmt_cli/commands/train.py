@@ -29,7 +29,8 @@ from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
 from ..progress import ProgressBar
-from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe
+from ..data.sources import read_small_text
+from ..storage.recipe import Recipe, Stage, dump_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
 from ..data.tasks import rng_for
 
@@ -180,31 +181,30 @@ def _same_run(recipe: Recipe, given: str | Path) -> bool:
     """`given` is a resolved recipe as a run writes it (no comments, nothing a rewrite would lose), of the run
     `recipe` describes, whatever `resume` each says."""
     try:
-        stored = load_recipe(given)
-        text = Path(given).read_text(encoding="utf-8")
-    except (UsageError, OSError, UnicodeDecodeError):
+        text = read_small_text(Path(given), "recipe")
+        stored = validate_recipe(load_yaml(text, str(given)), str(given))
+    except (UsageError, OSError):
         return False
     return text == dump_recipe(stored) and dump_recipe(stored.model_copy(update={"resume": None})) == \
         dump_recipe(recipe.model_copy(update={"resume": None}))
 
 
-def _check_own_file(path: Path) -> None:
-    """The files a run keeps in output_dir are its own: a regular file or none; never a link (which would write
-    elsewhere), a FIFO (which would hang training), a device or a folder."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else \
-            "not a regular file (a device, a FIFO or a socket)"
-        raise UsageError(f"output_dir {shown(path.parent)}: {path.name} is {kind}; rmt writes only regular files "
-                         f"there: remove it, or choose another output_dir")
-
-
-def _check_own_scratch(path: Path) -> None:
-    """A stage's folder is written as NAME.tmp and then renamed (atomic.atomic_folder), which clears a folder left
-    there by a killed run; a file or link at that name would fail the run when the stage ends, after its work."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        kind = "a symbolic link" if path.is_symlink() else "not a folder"
-        raise UsageError(f"output_dir {shown(path.parent)}: {path.name} is {kind}; rmt writes a stage's folder "
-                         f"under that name first: remove it, or choose another output_dir")
+def _check_own(path: Path, folder: bool = False) -> None:
+    """What a run keeps in output_dir is its own: a regular file (`folder`: a folder) or nothing; never a link
+    (which would write elsewhere), a FIFO (which would hang training) or a device. The folders are a stage's
+    NAME.tmp, written and then renamed (atomic.atomic_folder, which clears a folder a killed run left there): a
+    file or link at that name would fail the run when the stage ends, after its work."""
+    if not path.is_symlink() and (not path.exists() or (path.is_dir() if folder else path.is_file())):
+        return
+    if path.is_symlink():
+        kind = "a symbolic link"
+    elif folder:
+        kind = "not a folder"
+    else:
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, a FIFO or a socket)"
+    what = "writes a stage's folder under that name first" if folder else "writes only regular files there"
+    raise UsageError(f"output_dir {shown(path.parent)}: {path.name} is {kind}; rmt {what}: remove it, or choose "
+                     f"another output_dir")
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
@@ -256,9 +256,9 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
-        _check_own_file(output_dir / own)
+        _check_own(output_dir / own)
     for stage_folder in ["final", *(f"stage-{k}" for k in range(len(recipe.curriculum)))]:
-        _check_own_scratch(output_dir / f"{stage_folder}.tmp")  # found now, not when the stage ends
+        _check_own(output_dir / f"{stage_folder}.tmp", folder=True)  # found now, not when the stage ends
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -201,8 +202,6 @@ class Recipe(Section):
         # `~/runs/x` is the home folder's, as in a shell and as for inputs: not a folder named "~" here.
         if not value.startswith("~"):
             return value
-        import os.path
-
         expanded = os.path.expanduser(value)
         if expanded.startswith("~"):
             raise ValueError(f"{value[:80]!r}: no such user's home folder")
