@@ -55,10 +55,29 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             where = getattr(getattr(e, "ctx", None), "command_path", None) or "rmt"
             _say("error", f"{e.format_message()} (see {where} --help)")
             sys.exit(e.exit_code)
-        except typer.Abort:
-            sys.exit(130)
+        except typer.Abort:  # click's name for a Ctrl-C outside a command
+            code = 130
+        if code == 130:  # typer turns a Ctrl-C while it parses the arguments into exit 130, silently
+            _say_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
 
+
+def _flags_without_a_type() -> None:
+    """typer's help prints `<bool>` after a flag as if it took a value (`--json <bool>`; faults T33): a flag shows no
+    type. Where typer changes the method's name, help just keeps its `<bool>`."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown_type = getattr(option, "display_type_rich", None)
+    if shown_type is None or getattr(shown_type, "flags_untyped", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown_type(self, ctx)
+
+    display_type_rich.flags_untyped = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
 
 app = typer.Typer(
     cls=_OneLineUsageErrors,
@@ -95,6 +114,25 @@ def _quiet_libraries() -> None:
         disable_progress_bars()
 
 
+_INTERRUPTION_SAID: list = []  # "interrupted" is said once, wherever the interrupt is caught
+
+
+def _say_interrupted() -> None:
+    if not _INTERRUPTION_SAID:
+        _INTERRUPTION_SAID.append(True)
+        err.print("interrupted")
+
+
+def _import_numpy_before_torch() -> None:
+    """torch's start-up imports numpy from C, and when that import fails it warns and carries on: a Ctrl-C that
+    lands there was swallowed, and the command ran to the end (faults T31). Imported first here, an interrupt
+    raises here instead."""
+    try:
+        import numpy  # noqa: F401
+    except ImportError:  # torch runs without numpy
+        pass
+
+
 def command(func):
     """Turn our errors into one line on stderr and the right exit code."""
 
@@ -108,6 +146,7 @@ def command(func):
                 # Python escapes it on stderr, not a UnicodeEncodeError.
                 sys.stdout.reconfigure(errors="backslashreplace")
             _quiet_libraries()
+            _import_numpy_before_torch()
             return func(*args, **kwargs)
         except RMTError as e:
             # Under torchrun every process checks the same input: one of them says what was wrong with it.
@@ -116,7 +155,7 @@ def command(func):
                     _say("error", line)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
-            err.print("interrupted")
+            _say_interrupted()
             raise typer.Exit(130)
         except BrokenPipeError:
             # The reader of our stdout went away (`rmt ask ... | head`): not an error of ours.
@@ -232,7 +271,8 @@ def _finish_run(result, json_out: bool) -> None:
         _print_json(summary)
     else:
         err.print(f"checkpoint: {one_line(result.final_checkpoint)}")
-    if result.interrupted:
+    if result.interrupted:  # the run has said where it stopped and what it saved
+        _INTERRUPTION_SAID.append(True)
         raise typer.Exit(130)
 
 
@@ -707,7 +747,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        err.print("interrupted")
+        _say_interrupted()
         sys.exit(130)
 
 

@@ -109,7 +109,7 @@ def _documents():
     return [DocumentSample(w, f, labels, write_labels=w) for w, (f, labels) in zip(writes, finals)]
 
 
-@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative", "routed"])
 def test_batched_recurrence_equals_streaming(build, update):
     """RecurrentMemoryModel on a batch gives each document the memory and logits of streaming it alone through
     initial_memory / write_segment / read_segment (the ingest and ask path)."""
@@ -191,7 +191,7 @@ def test_padded_short_document_equals_it_alone(build, update):
 # --- gradients -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative"])
+@pytest.mark.parametrize("update", ["replace", "gated", "associative", "gated-associative", "routed"])
 def test_gradients_reach_the_memory_and_the_model_through_segments(build, update):
     """The answer's loss back-propagates through two write segments into the first one's tokens, the learned
     initial memory, the gate, the associative projections and every layer of the model."""
@@ -221,7 +221,7 @@ def test_gradients_reach_the_memory_and_the_model_through_segments(build, update
 # --- checkpoints ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative"])
+@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative", "routed"])
 def test_checkpoint_loads_back_to_the_same_outputs(build, tokenizer, tmp_path, update):
     cell = _cell(build(), update, gate_floor=0.001).eval()
     save_checkpoint(tmp_path / "ckpt", cell, tokenizer, MemorySpec(num_mem_tokens=M, segment_size=24, update=update,
@@ -354,7 +354,7 @@ def _greedy_without_cache(cell, memory, prompt, steps, eos):
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative"])
+@pytest.mark.parametrize("update", ["gated", "associative", "gated-associative", "routed"])
 def test_cached_generation_equals_reading_the_whole_segment_every_token(build, tokenizer, update):
     """`rmt ask` generates with the model's KV cache; each token must be the one a full read of the final segment
     gives, with the same log-probability, for rows of different prompt lengths batched together (and the

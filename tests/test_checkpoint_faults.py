@@ -204,8 +204,8 @@ def test_every_problem_of_the_memory_settings_is_reported_at_once(folder):
 
     edit_json(folder, RMT_JSON, spoil)
     message = refused(folder, "rmt.json: memory.segment_size: missing", "rmt.json: memory.num_mem_tokens: Input should "
-                      "be a valid integer", "memory.update: Input should be 'replace', 'gated', 'associative' or "
-                      "'gated-associative'", "memory.gate_floor", "rmt.json: source: ")
+                      "be a valid integer", "memory.update: Input should be 'replace', 'gated', 'associative', "
+                      "'gated-associative' or 'routed'", "memory.gate_floor", "rmt.json: source: ")
     assert message.count("; ") == 4
 
 

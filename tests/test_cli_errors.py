@@ -51,3 +51,13 @@ def test_plot_into_a_missing_folder_is_refused_before_scoring(tmp_path):
     else:
         words = "no folder"
     assert r.exit_code == 2 and words in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["train", "extend", "ingest", "ask", "eval", "perplexity"])
+def test_help_shows_no_type_after_a_flag(command):
+    """Flags such as --json take no value, so help shows none after them (typer printed `--json <bool>`, which
+    reads as "--json true"; faults T33); options that take one still show its type."""
+    r = run([command, "--help"])
+    assert r.exit_code == 0 and "--help" in r.stdout
+    assert "<bool>" not in r.stdout
+    assert "<path>" in r.stdout or "<int" in r.stdout or "<float" in r.stdout

@@ -70,6 +70,8 @@ def encoder_cell(tokenizer, update="replace", seed=0, answers=PLACES, gate_floor
         with torch.no_grad():
             cell.gate.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
             cell.gate.bias.fill_(0.0)
+            if cell.route_keep is not None:  # the routed rule: writing as likely as keeping
+                cell.route_keep.fill_(0.0)
     return cell.eval()
 
 
@@ -111,7 +113,7 @@ def test_cell_runs_the_models_own_forward_on_cls_memory_sep_segment_sep(word_tok
     assert cell.positions_needed(M, SEGMENT) == M + SEGMENT + 3
 
 
-@pytest.mark.parametrize("update", ["replace", "gated"])
+@pytest.mark.parametrize("update", ["replace", "gated", "routed"])
 def test_batched_recurrence_equals_streaming_each_document(word_tokenizer, update):
     """Documents of 3, 1 and 0 write segments in one batch (writes left-padded, finals right-padded): each row gets
     the answer logits and memory of streaming that document alone (the ingest and ask path), and the memory

@@ -77,7 +77,7 @@ def assert_same_run(gated_run, upgraded_run):
 
 def test_what_each_rule_has():
     assert [(has_gates(r), has_matrices(r)) for r in UPDATE_RULES] == [
-        (False, False), (True, False), (False, True), (True, True)]
+        (False, False), (True, False), (False, True), (True, True), (True, False)]
     assert is_upgrade("gated", "gated-associative")
     assert not any(is_upgrade(a, b) for a in UPDATE_RULES for b in UPDATE_RULES
                    if (a, b) != ("gated", "gated-associative"))

@@ -143,6 +143,36 @@ def test_wrong_types_name_the_field(data, path, words):
     assert line.startswith(f"r.yaml: {path}: ") and words in line
 
 
+@pytest.mark.parametrize("text, path, words", [
+    ("seed: yes\n", "seed", "valid integer, not true (YAML reads yes"),
+    ("batch_size: true\n", "batch_size", "valid integer, not true"),
+    ("optim: {lr: '0.001'}\n", "optim.lr", 'valid number, not "0.001"'),
+    ("optim: {betas: [0.9, on]}\n", "optim.betas.1", "valid number, not true"),
+    ("memory: {gate_floor: '0.1'}\n", "memory.gate_floor", 'not "0.1"'),
+])
+def test_values_of_the_wrong_type_are_refused_not_converted(tmp_path, text, path, words):
+    """Strict types (faults T32): a YAML boolean or a quoted number where a number belongs is a mistake to report,
+    not 1 or the number (the curriculum's steps as well)."""
+    path_file = write(tmp_path, "curriculum: [{segments: 1, steps: 5}]\ntokenizer: {kind: bpe}\n" + text)
+    with pytest.raises(UsageError) as info:
+        load_recipe(path_file)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"{path_file}: {path}: ") and words in line
+    (line,) = errors_of({**MINIMAL, "curriculum": [{"segments": 1, "steps": "150"}]})
+    assert line == 'r.yaml: curriculum.0.steps: Input should be a valid integer, not "150"'
+
+
+def test_numbers_in_exponent_form_and_lists_for_pairs_are_read(tmp_path):
+    """1e-3 is a number in a recipe and in an override (YAML 1.1 would keep it a string, which strict types
+    refuse), and pairs (betas, a stage's facts) are written as YAML lists."""
+    path = write(tmp_path, "tokenizer: {kind: bpe}\noptim: {lr: 3e-4, betas: [0.9, 0.95]}\n"
+                           "curriculum: [{segments: 1, steps: 5, facts: [2, 4]}]\n")
+    recipe = load_recipe(path, ["optim.weight_decay=1E-2", "memory.gate_floor=.5e-3"])
+    assert recipe.optim.lr == 3e-4 and recipe.optim.betas == (0.9, 0.95) and recipe.optim.weight_decay == 0.01
+    assert recipe.memory.gate_floor == 0.0005 and recipe.curriculum[0].facts == (2, 4)
+    assert load_recipe(write(tmp_path, dump_recipe(recipe), "again.yaml")) == recipe  # what a run saves reads back
+
+
 def test_cross_field_checks():
     assert "tokenizer.kind: bpe" in errors_of({"curriculum": [{"segments": 1, "steps": 1}]})[0]
     (line,) = errors_of({**MINIMAL, "task": {"name": "babi"}})

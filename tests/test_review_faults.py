@@ -307,3 +307,54 @@ def test_a_codebase_link_to_a_file_outside_it_is_skipped(tmp_path, checkpoint):
     names = [item.header.decode() for item in document.items]
     assert not any("leak" in n for n in names) and any("inside.py" in n for n in names)
     assert document.skipped == 1
+
+
+# Ctrl-C while the command starts (faults T31): each start-up stage has an interrupt raised in it on purpose, in a
+# child `rmt ask`, which must stop with "interrupted" and exit 130, answering nothing.
+INTERRUPTED_IMPORT = """
+import builtins, sys
+real_import = builtins.__import__
+def interrupting_import(name, *args, **kwargs):
+    if name == {module!r} and not getattr(builtins, "interrupted", False):
+        builtins.interrupted = True
+        raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = interrupting_import
+{patch}
+from rmt_cli.__main__ import main
+sys.argv[0] = "rmt"
+main()
+"""
+
+
+@pytest.mark.parametrize("module, patch", [
+    ("typer", ""),  # the CLI's own libraries load
+    ("numpy", ""),  # torch's start-up imports numpy from C and used to swallow an interrupt there
+    ("rmt_cli", "import typer.core; typer.core.TyperGroup.make_context = "  # typer parses the arguments
+                "lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())"),
+])
+def test_an_interrupt_while_starting_stops_with_130(tmp_path, checkpoint, memfile, module, patch):
+    code = INTERRUPTED_IMPORT.format(module=module, patch=patch)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, "ask", str(memfile), "Where is Mary?", "--model",
+                           str(checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300)
+    assert (proc.returncode, proc.stderr.decode(), proc.stdout) == (130, "interrupted\n", b"")
+
+
+def test_binary_without_nul_bytes_is_refused_and_accented_latin1_text_is_read(tmp_path, checkpoint):
+    """Random bytes with every NUL removed used to be read as text with a warning (faults T35); they are now
+    refused as binary, while a Latin-1 text (an invalid UTF-8 byte per accented letter) is still read."""
+    noise = bytes(b for b in random_bytes(20_000) if b)
+    (tmp_path / "noise.dat").write_bytes(noise)
+    latin = ("Elle était née à Genève, où l'été dure; " * 300).encode("latin-1")
+    (tmp_path / "latin.txt").write_bytes(latin)
+    one_error(run(["ingest", tmp_path / "noise.dat", "-o", tmp_path / "n.st", "--model", checkpoint]), 2,
+              "looks like a binary file", "are not text")
+    assert not (tmp_path / "n.st").exists()
+    r = run(["ingest", tmp_path / "latin.txt", "-o", tmp_path / "l.st", "--model", checkpoint, "-q"])
+    assert r.exit_code == 0 and "invalid UTF-8" in r.stderr, r.stderr
+
+
+def random_bytes(count: int) -> bytes:
+    import random
+    return random.Random(0).randbytes(count)

@@ -4,6 +4,12 @@ Reading, decoding and tokenizing are incremental and segments run without gradie
 however long the input. Several documents are read side by side and their segments run as one batch; one
 document alone runs the same code with a batch of one, which is the bit-exact path (`--append` after a cut
 gives exactly the memory of reading everything in one pass).
+
+One document alone, under a gated rule with a gate floor, also reads ahead (`lookahead`): a segment whose every
+gate is under the floor leaves the memory exactly as it was, and in a book that is nearly every segment, so the
+next segments are run side by side from the same memory, as if none of them wrote. The first that may write is
+run again alone, from that memory, as the one-at-a-time path runs it; the segments after it, if it wrote, are run
+again from its memory. So the memory is the one-at-a-time path's, bit for bit, and most of a book runs in batches.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_m
 from ..core.segments import SegmentStream
 from ..data.sources import Document, open_document, path_list, read_small_text
 from ..data.tokenstream import DocumentTokens
+
+LOOKAHEAD = 32  # segments run side by side at most when reading ahead: past this the batch gains little on a CPU
+UNSURE = 0.5  # a gate above this share of the floor may be on either side of it in another batch: run alone
 
 
 @dataclass
@@ -85,6 +94,8 @@ class _Reader:
 
     def __init__(self, job: IngestJob, document: Document, model: LoadedModel, force: bool):
         self.job = job
+        self.ahead: list[list[int]] = []  # whole segments taken from the stream, not yet run (read ahead)
+        self.width = 1  # how many segments the next read-ahead runs side by side
         self.result = IngestResult(str(job.output))
         self.started = time.perf_counter()
         self.document = document
@@ -107,6 +118,15 @@ class _Reader:
             self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks())
             self.segments, self.sources, self.sources_omitted = 0, [], 0
             self.tokens_before = self.segments_before = 0
+
+    def has_segment(self) -> bool:
+        return bool(self.ahead) or self.segment_stream.fill()
+
+    def take_ahead(self, count: int) -> list[list[int]]:
+        """Up to `count` whole segments, the ones read ahead first."""
+        while len(self.ahead) < count and self.segment_stream.fill():
+            self.ahead.append(self.segment_stream.take())
+        return self.ahead[:count]
 
     def state(self, model: LoadedModel) -> MemoryState:
         tail = self.segment_stream.tail
@@ -189,17 +209,22 @@ class _SegmentStep:
 def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force: bool = False,
            on_progress: Callable[[Progress], None] | None = None,
            on_trace: Callable[[TraceRecord], None] | None = None, compile_step: bool = False,
-           on_warning: Callable[[str], None] = lambda message: None) -> list[IngestResult]:
+           on_warning: Callable[[str], None] = lambda message: None,
+           lookahead: int = LOOKAHEAD) -> list[IngestResult]:
     """Ingest each job's inputs into its memory file. Failures are reported per document, never lost.
 
     `on_trace`, when given, receives a record per segment of how much it changed the memory. `compile_step` runs
-    the segment step through `torch.compile` (see `_SegmentStep`).
+    the segment step through `torch.compile` (see `_SegmentStep`). `lookahead`: at most this many segments of a
+    document read alone run side by side (module docstring); 1 runs them one at a time. The memory is the same.
     """
     if batch_size < 1:  # no document would ever be read: a loop for ever
         raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
     S = model.segment_size
     cell = model.cell
     segment_step = _SegmentStep(cell, compile_step, on_warning)
+    # Reading ahead needs a memory that a segment can leave exactly as it was: gates with a floor, and no
+    # associative matrices (written by every segment).
+    floor = cell.gate_floor if cell.gate is not None and cell.associative is None and cell.gate_floor > 0 else None
     results: dict[int, IngestResult] = {}
     queue = list(enumerate(jobs))
     active: dict[int, _Reader] = {}
@@ -231,7 +256,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         ready = []
         for index, reader in list(active.items()):
             try:
-                whole = reader.segment_stream.fill()
+                whole = reader.has_segment()
             except (RMTError, OSError) as e:  # e.g. a file that vanished or became unreadable mid-read
                 fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
                      reader)
@@ -249,10 +274,22 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                     continue
                 results[index] = reader.result
                 total_tokens += reader.result.total_tokens - reader.segments * S  # its last, partial segment
-        if ready:
+        if ready and len(ready) == 1 and floor is not None and lookahead > 1:
+            index, reader = ready[0], active[ready[0]]
+            try:
+                done = _read_ahead(reader, segment_step, floor, lookahead, index, S, on_trace)
+            except (RMTError, OSError) as e:
+                fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
+                     reader)
+                del active[index]
+                done = 0
+            total_tokens += S * done
+            total_segments += done
+        elif ready:
             readers = [active[i] for i in ready]
-            ids = torch.tensor([r.segment_stream.take() for r in readers], dtype=torch.long,
-                               device=cell.memory.device)
+            ids = torch.tensor([r.take_ahead(1)[0] for r in readers], dtype=torch.long, device=cell.memory.device)
+            for r in readers:
+                r.ahead.pop(0)
             memory = torch.stack([r.memory for r in readers])
             new_memory, _, gate = segment_step(memory, ids)
             if on_trace is not None:
@@ -274,6 +311,38 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             on_progress(Progress(finished_bytes + sum(r.document_tokens.bytes_read for r in active.values()),
                                  bytes_total, total_tokens, total_segments, len(results), len(jobs)))
     return [results[i] for i in range(len(jobs))]
+
+
+def _read_ahead(reader: _Reader, segment_step, floor: float, lookahead: int, index: int, S: int,
+                on_trace: Callable[[TraceRecord], None] | None) -> int:
+    """Run the document's next segments side by side from its memory, keep those that left it untouched, and run
+    the first that may write again alone (see the module docstring). Returns how many segments were run for good.
+    The width doubles after a read-ahead that nothing interrupted, and starts again at 1 after a write."""
+    segments = reader.take_ahead(reader.width)
+    ids = torch.tensor(segments, dtype=torch.long, device=reader.memory.device)
+    memory = reader.memory.unsqueeze(0)
+    new_memory, _, gate = segment_step(memory.expand(len(segments), *reader.memory.shape), ids)
+    opened = gate.float().max(-1).values.tolist()
+    done, wrote = 0, False
+    for k, most_open in enumerate(opened):
+        change, gate_max = 0.0, most_open
+        if most_open >= UNSURE * floor and len(segments) > 1:  # may write: as the one-at-a-time path runs it
+            alone, _, alone_gate = segment_step(memory, ids[k:k + 1])
+            new_row, gate_max = alone[0], float(alone_gate.float().max())
+        else:
+            new_row = new_memory[k]
+        if not torch.equal(new_row, reader.memory):
+            change = float((new_row - reader.memory).float().norm() / reader.memory.float().norm().clamp(min=1e-12))
+            reader.memory, wrote = new_row, True
+        if on_trace is not None:
+            on_trace(TraceRecord(index, reader.segments, (reader.segments + 1) * S, change, gate_max))
+        reader.segments += 1
+        done += 1
+        if wrote:  # the segments after it ran from the old memory
+            break
+    del reader.ahead[:done]
+    reader.width = 1 if wrote else min(2 * reader.width, lookahead)
+    return done
 
 
 def _finish(reader: _Reader, model: LoadedModel) -> None:

@@ -285,7 +285,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     data.bind(tokenizer, cell.answers if cell.kind == "encoder" else None)
     rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
                                recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,
-                               recipe.memory.gate_supervision_open)
+                               recipe.memory.gate_supervision_open, recipe.memory.route_balance)
     rmt.train()
     optimizer = torch.optim.AdamW(rmt.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
                                   weight_decay=recipe.optim.weight_decay)
@@ -362,6 +362,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                      "accuracy": accuracy, "lr": lr, "tokens_per_second": speed}
             if out.gate_loss is not None:
                 entry["gate_loss"] = float(out.gate_loss.detach())
+            if out.balance_loss is not None:
+                entry["balance_loss"] = float(out.balance_loss.detach())
             record(entry)
             score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
             bar.update(step, label=f"stage {stage_index} ({stage.segments} seg)",

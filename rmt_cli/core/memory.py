@@ -15,6 +15,10 @@ How the written memory becomes the next segment's memory is the update rule:
 - `associative` (ARMT): the memory vectors are replaced as in `replace`, and besides them every decoder layer
   has an associative matrix that the write-memory tokens write with a delta rule and every token reads
   (`associative.py`). The matrices travel as further rows of the memory tensor, after the m memory vectors.
+- `routed`: `gated` with competing slots. The slots' gates are one softmax over the slots' scores and a learned
+  "keep" score, so a segment writes at most one slot's worth in all, and a fact written to a slot no other fact
+  uses leaves the others' bindings as they were. A fresh router keeps 95% and spreads the rest evenly; training
+  can add a balance loss (`route_balance`) that spreads the facts over the slots.
 - `gated-associative`: the memory vectors are gated as in `gated`, and the matrices are those of `associative`.
   The reads start at scale 0, so a gated cell upgraded to it (fresh matrices) computes what the gated cell did, bit for
   bit (`rules.UPGRADES`: `rmt extend` may make this change).
@@ -50,11 +54,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UsageError, shown
 from .associative import KEY_SIZE, AssociativeMemory
-from .rules import UPDATE_RULES, has_gates, has_matrices
+from .rules import UPDATE_RULES, has_gates, has_matrices, is_routed
 
 IGNORE_INDEX = -100
 
 GATE_INIT_BIAS = -3.0  # sigmoid(-3) ~ 0.05: a fresh gate mostly keeps the old memory
+ROUTE_KEEP_SHARE = 0.95  # a fresh router (all slot scores 0) keeps the old memory with this probability
 
 # Config settings with which a family's own forward changes the logits after (or the hidden states just before)
 # the output embeddings, as found in transformers 5.x, and what it does with them. The cell does not reproduce them
@@ -133,9 +138,15 @@ class MemorySlots(nn.Module):
             self.gate = nn.Linear(embeddings.embedding_dim, 1)
             with torch.no_grad():
                 self.gate.weight.zero_()
-                self.gate.bias.fill_(GATE_INIT_BIAS)
+                self.gate.bias.fill_(0.0 if is_routed(self.update) else GATE_INIT_BIAS)
         else:
             self.gate = None
+        # The routed rule's score for "write nothing", against the slots' scores in one softmax: keep / (keep + m
+        # slots at score 0) = ROUTE_KEEP_SHARE.
+        self.route_keep = None
+        if is_routed(self.update):
+            keep_score = math.log(ROUTE_KEEP_SHARE / (1 - ROUTE_KEEP_SHARE) * max(self.num_mem_tokens, 1))
+            self.route_keep = nn.Parameter(torch.full((1,), keep_score))
         # The associative rules: per-layer matrices, read and written through hooks on the decoder layers.
         self.associative = (AssociativeMemory(decoder_layers(self.model), _layer_width(self.model),
                                               embeddings.embedding_dim, self.associative_key_size)
@@ -174,8 +185,13 @@ class MemorySlots(nn.Module):
         return torch.cat([memory, self.associative.empty_state(batch_size, memory.dtype)], dim=1)
 
     def gate_probabilities(self, written: torch.Tensor) -> torch.Tensor:
-        """Per slot, how much of the written memory replaces the old one, before the floor: [batch, m] float32."""
-        return torch.sigmoid(self.gate(written).float().squeeze(-1))
+        """Per slot, how much of the written memory replaces the old one, before the floor: [batch, m] float32.
+        The routed rule's slots share one softmax with "keep", so they sum to at most 1."""
+        scores = self.gate(written).float().squeeze(-1)
+        if self.route_keep is None:
+            return torch.sigmoid(scores)
+        keep = self.route_keep.float().expand(scores.shape[0], 1)
+        return torch.softmax(torch.cat([scores, keep], dim=-1), dim=-1)[:, :-1]
 
     def update_memory(self, old: torch.Tensor, written: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next memory from the old and the written one; also the gate probabilities (None for replace)."""
@@ -364,6 +380,7 @@ class RecurrentOutput:
     memory: torch.Tensor
     num_loss_tokens: int
     gate_loss: torch.Tensor | None = None  # the gate supervision term (already inside `loss`, weighted)
+    balance_loss: torch.Tensor | None = None  # the routed rule's balance term (already inside `loss`, weighted)
 
 
 class RecurrentMemoryModel(nn.Module):
@@ -371,7 +388,7 @@ class RecurrentMemoryModel(nn.Module):
 
     def __init__(self, cell: MemoryCell, segment_size: int, bptt_depth: int | None = None,
                  gradient_checkpointing: bool = False, gate_supervision: float = 0.0,
-                 gate_supervision_open: bool = True):
+                 gate_supervision_open: bool = True, route_balance: float = 0.0):
         super().__init__()
         self.cell = cell
         self.segment_size = segment_size
@@ -381,6 +398,8 @@ class RecurrentMemoryModel(nn.Module):
         # with one. Only the gated rules have gates, and only samples that know where their facts are supervise.
         self.gate_supervision = gate_supervision
         self.gate_supervision_open = gate_supervision_open
+        # Weight of the routed rule's balance loss over the segments with a fact (`route_balance_loss`).
+        self.route_balance = route_balance
 
     def _segment(self, memory, ids, mask, write, logits):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -397,12 +416,15 @@ class RecurrentMemoryModel(nn.Module):
         gate_sum, gate_count = initial.new_zeros((), dtype=torch.float32), 0
         cut = None if self.bptt_depth is None else len(batch.steps) - self.bptt_depth - 1
         supervised_gates = self.cell.gate is not None and bool(self.gate_supervision)
+        routed = self.cell.route_keep is not None
+        balanced = routed and bool(self.route_balance)
+        fact_routes = []  # the routed gates of rows whose segment holds a fact, for the balance loss
         for index, step in enumerate(batch.steps):
             rows = step.active.nonzero().squeeze(-1)
             want_logits = step.labels is not None
             # A segment at or before the cut with no loss of its own would only build a graph that the cut
             # throws away: it runs without one, so truncated BPTT bounds memory and backward time alike.
-            local_loss = want_logits or (supervised_gates and step.has_fact is not None)
+            local_loss = want_logits or ((supervised_gates or balanced) and step.has_fact is not None)
             beyond_reach = cut is not None and index <= cut and not local_loss
             with torch.no_grad() if beyond_reach else nullcontext():
                 new_memory, logits, gate = self._segment(
@@ -412,8 +434,10 @@ class RecurrentMemoryModel(nn.Module):
                 s, n = _shifted_loss_sum(logits, step.labels[rows])
                 loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
             if gate is not None and self.gate_supervision and step.has_fact is not None:
-                gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows], self.gate_supervision_open)
+                gate_sum = gate_sum + _gate_loss_sum(gate, step.has_fact[rows], self.gate_supervision_open, routed)
                 gate_count += len(rows)
+            if balanced and gate is not None and step.has_fact is not None:
+                fact_routes.append(gate[step.has_fact[rows]])
             memory = memory.index_copy(0, rows, new_memory.to(memory.dtype))
             if index == cut:
                 # Gradients flow back through at most `bptt_depth` write segments of each row. Every row's last
@@ -430,16 +454,40 @@ class RecurrentMemoryModel(nn.Module):
         gate_loss = gate_sum / gate_count if gate_count else None
         if gate_loss is not None:
             loss = self.gate_supervision * gate_loss if loss is None else loss + self.gate_supervision * gate_loss
-        return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss)
+        balance_loss = route_balance_loss(torch.cat(fact_routes)) if fact_routes else None
+        if balance_loss is not None:
+            loss = self.route_balance * balance_loss if loss is None else loss + self.route_balance * balance_loss
+        return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss, balance_loss)
 
 
-def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor, open_on_facts: bool = True) -> torch.Tensor:
+def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor, open_on_facts: bool = True,
+                   routed: bool = False) -> torch.Tensor:
     """Binary cross-entropy per row: every slot shut on a segment without a fact, and (`open_on_facts`) the most
-    open slot open on one with a fact (which slots to use is the model's choice)."""
+    open slot open on one with a fact (which slots to use is the model's choice). Routed gates: "keep" chosen on a
+    segment without a fact, and "write" (any slot) on one with a fact."""
     eps = 1e-6
-    shut = -torch.log1p(-gate.clamp(max=1 - eps)).sum(-1)
-    opened = -torch.log(gate.max(-1).values.clamp(min=eps)) if open_on_facts else torch.zeros_like(shut)
+    if routed:
+        written = gate.sum(-1).clamp(eps, 1 - eps)
+        shut, opened = -torch.log1p(-written), -torch.log(written)
+    else:
+        shut = -torch.log1p(-gate.clamp(max=1 - eps)).sum(-1)
+        opened = -torch.log(gate.max(-1).values.clamp(min=eps))
+    if not open_on_facts:
+        opened = torch.zeros_like(shut)
     return torch.where(has_fact, opened, shut).sum()
+
+
+def route_balance_loss(routes: torch.Tensor) -> torch.Tensor:
+    """How unevenly a batch of writes [rows, m] (routed gates of segments with a fact) uses the m slots: m times
+    the sum over slots of (share of rows whose top slot it is) x (its mean share of the row's write), as in a
+    mixture of experts' load balancing. 1 when every slot is used alike, m when all writes go to one slot. The
+    shares are normalised over the slots, so the loss does not touch how much is written, only where; and since
+    the slots share one softmax, lowering an overused slot's share raises the others', so an unused slot gets a
+    gradient (independent sigmoid gates give it none)."""
+    m = routes.shape[-1]
+    shares = routes / routes.sum(-1, keepdim=True).clamp(min=1e-12)
+    top = F.one_hot(shares.argmax(-1), m).float().mean(0)
+    return m * (top * shares.mean(0)).sum()
 
 
 def _answer_loss_sum(final_logits: torch.Tensor, batch: SegmentBatch) -> tuple[torch.Tensor, int]:

@@ -23,6 +23,10 @@ from ..errors import UsageError, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192
+# Of the first BINARY_SNIFF_BYTES, the share that may be invalid UTF-8 or control characters before a file counts
+# as binary. Random bytes are ~60%; a Latin-1 text read as UTF-8 has an invalid byte per accented letter (under 10%
+# even in French or Portuguese).
+NOT_TEXT_SHARE = 0.3
 
 
 def file_header(relative: str) -> bytes:
@@ -88,9 +92,24 @@ class _Item:
     header: bytes = b""
 
 
-def looks_binary(path: Path) -> bool:
+def binary_reason(path: Path) -> str | None:
+    """Why the file's first bytes say it is not text (NUL bytes, or mostly bytes that are neither UTF-8 text nor
+    line breaks and tabs), or None."""
     with open(path, "rb") as f:
-        return b"\0" in f.read(BINARY_SNIFF_BYTES)
+        head = f.read(BINARY_SNIFF_BYTES)
+    if b"\0" in head:
+        return "it has NUL bytes"
+    text = head.decode("utf-8", errors="replace")
+    if len(text) < 64:  # too little to judge: read as text, as ever
+        return None
+    not_text = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in "\t\n\r\f\v") or c == "\x7f")
+    if not_text > NOT_TEXT_SHARE * len(text):
+        return f"{not_text / len(text):.0%} of its first {len(head):,} bytes are not text"
+    return None
+
+
+def looks_binary(path: Path) -> bool:
+    return binary_reason(path) is not None
 
 
 def _open_error(path: str, error: OSError) -> UsageError:
@@ -283,8 +302,9 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
                 raise UsageError(f"{raw}: {missing_reason(path)}")
             if not path.is_file():
                 raise UsageError(f"{raw}: not a regular file")
-            if looks_binary(path):
-                raise UsageError(f"{raw}: looks like a binary file (it has NUL bytes); rmt reads text")
+            reason = binary_reason(path)
+            if reason is not None:
+                raise UsageError(f"{raw}: looks like a binary file ({reason}); rmt reads text")
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise UsageError(f"{raw}: a loop of symbolic links") from None

@@ -8,17 +8,20 @@ with its field path, and unknown keys get a "did you mean".
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
-from ..errors import UsageError, error_line
+from ..errors import UsageError, error_line, shown
 from ..data.sources import read_small_text
-from ..core.rules import UPDATE_RULES, has_matrices
+from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import STORY_TASKS
 
 
@@ -30,8 +33,13 @@ MAX_SAMPLES = 10_000_000
 
 
 class Section(BaseModel):
-    # allow_inf_nan=False: `optim.lr=.inf` is a typo that would train to NaN, not a setting.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # allow_inf_nan=False: `optim.lr=.inf` is a typo that would train to NaN, not a setting. strict: `seed: yes`
+    # (YAML's true) or `steps: "150"` is a mistake to report, not 1 or 150 (a YAML list still gives a tuple field,
+    # `LIST`; the loader reads 1e-3 as a number).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+LIST = Field(strict=False)  # a tuple setting written as a YAML list (its items stay strict)
 
 
 # Config keys that make transformers import Python files shipped beside the weights: a checkpoint is data, and rmt
@@ -77,7 +85,8 @@ class MemorySpec(Section):
     # replace: the written memory is the next one (the original RMT). gated: a learned gate per slot mixes the
     # written memory into the old one, and a gate under gate_floor keeps the old memory bit for bit.
     # associative (ARMT): replace, plus a matrix per layer that the memory tokens write with a delta rule.
-    # gated-associative: gated, plus the matrices of associative (core/rules.py).
+    # gated-associative: gated, plus the matrices of associative. routed: gated, with the slots' gates one softmax
+    # over the slots and "keep" (core/rules.py).
     update: Literal[UPDATE_RULES] = "replace"  # type: ignore[valid-type]
     gate_floor: float = Field(0.001, ge=0, lt=1)
     # Associative rules: the size of the keys and queries before the feature map (6x as many features). The
@@ -87,12 +96,18 @@ class MemorySpec(Section):
     # it also opens the most open slot on segments with one (off: which slots open is left to the answer loss).
     gate_supervision: float = Field(0.0, ge=0)
     gate_supervision_open: bool = True
+    # Training only, routed rule: weight of a loss that spreads the writes of segments with a fact over the slots
+    # (core.memory.route_balance_loss).
+    route_balance: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
         if has_matrices(self.update) and self.num_mem_tokens < 1:
             raise ValueError(f"update {self.update} needs memory tokens to write the matrices with: "
                              f"num_mem_tokens >= 1")
+        if self.route_balance and not is_routed(self.update):
+            raise ValueError(f"route_balance spreads the writes of the routed rule over its slots; update is "
+                             f"{self.update}: set update: routed, or route_balance: 0")
         return self
 
 
@@ -142,7 +157,8 @@ class TaskSpec(Section):
 class OptimSpec(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
+    betas: Annotated[tuple[Annotated[float, Strict(), Field(ge=0, lt=1)], Annotated[float, Strict(), Field(ge=0, lt=1)]],
+                     LIST] = (0.9, 0.99)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -152,7 +168,7 @@ class Stage(Section):
     segments: int = Field(ge=1, le=1_000_000)
     steps: int = Field(ge=1, le=1_000_000_000)
     mix_shorter: float = Field(0.0, ge=0, le=1)  # share of samples drawn with fewer segments (1..segments-1)
-    facts: tuple[int, int] | None = None  # [min, max] facts per story in this stage; default: the task's
+    facts: Annotated[tuple[StrictInt, StrictInt] | None, LIST] = None  # [min, max] facts per story in this stage; default: the task's
     # false: the story alone, without noise, so a short story and its question share the final segment (an
     # in-context warm-up that learns to answer before the memory has to carry the facts).
     noise: bool = True
@@ -256,8 +272,17 @@ def format_errors(error: ValidationError, source: str) -> list[str]:
             lines.append(f"{source}: {path}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if e["type"].endswith("_type") and isinstance(e.get("input"), (bool, str)):  # strict types: say what came
+                msg += f", not {_as_yaml(e['input'])}"
             lines.append(f"{source}: {path}: {msg}")
     return lines
+
+
+def _as_yaml(value: bool | str) -> str:
+    """A wrong-typed value as the recipe wrote it: true (YAML also reads yes/no/on/off as booleans), "150"."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (YAML reads yes, no, on and off as true and false too)"
+    return shown(json.dumps(value), 60)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -298,7 +323,8 @@ MAX_YAML_NODES = 100_000
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML where a key given twice in one mapping is an error, not a silent last-one-wins."""
+    """Safe YAML where a key given twice in one mapping is an error, not a silent last-one-wins, and 1e-3 is a
+    number (YAML 1.1 wants 1.0e-3; recipes are validated strictly, so the string would be refused)."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -314,6 +340,10 @@ class _StrictLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
+
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789."))
 
 # A recipe nests a few levels; far deeper nesting is a mistake or an attack (and recursion for the validator).
 MAX_YAML_DEPTH = 50

@@ -1,0 +1,18 @@
+"""The `rmt` command's entry point (also `python -m rmt_cli`). It imports nothing heavy itself, so that a Ctrl-C
+while the CLI's libraries load (typer, rich, then torch) still ends as an interrupt does: "interrupted", exit 130,
+no traceback (faults T31)."""
+
+import sys
+
+
+def main() -> None:
+    try:
+        from .cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    run()
+
+
+if __name__ == "__main__":
+    main()
