@@ -10,6 +10,7 @@ The package's folders are its layers, and imports only run down them:
                files, shipped assets
     commands/  train, extend, ingest, ask, perplexity, eval (and the training samples and evaluation)
     cli.py     the `rmt` command, a thin layer on top
+    __main__.py  its entry point (`rmt`, `python -m rmt_cli`): loads cli.py, turning an interrupt meanwhile into exit 130
 
 `from rmt_cli import ...` gives the public API below; names are imported when first used, so that `rmt --help`
 does not wait for torch.

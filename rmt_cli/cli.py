@@ -16,23 +16,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import NON_FINITE_SCORES, RMTError, UsageError, one_line, shown, stop_signals
-
-def _terminate_like_ctrl_c() -> None:
-    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
-    stops rmt as Ctrl-C does: temporaries removed, a training run saved, exit 130."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        for number in stop_signals():
-            if number != signal.SIGINT:  # Python's own handler raises KeyboardInterrupt
-                signal.signal(number, interrupt)
-    except ValueError:  # not the main thread (rmt called from a library's worker thread): leave it alone
-        pass
-
+from .errors import (NON_FINITE_SCORES, RMTError, UsageError, ignore_stop_signals, one_line, shown,
+                     stop_like_ctrl_c)
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """Usage mistakes (an unknown option, a value out of range) as one `error:` line, not a framed box."""
@@ -45,7 +30,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
 
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        _terminate_like_ctrl_c()
+        stop_like_ctrl_c()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.NoArgsIsHelpError as e:  # `rmt` or `rmt ingest` alone: the help, as usual
@@ -93,6 +78,21 @@ app = typer.Typer(
 # and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"rmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print rmt's version and exit.")) -> None:
+    """Give transformer models a recurrent memory: read a whole book at constant memory, save what was read, answer
+    questions from it later."""
 
 
 def _quiet_libraries() -> None:
@@ -393,6 +393,8 @@ def ingest(
     if trace is not None:
         from .atomic import output_target
 
+        if str(trace) == "-":
+            raise UsageError("--trace -: the trace goes to a file (standard output is for --json); name one")
         # The rule of every output: a regular file or a new path (a link: the file it names), checked now.
         trace = output_target(trace, "--trace ")
         if not trace.parent.is_dir():
@@ -749,6 +751,8 @@ def main() -> None:
     except KeyboardInterrupt:
         _say_interrupted()
         sys.exit(130)
+    finally:
+        ignore_stop_signals()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,35 @@ def stop_signals() -> list:
     return [number for number in numbers if signal.getsignal(number) is not signal.SIG_IGN]
 
 
+def stop_like_ctrl_c() -> None:
+    """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
+    stops rmt as Ctrl-C does: temporaries removed, a training run saved, exit 130. Installed first thing, so that a
+    signal while the libraries load is an interrupt too."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        for number in stop_signals():
+            if number != signal.SIGINT:  # Python's own handler raises KeyboardInterrupt
+                signal.signal(number, interrupt)
+    except ValueError:  # not the main thread (rmt called from a library's worker thread): leave it alone
+        pass
+
+
+def ignore_stop_signals() -> None:
+    """Once the exit code is decided: a signal while the interpreter shuts down (a few tenths of a second after
+    the output is out) would end the process by the signal instead of with that code."""
+    import signal
+
+    try:
+        for number in stop_signals():
+            signal.signal(number, signal.SIG_IGN)
+    except ValueError:
+        pass
+
+
 # What a model whose arithmetic broke (a NaN or zero in its config) is told, wherever its numbers come out.
 NON_FINITE_SCORES = "the model produced non-finite scores (NaN or infinity); is its config sound?"
 

@@ -61,3 +61,19 @@ def test_help_shows_no_type_after_a_flag(command):
     assert r.exit_code == 0 and "--help" in r.stdout
     assert "<bool>" not in r.stdout
     assert "<path>" in r.stdout or "<int" in r.stdout or "<float" in r.stdout
+
+
+def test_version():
+    from rmt_cli import __version__
+
+    r = run(["--version"])
+    assert (r.exit_code, r.stdout) == (0, f"rmt {__version__}\n")
+
+
+def test_trace_to_stdout_is_refused_not_a_file_named_dash(tmp_path, monkeypatch):
+    """`--trace -` wrote a file named "-" (a fifth review): stdout carries --json, so it is refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("Mary went to the garden. " * 20)
+    r = run(["ingest", "a.txt", "-o", "a.st", "--trace", "-"])
+    assert r.exit_code == 2 and "--trace -" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "-").exists() and not (tmp_path / "a.st").exists()

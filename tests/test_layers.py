@@ -1,5 +1,5 @@
 """The package's folders are its layers, and no import runs back up one:
-base (errors, atomic, progress) -> core -> data -> storage -> commands -> cli."""
+base (errors, atomic, progress) -> core -> data -> storage -> commands -> cli -> __main__ (the entry point)."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import rmt_cli
 
 PACKAGE = Path(rmt_cli.__file__).parent
-RANK = {"errors": 0, "atomic": 0, "progress": 0, "distributed": 0, "core": 1, "data": 2, "storage": 3, "commands": 4, "cli": 5}
+RANK = {"errors": 0, "atomic": 0, "progress": 0, "distributed": 0, "core": 1, "data": 2, "storage": 3, "commands": 4, "cli": 5, "__main__": 6}
 
 
 def layer_of(module: str) -> str:

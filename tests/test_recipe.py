@@ -149,6 +149,9 @@ def test_wrong_types_name_the_field(data, path, words):
     ("optim: {lr: '0.001'}\n", "optim.lr", 'valid number, not "0.001"'),
     ("optim: {betas: [0.9, on]}\n", "optim.betas.1", "valid number, not true"),
     ("memory: {gate_floor: '0.1'}\n", "memory.gate_floor", 'not "0.1"'),
+    ("seed: 1e3\n", "seed", "not 1000.0 (1e3 and the like read as numbers with a fraction: write 1000)"),
+    ("output_dir: 2024-01-01\n", "output_dir", "valid string, not 2024-01-01 (a date to YAML: put it in quotes)"),
+    ("mixed_precision: yes\n", "mixed_precision", "'fp16', not true (YAML reads yes"),
 ])
 def test_values_of_the_wrong_type_are_refused_not_converted(tmp_path, text, path, words):
     """Strict types (faults T32): a YAML boolean or a quoted number where a number belongs is a mistake to report,
@@ -160,6 +163,15 @@ def test_values_of_the_wrong_type_are_refused_not_converted(tmp_path, text, path
     assert line.startswith(f"{path_file}: {path}: ") and words in line
     (line,) = errors_of({**MINIMAL, "curriculum": [{"segments": 1, "steps": "150"}]})
     assert line == 'r.yaml: curriculum.0.steps: Input should be a valid integer, not "150"'
+
+
+def test_mixed_precision_no_is_the_choice_not_a_boolean(tmp_path):
+    """`mixed_precision: no` (YAML's false) is the documented choice "no", in a file and as an override."""
+    path = write(tmp_path, "tokenizer: {kind: bpe}\nmixed_precision: no\ncurriculum: [{segments: 1, steps: 5}]\n")
+    assert load_recipe(path).mixed_precision == "no"
+    assert load_recipe(path, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    assert load_recipe(write(tmp_path, "tokenizer: {kind: bpe}\ncurriculum: [{segments: 1, steps: 5}]\n", "b.yaml"),
+                       ["mixed_precision=no"]).mixed_precision == "no"
 
 
 def test_numbers_in_exponent_form_and_lists_for_pairs_are_read(tmp_path):

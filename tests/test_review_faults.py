@@ -329,6 +329,12 @@ main()
 
 @pytest.mark.parametrize("module, patch", [
     ("typer", ""),  # the CLI's own libraries load
+    ("no module", "import os, signal; real = builtins.__import__\n"  # SIGTERM (a scheduler's kill) while they load
+             "def terminating(name, *a, **k):\n"
+             "    if name == 'rich.console' and not getattr(builtins, 'termed', False):\n"
+             "        builtins.termed = True; os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    return real(name, *a, **k)\n"
+             "builtins.__import__ = terminating"),
     ("numpy", ""),  # torch's start-up imports numpy from C and used to swallow an interrupt there
     ("rmt_cli", "import typer.core; typer.core.TyperGroup.make_context = "  # typer parses the arguments
                 "lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())"),
@@ -341,17 +347,25 @@ def test_an_interrupt_while_starting_stops_with_130(tmp_path, checkpoint, memfil
     assert (proc.returncode, proc.stderr.decode(), proc.stdout) == (130, "interrupted\n", b"")
 
 
-def test_binary_without_nul_bytes_is_refused_and_accented_latin1_text_is_read(tmp_path, checkpoint):
+@pytest.mark.parametrize("text, encoding", [
+    ("Elle était née à Genève, où l'été dure; ", "latin-1"),
+    ("Он пошёл в сад, и там было тихо. ", "cp1251"),
+    ("Он пошёл в сад, и там было тихо. ", "koi8-r"),
+    ("Πήγε στον κήπο και ήταν ήσυχα. ", "iso-8859-7"),
+    ("他去了花园，那里很安静。", "gbk"),
+])
+def test_binary_without_nul_bytes_is_refused_and_text_in_legacy_encodings_is_read(tmp_path, checkpoint, text,
+                                                                                   encoding):
     """Random bytes with every NUL removed used to be read as text with a warning (faults T35); they are now
-    refused as binary, while a Latin-1 text (an invalid UTF-8 byte per accented letter) is still read."""
+    refused as binary, while text in a legacy 8-bit or multi-byte encoding (invalid UTF-8 throughout) is still read,
+    with the warning."""
     noise = bytes(b for b in random_bytes(20_000) if b)
     (tmp_path / "noise.dat").write_bytes(noise)
-    latin = ("Elle était née à Genève, où l'été dure; " * 300).encode("latin-1")
-    (tmp_path / "latin.txt").write_bytes(latin)
+    (tmp_path / "legacy.txt").write_bytes(((text + "\n") * 300).encode(encoding))
     one_error(run(["ingest", tmp_path / "noise.dat", "-o", tmp_path / "n.st", "--model", checkpoint]), 2,
-              "looks like a binary file", "are not text")
+              "looks like a binary file", "control codes")
     assert not (tmp_path / "n.st").exists()
-    r = run(["ingest", tmp_path / "latin.txt", "-o", tmp_path / "l.st", "--model", checkpoint, "-q"])
+    r = run(["ingest", tmp_path / "legacy.txt", "-o", tmp_path / "l.st", "--model", checkpoint, "-q"])
     assert r.exit_code == 0 and "invalid UTF-8" in r.stderr, r.stderr
 
 

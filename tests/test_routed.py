@@ -135,6 +135,18 @@ def test_route_balance_needs_the_routed_rule(tmp_path):
     one_error_line(run_cli(["train", path]), 2, "memory:", "route_balance", "update: routed")
 
 
+def test_write_supervision_needs_a_task_with_facts(tmp_path):
+    """Gate supervision and the balance loss learn from where a task put its facts: with task lm (no facts) they
+    would silently do nothing, so the recipe is refused."""
+    from rmt_cli.storage.recipe import validate_recipe
+
+    for memory in ({"update": "routed", "route_balance": 1.0}, {"update": "gated", "gate_supervision": 1.0}):
+        recipe = tiny_recipe(tmp_path / "run", memory={"num_mem_tokens": 2, "segment_size": 40, **memory},
+                             task={"name": "lm", "lm_paths": [str(tmp_path)]})
+        with pytest.raises(UsageError, match="task lm has no facts"):
+            validate_recipe(recipe)
+
+
 def test_train_ingest_and_ask_with_the_routed_rule(tmp_path):
     """A tiny routed run with gate supervision and the balance loss trains, logs both terms, and its checkpoint
     ingests and answers through the CLI."""

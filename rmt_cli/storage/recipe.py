@@ -212,6 +212,12 @@ class Recipe(Section):
     resume: str | None = None  # "auto" or a checkpoint folder
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        # `mixed_precision: no` is YAML's false: the choice "no" meant, not a type to refuse.
+        return "no" if value is False else value
+
     @field_validator("output_dir")
     @classmethod
     def _home(cls, value: str) -> str:
@@ -238,6 +244,10 @@ class Recipe(Section):
                 raise ValueError("task lm: an encoder predicts answers, not the next token; use a causal model")
             if self.task.questions > 1:
                 raise ValueError("task.questions: an encoder's classifier answers one question per document; set 1")
+        supervised = [name for name in ("gate_supervision", "route_balance") if getattr(self.memory, name)]
+        if self.task.name == "lm" and supervised:
+            raise ValueError(f"memory.{supervised[0]}: task lm has no facts whose segments could supervise the "
+                             f"memory's writes; set it to 0, or train a task with facts")
         return self
 
     def eval_lengths(self) -> list[int]:
@@ -272,17 +282,24 @@ def format_errors(error: ValidationError, source: str) -> list[str]:
             lines.append(f"{source}: {path}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"].endswith("_type") and isinstance(e.get("input"), (bool, str)):  # strict types: say what came
-                msg += f", not {_as_yaml(e['input'])}"
+            if e["type"].endswith("_type") or e["type"] == "literal_error":  # strict types: say what came
+                given = e.get("input")
+                if isinstance(given, (bool, str, int, float)) or type(given).__name__ in ("date", "datetime"):
+                    msg += f", not {_as_yaml(given)}"
             lines.append(f"{source}: {path}: {msg}")
     return lines
 
 
-def _as_yaml(value: bool | str) -> str:
-    """A wrong-typed value as the recipe wrote it: true (YAML also reads yes/no/on/off as booleans), "150"."""
+def _as_yaml(value) -> str:
+    """A wrong-typed value as YAML read it: true (YAML also reads yes/no/on/off as booleans), "150", 1000.0 (1e3 is
+    a number with a fraction), 2024-01-01 (a date)."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (YAML reads yes, no, on and off as true and false too)"
-    return shown(json.dumps(value), 60)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{value!r} (1e3 and the like read as numbers with a fraction: write {int(value)})"
+    if isinstance(value, (int, float, str)):
+        return shown(json.dumps(value), 60)
+    return f"{value} (a date to YAML: put it in quotes)"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
