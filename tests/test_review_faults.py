@@ -372,3 +372,14 @@ def test_binary_without_nul_bytes_is_refused_and_text_in_legacy_encodings_is_rea
 def random_bytes(count: int) -> bytes:
     import random
     return random.Random(0).randbytes(count)
+
+
+@pytest.mark.parametrize("command", ["ingest", "perplexity"])
+def test_binary_data_on_stdin_is_refused_as_from_a_file(tmp_path, checkpoint, command):
+    """Standard input is judged by its first block as a file is by its first bytes (the fifth review: random
+    bytes and gzip data on stdin were read as text); nothing is written."""
+    args = (["ingest", "-", "-o", tmp_path / "s.st"] if command == "ingest" else ["perplexity", "-"]) + \
+        ["--model", checkpoint]
+    for data in (bytes(b for b in random_bytes(20_000) if b), random_bytes(20_000)):
+        one_error(run(args, input=data), 2, "<stdin>: looks like binary data")
+        assert not (tmp_path / "s.st").exists()

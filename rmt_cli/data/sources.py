@@ -98,7 +98,12 @@ def binary_reason(path: Path) -> str | None:
     """Why the file's first bytes say it is not text in any encoding (NUL bytes, or many control bytes), or
     None."""
     with open(path, "rb") as f:
-        head = f.read(BINARY_SNIFF_BYTES)
+        return head_binary_reason(f.read(BINARY_SNIFF_BYTES))
+
+
+def head_binary_reason(head: bytes) -> str | None:
+    """`binary_reason` of a file's first bytes (standard input is judged by its first block)."""
+    head = head[:BINARY_SNIFF_BYTES]
     if b"\0" in head:
         return "it has NUL bytes"
     if len(head) < 64:  # too little to judge: read as text, as ever
@@ -262,6 +267,10 @@ class Document:
                         raise
                     if not block:
                         break
+                    if item.path is None and record.size == 0:  # a file was sniffed when it was opened
+                        reason = head_binary_reason(block)
+                        if reason is not None:
+                            raise UsageError(f"{item.name}: looks like binary data ({reason}); rmt reads text")
                     digest.update(block)
                     record.size += len(block)
                     yield block
