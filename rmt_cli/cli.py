@@ -465,6 +465,7 @@ def _sharded_ingest(jobs, processes, run_some):
     mine = shard_jobs(jobs, processes.rank, processes.world)
     done = run_some([jobs[i] for i in mine])
     gathered = processes.gather(list(zip(mine, done)))
+    processes.close()
     return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
 
 

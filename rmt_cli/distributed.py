@@ -33,3 +33,12 @@ class Processes:
         from accelerate.utils import gather_object
 
         return gather_object(items)
+
+    def close(self) -> None:
+        """End the process group once nothing more is gathered. Left to the interpreter's teardown, its gloo
+        threads sometimes aborted a finished process ("terminate called without an active exception", exit -6),
+        and torchrun then failed the run."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
