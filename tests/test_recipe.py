@@ -241,13 +241,19 @@ def test_bad_overrides(tmp_path, override, words):
     assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
-def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error(tmp_path):
-    path = write(tmp_path, MINIMAL)
+def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error_naming_the_override(tmp_path):
+    """Every error at once, with its path; one in a value an override set names the override (the fifth review:
+    `seed=yes` was blamed on the file, which says `seed: 0`)."""
+    path = write(tmp_path, {**MINIMAL, "seed": "zero"})
     with pytest.raises(UsageError) as info:
-        load_recipe(path, ["memory.segmnet_size=8", "batch_size=-3"])
+        load_recipe(path, ["memory.segmnet_size=8", "batch_size=-3", "curriculum.1.steps=yes"])
     lines = str(info.value).splitlines()
-    assert f"{path}: memory.segmnet_size: unknown key; did you mean 'segment_size'?" in lines
-    assert any(line.startswith(f"{path}: batch_size: ") for line in lines)
+    assert f"{path} (override memory.segmnet_size=8): memory.segmnet_size: unknown key; did you mean " \
+           f"'segment_size'?" in lines
+    assert any(line.startswith(f"{path} (override batch_size=-3): batch_size: ") for line in lines)
+    assert any(line.startswith(f"{path} (override curriculum.1.steps=yes): curriculum.1.steps: ") for line in lines)
+    assert any(line.startswith(f"{path}: seed: ") for line in lines)  # the file's own mistake
+    assert len(lines) == 4
 
 
 def test_parse_override_types():

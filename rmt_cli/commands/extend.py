@@ -83,7 +83,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
         _set(data, path, copy.deepcopy(have))
     if problems:
         raise UsageError("\n".join(problems))
-    recipe = validate_recipe(data, str(recipe_path))
+    recipe = validate_recipe(data, str(recipe_path), overrides)
     if Path(recipe.output_dir).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
         raise UsageError(f"{recipe_path}: output_dir: extend writes a new run; choose a folder other than the "
                          f"checkpoint's own ({recipe.output_dir})")

@@ -270,24 +270,37 @@ def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
-def format_errors(error: ValidationError, source: str) -> list[str]:
+def format_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> list[str]:
+    """One line per error: where (the source, and the override that set the value, if one did), the field's path,
+    what is wrong."""
     lines = []
     for e in error.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(recipe)"
+        setter = _override_of(loc, overrides)
+        where = source if setter is None else f"{source} (override {shown(setter, 80)})"
         if e["type"] == "extra_forbidden":
             names = _fields_of(Recipe, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(names)}" if names else "")
-            lines.append(f"{source}: {path}: unknown key{hint}")
+            lines.append(f"{where}: {path}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"].endswith("_type") or e["type"] == "literal_error":  # strict types: say what came
                 given = e.get("input")
                 if isinstance(given, (bool, str, int, float)) or type(given).__name__ in ("date", "datetime"):
                     msg += f", not {_as_yaml(given)}"
-            lines.append(f"{source}: {path}: {msg}")
+            lines.append(f"{where}: {path}: {msg}")
     return lines
+
+
+def _override_of(loc: tuple, overrides: list[str]) -> str | None:
+    """The last override that set the value at `loc`, or a section or list holding it; None if the file did."""
+    for text in reversed(overrides):
+        keys = parse_override(text)[0]
+        if [str(part) for part in loc[:len(keys)]] == keys:
+            return text
+    return None
 
 
 def _as_yaml(value) -> str:
@@ -426,7 +439,9 @@ def read_recipe_data(path: str | Path) -> dict:
     return data
 
 
-def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = ()) -> Recipe:
+    """`data` as a Recipe, or a UsageError listing every problem. `overrides`: the key=value texts applied to
+    `data`, so that an error in a value one of them set names it."""
     bad = _bad_value(data)
     if bad is not None:
         raise UsageError(f"{source}: {bad[0]}: {bad[1]}")
@@ -435,12 +450,12 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise UsageError("\n".join(format_errors(e, source))) from None
+        raise UsageError("\n".join(format_errors(e, source, overrides))) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    data = apply_overrides(read_recipe_data(path), list(overrides or []))
-    return validate_recipe(data, str(path))
+    overrides = list(overrides or [])
+    return validate_recipe(apply_overrides(read_recipe_data(path), overrides), str(path), overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:
