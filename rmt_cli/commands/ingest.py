@@ -122,6 +122,10 @@ class _Reader:
     def has_segment(self) -> bool:
         return bool(self.ahead) or self.segment_stream.fill()
 
+    def take(self) -> list[int]:
+        """The next whole segment (after `has_segment` said there is one), the ones read ahead first."""
+        return self.ahead.pop(0) if self.ahead else self.segment_stream.take()
+
     def take_ahead(self, count: int) -> list[list[int]]:
         """Up to `count` whole segments, the ones read ahead first."""
         while len(self.ahead) < count and self.segment_stream.fill():
@@ -237,6 +241,12 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         res.error, res.exit_code = str(error), error.exit_code
         results[index] = res
 
+    def fail_reading(index: int, reader: _Reader, error: Exception) -> None:
+        """The document fails (e.g. a file that vanished or became unreadable mid-read), not the batch."""
+        fail(index, error if isinstance(error, RMTError) else
+             RMTError(f"{reader.job.output}: reading input: {error}"), reader)
+        del active[index]
+
     check_plan(jobs)
     # Check every input and output before reading any: the plan is checked whole, and a typo in the last path
     # stops the batch now, with nothing read or written, not after the first books.
@@ -257,10 +267,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         for index, reader in list(active.items()):
             try:
                 whole = reader.has_segment()
-            except (RMTError, OSError) as e:  # e.g. a file that vanished or became unreadable mid-read
-                fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
-                     reader)
-                del active[index]
+            except (RMTError, OSError) as e:
+                fail_reading(index, reader, e)
                 continue
             if whole:
                 ready.append(index)
@@ -279,21 +287,17 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             try:
                 done = _read_ahead(reader, segment_step, floor, lookahead, index, S, on_trace)
             except (RMTError, OSError) as e:
-                fail(index, e if isinstance(e, RMTError) else RMTError(f"{reader.job.output}: reading input: {e}"),
-                     reader)
-                del active[index]
+                fail_reading(index, reader, e)
                 done = 0
             total_tokens += S * done
             total_segments += done
         elif ready:
             readers = [active[i] for i in ready]
-            ids = torch.tensor([r.take_ahead(1)[0] for r in readers], dtype=torch.long, device=cell.memory.device)
-            for r in readers:
-                r.ahead.pop(0)
+            ids = torch.tensor([r.take() for r in readers], dtype=torch.long, device=cell.memory.device)
             memory = torch.stack([r.memory for r in readers])
             new_memory, _, gate = segment_step(memory, ids)
             if on_trace is not None:
-                change = ((new_memory - memory).float().norm(dim=(1, 2)) / memory.float().norm(dim=(1, 2)).clamp(min=1e-12))
+                change = _relative_change(new_memory, memory)
                 for k, (i, r) in enumerate(zip(ready, readers)):
                     on_trace(TraceRecord(i, r.segments, (r.segments + 1) * S, float(change[k]),
                                          None if gate is None else float(gate[k].max())))
@@ -326,14 +330,17 @@ def _read_ahead(reader: _Reader, segment_step, floor: float, lookahead: int, ind
     done, wrote = 0, False
     for k, most_open in enumerate(opened):
         change, gate_max = 0.0, most_open
-        if most_open >= UNSURE * floor and len(segments) > 1:  # may write: as the one-at-a-time path runs it
-            alone, _, alone_gate = segment_step(memory, ids[k:k + 1])
-            new_row, gate_max = alone[0], float(alone_gate.float().max())
-        else:
-            new_row = new_memory[k]
-        if not torch.equal(new_row, reader.memory):
-            change = float((new_row - reader.memory).float().norm() / reader.memory.float().norm().clamp(min=1e-12))
-            reader.memory, wrote = new_row, True
+        # Under UNSURE x floor every gate is shut in any batch: the memory is left as it was, bit for bit. Else (a
+        # NaN gate too, which shuts nothing) the segment may write, and its memory is the one-at-a-time path's (a
+        # batch of one is already that path).
+        if not most_open < UNSURE * floor:
+            new_row = new_memory[0]
+            if len(segments) > 1:
+                alone, _, alone_gate = segment_step(memory, ids[k:k + 1])
+                new_row, gate_max = alone[0], float(alone_gate.float().max())
+            if not torch.equal(new_row, reader.memory):
+                change = float(_relative_change(new_row, reader.memory))
+                reader.memory, wrote = new_row, True
         if on_trace is not None:
             on_trace(TraceRecord(index, reader.segments, (reader.segments + 1) * S, change, gate_max))
         reader.segments += 1
@@ -343,6 +350,11 @@ def _read_ahead(reader: _Reader, segment_step, floor: float, lookahead: int, ind
     del reader.ahead[:done]
     reader.width = 1 if wrote else min(2 * reader.width, lookahead)
     return done
+
+
+def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """|new - old| / |old| of each memory ([..., m, hidden]): the trace's measure of what a segment changed."""
+    return (new - old).float().norm(dim=(-2, -1)) / old.float().norm(dim=(-2, -1)).clamp(min=1e-12)
 
 
 def _finish(reader: _Reader, model: LoadedModel) -> None:

@@ -452,11 +452,10 @@ class RecurrentMemoryModel(nn.Module):
         loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
         loss = loss_sum / max(loss_tokens, 1) if loss_tokens else None
         gate_loss = gate_sum / gate_count if gate_count else None
-        if gate_loss is not None:
-            loss = self.gate_supervision * gate_loss if loss is None else loss + self.gate_supervision * gate_loss
         balance_loss = route_balance_loss(torch.cat(fact_routes)) if fact_routes else None
-        if balance_loss is not None:
-            loss = self.route_balance * balance_loss if loss is None else loss + self.route_balance * balance_loss
+        for weight, term in ((self.gate_supervision, gate_loss), (self.route_balance, balance_loss)):
+            if term is not None:  # the memory's own terms, weighted, beside the answer loss (or alone)
+                loss = weight * term if loss is None else loss + weight * term
         return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss, balance_loss)
 
 
