@@ -11,7 +11,8 @@ Both sides run the same base model (a copy of the checkpoint's Hugging Face mode
 memory tokens, same segment size, same initial memory) on the same tokens, in each dtype asked for:
 
 1. ingest: N segments of one document, no gradients (`torch.inference_mode` on both sides). Ours:
-   `MemoryCell.write_segment` per segment, as `rmt ingest` runs it. Theirs: `RecurrentWrapper.forward` on the
+   `MemoryCell.write_segment` per segment, on the engine `rmt ingest` runs (the native one for the embedded
+   model; `RMT_ENGINE=transformers` for transformers'). Theirs: `RecurrentWrapper.forward` on the
    whole input, the way their code reads a long input (it runs the LM head on every token and keeps every
    layer's hidden states, which is part of what is measured).
 2. training step: forward + backward on one batch of B rows of N segments with a language-model loss on every
@@ -100,7 +101,9 @@ def run_dtype(args, official, dtype_name: str, text: str) -> dict:
         theirs.memory.copy_(ours.memory.float())  # the same initial memory on both sides
     theirs.to(dtype)
 
-    # 1. ingest: one document, N segments, no gradients.
+    # 1. ingest: one document, N segments, no gradients. Ours on the engine `rmt ingest` runs (the native one
+    # where the checkpoint qualifies: the same weights, the same fingerprint).
+    reader = load_checkpoint(args.model, dtype=dtype, engine="auto").cell
     n = args.ingest_segments
     ids = torch.tensor([document_ids(loaded.tokenizer, text, n * S)])
     wrapper = official.RecurrentWrapper(theirs, segment_size=S, max_n_segments=n, k2=-1,
@@ -109,9 +112,9 @@ def run_dtype(args, official, dtype_name: str, text: str) -> dict:
 
     def ours_ingest():
         with torch.inference_mode():
-            memory = ours.initial_memory(1)
+            memory = reader.initial_memory(1)
             for i in range(n):
-                memory = ours.write_segment(memory, ids[:, i * S:(i + 1) * S])
+                memory = reader.write_segment(memory, ids[:, i * S:(i + 1) * S])
         return memory
 
     def theirs_ingest():

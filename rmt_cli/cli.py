@@ -312,12 +312,13 @@ def _dtype(name: str):
 
 
 def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None, device=None):
-    """A checkpoint for inference: on the native engine where it qualifies (storage/engine.py)."""
+    """A checkpoint for inference: on the native engine where it qualifies (storage/engine.py), in `dtype`, or
+    (None) in the dtype its weights are saved in."""
     from .storage.assets import DEFAULT_MODEL_DIR, resolve_model_path
-    from .storage.checkpoint import load_checkpoint
+    from .storage.checkpoint import load_checkpoint, saved_dtype
 
     path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
-    return load_checkpoint(path, dtype=dtype, device=device or _device(), engine="auto")
+    return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device or _device(), engine="auto")
 
 
 def _device() -> str:
@@ -347,8 +348,9 @@ def ingest(
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines (relative "
                                             "paths from the current folder)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default; bit-exact appends) or bfloat16 "
-                                        "(faster). --append keeps the memory file's."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
+                                        "checkpoint is saved in; bfloat16 for the embedded model). --append keeps "
+                                        "the memory file's."),
     force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write one JSON line per segment to this file: "
                                          "how much the segment changed the memory (and the gate, if gated)."),
@@ -389,7 +391,7 @@ def ingest(
             raise UsageError(f"--dtype {dtype}: the memory file {shown(append)} holds a {kept} memory, and an append "
                              f"continues in the file's dtype (leave out --dtype, or ingest anew with -o)")
         dtype = kept
-    torch_dtype = _dtype(dtype or "float32")
+    torch_dtype = _dtype(dtype) if dtype else None
     if trace is not None:
         from .atomic import output_target
 
@@ -566,7 +568,8 @@ def perplexity(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second checkpoint scored on the same "
                                             "segments, e.g. the same model trained without memory."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=2, help="Stop after this many tokens."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
+                                        "model is saved in; the baseline runs in the model's)."),
     plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw loss by position to this PNG file."),
     json_out: bool = typer.Option(False, "--json", help="Print every series as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
@@ -577,9 +580,8 @@ def perplexity(
 
     if plot_file is not None:
         _check_plot_target(plot_file)
-    torch_dtype = _dtype(dtype)
-    loaded = _load_model(model, torch_dtype, default=DEFAULT_LM_DIR)
-    base = _load_model(baseline, torch_dtype) if baseline is not None else None
+    loaded = _load_model(model, _dtype(dtype) if dtype else None, default=DEFAULT_LM_DIR)
+    base = _load_model(baseline, loaded.cell.dtype) if baseline is not None else None
     from .progress import ProgressBar
 
     with ProgressBar(None if quiet else err, "perplexity") as bar:
@@ -625,7 +627,8 @@ def eval_command(
                                    "split (by story, as training splits it)."),
     facts: str = typer.Option("2,10", "--facts", help="MIN,MAX facts per generated story."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents read side by side."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (evaluate in the dtype you ship)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
+                                        "checkpoint is saved in, as rmt ingest runs it)."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the samples."),
     plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw accuracy against length to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
@@ -671,7 +674,7 @@ def eval_command(
     from .storage.assets import DEFAULT_NOISE_TEXT
 
     sentences = [s for _, text in read_texts(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
-    loaded = _load_model(model, _dtype(dtype))
+    loaded = _load_model(model, _dtype(dtype) if dtype else None)
     corpus = NoiseCorpus(loaded.tokenizer, sentences)
     source = StorySource(task, low, high, stories, seed)
     from .progress import ProgressBar
@@ -691,7 +694,9 @@ def eval_command(
     if plot_file is not None:
         plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")
     if json_out:
-        _print_json({"model": str(loaded.path), "dtype": dtype, "rows": rows})
+        from .storage.memfile import dtype_name
+
+        _print_json({"model": str(loaded.path), "dtype": dtype_name(loaded.cell.dtype), "rows": rows})
     if not quiet:
         _eval_table(rows)
 

@@ -415,3 +415,23 @@ def test_the_api_refuses_settings_the_cli_options_refuse(tmp_path, model):
     for temperature in (float("inf"), float("nan")):
         with pytest.raises(UsageError, match=f"temperature {temperature}: a finite number"):
             ask(model, state, "Where is Mary?", temperature=temperature)
+
+
+def test_the_default_dtype_is_the_one_the_checkpoint_is_saved_in(tmp_path, checkpoint):
+    """A training run's checkpoint (float32 weights) ingests in float32; its bf16 export, as a shipped model is,
+    in bfloat16; --dtype overrides either; rmt eval --json reports the dtype it ran."""
+    from rmt_cli.storage.export import export_checkpoint
+
+    shipped = export_checkpoint(checkpoint, tmp_path / "shipped")
+    book = tmp_path / "book.txt"
+    book.write_text(TEXT)
+    for model, option, expected in ((checkpoint, [], "float32"), (shipped, [], "bfloat16"),
+                                    (shipped, ["--dtype", "float32"], "float32"),
+                                    (checkpoint, ["--dtype", "bf16"], "bfloat16")):
+        out = tmp_path / f"{model.name}-{expected}.st"
+        r = run(["ingest", book, "-o", out, "--model", model, "-q", *option])
+        assert r.exit_code == 0, r.stderr
+        assert load_memory(out).dtype == expected
+    r = run(["eval", "--model", shipped, "--lengths", "100", "--samples", "2", "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["dtype"] == "bfloat16"

@@ -18,7 +18,7 @@ TEXT = ("Mary moved to the bathroom. The old man saw a red boat near the river, 
         "Daniel went to the kitchen. Nothing happened for a long while; the clocks ticked on. ") * 30
 
 
-def gated_checkpoint(folder, tokenizer, make_model, update, floor):
+def gated_checkpoint(folder, tokenizer, make_model, update, floor, engine="transformers", dtype=torch.float32):
     """A tiny model whose gates depend strongly on what was written (as after training), so that with `floor`
     some segments write and most leave the memory as it was."""
     cell = MemoryCell(make_model("llama", seed=2), M, update, floor)
@@ -29,7 +29,7 @@ def gated_checkpoint(folder, tokenizer, make_model, update, floor):
             if cell.route_keep is not None:  # a slot's share then is about the gated rule's gate
                 cell.route_keep.fill_(0.0)
     spec = MemorySpec(num_mem_tokens=M, segment_size=TINY_SEGMENT, update=update, gate_floor=floor)
-    return load_checkpoint(save_checkpoint(folder, cell, tokenizer, spec, "test"))
+    return load_checkpoint(save_checkpoint(folder, cell, tokenizer, spec, "test"), dtype=dtype, engine=engine)
 
 
 def ingested(model, path, out, lookahead, append=None):
@@ -59,8 +59,13 @@ def test_reading_ahead_gives_the_memory_and_trace_of_one_at_a_time(tmp_path, tok
         assert 0 < writes < len(one_trace) / 2, writes
 
 
-def test_an_append_after_reading_ahead_is_one_pass(tmp_path, tokenizer, make_model):
-    model = gated_checkpoint(tmp_path / "model", tokenizer, make_model, "gated", floor=FLOOR)
+@pytest.mark.parametrize("engine,dtype", [("transformers", torch.float32), ("native", torch.bfloat16)])
+def test_an_append_after_reading_ahead_is_one_pass(tmp_path, tokenizer, make_model, engine, dtype):
+    """Also on the native engine in bfloat16: the embedded model's default path (a write there runs only the
+    write memory's rows through the final layer)."""
+    model = gated_checkpoint(tmp_path / "model", tokenizer, make_model, "gated", floor=FLOOR, engine=engine,
+                             dtype=dtype)
+    assert (model.engine, model.cell.dtype) == (engine, dtype)
     cut = len(TEXT) // 3
     (tmp_path / "a.txt").write_text(TEXT[:cut])
     (tmp_path / "b.txt").write_text(TEXT[cut:])

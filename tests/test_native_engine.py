@@ -120,6 +120,30 @@ def test_segments_match_transformers(llama_checkpoint, dtype):
             assert _max_diff(logits, reference.cell.read_segment(mine, ids, attention_mask)) <= atol * 10
 
 
+def test_last_rows_alone_equal_the_full_pass(engines):
+    """A memory write asks the decoder for the write memory's rows only (`last`): its final layer then runs
+    queries, attention output and MLP for those rows alone. They must be the full pass's rows, with and without
+    padding, and the written memory the one a pass that also computes the token logits writes."""
+    native, _ = engines
+    ids, mask = _batch(len(native.tokenizer))
+    embeds = native.cell.model.get_input_embeddings()(ids)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        for attention_mask in (None, mask):
+            kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask,
+                          position_ids=None if attention_mask is None else positions)
+            full = native.cell.model.base_model(**kwargs).last_hidden_state
+            for last in (1, MEM, 5):
+                rows = native.cell.model.base_model(**kwargs, last=last).last_hidden_state
+                assert rows.shape[1] == last
+                assert _max_diff(rows, full[:, -last:]) <= ATOL
+        memory = native.cell.initial_memory(len(ids))
+        for attention_mask in (None, mask):
+            alone = native.cell.write_segment(memory, ids, attention_mask)
+            with_logits = native.cell.forward_segment(memory, ids, attention_mask, write=True, logits=True)[0]
+            assert _max_diff(alone, with_logits) <= ATOL
+
+
 def test_fingerprint_is_the_same_under_both_engines(engines, llama_checkpoint):
     native, reference = engines
     assert native.info["fingerprint"] == reference.info["fingerprint"]

@@ -235,7 +235,10 @@ class MemoryCell(MemorySlots):
     def positions_needed(num_mem_tokens: int, segment_size: int) -> int:
         return 2 * num_mem_tokens + segment_size  # [read memory] [segment] [write memory]
 
-    def _hidden_states(self, memory, input_ids, attention_mask, write: bool) -> torch.Tensor:
+    def _hidden_states(self, memory, input_ids, attention_mask, write: bool, only_written: bool = False
+                       ) -> torch.Tensor:
+        """The base model's last hidden states over [read memory, tokens(, write memory)]; with `only_written`
+        (the native engine, a write whose token outputs nobody reads), those of the write memory alone."""
         batch, length = input_ids.shape
         m = self.num_mem_tokens
         token_embeds = self.model.get_input_embeddings()(input_ids)
@@ -249,8 +252,9 @@ class MemoryCell(MemorySlots):
             ones = attention_mask.new_ones(batch, m)
             full_mask = torch.cat([ones, attention_mask, ones] if write else [ones, attention_mask], dim=1)
         positions = real_positions(full_mask, batch, inputs_embeds.shape[1], input_ids.device)
+        only = {"last": m} if only_written else {}
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
-                                    use_cache=False)  # each segment is one pass: a KV cache is pure overhead
+                                    use_cache=False, **only)  # each segment is one pass: a KV cache is overhead
         return out.last_hidden_state
 
     def forward_segment(self, memory, input_ids, attention_mask=None, write=True, logits=False):
@@ -261,9 +265,13 @@ class MemoryCell(MemorySlots):
         """
         m, length = self.num_mem_tokens, input_ids.shape[1]
         vectors, associations = memory[:, :m], memory[:, m:]  # associations: empty but for the associative rules
+        # A write-only pass on the native engine skips the final layer's work for rows nobody reads (the tokens)
+        only_written = write and not logits and m > 0 and self.associative is None and \
+            getattr(self.model, "engine", None) == "native"
         with self._associating(associations, m if write else 0) as associating:
-            hidden = self._hidden_states(vectors, input_ids, attention_mask, write)
-        new_memory, gate = self.update_memory(vectors, hidden[:, m + length :]) if write else (None, None)
+            hidden = self._hidden_states(vectors, input_ids, attention_mask, write, only_written)
+        written = hidden[:, hidden.shape[1] - m :]  # the last m rows (none when m is 0)
+        new_memory, gate = self.update_memory(vectors, written) if write else (None, None)
         if write and associating is not None:
             new_memory = torch.cat([new_memory, self.associative.write(associating).to(new_memory.dtype)], dim=1)
         token_logits = self.logits(hidden[:, m : m + length]) if logits else None

@@ -188,16 +188,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(s.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, s.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: list | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: list | None = None,
+                queries: int | None = None) -> torch.Tensor:
         """`mask` None: causal over the whole sequence (or a single new token attending to all of `cache`);
         else a boolean [batch, 1, query, key] mask of what each query may attend to. `cache`, when given, is this
-        layer's [keys, values] so far, extended in place."""
+        layer's [keys, values] so far, extended in place. `queries`: only the last `queries` positions ask (keys
+        and values still come from all), and the output holds just those rows; `mask` is then theirs."""
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        asking = length if queries is None else queries
+        q = self.q_proj(x[:, length - asking :]).view(batch, asking, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = _rotate(q, cos[..., length - asking :, :], sin[..., length - asking :, :]), _rotate(k, cos, sin)
         if cache is not None:
             if cache:
                 k, v = torch.cat([cache[0], k], dim=-2), torch.cat([cache[1], v], dim=-2)
@@ -210,8 +213,8 @@ class Attention(nn.Module):
             else:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5,
-                                             is_causal=mask is None and length > 1, **options)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+                                             is_causal=mask is None and asking > 1, **options)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, asking, -1))
 
 
 class MLP(nn.Module):
@@ -235,8 +238,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache=None, queries: int | None = None):
+        """`queries`: the output is only for the last `queries` positions (see Attention)."""
+        kept = x if queries is None else x[:, x.shape[1] - queries :]
+        x = kept + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, queries)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -259,10 +264,12 @@ class Decoder(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, use_cache: bool = False,
-                cache: list[list] | None = None) -> DecoderOutput:
+                cache: list[list] | None = None, last: int | None = None) -> DecoderOutput:
         """Hidden states after the final norm. `attention_mask` [batch, length]: 0 marks padding, which no token
         attends to. `cache` (one list per layer, empty at first): keys and values kept for decoding (`generate`);
-        `use_cache` is accepted for transformers' call surface and means nothing here."""
+        `use_cache` is accepted for transformers' call surface and means nothing here. `last`: the hidden states
+        of only the last `last` positions are wanted (a memory write): the final layer computes queries,
+        attention output and MLP for those rows alone, since no other row's output is read."""
         batch, length, _ = inputs_embeds.shape
         past = cache[0][0].shape[-2] if cache and cache[0] else 0
         if position_ids is None:
@@ -270,8 +277,12 @@ class Decoder(nn.Module):
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         mask = _mask(attention_mask, length)
         x = inputs_embeds
+        final = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, None if cache is None else cache[i])
+            if i == final and last is not None and last < length and cache is None:
+                x = layer(x, cos, sin, _last_rows_mask(mask, last, length, x.device), queries=last)
+            else:
+                x = layer(x, cos, sin, mask, None if cache is None else cache[i])
         return DecoderOutput(self.norm(x))
 
 
@@ -283,6 +294,15 @@ def _mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | No
         return None
     causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
     return causal[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+def _last_rows_mask(mask: torch.Tensor | None, last: int, length: int, device) -> torch.Tensor:
+    """The mask of the last `last` queries over all `length` keys: the rows of the full mask (causal, so each sees
+    every key up to its own position). A boolean mask even without padding, since SDPA's `is_causal` aligns a short
+    query block with the first keys, not the last."""
+    if mask is not None:
+        return mask[:, :, length - last :]
+    return torch.ones(last, length, dtype=torch.bool, device=device).tril(length - last)[None, None]
 
 
 class NativeLlama(nn.Module):

@@ -282,6 +282,20 @@ def _stored_shapes(path: Path) -> dict[str, list[int]]:
         raise _unreadable(path, MODEL_FILE, e) from None
 
 
+def saved_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are saved in, as inference should run it when not told otherwise:
+    bfloat16 where every floating weight is (an exported, shipped model such as the embedded one), else float32
+    (a training run's checkpoint, and the reference path). An unreadable file reads as float32 here: loading it
+    reports what is wrong."""
+    try:
+        with safe_open(str(Path(path) / MODEL_FILE), framework="pt") as weights:
+            kinds = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    except Exception:  # safetensors' own error types; load_checkpoint says what is wrong
+        return torch.float32
+    floating = kinds & {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+    return torch.bfloat16 if floating == {"BF16"} else torch.float32
+
+
 def _load_model(path: Path, config, kind: str, native: bool = False):
     """The wrapped model with every weight from model.safetensors, in the shapes config.json gives: transformers
     would re-initialise missing or mismatched weights, and skip unexpected ones, with a warning at most.
