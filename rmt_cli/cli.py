@@ -80,6 +80,13 @@ err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
 
 
+def _seed_in_range(value: int) -> int:
+    # Checked here rather than with min/max, whose range the help would print as [0<=x<=9223372036854775807]
+    if not 0 <= value <= SEED_MAX:
+        raise typer.BadParameter(f"{value} is not a seed: 0 to 2^63-1")
+    return value
+
+
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -507,7 +514,8 @@ def ask(
                                        "LM's; an encoder picks one of its answers)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed for sampling."),
+    seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed for sampling (0 to "
+                                 "2^63-1)."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob "
                                   "(an encoder adds the answer's probability and the runner-up with its own)."),
@@ -629,7 +637,8 @@ def eval_command(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "checkpoint is saved in, as rmt ingest runs it)."),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the samples."),
+    seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed of the samples (0 "
+                                 "to 2^63-1)."),
     plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw accuracy against length to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
@@ -637,7 +646,8 @@ def eval_command(
     """Accuracy against document length: facts hidden in noise, read with memory, with it reset, and the
     constant guess, each with a 95% interval."""
     from .data.sources import read_texts
-    from .commands.longeval import NoiseCorpus, StorySource, evaluate_length, parse_lengths, plot_results
+    from .commands.longeval import (NoiseCorpus, StorySource, evaluate_length, format_length, parse_lengths,
+                                    plot_results)
     from .storage.recipe import MAX_FACTS, MAX_SAMPLES
     from .data.tasks import read_babi, split_sentences
 
@@ -690,6 +700,10 @@ def eval_command(
         for n, count in zip(wanted, counts):
             bar.update(label=f"eval {n:,} tokens x {count}")
             results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, None if quiet else step))
+            per_document = results[-1].tokens / count
+            if per_document > 1.5 * n:  # the story alone is longer: no room for noise (the fifth review)
+                _say("warning", f"--lengths {format_length(n)}: the stories alone are about {per_document:,.0f} tokens "
+                     f"long, so these documents hold the story and no noise")
     rows = [r.row() for r in results]
     if plot_file is not None:
         plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")

@@ -20,7 +20,8 @@ class ProgressBar:
         self._started = time.perf_counter()
 
     def __enter__(self) -> ProgressBar:
-        if self.console is None:
+        # A transient bar on a stderr that is no terminal would show nothing but leave a blank line behind
+        if self.console is None or not (self.keep or self.console.is_terminal):
             return self
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)

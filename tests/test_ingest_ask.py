@@ -161,8 +161,12 @@ def test_folder_ingestion_is_order_stable_and_skips_what_it_should(tmp_path, mod
         (root / name).write_text(f"# {name}\n" + TEXT[:120])
     (root / ".gitignore").write_text("*.log\n")
     (root / "image.bin").write_bytes(b"\x89PNG\0\0binary")
-    ingest([IngestJob([str(root)], tmp_path / "a.st")], model)
+    [result] = ingest([IngestJob([str(root)], tmp_path / "a.st")], model)
     ingest([IngestJob([str(root)], tmp_path / "b.st")], model)
+    # the warning names what was skipped (the fifth review: it gave only a count)
+    [skipped] = [w for w in result.warnings if "skipped" in w]
+    assert skipped.startswith("5 hidden, ignored or binary files skipped: ") and skipped.endswith(" and 2 more")
+    assert all(f"/repo/{name}" in skipped for name in (".env", ".git/", ".gitignore"))
     a, b = load_memory(tmp_path / "a.st"), load_memory(tmp_path / "b.st")
     assert torch.equal(a.memory, b.memory)
     names = [s["name"].removeprefix(str(root) + "/") for s in a.sources]
@@ -208,6 +212,7 @@ def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, checkpoint):
     (tmp_path / "bad.txt").write_bytes(b"Mary moved to the \xff\xfe kitchen. " * 5)
     r = run(["ingest", tmp_path / "bad.txt", "-o", tmp_path / "m.st", "--model", checkpoint, "-q"])
     assert r.exit_code == 0 and "invalid utf-8" in r.stderr.lower()
+    assert f"in {tmp_path / 'bad.txt'} were read as U+FFFD" in r.stderr  # the input named, not only the output
 
 
 def test_batch_folder_output_reports_each_document(tmp_path, checkpoint):

@@ -155,3 +155,14 @@ def test_eval_bad_options_are_one_line_exit_2(tmp_path, checkpoint, args, words)
     r = run(["eval", "--model", checkpoint, "--noise", noise, "--lengths", "100,200", *args])
     assert r.exit_code == 2, r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_length_shorter_than_the_stories_is_warned_about(tmp_path, checkpoint):
+    """The fifth review: `--lengths 10` reported length 10 for documents of ~45 tokens without a word."""
+    noise = tmp_path / "noise.txt"
+    rng = rng_for(0, 1)
+    noise.write_text(" ".join(synthetic_sentence(rng) for _ in range(300)))
+    r = run(["eval", "--model", checkpoint, "--noise", noise, "--lengths", "10,300", "--samples", "3", "-q"])
+    assert r.exit_code == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --lengths 10: the stories alone are about")

@@ -256,6 +256,22 @@ def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error_naming
     assert len(lines) == 4
 
 
+def test_a_model_size_or_count_under_one_is_refused(tmp_path):
+    """The fifth review: `model.config.n_layer=-1` trained a model without layers. Sizes and counts in
+    model.config are at least 1, from the file or an override (which the error names); other keys are left to
+    the model's own config."""
+    path = write(tmp_path, {**MINIMAL, "model": {"architecture": "llama", "config": {"num_hidden_layers": 0,
+                                                                                      "pad_token_id": 0}}})
+    with pytest.raises(UsageError, match=r": model.config: num_hidden_layers is 0; a count or a size is at least 1"):
+        load_recipe(path)
+    with pytest.raises(UsageError) as info:
+        load_recipe(write(tmp_path, MINIMAL), ["model.config.n_layer=-1"])
+    assert "(override model.config.n_layer=-1): model.config: n_layer is -1" in str(info.value)
+    recipe = load_recipe(write(tmp_path, MINIMAL), ["model.config.n_layer=2", "model.config.n_inner=null",
+                                                    "model.config.pad_token_id=0"])
+    assert recipe.model.config["n_layer"] == 2
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=true") == (["a"], True)

@@ -25,8 +25,8 @@ import torch
 from ..atomic import output_target
 from ..storage.checkpoint import LoadedModel
 from ..errors import RMTError, UsageError, one_line, shown
-from ..storage.memfile import (MemoryState, check_compatible, dtype_name, load_memory, memory_fingerprint,
-                      save_memory)
+from ..storage.memfile import (MemoryState, check_compatible, dtype_name, is_memory_file, load_memory,
+                               memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
 from ..data.sources import Document, open_document, path_list, read_small_text
 from ..data.tokenstream import DocumentTokens
@@ -153,6 +153,11 @@ def check_job(job: IngestJob) -> Document:
     for item in document.items:
         if item.path is not None and item.path.resolve() == target:
             raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")
+    # A memory file is replaced (a new ingest, or an append written back); any other file with something in it
+    # is a user's text, a typo away from an input: never replaced.
+    if target.is_file() and target.stat().st_size > 0 and not is_memory_file(target):
+        raise UsageError(f"{job.output}: exists and is not a memory file; rmt replaces only memory files (remove it "
+                         f"first, or name another output)")
     return document
 
 
@@ -357,6 +362,12 @@ def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return (new - old).float().norm(dim=(-2, -1)) / old.float().norm(dim=(-2, -1)).clamp(min=1e-12)
 
 
+def _named(paths: list[str], most: int = 3) -> str:
+    """A few paths for a one-line message: the first `most`, then how many more."""
+    named = ", ".join(shown(p, 120) for p in paths[:most])
+    return named + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def _finish(reader: _Reader, model: LoadedModel) -> None:
     state = reader.state(model)
     save_memory(reader.job.output, state)
@@ -367,11 +378,13 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     res.seconds = time.perf_counter() - reader.started
     if reader.document_tokens.utf8.replaced:
         replaced = reader.document_tokens.utf8.replaced
-        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences were read as U+FFFD")
+        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(reader.job.paths)} were read as "
+                            f"U+FFFD")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
-        res.warnings.append(f"{reader.document.skipped} hidden, ignored or binary files skipped")
+        skipped = sorted(reader.document.skipped)
+        res.warnings.append(f"{len(skipped)} hidden, ignored or binary files skipped: {_named(skipped)}")
     for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "

