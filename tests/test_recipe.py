@@ -272,6 +272,29 @@ def test_a_model_size_or_count_under_one_is_refused(tmp_path):
     assert recipe.model.config["n_layer"] == 2
 
 
+def test_a_field_error_does_not_hide_its_sections_cross_field_checks(tmp_path):
+    """Every problem at once (the fifth review, 4-2): pydantic runs a section's cross-field checks only when all
+    its fields are valid, so `steps: 0` hid `facts: [3, 2]` until fixed. A check that reads a field in error is
+    not judged (a typo in `update` must not report route_balance against the default rule)."""
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(UsageError) as info:
+        load_recipe(path, ["curriculum.0.facts=[3,2]", "curriculum.0.steps=0", "memory.route_balance=0.1",
+                           "memory.segment_size=2", "task.min_facts=5", "task.max_facts=3", "task.questions=0"])
+    lines = str(info.value).splitlines()
+    assert any(": curriculum.0.steps: " in line for line in lines)
+    assert any(line.endswith(": curriculum.0: facts must be [min, max] with 1 <= min <= max, got [3, 2]")
+               and "(overrides curriculum.0.facts=[3,2], curriculum.0.steps=0)" in line for line in lines)
+    assert any(": memory.segment_size: " in line for line in lines)
+    assert any(": memory: route_balance spreads the writes" in line for line in lines)
+    assert any(": task.questions: " in line for line in lines)
+    assert any(": task: min_facts (5) is larger than max_facts (3)" in line for line in lines)
+    assert len(lines) == 6
+    with pytest.raises(UsageError) as info:
+        load_recipe(path, ["memory.route_balance=0.1", "memory.update=routd"])
+    [line] = str(info.value).splitlines()
+    assert ": memory.update: " in line
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=true") == (["a"], True)

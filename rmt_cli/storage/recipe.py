@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, field_validator,
                       model_validator)
 
@@ -37,6 +38,68 @@ class Section(BaseModel):
     # (YAML's true) or `steps: "150"` is a mistake to report, not 1 or 150 (a YAML list still gives a tuple field,
     # `LIST`; the loader reads 1e-3 as a number).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    def _check(self) -> None:
+        """Checks across this section's fields (each raises ValueError), run once the fields are valid, and also,
+        when some are not, over the valid ones (`_every_problem`)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data, handler):
+        # Every problem at once: pydantic runs a section's cross-field checks only when all its fields are valid,
+        # so a typo in one field would hide a contradiction between two others until it was fixed.
+        try:
+            section = handler(data)
+        except ValidationError as failed:
+            problem = _check_valid_fields(cls, data, failed)
+            if problem is None:
+                raise
+            details = [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))
+                       for e in failed.errors()]
+            details.append(InitErrorDetails(type=PydanticCustomError("value_error", "{problem}", {"problem": problem}),
+                                            loc=(), input=data))
+            raise ValidationError.from_exception_data(cls.__name__, details) from None
+        section._check()
+        return section
+
+
+def _check_valid_fields(cls: type[Section], data, failed: ValidationError) -> str | None:
+    """The problem `cls._check` finds among the fields that validated, or None: a check that reads a field in
+    error (absent from the partial section) is not judged."""
+    errors = failed.errors()
+    if not isinstance(data, dict) or any(not e["loc"] for e in errors):
+        return None
+    bad = {str(e["loc"][0]) for e in errors}
+    try:
+        _partial(cls, data, bad)._check()
+    except ValueError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - reading a field in error, or a raw value another check would refuse
+        return None
+    return None
+
+
+def _partial(cls: type[Section], raw: dict, bad: set[str] = frozenset()) -> Section:
+    """A section built without validation from the raw values of its valid fields (nested sections too); the
+    fields in `bad` are left unset, so reading one raises AttributeError."""
+    values = {}
+    for name, field in cls.model_fields.items():
+        if name in bad or name not in raw:
+            continue
+        value, inner = raw[name], _section_class(field.annotation)
+        values[name] = _partial(inner, value) if inner is not None and isinstance(value, dict) else value
+    section = cls.model_construct(**values)
+    for name in bad:
+        section.__dict__.pop(name, None)
+    return section
+
+
+def _section_class(annotation) -> type[Section] | None:
+    """The Section a field holds (itself, or inside `X | None`), or None."""
+    for candidate in (annotation, *(getattr(annotation, "__args__", None) or ())):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
 
 
 LIST = Field(strict=False)  # a tuple setting written as a YAML list (its items stay strict)
@@ -65,13 +128,11 @@ class ModelSpec(Section):
     trust_remote_code: bool = False
     revision: str | None = None
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> None:
         code = [key for key in CODE_KEYS if key in self.config]
         if code:  # the model would train, and every command would then refuse its checkpoint
             raise ValueError(f"config.{code[0]}: names Python code to run with the model; rmt never runs code shipped "
                              f"with a model: remove it")
-        return self
 
     @field_validator("config")
     @classmethod
@@ -113,8 +174,7 @@ class MemorySpec(Section):
     # (core.memory.route_balance_loss).
     route_balance: float = Field(0.0, ge=0)
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> None:
         if has_matrices(self.update) and self.num_mem_tokens < 1:
             raise ValueError(f"update {self.update} needs memory tokens to write the matrices with: "
                              f"num_mem_tokens >= 1")
@@ -122,7 +182,6 @@ class MemorySpec(Section):
             raise ValueError(f"route_balance spreads the writes of the routed rule over its slots; update is "
                              f"{self.update}: set update: routed (in a new run: a trained model keeps its "
                              f"rule), or route_balance: 0")
-        return self
 
 
 class NoiseSpec(Section):
@@ -153,8 +212,7 @@ class TaskSpec(Section):
     lm_paths: list[str] = Field(default_factory=list)  # text files or folders, for name: lm
     lm_dataset: DatasetSpec | None = None  # or a `datasets` dataset, for name: lm
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> None:
         if self.min_facts > self.max_facts:
             raise ValueError(f"min_facts ({self.min_facts}) is larger than max_facts ({self.max_facts})")
         if self.name == "babi" and not self.babi_path:
@@ -165,7 +223,6 @@ class TaskSpec(Section):
             raise ValueError("noise kind 'files' needs noise.paths")
         if self.noise.kind == "dataset" and not self.noise.dataset:
             raise ValueError("noise kind 'dataset' needs noise.dataset")
-        return self
 
 
 class OptimSpec(Section):
@@ -187,13 +244,11 @@ class Stage(Section):
     # in-context warm-up that learns to answer before the memory has to carry the facts).
     noise: bool = True
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> None:
         if self.facts is not None and not 1 <= self.facts[0] <= self.facts[1]:
             raise ValueError(f"facts must be [min, max] with 1 <= min <= max, got {list(self.facts)}")
         if self.facts is not None and self.facts[1] > MAX_FACTS:
             raise ValueError(f"facts: at most {MAX_FACTS} facts per story, got {self.facts[1]}")
-        return self
 
 
 class EvalSpec(Section):
@@ -243,8 +298,7 @@ class Recipe(Section):
             raise ValueError(f"{value[:80]!r}: no such user's home folder")
         return expanded
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> None:
         if self.model.name_or_path is None and self.model.architecture is None:
             raise ValueError("model needs name_or_path or architecture")
         if self.model.name_or_path is None and self.tokenizer.kind == "model":
@@ -262,7 +316,6 @@ class Recipe(Section):
         if self.task.name == "lm" and supervised:
             raise ValueError(f"memory.{supervised[0]}: task lm has no facts whose segments could supervise the "
                              f"memory's writes; set it to 0, or train a task with facts")
-        return self
 
     def eval_lengths(self) -> list[int]:
         return self.eval.segments or sorted({s.segments for s in self.curriculum})
@@ -291,8 +344,9 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
     for e in error.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "(recipe)"
-        setter = _override_of(loc, overrides)
-        where = source if setter is None else f"{source} (override {shown(setter, 80)})"
+        setters = _override_of(loc, overrides)
+        where = source if not setters else \
+            f"{source} (override{'s' if len(setters) > 1 else ''} {', '.join(shown(t, 80) for t in setters)})"
         if e["type"] == "extra_forbidden":
             names = _fields_of(Recipe, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
@@ -308,15 +362,19 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
     return lines
 
 
-def _override_of(loc: tuple, overrides: list[str]) -> str | None:
-    """The last override that set the value at `loc`, a section or list holding it, or a key inside it (a map
-    such as model.config, checked whole); None if the file did."""
+def _override_of(loc: tuple, overrides: list[str]) -> list[str]:
+    """The override that set the value at `loc` (the last one, which may set a section or list holding it), or
+    else those that set keys inside it (a section's cross-field check, or a map such as model.config checked whole:
+    one of them set what it read); none if the file did."""
     where = [str(part) for part in loc]
+    inside = []
     for text in reversed(overrides):
         keys = parse_override(text)[0]
-        if where[:len(keys)] == keys or (where and keys[:len(where)] == where):
-            return text
-    return None
+        if where[:len(keys)] == keys:
+            return [text]
+        if where and keys[:len(where)] == where:
+            inside.insert(0, text)
+    return inside
 
 
 def _as_yaml(value) -> str:
