@@ -57,9 +57,10 @@ def main() -> None:
         model = load_checkpoint(args.model, dtype=dtype, engine="auto")
         corpus = NoiseCorpus(model.tokenizer, sentences)
         source = StorySource("qa1", 2, 10, stories, args.seed)
-        said[name] = [evaluate_length(model, corpus, source, n, c, args.batch_size, keep_answers=True)
-                      for n, c in zip(lengths, counts)]
-        print(f"{name} done", file=sys.stderr, flush=True)
+        said[name] = []
+        for n, c in zip(lengths, counts):
+            said[name].append(evaluate_length(model, corpus, source, n, c, args.batch_size, keep_answers=True))
+            print(f"{name} {n:,} tokens: {said[name][-1].correct} of {c} right", file=sys.stderr, flush=True)
     rows = []
     for k, (n, c) in enumerate(zip(lengths, counts)):
         full, half = said["float32"][k], said["bfloat16"][k]

@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.model, dtype=getattr(torch, args.dtype))
+    model = load_checkpoint(args.model, dtype=getattr(torch, args.dtype), engine="auto")  # what rmt ingest runs
     S = model.segment_size
     text = Path(args.text).read_text(encoding="utf-8", errors="replace")
     work = Path(tempfile.mkdtemp(prefix="rmt-bench-"))
@@ -83,7 +83,7 @@ def main() -> None:
     batched_tokens = sum(r.tokens for r in batched)
 
     (work / "long.txt").write_text(text * 4)
-    command = [sys.executable, "-m", "rmt_cli.cli", "ingest", "--model", args.model, "-q"]
+    command = [sys.executable, "-m", "rmt_cli.cli", "ingest", "--model", args.model, "--dtype", args.dtype, "-q"]
     rss_1x = peak_rss_mb(command + [str(work / "doc.txt"), "-o", str(work / "a.st")])
     rss_4x = peak_rss_mb(command + [str(work / "long.txt"), "-o", str(work / "b.st")])
 

@@ -120,14 +120,23 @@ def atomic_folder(path: str | Path):
 
 def _replace_folder(tmp: Path, final: Path) -> None:
     # A folder cannot be renamed onto a non-empty one: move the old one aside first, and drop it after.
-    if final.exists():
+    if final.exists() or final.is_symlink():
         old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     else:
         tmp.rename(final)
+
+
+def _remove(path: Path) -> None:
+    """A folder left aside by `_replace_folder`, gone: a link (to a folder or not) or a file is unlinked, never
+    followed; rmtree would refuse a link and leave it in the way."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:

@@ -328,6 +328,16 @@ def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[
     return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device or _device(), engine="auto")
 
 
+def _is_trace(path: Path) -> bool:
+    """Whether a file starts as `rmt ingest --trace` writes: a JSON object with a segment and its change."""
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline(4096))
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"segment", "end_token", "change"} <= set(first)
+
+
 def _device() -> str:
     import torch
 
@@ -410,6 +420,13 @@ def ingest(
             raise UsageError(f"--trace {trace}: no folder {trace.parent}")
         if any(trace in job.files() for job in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
+        # Inside a folder being read, the trace (and its temporary file) would be read as part of the codebase
+        folders = [Path(os.path.realpath(p)) for job in jobs for p in job.paths if p != "-" and os.path.isdir(p)]
+        if any(folder in trace.parents for folder in folders):
+            raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
+        if trace.is_file() and trace.stat().st_size > 0 and not _is_trace(trace):
+            raise UsageError(f"--trace {trace}: exists and is not a trace; rmt replaces only a trace it wrote (remove "
+                             f"it first, or name another file)")
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 
@@ -587,7 +604,7 @@ def perplexity(
     from .commands.perplexity import perplexity as run_perplexity, plot
 
     if plot_file is not None:
-        _check_plot_target(plot_file)
+        _check_plot_target(plot_file, paths)
     loaded = _load_model(model, _dtype(dtype) if dtype else None, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, loaded.cell.dtype) if baseline is not None else None
     from .progress import ProgressBar
@@ -672,7 +689,7 @@ def eval_command(
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
-        _check_plot_target(plot_file)
+        _check_plot_target(plot_file, [*(noise or []), *([str(babi)] if babi else [])])
     stories = None
     if babi is not None:
         try:
@@ -701,9 +718,13 @@ def eval_command(
             bar.update(label=f"eval {n:,} tokens x {count}")
             results.append(evaluate_length(loaded, corpus, source, n, count, batch_size, None if quiet else step))
             per_document = results[-1].tokens / count
-            if per_document > 1.5 * n:  # the story alone is longer: no room for noise (the fifth review)
+            if per_document > n:  # the story alone is longer: no room for noise (the fifth review)
                 _say("warning", f"--lengths {format_length(n)}: the stories alone are about {per_document:,.0f} tokens "
                      f"long, so these documents hold the story and no noise")
+            if n <= loaded.segment_size:  # the whole document sits in the final segment with the question
+                _say("warning", f"--lengths {format_length(n)}: a document of at most one segment "
+                     f"({loaded.segment_size} tokens) is read in context, without the memory: memory and memory "
+                     f"reset score alike")
     rows = [r.row() for r in results]
     if plot_file is not None:
         plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")
@@ -715,7 +736,9 @@ def eval_command(
         _eval_table(rows)
 
 
-def _check_plot_target(plot_file: Path) -> None:
+def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
+    """`--plot`'s file, checked before any scoring: a PNG to write (a new path or a regular file), which is none
+    of the command's `inputs` nor inside a folder of them."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -729,6 +752,13 @@ def _check_plot_target(plot_file: Path) -> None:
         raise UsageError(f"--plot {plot_file}: a link to {shown(target)}, which is not a PNG file")
     if not target.parent.is_dir():  # find out now, not after the whole evaluation
         raise UsageError(f"--plot {plot_file}: no folder {target.parent}")
+    for given in inputs:
+        if given == "-":
+            continue
+        source = Path(os.path.realpath(given))
+        if source == target or source in target.parents:  # the sixth review: a text named t.png was replaced
+            raise UsageError(f"--plot {plot_file}: is an input of this command ({shown(given)}); write the plot "
+                             f"elsewhere")
 
 
 def _eval_table(rows: list[dict]) -> None:

@@ -430,7 +430,10 @@ def test_a_full_disk_in_a_batch_loses_only_its_own_document(tmp_path, monkeypatc
         (tmp_path / f"{name}.txt").write_bytes(DOCUMENT)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "b.st").write_bytes(b"the old memory file")
+    r = CliRunner().invoke(app, ["ingest", str(tmp_path / "c.txt"), "-o", str(out / "b.st"), "--model", str(checkpoint),
+                                 "-q"])
+    assert r.exit_code == 0, r.stderr
+    old_memory = (out / "b.st").read_bytes()  # an earlier memory file, which a failed write must leave as it was
     (tmp_path / "jobs.tsv").write_text("".join(f"{tmp_path / n}.txt\t{out / n}.st\n" for n in "abc"))
     monkeypatch.setattr(memfile, "save_file", _failing_save_file(DISK_FULL["safetensors"], only=".b.st."))
     result = CliRunner().invoke(app, ["ingest", "--manifest", str(tmp_path / "jobs.tsv"), "--model", str(checkpoint),
@@ -442,7 +445,7 @@ def test_a_full_disk_in_a_batch_loses_only_its_own_document(tmp_path, monkeypatc
                                f"(os error 28)"
     assert "done: 2 of 3 documents" in result.stderr
     load_memory(out / "a.st"), load_memory(out / "c.st")
-    assert (out / "b.st").read_bytes() == b"the old memory file"
+    assert (out / "b.st").read_bytes() == old_memory
     assert sorted(p.name for p in out.iterdir()) == ["a.st", "b.st", "c.st"]
 
 

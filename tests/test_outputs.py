@@ -36,7 +36,7 @@ def test_trace_onto_a_fifo_is_refused_before_reading(tmp_path, doc):
 
 
 def test_trace_through_a_symlink_writes_the_file_it_names(tmp_path, doc):
-    (tmp_path / "real.jsonl").write_text("old\n")
+    (tmp_path / "real.jsonl").write_text('{"segment": 0, "end_token": 8, "change": 0.5}\n')  # an older trace
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
     r = ingest(doc, "-o", tmp_path / "m.st", "--trace", tmp_path / "link.jsonl")
     assert r.exit_code == 0, r.stderr

@@ -407,3 +407,113 @@ def test_an_output_replaces_a_memory_file_or_an_empty_one_never_other_files(tmp_
         r = run(["ingest", doc, "-o", target, "--model", checkpoint, "-q"])
         assert r.exit_code == 0, r.stderr
         assert load_memory(target).segments > 0
+
+
+# The sixth review (untuned, session 9): outputs that replaced what rmt did not write, and a diverged run exiting 0
+
+FAST = ["curriculum=[{segments: 1, steps: 2}]", "eval.samples=2", "eval.segments=[1]", "batch_size=4",
+        "model.config.n_layer=1"]
+
+
+def test_a_new_run_never_deletes_or_appends_to_a_users_files(tmp_path):
+    """`final/thesis.txt` in output_dir was deleted and metrics.jsonl appended to; now the run is refused before
+    anything is written. What an earlier run of rmt left without a checkpoint is replaced, and metrics restart."""
+    out = tmp_path / "run"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "thesis.txt").write_text("years of work")
+    one_error(run(["train", RECIPE, f"output_dir={out}", *FAST, "-q"]), 2, "holds final,", "not a checkpoint")
+    assert (out / "final" / "thesis.txt").read_text() == "years of work"
+    (out / "final" / "thesis.txt").unlink()
+    (out / "final").rmdir()
+    (out / "notes.md").write_text("mine")
+    one_error(run(["train", RECIPE, f"output_dir={out}", *FAST, "-q"]), 2, "holds notes.md,")
+    (out / "notes.md").unlink()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n' * 5)  # an earlier run stopped before saving
+    r = run(["train", RECIPE, f"output_dir={out}", *FAST, "-q"])
+    assert r.exit_code == 0, r.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 1 and all(line.get("loss") != 9.0 for line in lines)  # this run's lines only
+
+
+def test_a_run_that_diverges_stops_with_exit_1_and_saves_no_final(tmp_path):
+    out = tmp_path / "run"
+    one_error(run(["train", RECIPE, f"output_dir={out}", *FAST, "optim.lr=1e30", "-q"]), 1,
+              "training diverged at step", "the loss is nan")
+    assert not (out / "final").exists()
+    assert "NaN" not in (out / "metrics.jsonl").read_text()  # strict JSON: no NaN logged
+
+
+def test_a_trace_replaces_only_a_trace_and_is_never_inside_an_input_folder(tmp_path, checkpoint):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    args = ["ingest", doc, "-o", tmp_path / "m.st", "--model", checkpoint, "-q"]
+    one_error(run([*args, "--trace", notes]), 2, "--trace", "exists and is not a trace")
+    assert notes.read_text() == "my notes\n" and not (tmp_path / "m.st").exists()
+    trace = tmp_path / "t.jsonl"
+    for _ in range(2):  # a trace rmt wrote is replaced
+        r = run([*args, "--trace", trace])
+        assert r.exit_code == 0, r.stderr
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("x = 1\n" * 40)
+    one_error(run(["ingest", code, "-o", tmp_path / "c.st", "--model", checkpoint, "--trace", code / "t.jsonl"]), 2,
+              "inside a folder this ingest reads")
+    assert sorted(p.name for p in code.iterdir()) == ["a.py"]
+
+
+def test_outputs_named_as_folders_or_after_dot_dot(tmp_path, checkpoint, memfile, monkeypatch):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    one_error(run(["ingest", "--append", memfile, doc, "-o", f"{tmp_path}/newdir/", "--model", checkpoint]), 2,
+              "--append writes one memory file")
+    assert not (tmp_path / "newdir").exists()
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text(f"{doc}\t{tmp_path / 'mo'}/\n")
+    one_error(run(["ingest", "--manifest", manifest, "--model", checkpoint]), 2, "names a folder")
+    assert not (tmp_path / "mo").exists()
+    (tmp_path / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "proj" / "a.txt").write_text(TEXT)
+    monkeypatch.chdir(tmp_path / "proj" / "sub")
+    r = run(["ingest", "..", "-o", f"{tmp_path}/out/", "--model", checkpoint, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["proj.st"]  # was a hidden "...st"
+
+
+def test_a_plot_is_never_written_over_an_input(tmp_path, checkpoint):
+    pytest.importorskip("matplotlib")
+    text = tmp_path / "t.png"
+    text.write_text(TEXT * 5)
+    one_error(run(["perplexity", text, "--model", checkpoint, "--plot", text]), 2, "is an input of this command")
+    one_error(run(["eval", "--model", checkpoint, "--noise", text, "--plot", text]), 2, "is an input of this command")
+    assert text.read_text() == TEXT * 5
+
+
+def test_the_invalid_utf8_warning_names_the_file_that_held_the_bytes(tmp_path, checkpoint):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text(TEXT)
+    bad.write_bytes(b"caf\xe9 and more. " * 3)
+    r = run(["ingest", good, bad, good, "-o", tmp_path / "m.st", "--model", checkpoint, "-q"])
+    assert r.exit_code == 0, r.stderr
+    [warning] = [line for line in r.stderr.splitlines() if "U+FFFD" in line]
+    assert f"3 invalid UTF-8 byte sequences in {bad} were read as U+FFFD" in warning and str(good) not in warning
+
+
+def test_a_stage_folder_replaces_links_left_beside_it(tmp_path):
+    """A `final.old` link (or `final` itself a link) failed the run after its training, or stayed behind."""
+    from rmt_cli.atomic import atomic_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final.old").symlink_to(elsewhere)
+    with atomic_folder(run_dir / "final") as tmp:
+        (tmp / "rmt.json").write_text("{}")
+    (run_dir / "stage-0").symlink_to(elsewhere)
+    with atomic_folder(run_dir / "stage-0") as tmp:
+        (tmp / "rmt.json").write_text("{}")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["final", "stage-0"]
+    assert not (run_dir / "stage-0").is_symlink() and (elsewhere / "keep.txt").read_text() == "keep"

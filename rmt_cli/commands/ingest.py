@@ -156,8 +156,8 @@ def check_job(job: IngestJob) -> Document:
     # A memory file is replaced (a new ingest, or an append written back); any other file with something in it
     # is a user's text, a typo away from an input: never replaced.
     if target.is_file() and target.stat().st_size > 0 and not is_memory_file(target):
-        raise UsageError(f"{job.output}: exists and is not a memory file; rmt replaces only memory files (remove it "
-                         f"first, or name another output)")
+        raise UsageError(f"{job.output}: exists and is not a memory file (or its header is damaged); rmt replaces "
+                         f"only memory files (remove it first, or name another output)")
     return document
 
 
@@ -378,8 +378,8 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     res.seconds = time.perf_counter() - reader.started
     if reader.document_tokens.utf8.replaced:
         replaced = reader.document_tokens.utf8.replaced
-        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(reader.job.paths)} were read as "
-                            f"U+FFFD")
+        where = list(reader.document_tokens.replaced_in) or reader.job.paths
+        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(where)} were read as U+FFFD")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
@@ -416,6 +416,8 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         if output is not None and not str(output):
             raise UsageError("no output given: -o '' names no file; leave -o out to write back to --append")
         target = Path(output if output else append)
+        if output and str(output).endswith(("/", os.sep)):  # as a file, "newdir/" would be written as "newdir"
+            raise UsageError(f"-o {shown(output)}: --append writes one memory file; name a file, not a folder")
         if os.path.isdir(target):  # False for a name the system refuses (too long): output_target names why
             raise UsageError(f"{'-o' if output else '--append'} {shown(target)}: is a folder; --append writes one "
                              f"memory file")
@@ -430,11 +432,20 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if not (os.path.isdir(folder) or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
     if "-" in paths:
-        raise UsageError("stdin (-) cannot be one of several documents; give it its own -o file")
-    stems = [Path(Path(p.rstrip("/")).name or "input").stem for p in paths]
+        raise UsageError("stdin (-) has no name for its file in FOLDER/; give it its own -o file")
+    stems = [Path(_given_name(p)).stem for p in paths]
     if len(set(stems)) != len(stems):
         raise UsageError("two inputs would write the same FOLDER/NAME.st; use --manifest to name each output")
     return [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
+
+
+def _given_name(path: str) -> str:
+    """The name an input goes by in FOLDER/NAME.st: its last part as given ("dir/" is "dir"), or for "." and ".."
+    the folder's own name (".." made a hidden "...st")."""
+    name = Path(path.rstrip("/") or "/").name
+    if name in ("", ".", ".."):
+        name = Path(os.path.realpath(path)).name
+    return name or "input"
 
 
 def manifest_jobs(path: str | Path) -> list[IngestJob]:
@@ -453,6 +464,9 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
             raise UsageError(f"manifest {shown(path)}:{n}: expected input<TAB>output, got {shown(line, 60)}")
         if "\0" in line:  # no file name can hold one; the OS would refuse it with a ValueError
             raise UsageError(f"manifest {shown(path)}:{n}: a name holds a NUL character: {shown(line, 60)}")
+        if parts[1].strip().endswith(("/", os.sep)):
+            raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1].strip(), 60)} names a folder; a "
+                             f"line names one memory file")
         jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip()), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path, check_folder
-from ..storage.checkpoint import load_checkpoint, save_checkpoint
+from ..storage.checkpoint import RMT_JSON, load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, UsageError, one_line, shown, stop_signals
@@ -207,6 +207,31 @@ def _check_own(path: Path, folder: bool = False) -> None:
                      f"another output_dir")
 
 
+def _check_fresh(output_dir: Path, stages: int) -> None:
+    """A new run replaces what it writes in output_dir (its stage folders, final, recipe.yaml, metrics.jsonl), so
+    the folder must be new, empty, or hold only what an earlier run of rmt left there (a run stopped before its
+    first checkpoint, or one whose checkpoints were removed): never a user's files, which the run would delete or
+    append to (the sixth review: a `final/` holding a thesis was deleted)."""
+    if not output_dir.is_dir():
+        return
+    ours = {*RUN_FILES, CHECKPOINTS, "final", *(f"stage-{k}" for k in range(stages))}
+    for entry in sorted(output_dir.iterdir()):
+        if re.fullmatch(r"\.recipe\.yaml\..+\.tmp\.yaml", entry.name):  # atomic_path's, left by a kill -9
+            continue
+        name = entry.name.removesuffix(".tmp").removesuffix(".old")
+        checkpoint = name != CHECKPOINTS and name not in RUN_FILES
+        if name not in ours:
+            what = "which is not what a run of rmt leaves there"
+        elif checkpoint and not (entry / RMT_JSON).is_file():
+            what = "which a run would replace, but it is not a checkpoint rmt wrote"
+        elif name == CHECKPOINTS and any(True for _ in entry.iterdir()):
+            what = "which holds what is not a checkpoint of a run"
+        else:
+            continue
+        raise UsageError(f"output_dir {shown(output_dir)}: holds {shown(entry.name)}, {what}; a new run writes into a "
+                         f"new or empty folder (or continue a run with resume=auto)")
+
+
 def _drop_metrics_after(path: Path, step: int) -> None:
     """A resumed run trains again the steps after its checkpoint: drop their old lines (and a line cut short by a
     kill), so that metrics.jsonl logs each step once."""
@@ -263,6 +288,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
                          f"resume=auto, or choose another output_dir")
+    if resume_from is None:
+        _check_fresh(output_dir, len(recipe.curriculum))
 
     data = TaskData(recipe.task, recipe.memory, recipe.seed)
     source = _source_name(recipe)
@@ -309,8 +336,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         with atomic_path(output_dir / "recipe.yaml") as tmp:  # whole or not at all (a link was refused above)
             Path(tmp).write_text(recipe_yaml, encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
-    if resume_from is not None and accelerator.is_main_process:
-        _drop_metrics_after(metrics_path, start_step)
+    if accelerator.is_main_process:
+        if resume_from is not None:
+            _drop_metrics_after(metrics_path, start_step)
+        else:  # a new run logs from its first step, not after an earlier run's lines
+            metrics_path.unlink(missing_ok=True)
     evaluations: list[dict] = []
 
     def save(step: int, name: str | None = None) -> Path | None:
@@ -345,6 +375,13 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                 group["lr"] = lr
             batch = next(batches).to(accelerator.device)
             out = prepared(batch)
+            if not bool(torch.isfinite(out.loss.detach())):
+                # Stopped before the step spoils the weights: a model of NaN would be saved as `final`, and
+                # every command would then refuse it.
+                saved = latest_checkpoint(output_dir)
+                raise RMTError(f"training diverged at step {step + 1}: the loss is {float(out.loss.detach())} "
+                               f"(lower optim.lr, or check model.config)" +
+                               (f"; the last checkpoint is {shown(saved)}" if saved else ""))
             accelerator.backward(out.loss)
             if recipe.optim.grad_clip:
                 accelerator.clip_grad_norm_(prepared.parameters(), recipe.optim.grad_clip)

@@ -65,6 +65,7 @@ class DocumentTokens:
         self._chunks = document.chunks()
         self.bytes_read = 0
         self.exhausted = False
+        self.replaced_in: dict[str, int] = {}  # invalid UTF-8 sequences read as U+FFFD, by the file they were in
 
     def read(self) -> list[int]:
         """Tokens made final by the next chunk; sets `exhausted` (and returns []) at the end of the input."""
@@ -73,7 +74,12 @@ class DocumentTokens:
             self.exhausted = True
             return []
         self.bytes_read += len(chunk)
-        return self.stream.feed(self.utf8.decode(chunk))
+        before = self.utf8.replaced
+        text = self.utf8.decode(chunk)
+        if self.utf8.replaced > before and getattr(self.document, "records", None):
+            name = self.document.records[-1].name  # a chunk never spans two files: the file being read
+            self.replaced_in[name] = self.replaced_in.get(name, 0) + self.utf8.replaced - before
+        return self.stream.feed(text)
 
     def chunks(self) -> Iterator[list[int]]:
         """`read` until the input ends."""
