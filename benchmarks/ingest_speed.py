@@ -63,8 +63,9 @@ def main() -> None:
     segments = [ids[i : i + S] for i in range(0, len(ids) // S * S, S)]
     with torch.inference_mode():
         t = time.perf_counter()
-        for seg in segments:
-            model.cell.model.base_model(input_ids=torch.tensor([seg]))
+        embed = model.cell.model.get_input_embeddings()
+        for seg in segments:  # the bare body over the same tokens (embeddings in, as both engines take them)
+            model.cell.model.base_model(inputs_embeds=embed(torch.tensor([seg])))
         bare_seconds = time.perf_counter() - t
         memory = model.cell.initial_memory(1)
         t = time.perf_counter()

@@ -517,3 +517,34 @@ def test_a_stage_folder_replaces_links_left_beside_it(tmp_path):
         (tmp / "rmt.json").write_text("{}")
     assert sorted(p.name for p in run_dir.iterdir()) == ["final", "stage-0"]
     assert not (run_dir / "stage-0").is_symlink() and (elsewhere / "keep.txt").read_text() == "keep"
+
+
+# The seventh review (untuned, session 9): the sixth review's fixes under variations
+
+
+def test_seventh_review_output_dir_variations_never_lose_a_users_files(tmp_path):
+    out = tmp_path / "u1"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("# my hand-written recipe\nseed: 1\n")
+    one_error(run(["train", RECIPE, f"output_dir={out}", *FAST, "-q"]), 2, "holds recipe.yaml", "rmt did not write it")
+    assert (out / "recipe.yaml").read_text().startswith("# my hand-written")
+    base = tmp_path / "base"
+    r = run(["train", RECIPE, f"output_dir={base}", *FAST, "-q"])
+    assert r.exit_code == 0, r.stderr
+    (base / "final" / "README.md").write_text("my notes on this model")  # a checkpoint with a file of one's own
+    one_error(run(["train", RECIPE, f"output_dir={base}", *FAST, "resume=auto", "-q"]), 2, "holds final",
+              "not a checkpoint rmt wrote")
+    assert (base / "final" / "README.md").read_text() == "my notes on this model"
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    one_error(run(["train", RECIPE, f"output_dir={link}", *FAST, "-q"]), 2, "symbolic link to a folder that does "
+              "not exist")
+
+
+def test_a_run_that_diverges_on_its_last_step_saves_nothing(tmp_path):
+    """Its own loss was finite; the step made the weights ~1e30, which the stage's evaluation shows."""
+    out = tmp_path / "n3"
+    one_error(run(["train", RECIPE, f"output_dir={out}", *FAST, "optim.lr=1e30",
+                   "curriculum=[{segments: 1, steps: 1}]", "-q"]), 1, "training diverged at step 1")
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()
+    assert "NaN" not in (out / "metrics.jsonl").read_text()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path, check_folder
-from ..storage.checkpoint import RMT_JSON, load_checkpoint, save_checkpoint
+from ..storage.checkpoint import CHECKPOINT_FILES, RMT_JSON, load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, UsageError, one_line, shown, stop_signals
@@ -207,29 +207,59 @@ def _check_own(path: Path, folder: bool = False) -> None:
                      f"another output_dir")
 
 
-def _check_fresh(output_dir: Path, stages: int) -> None:
-    """A new run replaces what it writes in output_dir (its stage folders, final, recipe.yaml, metrics.jsonl), so
-    the folder must be new, empty, or hold only what an earlier run of rmt left there (a run stopped before its
-    first checkpoint, or one whose checkpoints were removed): never a user's files, which the run would delete or
-    append to (the sixth review: a `final/` holding a thesis was deleted)."""
+def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
+    """What a run replaces in output_dir (its stage folders and final; for a new run also recipe.yaml and
+    metrics.jsonl) must be what rmt wrote there, and a new run's folder must hold nothing else: never a user's
+    files, which the run would delete, overwrite or append to (the sixth and seventh reviews: a `final/` holding a
+    thesis was deleted, a hand-written recipe.yaml overwritten). A resumed run leaves other files alone."""
     if not output_dir.is_dir():
         return
-    ours = {*RUN_FILES, CHECKPOINTS, "final", *(f"stage-{k}" for k in range(stages))}
+    replaced = {"final", *(f"stage-{k}" for k in range(stages))}
     for entry in sorted(output_dir.iterdir()):
-        if re.fullmatch(r"\.recipe\.yaml\..+\.tmp\.yaml", entry.name):  # atomic_path's, left by a kill -9
+        # Left by a kill -9: atomic_path's temporary recipe, a stage folder being written (cleared when rewritten)
+        if re.fullmatch(r"\.recipe\.yaml\..+\.tmp\.yaml", entry.name) or entry.name.endswith(".tmp"):
             continue
-        name = entry.name.removesuffix(".tmp").removesuffix(".old")
-        checkpoint = name != CHECKPOINTS and name not in RUN_FILES
-        if name not in ours:
-            what = "which is not what a run of rmt leaves there"
-        elif checkpoint and not (entry / RMT_JSON).is_file():
-            what = "which a run would replace, but it is not a checkpoint rmt wrote"
-        elif name == CHECKPOINTS and any(True for _ in entry.iterdir()):
-            what = "which holds what is not a checkpoint of a run"
+        name = entry.name.removesuffix(".old")
+        if name in replaced:
+            what = None if _rmt_checkpoint(entry) else "which a run would replace, but it is not a checkpoint rmt wrote"
+        elif resuming:
+            continue
+        elif name == CHECKPOINTS:
+            what = "which holds what is not a checkpoint of a run" if any(True for _ in entry.iterdir()) else None
+        elif name == "recipe.yaml":
+            what = None if _rmt_recipe(entry) else "which a run would overwrite, but rmt did not write it"
+        elif name == "metrics.jsonl":
+            what = None if _rmt_metrics(entry) else "which a run would overwrite, but rmt did not write it"
         else:
-            continue
-        raise UsageError(f"output_dir {shown(output_dir)}: holds {shown(entry.name)}, {what}; a new run writes into a "
-                         f"new or empty folder (or continue a run with resume=auto)")
+            what = "which is not what a run of rmt leaves there"
+        if what:
+            raise UsageError(f"output_dir {shown(output_dir)}: holds {shown(entry.name)}, {what}; a new run writes "
+                             f"into a new or empty folder (or continue a run with resume=auto)")
+
+
+def _rmt_checkpoint(folder: Path) -> bool:
+    """A folder save_checkpoint wrote: its rmt.json, and no file a checkpoint does not have."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / RMT_JSON).is_file() and \
+        all(f.name in CHECKPOINT_FILES for f in folder.iterdir())
+
+
+def _rmt_recipe(path: Path) -> bool:
+    """A recipe.yaml as a run writes it: a resolved recipe, nothing added (no comment, no key of one's own)."""
+    try:
+        text = read_small_text(path, "recipe")
+        return text == dump_recipe(validate_recipe(load_yaml(text, str(path)), str(path)))
+    except (UsageError, OSError):
+        return False
+
+
+def _rmt_metrics(path: Path) -> bool:
+    """A metrics.jsonl as a run writes it: JSON objects, each a step or an evaluation."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        entries = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in entries)
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
@@ -279,6 +309,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise UsageError(f"output_dir {output_dir}: a symbolic link to a folder that does not exist")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own(output_dir / own)
@@ -288,8 +320,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
                          f"resume=auto, or choose another output_dir")
-    if resume_from is None:
-        _check_fresh(output_dir, len(recipe.curriculum))
+    _check_fresh(output_dir, len(recipe.curriculum), resuming=resume_from is not None)
 
     data = TaskData(recipe.task, recipe.memory, recipe.seed)
     source = _source_name(recipe)
@@ -344,6 +375,10 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     evaluations: list[dict] = []
 
     def save(step: int, name: str | None = None) -> Path | None:
+        # A step can spoil the weights without its own loss showing it (the last step of a run): never saved
+        if not all(bool(torch.isfinite(p).all()) for p in prepared.parameters()):
+            raise RMTError(f"training diverged at step {step}: the weights are no longer finite numbers (lower "
+                           f"optim.lr, or check model.config)")
         if not accelerator.is_main_process:
             return None
         path = output_dir / (name or f"{CHECKPOINTS}/step-{step:07d}")
@@ -408,11 +443,15 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             if step % recipe.checkpoint.every == 0:
                 save(step)
             if stage_at(stages, step)[0] != stage_index or step == total:
+                if accelerator.is_main_process:  # first: a diverged model is saved neither as a checkpoint nor a stage
+                    rows = evaluate(accelerator.unwrap_model(prepared), data, recipe.eval_lengths(),
+                                    recipe.eval.samples, recipe.eval.batch_size, accelerator.device)
+                    if not all(math.isfinite(row["loss"]) for row in rows):  # e.g. weights of 1e30 after the step
+                        raise RMTError(f"training diverged at step {step}: the evaluation's loss is not a finite "
+                                       f"number (lower optim.lr, or check model.config)")
                 save(step)
                 save(step, f"stage-{stage_index}")
                 if accelerator.is_main_process:
-                    rows = evaluate(accelerator.unwrap_model(prepared), data, recipe.eval_lengths(),
-                                    recipe.eval.samples, recipe.eval.batch_size, accelerator.device)
                     for row in rows:
                         row.update(stage=stage_index, step=step, event="eval")
                         record(row)
