@@ -178,15 +178,22 @@ def check_run_inputs(recipe: Recipe, inputs: list[str | Path]) -> None:
 
 
 def _same_run(recipe: Recipe, given: str | Path) -> bool:
-    """`given` is a resolved recipe as a run writes it (no comments, nothing a rewrite would lose), of the run
-    `recipe` describes, whatever `resume` each says."""
-    try:
-        text = read_small_text(Path(given), "recipe")
-        stored = validate_recipe(load_yaml(text, str(given)), str(given))
-    except (UsageError, OSError):
-        return False
-    return text == dump_recipe(stored) and dump_recipe(stored.model_copy(update={"resume": None})) == \
+    """`given` is a resolved recipe as a run writes it, of the run `recipe` describes, whatever `resume` each
+    says."""
+    stored = _resolved_recipe(Path(given))
+    return stored is not None and dump_recipe(stored.model_copy(update={"resume": None})) == \
         dump_recipe(recipe.model_copy(update={"resume": None}))
+
+
+def _resolved_recipe(path: Path) -> Recipe | None:
+    """The recipe in `path` if it is a resolved recipe as a run writes it (no comment, no key of one's own: nothing
+    a rewrite would lose), else None."""
+    try:
+        text = read_small_text(path, "recipe")
+        stored = validate_recipe(load_yaml(text, str(path)), str(path))
+    except (UsageError, OSError):
+        return None
+    return stored if text == dump_recipe(stored) else None
 
 
 def _check_own(path: Path, folder: bool = False) -> None:
@@ -227,7 +234,7 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
         elif name == CHECKPOINTS:
             what = "which holds what is not a checkpoint of a run" if any(True for _ in entry.iterdir()) else None
         elif name == "recipe.yaml":
-            what = None if _rmt_recipe(entry) else "which a run would overwrite, but rmt did not write it"
+            what = None if _resolved_recipe(entry) else "which a run would overwrite, but rmt did not write it"
         elif name == "metrics.jsonl":
             what = None if _rmt_metrics(entry) else "which a run would overwrite, but rmt did not write it"
         else:
@@ -241,15 +248,6 @@ def _rmt_checkpoint(folder: Path) -> bool:
     """A folder save_checkpoint wrote: its rmt.json, and no file a checkpoint does not have."""
     return folder.is_dir() and not folder.is_symlink() and (folder / RMT_JSON).is_file() and \
         all(f.name in CHECKPOINT_FILES for f in folder.iterdir())
-
-
-def _rmt_recipe(path: Path) -> bool:
-    """A recipe.yaml as a run writes it: a resolved recipe, nothing added (no comment, no key of one's own)."""
-    try:
-        text = read_small_text(path, "recipe")
-        return text == dump_recipe(validate_recipe(load_yaml(text, str(path)), str(path)))
-    except (UsageError, OSError):
-        return False
 
 
 def _rmt_metrics(path: Path) -> bool:
