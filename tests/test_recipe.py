@@ -300,6 +300,13 @@ def test_a_field_error_does_not_hide_its_sections_cross_field_checks(tmp_path):
     assert ": memory.update: " in line
 
 
+def test_a_key_glued_to_its_value_gets_a_hint(tmp_path):
+    """The seventh review: `curriculum=[{segments:1,steps:1}]` read as the key "segments:1,steps:1"."""
+    with pytest.raises(UsageError) as info:
+        load_recipe(write(tmp_path, MINIMAL), ["curriculum=[{segments:1, steps: 1}]"])
+    assert "unknown key" in str(info.value) and "YAML needs a space after the colon" in str(info.value)
+
+
 def test_parse_override_types():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=true") == (["a"], True)

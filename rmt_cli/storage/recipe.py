@@ -351,6 +351,8 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
             names = _fields_of(Recipe, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(names)}" if names else "")
+            if ":" in str(loc[-1]):  # `{steps:1}` is one key "steps:1" to YAML, which needs `{steps: 1}`
+                hint += " (YAML needs a space after the colon: key: value)"
             lines.append(f"{where}: {path}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
