@@ -230,6 +230,9 @@ class MemoryCell(MemorySlots):
                                         f"output embeddings (an LM head); rmt's memory cell needs a causal LM")
         self.logit_softcap = None if config is None else final_logit_softcap(config)
         self._init_memory()
+        # A write-only pass on the native engine may skip the final layer's work for rows nobody reads (the
+        # tokens); associative matrices record every row of every layer, so they need the whole pass.
+        self._writes_read_last_rows = getattr(model, "engine", None) == "native" and self.associative is None
 
     @staticmethod
     def positions_needed(num_mem_tokens: int, segment_size: int) -> int:
@@ -265,9 +268,7 @@ class MemoryCell(MemorySlots):
         """
         m, length = self.num_mem_tokens, input_ids.shape[1]
         vectors, associations = memory[:, :m], memory[:, m:]  # associations: empty but for the associative rules
-        # A write-only pass on the native engine skips the final layer's work for rows nobody reads (the tokens)
-        only_written = write and not logits and m > 0 and self.associative is None and \
-            getattr(self.model, "engine", None) == "native"
+        only_written = write and not logits and m > 0 and self._writes_read_last_rows
         with self._associating(associations, m if write else 0) as associating:
             hidden = self._hidden_states(vectors, input_ids, attention_mask, write, only_written)
         written = hidden[:, hidden.shape[1] - m :]  # the last m rows (none when m is 0)

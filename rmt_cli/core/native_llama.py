@@ -277,12 +277,11 @@ class Decoder(nn.Module):
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         mask = _mask(attention_mask, length)
         x = inputs_embeds
-        final = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            if i == final and last is not None and last < length and cache is None:
-                x = layer(x, cos, sin, _last_rows_mask(mask, last, length, x.device), queries=last)
-            else:
-                x = layer(x, cos, sin, mask, None if cache is None else cache[i])
+        rows_only = last is not None and last < length and cache is None
+        for i, layer in enumerate(self.layers[:-1] if rows_only else self.layers):
+            x = layer(x, cos, sin, mask, None if cache is None else cache[i])
+        if rows_only:
+            x = self.layers[-1](x, cos, sin, _last_rows_mask(mask, last, length, x.device), queries=last)
         return DecoderOutput(self.norm(x))
 
 

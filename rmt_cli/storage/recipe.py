@@ -75,7 +75,7 @@ def _check_valid_fields(cls: type[Section], data, failed: ValidationError) -> st
     except ValueError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - reading a field in error, or a raw value another check would refuse
-        return None
+        pass
     return None
 
 
@@ -95,7 +95,7 @@ def _partial(cls: type[Section], raw: dict, bad: set[str] = frozenset()) -> Sect
 
 
 def _section_class(annotation) -> type[Section] | None:
-    """The Section a field holds (itself, or inside `X | None`), or None."""
+    """The Section a field holds (itself, or inside `X | None` or `list[X]`), or None."""
     for candidate in (annotation, *(getattr(annotation, "__args__", None) or ())):
         if isinstance(candidate, type) and issubclass(candidate, Section):
             return candidate
@@ -330,10 +330,7 @@ def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
         field = cls.model_fields.get(part)
         if field is None:
             return []
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None)
-        candidates = [ann, *(inner or ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        cls = _section_class(field.annotation)
     return list(cls.model_fields) if cls is not None else []
 
 
