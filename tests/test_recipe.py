@@ -200,6 +200,22 @@ def test_cross_field_checks():
     assert "noise.paths" in line
 
 
+def test_a_stage_may_train_another_generated_task():
+    """curriculum.N.task: a generated story task for that stage (qa4 before reasoning); an unknown name, or a stage
+    task beside a task whose samples are not generated stories, is refused with the stage's path."""
+    stages = [{"segments": 1, "steps": 5, "noise": False, "task": "qa4"}, {"segments": 2, "steps": 7}]
+    recipe = validate_recipe({**MINIMAL, "task": {"name": "reasoning"}, "curriculum": stages}, "r.yaml")
+    assert [s.task for s in recipe.curriculum] == ["qa4", None]
+    (line,) = errors_of({**MINIMAL, "curriculum": [{"segments": 1, "steps": 5, "task": "qa9"}]})
+    assert line.startswith("r.yaml: curriculum.0.task: ") and "qa4" in line
+    (line,) = errors_of({**MINIMAL, "task": {"name": "babi", "babi_path": "x.txt"},
+                         "curriculum": [{"segments": 1, "steps": 5}, {"segments": 1, "steps": 5, "task": "qa4"}]})
+    assert "curriculum.1.task" in line and "babi" in line
+    (line,) = errors_of({**MINIMAL, "task": {"name": "lm", "lm_paths": ["x.txt"]},
+                         "curriculum": [{"segments": 1, "steps": 5, "task": "qa1"}]})
+    assert "curriculum.0.task" in line and "lm" in line
+
+
 def test_defaults_and_eval_lengths():
     recipe = validate_recipe(MINIMAL)
     assert recipe.eval_lengths() == [1, 2]

@@ -312,6 +312,34 @@ def test_a_stage_without_noise_puts_the_story_alone_in_the_final_segment(tokeniz
         "\nQuestion")[1]  # same question and answer
 
 
+def _direction_pairs(batch, tokenizer):
+    """For each row of a batch of bare stories: the set of the two relations' directions."""
+    pairs = []
+    for row in batch.final_ids.tolist():
+        story_text = tokenizer.decode([t for t in row if t != tokenizer.pad_token_id]).split("\nQuestion")[0]
+        found = [RELATION_RE.match(f) for f in split_sentences(story_text)]
+        assert len(found) == 2 and all(found), story_text
+        pairs.append({m.group(2) for m in found})
+    return pairs
+
+
+def test_a_stage_task_makes_that_stages_stories(tokenizer):
+    """A curriculum stage with its own task (qa4) trains on that task's stories, the other stages on the recipe's
+    (reasoning): qa4 relates a place in two directions at right angles, reasoning in opposite ones."""
+    from rmt_cli.commands.train import StepBatches
+    from rmt_cli.storage.recipe import validate_recipe
+
+    recipe = validate_recipe({"tokenizer": {"kind": "bpe"}, "batch_size": 8, "memory": {"segment_size": 64},
+                              "task": {"name": "reasoning"},
+                              "curriculum": [{"segments": 1, "steps": 2, "noise": False, "task": "qa4"},
+                                             {"segments": 1, "steps": 2, "noise": False}]}, "r.yaml")
+    data = TaskData(recipe.task, recipe.memory, recipe.seed).bind(tokenizer)
+    steps = StepBatches(data, recipe, tokenizer.pad_token_id, 0, 0, recipe.batch_size)
+    for step, opposite in ((0, False), (1, False), (2, True), (3, True)):
+        for pair in _direction_pairs(steps[step], tokenizer):
+            assert (DIRECTIONS[min(pair)] == max(pair)) == opposite, (step, pair)
+
+
 # --- bAbI files ------------------------------------------------------------------------------------------------
 
 BABI = """1 Mary moved to the bathroom.

@@ -99,22 +99,24 @@ class TaskData:
         return self
 
     def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None,
-               training: bool = False, noise: bool = True) -> DocumentSample:
+               training: bool = False, noise: bool = True, task: str | None = None) -> DocumentSample:
         """One document. `training` adds the recipe's further questions (task.questions) after the first.
-        `noise=False`: the story's facts alone, whatever `num_segments` says."""
+        `noise=False`: the story's facts alone, whatever `num_segments` says. `task`: a generated task's story
+        in place of the recipe's (a curriculum stage's own task)."""
         rng = rng_for(self.seed, index, f"sample{num_segments}")
         S = self.segment_size
         if self.lm_texts is not None:
             return self._lm_sample(rng, num_segments)
         low, high = facts or (self.task.min_facts, self.task.max_facts)
-        story = make_story(self.task.name, rng, low, high, self.babi)
+        story = make_story(task or self.task.name, rng, low, high, self.babi)
         # The document ends anywhere in its last segment, as ingested text does.
         target = rng.randint((num_segments - 1) * S, num_segments * S - 1)
         if self.noise is None or not noise:
             ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
             marks = [True] * len(ids)
         else:
-            ids, marks = build_marked_haystack(story, self.noise, target, rng, self.placement)
+            placement = (self.task.placement or default_placement(task)) if task else self.placement
+            ids, marks = build_marked_haystack(story, self.noise, target, rng, placement)
         try:
             question = question_ids(self.tokenizer, story.question)
             if self.answers is not None:  # a classifier: the tail and the question, and the answer's label

@@ -88,7 +88,7 @@ class StepBatches(torch.utils.data.Dataset):
         stage = self.recipe.curriculum[stage_at(self.recipe.curriculum, step)[0]]
         first = step * self.recipe.batch_size + self.rank * self.local
         samples = [self.data.sample(i, segments_for(self.recipe.seed, i, stage), stage.facts, training=True,
-                                    noise=stage.noise) for i in range(first, first + self.local)]
+                                    noise=stage.noise, task=stage.task) for i in range(first, first + self.local)]
         return collate(samples, self.pad_id)
 
 
@@ -430,13 +430,15 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             loss = float(out.loss.detach())
             entry = {"step": step, "stage": stage_index, "segments": stage.segments, "loss": loss,
                      "accuracy": accuracy, "lr": lr, "tokens_per_second": speed}
+            if stage.task is not None:  # the accuracy is this task's, not the recipe's
+                entry["task"] = stage.task
             if out.gate_loss is not None:
                 entry["gate_loss"] = float(out.gate_loss.detach())
             if out.balance_loss is not None:
                 entry["balance_loss"] = float(out.balance_loss.detach())
             record(entry)
             score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
-            bar.update(step, label=f"stage {stage_index} ({stage.segments} seg)",
+            bar.update(step, label=f"stage {stage_index} ({stage.segments} seg{', ' + stage.task if stage.task else ''})",
                        stats=f"loss {loss:.3f} {score} {speed:,.0f} tok/s")
             if step % recipe.checkpoint.every == 0:
                 save(step)

@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
 from ..errors import UsageError, error_line, shown
 from ..data.sources import read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
-from ..data.tasks import STORY_TASKS
+from ..data.tasks import GENERATED_TASKS, STORY_TASKS
 
 
 # Ceilings that refuse a typo such as segment_size=1e9 before anything is allocated; far above any real run.
@@ -243,6 +243,9 @@ class Stage(Section):
     # false: the story alone, without noise, so a short story and its question share the final segment (an
     # in-context warm-up that learns to answer before the memory has to carry the facts).
     noise: bool = True
+    # A generated task for this stage's stories in place of task.name: an easier task first, whose skill the
+    # recipe's task builds on (qa4's relations before reasoning's, which otherwise stays at a coin toss).
+    task: Literal[GENERATED_TASKS] | None = None  # type: ignore[valid-type]
 
     def _check(self) -> None:
         if self.facts is not None and not 1 <= self.facts[0] <= self.facts[1]:
@@ -312,6 +315,10 @@ class Recipe(Section):
                 raise ValueError("task lm: an encoder predicts answers, not the next token; use a causal model")
             if self.task.questions > 1:
                 raise ValueError("task.questions: an encoder's classifier answers one question per document; set 1")
+        for i, stage in enumerate(self.curriculum):
+            if stage.task is not None and self.task.name not in GENERATED_TASKS:
+                raise ValueError(f"curriculum.{i}.task: a stage's own task stands in for a generated task; "
+                                 f"task.name is {self.task.name}, whose samples are not stories made here")
         supervised = [name for name in ("gate_supervision", "route_balance") if getattr(self.memory, name)]
         if self.task.name == "lm" and supervised:
             raise ValueError(f"memory.{supervised[0]}: task lm has no facts whose segments could supervise the "
