@@ -355,6 +355,55 @@ def test_resume_from_a_folder_that_is_not_a_training_checkpoint(straight, tmp_pa
         run(tiny_recipe(tmp_path / "r", resume=str(out / "final")))
 
 
+@pytest.mark.parametrize("changes, words", [
+    ({"memory": {"num_mem_tokens": 3, "segment_size": 40}}, ["memory.num_mem_tokens", "2", "3"]),
+    ({"model": {"architecture": "gpt2", "config": {"n_layer": 2, "n_embd": 32, "n_head": 2}}},
+     ["model.config.n_layer"]),
+    ({"task": {"name": "qa1"}}, ["task.name", "memorize", "qa1"]),
+    ({"curriculum": [{"segments": 1, "steps": 1}]}, ["curriculum", "1 steps"]),
+])
+def test_resume_refuses_another_model_or_a_curriculum_that_ended(straight, tmp_path, changes, words):
+    """The fourth review's Y1/Y2: a resumed run with other memory or model settings had trained the checkpoint's
+    model and saved it described as the recipe's (nothing could load it); a curriculum shorter than the checkpoint's
+    step ended in a traceback. Both are one error before anything in output_dir is rewritten."""
+    a_out, _ = straight
+    out = tmp_path / "run"
+    shutil.copytree(a_out, out)
+    shutil.rmtree(out / "final")
+    before = (out / "recipe.yaml").read_text()
+    with pytest.raises(UsageError) as caught:
+        run(tiny_recipe(out, resume="auto", **changes))
+    message = str(caught.value)
+    assert message.startswith("resume: ") and all(w in message for w in words), message
+    assert (out / "recipe.yaml").read_text() == before and not (out / "final").exists()
+
+
+def test_a_resumed_run_may_change_how_the_memory_is_trained(straight, tmp_path):
+    a_out, _ = straight
+    out = tmp_path / "run"
+    shutil.copytree(a_out, out)
+    shutil.rmtree(out / "final")
+    run(tiny_recipe(out, resume="auto", memory={"num_mem_tokens": 2, "segment_size": 40, "bptt_depth": 1}))
+    assert (out / "final").is_dir()
+
+
+def test_resume_from_another_folder_keeps_the_users_files(straight, tmp_path):
+    """Y3: resume=PATH writes into output_dir as a new run does, so a user's recipe.yaml there is refused."""
+    a_out, _ = straight
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("# my notes\nseed: 1\n")
+    with pytest.raises(UsageError, match="rmt did not write it"):
+        run(tiny_recipe(folder, resume=str(latest_checkpoint(a_out))))
+    assert (folder / "recipe.yaml").read_text() == "# my notes\nseed: 1\n"
+
+
+def test_resume_no_and_a_missing_folder(tmp_path):
+    assert validate_recipe(yaml.safe_load(f"resume: no\n" + yaml.safe_dump(tiny_recipe(tmp_path / "r")))).resume == "no"
+    with pytest.raises(UsageError, match="no such folder"):
+        run(tiny_recipe(tmp_path / "r", resume=str(tmp_path / "nosuch")))
+
+
 # --- rmt extend ------------------------------------------------------------------------------------------------
 
 

@@ -124,9 +124,48 @@ def resolve_resume(recipe: Recipe) -> Path | None:
     if recipe.resume == "auto":
         return latest_checkpoint(Path(recipe.output_dir))
     path = Path(recipe.resume)
+    if not path.exists():
+        raise UsageError(f"resume: {shown(path)}: no such folder (a checkpoint folder, or auto)")
     if not (path / "training_state.json").is_file():
-        raise UsageError(f"resume: {path} is not a training checkpoint (no training_state.json)")
+        raise UsageError(f"resume: {shown(path)} is not a training checkpoint (no training_state.json)")
     return path
+
+
+RESUME_LOCKED = ("model", "tokenizer", "memory")  # what the checkpoint's weights are: a resumed run keeps it
+# How the memory is trained, not what it is: a resumed run may change these (gradient checkpointing to fit memory)
+RESUME_FREE = {("memory", k) for k in ("bptt_depth", "gradient_checkpointing", "gate_supervision",
+                                       "gate_supervision_open", "route_balance")}
+
+
+def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> list[str]:
+    """What the recipe asks that the checkpoint's run was not: another model, tokenizer, memory or task (the run
+    would train the checkpoint's model and save it described as the recipe's, which nothing could load), or a
+    curriculum that ends before the checkpoint's step."""
+    problems = []
+    total = sum(s.steps for s in recipe.curriculum)
+    if first_step > total:
+        problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has {total} "
+                        f"steps in all; resume needs at least as many")
+    try:
+        stored = validate_recipe(load_yaml(read_small_text(checkpoint / "recipe.yaml", "recipe"), "recipe"))
+    except (UsageError, OSError):
+        return problems  # a checkpoint without its recipe: its rmt.json is checked when it loads
+    was, asked = stored.model_dump(mode="json"), recipe.model_dump(mode="json")
+
+    def compare(path: tuple, had, wants) -> None:
+        if path in RESUME_FREE:
+            return
+        if isinstance(had, dict) and isinstance(wants, dict):
+            for key in dict.fromkeys([*had, *wants]):
+                compare(path + (key,), had.get(key), wants.get(key))
+        elif had != wants:
+            problems.append(f"{'.'.join(path)}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
+                            f"resumed run continues the same model (start a new run, or rmt extend the checkpoint)")
+
+    for section in RESUME_LOCKED:
+        compare((section,), was[section], asked[section])
+    compare(("task", "name"), was["task"]["name"], asked["task"]["name"])
+    return problems
 
 
 class _StopFlag:
@@ -318,7 +357,16 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
                          f"resume=auto, or choose another output_dir")
-    _check_fresh(output_dir, len(recipe.curriculum), resuming=resume_from is not None)
+    if resume_from is None and recipe.resume == "auto":
+        log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
+    if resume_from is not None:
+        problems = _resume_mismatches(recipe, resume_from, read_training_state(resume_from)["step"])
+        if problems:
+            raise UsageError("\n".join(f"resume: {shown(resume_from)}: {p}" for p in problems))
+    # A run resumed from a checkpoint of another folder writes into output_dir as a new run does: it must not hold
+    # a user's recipe.yaml or metrics.jsonl either.
+    own_checkpoint = resume_from is not None and output_dir.resolve() in resume_from.resolve().parents
+    _check_fresh(output_dir, len(recipe.curriculum), resuming=own_checkpoint)
 
     data = TaskData(recipe.task, recipe.memory, recipe.seed)
     source = _source_name(recipe)

@@ -284,10 +284,10 @@ class Recipe(Section):
     resume: str | None = None  # "auto" or a checkpoint folder
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
-    @field_validator("mixed_precision", mode="before")
+    @field_validator("mixed_precision", "resume", mode="before")
     @classmethod
     def _yaml_no(cls, value):
-        # `mixed_precision: no` is YAML's false: the choice "no" meant, not a type to refuse.
+        # `mixed_precision: no` (and `resume: no`) is YAML's false: the choice "no" meant, not a type to refuse.
         return "no" if value is False else value
 
     @field_validator("output_dir")
