@@ -409,6 +409,24 @@ def test_an_output_replaces_a_memory_file_or_an_empty_one_never_other_files(tmp_
         assert load_memory(target).segments > 0
 
 
+def test_save_memory_replaces_only_what_ingest_would(tmp_path, memfile):
+    """The tenth review's Y4: the API's save_memory wrote over any file (a text file, an ingest's input), though
+    `-o` refuses them. Now both follow one rule: a new path, an empty file or a memory file."""
+    from rmt_cli import save_memory
+
+    state = load_memory(memfile)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious notes\n")
+    with pytest.raises(UsageError, match="is not a memory file"):
+        save_memory(notes, state)
+    assert notes.read_text() == "precious notes\n"
+    old = tmp_path / "old.st"
+    old.write_bytes(memfile.read_bytes())
+    for target in (tmp_path / "new.st", old):
+        save_memory(target, state)
+        assert load_memory(target).segments == state.segments
+
+
 # The sixth review (untuned, session 9): outputs that replaced what rmt did not write, and a diverged run exiting 0
 
 FAST = ["curriculum=[{segments: 1, steps: 2}]", "eval.samples=2", "eval.segments=[1]", "batch_size=4",

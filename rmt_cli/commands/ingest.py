@@ -25,7 +25,7 @@ import torch
 from ..atomic import output_target
 from ..storage.checkpoint import LoadedModel
 from ..errors import RMTError, UsageError, one_line, shown
-from ..storage.memfile import (MemoryState, check_compatible, dtype_name, is_memory_file, load_memory,
+from ..storage.memfile import (MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
 from ..data.sources import Document, open_document, path_list, read_small_text
@@ -153,11 +153,7 @@ def check_job(job: IngestJob) -> Document:
     for item in document.items:
         if item.path is not None and item.path.resolve() == target:
             raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")
-    # A memory file is replaced (a new ingest, or an append written back); any other file with something in it
-    # is a user's text, a typo away from an input: never replaced.
-    if target.is_file() and target.stat().st_size > 0 and not is_memory_file(target):
-        raise UsageError(f"{job.output}: exists and is not a memory file (or its header is damaged); rmt replaces "
-                         f"only memory files (remove it first, or name another output)")
+    check_replaceable(job.output)
     return document
 
 

@@ -172,10 +172,20 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
         raise UsageError(f"{where}: memory in {dtype_name(state.memory.dtype)} cannot be used, even with --force")
 
 
+def check_replaceable(path: str | Path) -> Path:
+    """Where a memory file may be written: a new path, an empty file or a memory file (a new ingest, or an append
+    written back); never any other file, which is a user's text a typo away from an input. Returns the target."""
+    target = output_target(Path(path))  # a regular file or a new path; a link: the file it names
+    if target.is_file() and target.stat().st_size > 0 and not is_memory_file(target):
+        raise UsageError(f"{path}: exists and is not a memory file (or its header is damaged); rmt replaces "
+                         f"only memory files (remove it first, or name another output)")
+    return target
+
+
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
     path = Path(path)
-    output_target(path)  # a regular file or a new path; a link: the file it names
+    check_replaceable(path)
     memory = state.memory.detach().to("cpu")
     tensors = {"tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64)}
     if state.associative_shape is not None:  # the matrices as tensors of their own, the vectors as any memory
