@@ -76,3 +76,11 @@ def one_line(text: object) -> str:
 def error_line(error: BaseException) -> str:
     """An exception's message on one line (its lines joined), escaped and cut: it may quote text from a file."""
     return shown(" ".join(str(error).split())) if str(error).strip() else type(error).__name__
+
+
+def write_failure(error: BaseException) -> str:
+    """Why a file could not be written (a full disk, a size limit), on one line: an OSError's reason, or a
+    safetensors error's (it raises its own type, not OSError) without its prefix."""
+    if isinstance(error, OSError) and error.strerror:
+        return shown(error.strerror)
+    return shown(error_line(error).removeprefix("Error while serializing: "))

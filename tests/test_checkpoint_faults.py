@@ -4,6 +4,8 @@ silent fallback (a one-entry tokenizer, re-initialised weights, default memory s
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -447,3 +449,29 @@ def test_cli_reports_a_broken_checkpoint_in_one_line(tmp_path, saved, breaking, 
     assert len(lines) == 1 and lines[0].startswith("error: checkpoint ") and words in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout and result.stdout == ""
     assert not (tmp_path / "m.st").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_half_folder(tmp_path, checkpoint):
+    """The tenth review's Y6: training's checkpoint write at a file size limit (or on a full disk) ended in a
+    55-line safetensors traceback and left `step-N.tmp` behind. A process whose files may not exceed 20 kB (Python
+    ignores SIGXFSZ, so the write fails with EFBIG) now gets one RMTError naming the checkpoint."""
+    target = tmp_path / "ckpt"
+    code = f"""
+import resource, sys
+from rmt_cli.errors import RMTError
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+loaded = load_checkpoint({str(checkpoint)!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    save_checkpoint({str(target)!r}, loaded.cell, loaded.tokenizer, loaded.memory_settings, "test")
+except RMTError as e:
+    print(e)
+    sys.exit(1)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    message = done.stdout.strip()
+    assert message.startswith(f"{target}: cannot write the checkpoint: ") and "File too large" in message, message
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -20,18 +20,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..atomic import atomic_folder
-from ..errors import UsageError, error_line, shown
+from ..errors import RMTError, UsageError, error_line, shown, write_failure
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
 from ..core.rules import has_matrices, is_upgrade, upgrades_text
@@ -84,6 +85,17 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
                     recipe_yaml: str | None = None, training_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
     final = Path(path)
+    try:
+        _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra)
+    except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line, and no half folder left
+        shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
+        raise RMTError(f"{shown(final)}: cannot write the checkpoint: {write_failure(e)}") from None
+    return final
+
+
+def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
+                      recipe_yaml: str | None, training_state: dict | None,
+                      optimizer: torch.optim.Optimizer | None, extra: dict | None) -> None:
     with atomic_folder(final) as tmp:
         cell.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -105,7 +117,6 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
             tensors["torch_rng"] = torch.get_rng_state()
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
-    return final
 
 
 # A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one

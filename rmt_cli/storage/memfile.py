@@ -51,7 +51,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
 from ..atomic import atomic_path, output_target
-from ..errors import RMTError, UsageError, error_line, shown
+from ..errors import RMTError, UsageError, error_line, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
 
@@ -202,9 +202,7 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=state.metadata())
     except (OSError, SafetensorError) as e:  # a full disk: safetensors raises its own error type, not OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else error_line(e)
-        raise RMTError(f"{shown(path)}: cannot write the memory file: "
-                       f"{shown(reason.removeprefix('Error while serializing: '))}") from None
+        raise RMTError(f"{shown(path)}: cannot write the memory file: {write_failure(e)}") from None
     return path
 
 
