@@ -395,7 +395,8 @@ def _failing_save_file(error, only=""):
 @pytest.mark.parametrize("kind", DISK_FULL)
 def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, valid, kind):
     path = tmp_path / "m.st"
-    path.write_bytes(b"the old memory file")
+    old = Path(valid[0]).read_bytes()  # a memory file: what save_memory may replace
+    path.write_bytes(old)
     monkeypatch.setattr(memfile, "save_file", _failing_save_file(DISK_FULL[kind]))
     with pytest.raises(RMTError) as caught:
         save_memory(path, load_memory(valid[0]))
@@ -403,7 +404,7 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch
     assert type(caught.value) is RMTError and caught.value.exit_code == 1
     assert message == f"{path}: cannot write the memory file: " + (
         "I/O error: No space left on device (os error 28)" if kind == "safetensors" else "No space left on device")
-    assert path.read_bytes() == b"the old memory file"
+    assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.st"]  # the temporary file is gone
 
 
