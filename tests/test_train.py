@@ -213,8 +213,8 @@ class StopAfter(train_module._StopFlag):
 
     steps = 0
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, on_first=None):
+        super().__init__(on_first)
         self.checks = 0
 
     @property
@@ -260,6 +260,33 @@ def test_batches_built_by_data_workers_train_the_same_weights(straight, tmp_path
     assert_same_tensors(a_out / "final", out / "final")
     assert step_losses(out) == step_losses(a_out)
     assert result.evaluations == a_result.evaluations
+
+
+def test_ctrl_c_during_the_last_evaluation_saves_and_exits_as_interrupted(straight, tmp_path, monkeypatch):
+    """The tenth review's Y7: a Ctrl-C during the last stage's evaluation was ignored (final/ saved, exit 0). Now
+    the run saves a checkpoint and reports itself interrupted; resume=auto then writes the same final/ as a run
+    that was never stopped."""
+    import signal
+
+    a_out, _ = straight
+    out = tmp_path / "run"
+    real_evaluate = train_module.evaluate
+    calls = []
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        rows = real_evaluate(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == len(STEPS):  # the last stage's evaluation
+            os.kill(os.getpid(), signal.SIGINT)
+        return rows
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_then_ctrl_c)
+    first = run(tiny_recipe(out))
+    assert first.interrupted and not (out / "final").exists()
+    assert latest_checkpoint(out).name == f"step-{TOTAL:07d}"
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    run(tiny_recipe(out, resume="auto"))
+    assert_same_tensors(a_out / "final", out / "final")
 
 
 def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path, monkeypatch):

@@ -173,15 +173,18 @@ class _StopFlag:
 
     SIGNALS = tuple(stop_signals())
 
-    def __init__(self):
+    def __init__(self, on_first=None):
         self.stop = False
         self._previous: dict = {}
+        self._on_first = on_first  # says what happens now: a stage's evaluation may take a while to finish
 
     def __enter__(self):
         def handler(signum, frame):
             if self.stop:
                 raise KeyboardInterrupt
             self.stop = True
+            if self._on_first is not None:
+                self._on_first()
 
         try:
             self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
@@ -443,7 +446,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     interrupted = False
     tokens_seen, t0 = 0, time.perf_counter()
     batches = step_batches(data, recipe, tokenizer.pad_token_id, start_step, rank, local)
-    with _StopFlag() as stop, ProgressBar(log.console if progress else None, "train", total, start_step, keep=True, count=True) as bar:
+    def stopping() -> None:
+        log.info("stopping: finishing this step (or evaluation), then saving a checkpoint; press Ctrl-C again to "
+                 "stop at once, losing the steps since the last checkpoint")
+
+    with _StopFlag(stopping) as stop, ProgressBar(log.console if progress else None, "train", total, start_step, keep=True, count=True) as bar:
         step = start_step
         while step < total:
             if stop.stop:
@@ -506,6 +513,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                     evaluations = rows
                     log.eval_table(stage_index, rows, recipe.task.name == "lm")
                 accelerator.wait_for_everyone()
+        # A stop during the last stage's evaluation: saved as a checkpoint, exit 130 (resume=auto writes final/)
+        interrupted = interrupted or stop.stop
     if interrupted:
         path = save(step)
         log.info(f"interrupted at step {step}; saved {path}; continue with resume=auto")
