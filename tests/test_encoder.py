@@ -273,6 +273,16 @@ def test_eval_runs_an_encoder_on_the_ingest_and_ask_path(word_tokenizer, encoder
     assert 0 <= json.loads(r.stdout)["rows"][0]["accuracy"] <= 1
 
 
+def test_eval_refuses_stories_an_encoder_can_never_answer(tmp_path, encoder_model):
+    """The tenth review's Y9: eval of a six-place encoder on yes/no stories reported 0% without a word; it is now
+    refused as extend refuses it, naming the answers the classifier does not know."""
+    babi = tmp_path / "yn.txt"
+    babi.write_text("1 Mary moved to the bathroom.\n2 Is Mary in the bathroom? \tyes\t1\n"
+                    "1 John went to the hallway.\n2 Is John in the kitchen? \tno\t1\n")
+    r = run_cli(["eval", "--model", encoder_model.path, "--babi", babi, "--lengths", "200", "--samples", "2", "-q"])
+    one_error_line(r, 2, "yn.txt", "'no', 'yes'", "the encoder's classifier knows")
+
+
 def test_eval_puts_the_memorize_fact_first_as_training_does(word_tokenizer):
     rng = rng_for(0, 0, "noise")
     corpus = NoiseCorpus(word_tokenizer, [synthetic_sentence(rng) for _ in range(100)])

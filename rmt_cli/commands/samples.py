@@ -9,8 +9,8 @@ from ..errors import UsageError
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from ..data.sources import read_texts
-from ..data.tasks import (NoiseSource, answer_set, build_marked_haystack, default_placement, make_story, read_babi,
-                          rng_for, split_sentences)
+from ..data.tasks import (NoiseSource, answer_set, build_marked_haystack, check_answerable, default_placement,
+                          make_story, read_babi, rng_for, split_sentences)
 
 
 def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
@@ -86,11 +86,7 @@ class TaskData:
     def bind(self, tokenizer, answers: list[str] | None = None) -> "TaskData":
         """`answers`: an encoder's answer set; samples then carry the answer's index instead of its tokens."""
         if answers is not None:
-            unknown = [a for a in self.answer_set() if a not in answers]
-            if unknown:
-                raise UsageError(f"task {self.task.name}: answers {', '.join(repr(a) for a in unknown[:5])} are not "
-                                 f"among the {len(answers)} the encoder's classifier knows "
-                                 f"({', '.join(answers[:8])}{', ...' if len(answers) > 8 else ''})")
+            check_answerable(f"task {self.task.name}", self.answer_set(), answers)
         self.tokenizer = tokenizer
         self.answers = answers
         self.noise = NoiseSource(tokenizer, self.noise_sentences) if self.task.noise.kind != "none" else None

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
+
 PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
 PLACES = ["bathroom", "hallway", "garden", "office", "bedroom", "kitchen"]
 MOVES = ["moved to", "went to", "went back to", "journeyed to", "travelled to"]
@@ -332,6 +334,16 @@ def make_story(task: str, rng: random.Random, min_facts: int, max_facts: int, ba
 
 def default_placement(task: str) -> str:
     return "start" if task == "memorize" else "random"
+
+
+def check_answerable(what: str, needed: list[str], answers: list[str]) -> None:
+    """An encoder's classifier can only name `answers`: stories whose answers lie outside them could never be
+    answered right (a 0% that says nothing of the memory). UsageError naming them, else nothing."""
+    unknown = [a for a in needed if a not in answers]
+    if unknown:
+        raise UsageError(f"{what}: answers {', '.join(repr(a) for a in unknown[:5])} are not among the "
+                         f"{len(answers)} the encoder's classifier knows "
+                         f"({', '.join(answers[:8])}{', ...' if len(answers) > 8 else ''})")
 
 
 def answer_set(task: str, babi: list[Story] | None = None) -> list[str]:
