@@ -139,12 +139,47 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    """A matplotlib figure saved whole or not at all, onto a regular file or a new path (a link: the file it
-    names); a failure names `path`, never the temporary file."""
+PLOT_SOFTWARE = "rmt"  # the PNG's Software text: marks a plot rmt wrote, which a later --plot may replace
+
+
+def is_rmt_plot(path: str | Path) -> bool:
+    """Whether `path` is a PNG whose Software text (a tEXt chunk before the image data) says rmt wrote it."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            for _ in range(64):  # the text chunks come first; a crafted file cannot keep us reading
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"IDAT" or length > 1 << 20:
+                    return False
+                data = f.read(length)
+                f.seek(4, 1)  # the chunk's CRC
+                if kind == b"tEXt" and data.partition(b"\0")[::2] == (b"Software", PLOT_SOFTWARE.encode()):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def plot_target(path: str | Path) -> Path:
+    """Where a plot may be written: a new path, an empty file or a plot rmt wrote (a link: the file it names);
+    never another file, such as a photo that happens to be a PNG (the tenth review). Returns the target."""
     target = output_target(path, "--plot ")
+    if target.is_file() and target.stat().st_size > 0 and not is_rmt_plot(target):
+        raise UsageError(f"--plot {shown(path)}: exists and is not a plot rmt wrote; rmt replaces only its own plots "
+                         f"(remove it first, or name another file)")
+    return target
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure saved whole or not at all, onto what `plot_target` allows; a failure names `path`,
+    never the temporary file. The PNG says rmt wrote it (`is_rmt_plot`)."""
+    target = plot_target(path)
     try:
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+            fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": PLOT_SOFTWARE})
     except OSError as e:
         raise RMTError(f"--plot {shown(path)}: cannot write the plot: {e.strerror or error_line(e)}") from None

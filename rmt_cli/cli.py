@@ -750,7 +750,7 @@ def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
         raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
     if plot_file.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_file}: the plot is a PNG file; name it NAME.png")
-    from .atomic import output_target
+    from .atomic import output_target, plot_target
 
     target = output_target(plot_file, "--plot ")  # a regular file or a new path; a link: the file it names
     if target.suffix.lower() != ".png":  # a link named x.png onto notes.txt would overwrite the notes
@@ -764,6 +764,7 @@ def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
         if source == target or source in target.parents:  # the sixth review: a text named t.png was replaced
             raise UsageError(f"--plot {plot_file}: is an input of this command ({shown(given)}); write the plot "
                              f"elsewhere")
+    plot_target(plot_file)  # never a file rmt did not write: found now, not after the scoring
 
 
 def _eval_table(rows: list[dict]) -> None:

@@ -80,12 +80,35 @@ def test_plots_are_written_whole_through_links_and_never_onto_a_fifo(tmp_path):
     with pytest.raises(UsageError, match="not a regular file"):
         plot_results([row], str(tmp_path / "fifo.png"))
     assert (tmp_path / "fifo.png").is_fifo()
-    (tmp_path / "real.png").write_text("old")
+    (tmp_path / "real.png").write_text("")  # an empty file (mktemp's), which a plot may fill
     (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
     plot_results([row], str(tmp_path / "link.png"))
     assert (tmp_path / "link.png").is_symlink()
     assert (tmp_path / "real.png").read_bytes().startswith(b"\x89PNG")
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_a_plot_replaces_only_a_plot_rmt_wrote(tmp_path):
+    """The tenth review's Y5: --plot replaced any existing PNG (a photo, a figure). A plot rmt wrote (its PNG says
+    so) or an empty file is replaced; any other file is kept and refused, before the scoring, by the CLI too."""
+    pytest.importorskip("matplotlib")
+    from rmt_cli.atomic import is_rmt_plot
+    from rmt_cli.commands.longeval import plot_results
+
+    row = {"length": 100, **{k: 0.5 for k in ("accuracy", "accuracy_reset", "constant_guess")},
+           **{k + "_ci95": (0.4, 0.6) for k in ("accuracy", "accuracy_reset", "constant_guess")}}
+    ours = tmp_path / "ours.png"
+    plot_results([row], str(ours))
+    assert is_rmt_plot(ours)
+    plot_results([row], str(ours))  # replaced again
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + bytes(17) + b"a photo")
+    with pytest.raises(UsageError, match="not a plot rmt wrote"):
+        plot_results([row], str(photo))
+    doc = tmp_path / "d.txt"
+    doc.write_text("Daniel went to the kitchen. " * 20)
+    one_error_line(run(["perplexity", doc, "--plot", photo]), 2, "not a plot rmt wrote")
+    assert photo.read_bytes().endswith(b"a photo") and not is_rmt_plot(photo)
 
 
 def test_a_plot_that_cannot_be_written_names_its_target_not_the_temporary(tmp_path):
