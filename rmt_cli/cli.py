@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import (NON_FINITE_SCORES, RMTError, UsageError, ignore_stop_signals, one_line, shown,
+from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, one_line, shown,
                      stop_like_ctrl_c)
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
@@ -468,7 +468,7 @@ def ingest(
             _say("error", r.error)
         elif len(results) == 1:
             held = f"; the file now holds {r.total_tokens:,} tokens" if r.total_tokens != r.tokens else ""
-            _say("done", f"{r.output}: {r.tokens:,} tokens, {r.segments:,} segments in {r.seconds:.1f} s "
+            _say("done", f"{r.output}: {counted(r.tokens, 'token')}, {counted(r.segments, 'segment')} in {r.seconds:.1f} s "
                  f"({r.tokens_per_second:,.0f} tokens/s){held}")
     if len(results) > 1:
         done = [r for r in results if not r.error]
@@ -786,7 +786,8 @@ def _eval_table(rows: list[dict]) -> None:
 def _perplexity_table(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result['tokens']:,} tokens, {result['segments']:,} segments of {result['segment_size']}")
+    table = Table(title=f"{counted(result['tokens'], 'token')}, {counted(result['segments'], 'segment')} of "
+                        f"{result['segment_size']}")
     for col in ("model", "perplexity", "loss", "flatness", "first 10%", "last 10%"):
         table.add_column(col, justify="right" if col != "model" else "left")
     names = {"memory": "RMT with memory", "memory_reset": "memory reset each segment", "baseline": "baseline"}

@@ -84,3 +84,8 @@ def write_failure(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return shown(error.strerror)
     return shown(error_line(error).removeprefix("Error while serializing: "))
+
+
+def counted(number: int, noun: str) -> str:
+    """"1 segment", "2,048 segments": a count and its noun, in the plural unless the count is one."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"

@@ -199,6 +199,7 @@ def test_the_fingerprint_marks_the_encoder_and_its_answers(word_tokenizer):
     (lambda info: info.update(answers=["kitchen", "kitchen"]), ["answers", "twice"]),
     (lambda info: info.update(answers=[]), ["answers"]),
     (lambda info: info.update(kind="decoder"), ["kind"]),
+    (lambda info: info.pop("kind"), ["rmt.json: answers: only an encoder"]),  # was labelled "(recipe)"
 ])
 def test_a_bad_encoder_rmt_json_is_one_line(tmp_path, encoder_checkpoint, change, words):
     import shutil

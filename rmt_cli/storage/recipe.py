@@ -341,13 +341,14 @@ def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
-def format_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> list[str]:
+def format_errors(error: ValidationError, source: str, overrides: list[str] = (), whole: str | None = "(recipe)"
+                  ) -> list[str]:
     """One line per error: where (the source, and the override that set the value, if one did), the field's path,
     what is wrong."""
     lines = []
     for e in error.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(recipe)"
+        path = ".".join(str(p) for p in loc) or whole  # an error of the whole, not of one field (None: unnamed)
         setters = _override_of(loc, overrides)
         where = source if not setters else \
             f"{source} (override{'s' if len(setters) > 1 else ''} {', '.join(shown(t, 80) for t in setters)})"
@@ -364,7 +365,7 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
                 given = e.get("input")
                 if isinstance(given, (bool, str, int, float)) or type(given).__name__ in ("date", "datetime"):
                     msg += f", not {_as_yaml(given)}"
-            lines.append(f"{where}: {path}: {msg}")
+            lines.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
     return lines
 
 
