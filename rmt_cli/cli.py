@@ -242,8 +242,18 @@ def _print_json(obj) -> None:
         line = json.dumps(obj, indent=None, default=str, allow_nan=False)
     except ValueError:
         raise RMTError(NON_FINITE_SCORES) from None
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    _stdout(line + "\n")
+
+
+def _stdout(text: str) -> None:
+    """A result on standard output, now; a full disk behind a redirection is one line that says where."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): handled as no error
+    except OSError as e:
+        raise RMTError(f"cannot write standard output: {e.strerror or e}") from None
 
 
 @app.command(
@@ -439,7 +449,20 @@ def ingest(
         if trace is not None:
             from .atomic import atomic_path
 
-            trace_file = stack.enter_context(open(stack.enter_context(atomic_path(trace)), "w"))
+            trace_file = open(stack.enter_context(atomic_path(trace)), "w")
+
+            @contextlib.contextmanager
+            def writing_trace():  # a write error of the trace (a full disk) says it was the trace's
+                try:
+                    yield
+                except OSError as e:
+                    raise RMTError(f"--trace {shown(trace)}: cannot write the trace: {e.strerror or e}") from None
+
+            def close_trace() -> None:
+                with writing_trace():
+                    trace_file.close()
+
+            stack.callback(close_trace)
 
             def record(t) -> None:  # streamed: a trace of a million segments is not held in memory
                 entry = {"segment": t.segment, "end_token": t.end_token, "change": round(t.change, 6)}
@@ -447,7 +470,8 @@ def ingest(
                     entry = {"document": str(jobs[t.document].output), **entry}
                 if t.gate_max is not None:
                     entry["gate_max"] = round(t.gate_max, 6)
-                trace_file.write(json.dumps(entry) + "\n")
+                with writing_trace():
+                    trace_file.write(json.dumps(entry) + "\n")
 
         if processes is None:
             results = _with_progress(
@@ -574,8 +598,7 @@ def ask(
                              runner_up_probability=None if second is None else round(math.exp(second), 4))
             _print_json(entry)
         else:
-            sys.stdout.write(_answer_line(a.answer) + "\n")
-            sys.stdout.flush()
+            _stdout(_answer_line(a.answer) + "\n")
 
 
 @app.command(
@@ -620,7 +643,7 @@ def perplexity(
     if json_out:
         _print_json(result)
     else:
-        sys.stdout.write(f"{result['memory']['perplexity']:.4f}\n")
+        _stdout(f"{result['memory']['perplexity']:.4f}\n")
     if not quiet:
         _perplexity_table(result)
 

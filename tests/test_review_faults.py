@@ -566,3 +566,15 @@ def test_a_run_that_diverges_on_its_last_step_saves_nothing(tmp_path):
                    "curriculum=[{segments: 1, steps: 1}]", "-q"]), 1, "training diverged at step 1")
     assert not (out / "final").exists() and not (out / "checkpoints").exists()
     assert "NaN" not in (out / "metrics.jsonl").read_text()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_a_full_disk_behind_standard_output_is_one_line_that_says_so(memfile, checkpoint, extra):
+    """The tenth review's Y11: `rmt ask ... > /dev/full` said only "No space left on device"."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "rmt_cli", "ask", str(memfile), "Where is Mary?", "--model",
+                               str(checkpoint), *extra], stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
+    assert (proc.returncode, proc.stderr.decode()) == (1, "error: cannot write standard output: No space left on "
+                                                          "device\n")
