@@ -262,6 +262,18 @@ def test_bad_overrides(tmp_path, override, words):
     assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
+def test_a_malformed_override_is_reported_with_every_other_problem(tmp_path):
+    """The tenth review's Y10: one malformed override hid every other error of the recipe and the overrides."""
+    path = write(tmp_path, {**MINIMAL, "batch_size": -1})
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["seed=x", "memory.segment_size=[1", "curriculum.9.steps=1", "novalue"])
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 5, lines
+    for words in ("memory.segment_size=[1", "curriculum.9 is not an item", "'novalue' is not key=value",
+                  "(override seed=x): seed:", "batch_size: Input should be greater than"):
+        assert any(words in line for line in lines), (words, lines)
+
+
 def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error_naming_the_override(tmp_path):
     """Every error at once, with its path; one in a value an override set names the override (the fifth review:
     `seed=yes` was blamed on the file, which says `seed: 0`)."""

@@ -460,8 +460,12 @@ def test_extend_refuses_a_recipe_that_contradicts_the_checkpoint(straight, tmp_p
 
 def test_extend_refuses_an_override_that_contradicts_the_checkpoint(straight, tmp_path):
     out, _ = straight
-    with pytest.raises(UsageError, match="memory.segment_size: the checkpoint has 40"):
-        extend_recipe(out / "final", extend_file(tmp_path), ["memory.segment_size=64"])
+    with pytest.raises(UsageError, match="memory.segment_size: the checkpoint has 40") as caught:
+        extend_recipe(out / "final", extend_file(tmp_path), ["memory.segment_size=64", "seed=x", "novalue"])
+    # The override is named (the file has no such key), and the other bad overrides are reported with it.
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3 and "(override memory.segment_size=64)" in lines[1] and "remove the override" in lines[1]
+    assert "'novalue' is not key=value" in lines[0] and "seed" in lines[2], lines
 
 
 def test_extend_refuses_to_write_into_the_checkpoints_run(straight, tmp_path):

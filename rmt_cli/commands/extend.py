@@ -19,7 +19,7 @@ from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import read_info
 from ..errors import UsageError, shown
 from ..data.sources import read_small_text
-from ..storage.recipe import Recipe, apply_overrides, load_yaml, read_recipe_data, validate_recipe
+from ..storage.recipe import Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, validate_recipe
 
 UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
@@ -52,9 +52,9 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     trained = load_yaml(read_small_text(trained_path, "the trained recipe"), str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
-    data = apply_overrides(read_recipe_data(recipe_path), overrides)
+    problems: list[str] = []  # every one reported at once: malformed overrides, then the locked settings asked
+    data = apply_overrides(read_recipe_data(recipe_path), overrides, problems)
     base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
-    problems = []
     upgraded = False  # the recipe upgrades the checkpoint's update rule
     for path in LOCKED:
         have, known = _get(trained, path)
@@ -77,13 +77,14 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
                 continue
             if asked != had:
                 allowed = f"; the one change it allows is the upgrade {upgrades_text()}" if path == UPDATE else ""
-                problems.append(f"{recipe_path}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
-                                f"{want!r}; extend keeps the checkpoint's (remove the key from the recipe){allowed}")
+                setters = override_of(path, overrides)  # the recipe file has no such key: name what set it
+                where = f"{recipe_path} (override {', '.join(setters)})" if setters else str(recipe_path)
+                remove = "the override" if setters else "the key from the recipe"
+                problems.append(f"{where}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
+                                f"{want!r}; extend keeps the checkpoint's (remove {remove}){allowed}")
                 continue
         _set(data, path, copy.deepcopy(have))
-    if problems:
-        raise UsageError("\n".join(problems))
-    recipe = validate_recipe(data, str(recipe_path), overrides)
+    recipe = validate_recipe(data, str(recipe_path), overrides, problems)
     if Path(recipe.output_dir).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
         raise UsageError(f"{recipe_path}: output_dir: extend writes a new run; choose a folder other than the "
                          f"checkpoint's own ({recipe.output_dir})")

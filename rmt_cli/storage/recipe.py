@@ -349,7 +349,7 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
     for e in error.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or whole  # an error of the whole, not of one field (None: unnamed)
-        setters = _override_of(loc, overrides)
+        setters = override_of(loc, overrides)
         where = source if not setters else \
             f"{source} (override{'s' if len(setters) > 1 else ''} {', '.join(shown(t, 80) for t in setters)})"
         if e["type"] == "extra_forbidden":
@@ -369,14 +369,17 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
     return lines
 
 
-def _override_of(loc: tuple, overrides: list[str]) -> list[str]:
+def override_of(loc: tuple, overrides: list[str]) -> list[str]:
     """The override that set the value at `loc` (the last one, which may set a section or list holding it), or
     else those that set keys inside it (a section's cross-field check, or a map such as model.config checked whole:
     one of them set what it read); none if the file did."""
     where = [str(part) for part in loc]
     inside = []
     for text in reversed(overrides):
-        keys = parse_override(text)[0]
+        key, sep, _ = text.partition("=")  # the key alone: a malformed value was reported on its own
+        if not sep:
+            continue
+        keys = key.strip().split(".")
         if where[:len(keys)] == keys:
             return [text]
         if where and keys[:len(where)] == where:
@@ -404,29 +407,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), load_yaml(value, what) if value.strip() else None
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], problems: list[str] | None = None) -> dict:
+    """`data` with each `key=value` set. A malformed override raises UsageError, or, given `problems`, is added
+    there and skipped, so that the recipe's other errors are reported with it (all at once)."""
     for text in overrides:
-        path, value = parse_override(text)
-        node: Any = data
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} is not an item of the list")
-                node = node[int(part)]
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-                if not isinstance(node, (dict, list)):
-                    raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} holds a value, not a section")
-        last = path[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise UsageError(f"override {text!r}: {last} is not an item of the list")
-            node[int(last)] = value
-        else:
-            node[last] = value
+        try:
+            _apply_override(data, text)
+        except UsageError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
     return data
+
+
+def _apply_override(data: dict, text: str) -> None:
+    path, value = parse_override(text)
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} is not an item of the list")
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} holds a value, not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise UsageError(f"override {text!r}: {last} is not an item of the list")
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 # A recipe is a few hundred values; a document that expands past this through aliases is an attack or a mistake.
@@ -520,23 +534,29 @@ def read_recipe_data(path: str | Path) -> dict:
     return data
 
 
-def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = ()) -> Recipe:
+def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (),
+                    problems: list[str] = ()) -> Recipe:
     """`data` as a Recipe, or a UsageError listing every problem. `overrides`: the key=value texts applied to
-    `data`, so that an error in a value one of them set names it."""
+    `data`, so that an error in a value one of them set names it. `problems`: found before (malformed
+    overrides), reported first, with the recipe's own."""
     bad = _bad_value(data)
     if bad is not None:
-        raise UsageError(f"{source}: {bad[0]}: {bad[1]}")
+        raise UsageError("\n".join([*problems, f"{source}: {bad[0]}: {bad[1]}"]))
     if _expanded_size(data, MAX_YAML_NODES, source) > MAX_YAML_NODES:  # overrides can nest too
-        raise UsageError(f"{source}: more than {MAX_YAML_NODES:,} values")
+        raise UsageError("\n".join([*problems, f"{source}: more than {MAX_YAML_NODES:,} values"]))
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise UsageError("\n".join(format_errors(e, source, overrides))) from None
+        raise UsageError("\n".join([*problems, *format_errors(e, source, overrides)])) from None
+    if problems:
+        raise UsageError("\n".join(problems))
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    overrides = list(overrides or [])
-    return validate_recipe(apply_overrides(read_recipe_data(path), overrides), str(path), overrides)
+    overrides, problems = list(overrides or []), []
+    data = apply_overrides(read_recipe_data(path), overrides, problems)
+    return validate_recipe(data, str(path), overrides, problems)
 
 
 def dump_recipe(recipe: Recipe) -> str:
