@@ -264,7 +264,7 @@ def _stdout(text: str) -> None:
 )
 @command
 def train(
-    recipe: Path = typer.Argument(..., help="A YAML recipe (see recipes/)."),
+    recipe: Path = typer.Argument(..., help="A YAML recipe (see recipes/); - reads it from stdin."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings that replace the recipe's."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

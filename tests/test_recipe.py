@@ -529,3 +529,15 @@ def test_yaml_that_would_run_code_or_is_not_one_recipe_is_one_line(tmp_path, mon
         load_recipe(write(tmp_path, text))
     assert len(str(caught.value).splitlines()) == 1 and words in str(caught.value)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_recipe_from_standard_input(monkeypatch):
+    """`rmt train -` reads the recipe from stdin (the tenth review: it said "no such file"); errors name <stdin>."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(yaml.safe_dump(MINIMAL).encode())))
+    assert load_recipe("-", ["seed=3"]).seed == 3
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"seed: x\n")))
+    with pytest.raises(UsageError) as caught:
+        load_recipe("-")
+    assert str(caught.value).startswith("<stdin>: ")
