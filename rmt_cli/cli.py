@@ -228,7 +228,13 @@ def _question_lines(data: bytes, source: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"{source}: questions must be UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [q for q in text.removeprefix("\ufeff").splitlines() if q.strip()]  # a BOM is no part of a question
+    lines = text.removeprefix("\ufeff").splitlines()  # a BOM is no part of a question
+    questions = [q for q in lines if q.strip()]
+    inner_blanks = sum(1 for q in lines[: max(i for i, q in enumerate(lines) if q.strip()) + 1] if not q.strip()) \
+        if questions else 0
+    if inner_blanks:  # a script pairing answers with input lines must know (the tenth review)
+        _say("warning", f"{source}: {counted(inner_blanks, 'blank line')} skipped; one answer per question line")
+    return questions
 
 
 def _answer_line(answer: str) -> str:
@@ -547,7 +553,8 @@ ASK_BATCH = 64
 @command
 def ask(
     memory: Path = typer.Argument(..., help="A memory file written by rmt ingest."),
-    questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line."),
+    questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line. "
+                                                   "Answered in this order, then --file's."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),

@@ -578,3 +578,14 @@ def test_a_full_disk_behind_standard_output_is_one_line_that_says_so(memfile, ch
                                str(checkpoint), *extra], stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
     assert (proc.returncode, proc.stderr.decode()) == (1, "error: cannot write standard output: No space left on "
                                                           "device\n")
+
+
+def test_blank_question_lines_are_skipped_with_a_warning(memfile, checkpoint):
+    """The tenth review: blank lines among the questions were skipped without a word, so a script pairing the
+    answers with its input lines paired them wrong. A warning now says so; blank lines at the end say nothing."""
+    r = run(["ask", memfile, "-", "--model", checkpoint], input="Where is Daniel?\n\nWhere is Mary?\n  \n\n")
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+    assert "warning: standard input: 1 blank line skipped" in r.stderr
+    r = run(["ask", memfile, "-", "--model", checkpoint], input="Where is Daniel?\nWhere is Mary?\n\n")
+    assert r.exit_code == 0 and "blank" not in r.stderr, r.stderr
