@@ -380,7 +380,8 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
         skipped = sorted(reader.document.skipped)
-        res.warnings.append(f"{len(skipped)} hidden, ignored or binary files skipped: {_named(skipped)}")
+        res.warnings.append(f"{len(skipped)} hidden, ignored, binary or unreadable files (FIFOs, broken links) "
+                            f"skipped: {_named(skipped)}")
     for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "
