@@ -24,7 +24,7 @@ from rmt_cli.cli import app
 from rmt_cli.errors import RMTError, UsageError
 from rmt_cli.commands.ingest import IngestJob, ingest
 from rmt_cli.storage.memfile import (MAX_CARRY_CHARS, MAX_FILE_BYTES, MAX_HEADER_BYTES, MAX_METADATA_BYTES, check_compatible,
-                             load_memory, save_memory, vocabulary_size)
+                             load_memory, save_memory, tensors_digest, vocabulary_size)
 from conftest import TINY_SEGMENT, one_error_line, run_cli
 
 SEGMENT = TINY_SEGMENT
@@ -49,6 +49,9 @@ def valid(tmp_path_factory, model):
         tensors = {name: f.get_tensor(name) for name in f.keys()}
         meta = f.metadata()
     assert len(tensors["tail_tokens"]) and meta["carry_text"] and meta["pending_bytes_hex"]
+    assert meta.pop("tensors_sha256") == tensors_digest(tensors)
+    # Without its checksum: files crafted from these tensors and this metadata reach every check past it (an
+    # attacker can compute the checksum; `craft` does)
     return folder / "valid.st", tensors, meta
 
 
@@ -61,9 +64,11 @@ def scratch(tmp_path_factory):
 def craft(path, valid, tensors=None, **meta_changes):
     """The valid file with other tensors (all of them) or changed metadata (None removes a key)."""
     _, valid_tensors, valid_meta = valid
-    meta = {**valid_meta, **meta_changes}
+    tensors = valid_tensors if tensors is None else tensors
+    # A crafted file's checksum agrees with its tensors (anyone can compute it), so every later check is reached.
+    meta = {**valid_meta, "tensors_sha256": tensors_digest(tensors), **meta_changes}
     meta = {k: v for k, v in meta.items() if v is not None}
-    path.write_bytes(safetensors_bytes(valid_tensors if tensors is None else tensors, metadata=meta))
+    path.write_bytes(safetensors_bytes(tensors, metadata=meta))
     return path
 
 
@@ -576,3 +581,18 @@ def test_crafted_headers_load_exactly_or_are_one_line(tmp_path, valid, name):
         load_memory(path)
     assert len(str(caught.value).splitlines()) == 1 and "not a readable rmt memory file" in str(caught.value)
     assert words in str(caught.value)
+
+
+def test_a_changed_tensor_byte_is_refused_by_the_checksum(tmp_path, valid, model):
+    """The tenth review: one flipped bit in the memory tensor was read as another memory (a changed answer, exit
+    0). The tensors' sha256 in the metadata catches it; a file from before the checksum still loads."""
+    path, tensors, meta = valid
+    data = bytearray(Path(path).read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    start = json.loads(data[8 : 8 + header])["memory"]["data_offsets"][0]
+    data[8 + header + start + 10] ^= 2
+    flipped = tmp_path / "flipped.st"
+    flipped.write_bytes(bytes(data))
+    refused(flipped, model, "checksum")
+    older = craft(tmp_path / "older.st", valid, tensors_sha256=None)
+    assert torch.equal(load_memory(older).memory, load_memory(path).memory)

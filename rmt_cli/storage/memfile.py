@@ -17,6 +17,8 @@ Metadata (safetensors string map)
     pending_bytes_hex     bytes of an unfinished UTF-8 character at the end of the input
     sources               JSON list of {name, size, sha256}; sources_omitted counts any left out by the cap
     created               UTC time, ISO 8601
+    tensors_sha256        sha256 of the tensors (names, dtypes, shapes, bytes): a damaged file is refused, not
+                          read as another memory (files without it, from before, load unchecked)
 
 Continuing from (memory, tail_tokens, carry_text, pending_bytes) with more input gives exactly the state of
 reading everything in one pass. Files are written to a temporary name and renamed into place
@@ -197,13 +199,24 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     if not all(_storable(t) for name, t in tensors.items() if name != "tail_tokens"):
         raise RMTError(f"{shown(path)}: not written: the model produced a memory that is not finite (NaN or "
                        f"infinity) or beyond ±{MAX_MEMORY_VALUE:g}; is its config sound?")
+    metadata = {**state.metadata(), "tensors_sha256": tensors_digest(tensors)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=state.metadata())
+            save_file(tensors, tmp, metadata=metadata)
     except (OSError, SafetensorError) as e:  # a full disk: safetensors raises its own error type, not OSError
         raise RMTError(f"{shown(path)}: cannot write the memory file: {write_failure(e)}") from None
     return path
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a memory file's tensors as stored: each one's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _storable(tensor: torch.Tensor) -> bool:
@@ -227,6 +240,9 @@ def load_memory(path: str | Path) -> MemoryState:
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
         raise UsageError(f"{where}: memory file metadata lacks {', '.join(missing)}")
+    if "tensors_sha256" in meta and meta["tensors_sha256"] != tensors_digest(tensors):
+        raise _corrupt(where, "tensors that do not match their checksum (tensors_sha256): the file was changed or "
+                       "damaged after rmt wrote it")
     memory, tail = _checked_tensors(tensors, where)
     associative = _checked_associative(tensors, memory, where)
 
