@@ -251,6 +251,11 @@ def _print_json(obj) -> None:
     _stdout(line + "\n")
 
 
+class _TraceFailed(Exception):
+    """The trace could not be written: neither an RMTError nor an OSError, which ingest records as one
+    document's failure and goes on."""
+
+
 def _stdout(text: str) -> None:
     """A result on standard output, now; a full disk behind a redirection is one line that says where."""
     try:
@@ -450,45 +455,48 @@ def ingest(
         _say("warning", message)
 
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        record = None
-        if trace is not None:
-            from .atomic import atomic_path
+    try:
+        with contextlib.ExitStack() as stack:
+            record = None
+            if trace is not None:
+                from .atomic import atomic_path
 
-            trace_file = open(stack.enter_context(atomic_path(trace)), "w")
+                trace_file = open(stack.enter_context(atomic_path(trace)), "w")
 
-            @contextlib.contextmanager
-            def writing_trace():  # a write error of the trace (a full disk) says it was the trace's
-                try:
-                    yield
-                except OSError as e:
-                    raise RMTError(f"--trace {shown(trace)}: cannot write the trace: {e.strerror or e}") from None
+                @contextlib.contextmanager
+                def writing_trace():  # a write error of the trace (a full disk) says it was the trace's
+                    try:
+                        yield
+                    except OSError as e:
+                        raise _TraceFailed(f"--trace {shown(trace)}: cannot write the trace: {e.strerror or e}") from None
 
-            def close_trace() -> None:
-                with writing_trace():
-                    trace_file.close()
+                def close_trace() -> None:
+                    with writing_trace():
+                        trace_file.close()
 
-            stack.callback(close_trace)
+                stack.callback(close_trace)
 
-            def record(t) -> None:  # streamed: a trace of a million segments is not held in memory
-                entry = {"segment": t.segment, "end_token": t.end_token, "change": round(t.change, 6)}
-                if len(jobs) > 1:
-                    entry = {"document": str(jobs[t.document].output), **entry}
-                if t.gate_max is not None:
-                    entry["gate_max"] = round(t.gate_max, 6)
-                with writing_trace():
-                    trace_file.write(json.dumps(entry) + "\n")
+                def record(t) -> None:  # streamed: a trace of a million segments is not held in memory
+                    entry = {"segment": t.segment, "end_token": t.end_token, "change": round(t.change, 6)}
+                    if len(jobs) > 1:
+                        entry = {"document": str(jobs[t.document].output), **entry}
+                    if t.gate_max is not None:
+                        entry["gate_max"] = round(t.gate_max, 6)
+                    with writing_trace():
+                        trace_file.write(json.dumps(entry) + "\n")
 
-        if processes is None:
-            results = _with_progress(
-                lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record, compile_step, warn), quiet, len(jobs))
-        else:
-            results = _sharded_ingest(jobs, processes, lambda some: _with_progress(
-                lambda cb: run_ingest(some, loaded, batch_size, force, cb, None, compile_step, warn), quiet,
-                len(some)))
-            if not processes.is_main:  # the main process reports for all
-                failed = [r for r in results if r.error]
-                raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
+            if processes is None:
+                results = _with_progress(
+                    lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record, compile_step, warn), quiet, len(jobs))
+            else:
+                results = _sharded_ingest(jobs, processes, lambda some: _with_progress(
+                    lambda cb: run_ingest(some, loaded, batch_size, force, cb, None, compile_step, warn), quiet,
+                    len(some)))
+                if not processes.is_main:  # the main process reports for all
+                    failed = [r for r in results if r.error]
+                    raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
+    except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
+        raise RMTError(str(e)) from None
     elapsed = time.perf_counter() - started
     failures = [r for r in results if r.error]
     for r in results:
@@ -579,9 +587,9 @@ def ask(
     asked = list(questions or [])
     if asked.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
-    if "-" in asked:
-        asked.remove("-")
-        asked += _question_lines(stdin_bytes(), "standard input")
+    if "-" in asked:  # stdin's questions where the - stands, so the answers come in the order asked
+        at = asked.index("-")
+        asked[at : at + 1] = _question_lines(stdin_bytes(), "standard input")
     if file is not None:
         from .data.sources import read_small_file
 

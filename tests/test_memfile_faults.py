@@ -596,3 +596,10 @@ def test_a_changed_tensor_byte_is_refused_by_the_checksum(tmp_path, valid, model
     refused(flipped, model, "checksum")
     older = craft(tmp_path / "older.st", valid, tensors_sha256=None)
     assert torch.equal(load_memory(older).memory, load_memory(path).memory)
+
+
+def test_a_zero_dimensional_tensor_with_a_checksum_is_one_line(tmp_path, valid, model):
+    """The checksum is computed before the shapes are checked: a crafted 0-dim memory once escaped as a traceback."""
+    _, tensors, _ = valid
+    path = craft(tmp_path / "m.st", valid, tensors={**tensors, "memory": torch.tensor(1.0)})
+    refused(path, model, "memory")

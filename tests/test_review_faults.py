@@ -589,3 +589,11 @@ def test_blank_question_lines_are_skipped_with_a_warning(memfile, checkpoint):
     assert "warning: standard input: 1 blank line skipped" in r.stderr
     r = run(["ask", memfile, "-", "--model", checkpoint], input="Where is Daniel?\nWhere is Mary?\n\n")
     assert r.exit_code == 0 and "blank" not in r.stderr, r.stderr
+
+
+def test_questions_from_stdin_are_answered_where_the_dash_stands(memfile, checkpoint):
+    r = run(["ask", memfile, "Where is Daniel?", "-", "Where is John?", "--json", "--model", checkpoint],
+            input="Where is Mary?\n")
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(line)["question"] for line in r.stdout.splitlines()] == [
+        "Where is Daniel?", "Where is Mary?", "Where is John?"]

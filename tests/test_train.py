@@ -387,7 +387,7 @@ def test_resume_from_a_folder_that_is_not_a_training_checkpoint(straight, tmp_pa
     ({"model": {"architecture": "gpt2", "config": {"n_layer": 2, "n_embd": 32, "n_head": 2}}},
      ["model.config.n_layer"]),
     ({"task": {"name": "qa1"}}, ["task.name", "memorize", "qa1"]),
-    ({"curriculum": [{"segments": 1, "steps": 1}]}, ["curriculum", "1 steps"]),
+    ({"curriculum": [{"segments": 1, "steps": 1}]}, ["curriculum", "has 1 step in all"]),
 ])
 def test_resume_refuses_another_model_or_a_curriculum_that_ended(straight, tmp_path, changes, words):
     """The fourth review's Y1/Y2: a resumed run with other memory or model settings had trained the checkpoint's
@@ -423,6 +423,24 @@ def test_resume_from_another_folder_keeps_the_users_files(straight, tmp_path):
     with pytest.raises(UsageError, match="rmt did not write it"):
         run(tiny_recipe(folder, resume=str(latest_checkpoint(a_out))))
     assert (folder / "recipe.yaml").read_text() == "# my notes\nseed: 1\n"
+
+
+def test_a_run_of_an_earlier_rmt_resumes_from_its_own_recipe(straight, tmp_path):
+    """A resolved recipe written before a key was added (a stage's task) is still the run's own: `rmt train
+    runs/x/recipe.yaml resume=auto` continues it (the review of session 10: it was refused as another recipe)."""
+    a_out, _ = straight
+    out = tmp_path / "run"
+    shutil.copytree(a_out, out)
+    shutil.rmtree(out / "final")
+    data = {**yaml.safe_load((out / "recipe.yaml").read_text()), "output_dir": str(out)}
+    for stage in data["curriculum"]:
+        del stage["task"]  # as the rmt before stage tasks wrote it
+    (out / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert train_module._resolved_recipe(out / "recipe.yaml") is not None
+    recipe = validate_recipe({**data, "resume": "auto"})
+    train_module.check_run_inputs(recipe, [out / "recipe.yaml"])
+    train(recipe, progress=False)
+    assert_same_tensors(a_out / "final", out / "final")
 
 
 def test_resume_no_and_a_missing_folder(tmp_path):

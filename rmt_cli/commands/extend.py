@@ -19,7 +19,8 @@ from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import read_info
 from ..errors import UsageError, shown
 from ..data.sources import read_small_text
-from ..storage.recipe import Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, validate_recipe
+from ..storage.recipe import (Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, recipe_label,
+                              validate_recipe)
 
 UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
@@ -78,16 +79,17 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
             if asked != had:
                 allowed = f"; the one change it allows is the upgrade {upgrades_text()}" if path == UPDATE else ""
                 setters = override_of(path, overrides)  # the recipe file has no such key: name what set it
-                where = f"{recipe_path} (override {', '.join(setters)})" if setters else str(recipe_path)
+                label = recipe_label(recipe_path)
+                where = f"{label} (override {', '.join(shown(t, 80) for t in setters)})" if setters else label
                 remove = "the override" if setters else "the key from the recipe"
                 problems.append(f"{where}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
                                 f"{want!r}; extend keeps the checkpoint's (remove {remove}){allowed}")
                 continue
         _set(data, path, copy.deepcopy(have))
-    recipe = validate_recipe(data, str(recipe_path), overrides, problems)
+    recipe = validate_recipe(data, recipe_label(recipe_path), overrides, problems)
     if Path(recipe.output_dir).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
-        raise UsageError(f"{recipe_path}: output_dir: extend writes a new run; choose a folder other than the "
-                         f"checkpoint's own ({recipe.output_dir})")
+        raise UsageError(f"{recipe_label(recipe_path)}: output_dir: extend writes a new run; choose a folder other "
+                         f"than the checkpoint's own ({recipe.output_dir})")
     return recipe
 
 

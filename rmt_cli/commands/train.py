@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import CHECKPOINT_FILES, RMT_JSON, load_checkpoint, save_checkpoint
 from ..storage.training_state import load_optimizer_state, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError, one_line, shown, stop_signals
+from ..errors import RMTError, UsageError, counted, one_line, shown, stop_signals
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -144,8 +145,8 @@ def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> lis
     problems = []
     total = sum(s.steps for s in recipe.curriculum)
     if first_step > total:
-        problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has {total} "
-                        f"steps in all; resume needs at least as many")
+        problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has "
+                        f"{counted(total, 'step')} in all; resume needs at least as many")
     try:
         stored = validate_recipe(load_yaml(read_small_text(checkpoint / "recipe.yaml", "recipe"), "recipe"))
     except (UsageError, OSError):
@@ -232,10 +233,13 @@ def _resolved_recipe(path: Path) -> Recipe | None:
     a rewrite would lose), else None."""
     try:
         text = read_small_text(path, "recipe")
-        stored = validate_recipe(load_yaml(text, str(path)), str(path))
+        data = load_yaml(text, str(path))
+        stored = validate_recipe(data, str(path))
     except (UsageError, OSError):
         return None
-    return stored if text == dump_recipe(stored) else None
+    # Written as a run writes it (no comment, nothing a rewrite would lose), by this rmt or an earlier one, whose
+    # recipes lack the keys added since (a stage's task)
+    return stored if text == yaml.safe_dump(data, sort_keys=False) else None
 
 
 def _check_own(path: Path, folder: bool = False) -> None:
@@ -417,7 +421,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             Path(tmp).write_text(recipe_yaml, encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
-        if resume_from is not None:
+        if own_checkpoint:
             _drop_metrics_after(metrics_path, start_step)
         else:  # a new run logs from its first step, not after an earlier run's lines
             metrics_path.unlink(missing_ok=True)

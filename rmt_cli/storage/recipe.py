@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
                       model_validator)
 
 from ..errors import UsageError, error_line, shown
-from ..data.sources import SMALL_FILE_LIMIT, read_small_text, stdin_stream
+from ..data.sources import SMALL_FILE_LIMIT, read_small_text, stdin_stream, stdin_unreadable
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, STORY_TASKS
 
@@ -524,12 +524,17 @@ def load_yaml(text: str, what: str) -> Any:
     return data
 
 
+def recipe_label(path: str | Path) -> str:
+    """How messages name a recipe: its path, or <stdin> for -."""
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
 def read_recipe_data(path: str | Path) -> dict:
     if str(path) == "-":  # `generate-recipe | rmt train -`
         text = _stdin_text()
     else:
         text = read_small_text(Path(path), "recipe")  # a regular file or a pipe (`rmt train <(...)`), UTF-8
-    data = load_yaml(text, f"recipe {path}")
+    data = load_yaml(text, f"recipe {recipe_label(path)}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -557,19 +562,22 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
 
 
 def _stdin_text() -> str:
-    raw = stdin_stream().read(SMALL_FILE_LIMIT + 1)
+    try:
+        raw = stdin_stream().read(SMALL_FILE_LIMIT + 1)
+    except (OSError, ValueError) as e:  # a closed or write-only descriptor (`0>file`)
+        raise stdin_unreadable(e) from None
     if len(raw) > SMALL_FILE_LIMIT:
-        raise UsageError(f"recipe -: larger than {SMALL_FILE_LIMIT >> 20} MiB on standard input; is it a recipe?")
+        raise UsageError(f"recipe <stdin>: larger than {SMALL_FILE_LIMIT >> 20} MiB; is it a recipe?")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"recipe -: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UsageError(f"recipe <stdin>: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     overrides, problems = list(overrides or []), []
     data = apply_overrides(read_recipe_data(path), overrides, problems)
-    return validate_recipe(data, "<stdin>" if str(path) == "-" else str(path), overrides, problems)
+    return validate_recipe(data, recipe_label(path), overrides, problems)
 
 
 def dump_recipe(recipe: Recipe) -> str:
