@@ -285,8 +285,9 @@ def test_ctrl_c_during_the_last_evaluation_saves_and_exits_as_interrupted(straig
     assert first.interrupted and not (out / "final").exists()
     assert latest_checkpoint(out).name == f"step-{TOTAL:07d}"
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
-    run(tiny_recipe(out, resume="auto"))
+    resumed = run(tiny_recipe(out, resume="auto"))
     assert_same_tensors(a_out / "final", out / "final")
+    assert [r["segments"] for r in resumed.evaluations] == [r["segments"] for r in first.evaluations] == [1, 2]
 
 
 def test_killed_between_checkpoints_resumes_from_the_last_one(straight, tmp_path, monkeypatch):

@@ -306,12 +306,13 @@ def _rmt_metrics(path: Path) -> bool:
     return all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in entries)
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
+def _drop_metrics_after(path: Path, step: int) -> list[dict]:
     """A resumed run trains again the steps after its checkpoint: drop their old lines (and a line cut short by a
-    kill), so that metrics.jsonl logs each step once."""
+    kill), so that metrics.jsonl logs each step once. Returns the last evaluation kept (its rows), which a run
+    resumed at its end reports as its own."""
     if not path.is_file():
-        return
-    kept = []
+        return []
+    kept, evaluations = [], []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
@@ -319,8 +320,11 @@ def _drop_metrics_after(path: Path, step: int) -> None:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
             kept.append(line + "\n")
+            if entry.get("event") == "eval":
+                evaluations = [e for e in evaluations if e["step"] == entry["step"]] + [entry]
     with atomic_path(path) as tmp:
         Path(tmp).write_text("".join(kept), encoding="utf-8")
+    return evaluations
 
 
 def available_cpus() -> int:
@@ -420,12 +424,14 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         with atomic_path(output_dir / "recipe.yaml") as tmp:  # whole or not at all (a link was refused above)
             Path(tmp).write_text(recipe_yaml, encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
+    evaluations: list[dict] = []
     if accelerator.is_main_process:
         if own_checkpoint:
-            _drop_metrics_after(metrics_path, start_step)
+            last_evaluation = _drop_metrics_after(metrics_path, start_step)
+            if start_step == total:  # resumed at its end (stopped in the last evaluation): it reports that one
+                evaluations = last_evaluation
         else:  # a new run logs from its first step, not after an earlier run's lines
             metrics_path.unlink(missing_ok=True)
-    evaluations: list[dict] = []
 
     def save(step: int, name: str | None = None) -> Path | None:
         # A step can spoil the weights without its own loss showing it (the last step of a run): never saved
