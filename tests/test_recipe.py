@@ -272,6 +272,12 @@ def test_a_malformed_override_is_reported_with_every_other_problem(tmp_path):
     for words in ("memory.segment_size=[1", "curriculum.9 is not an item", "'novalue' is not key=value",
                   "(override seed=x): seed:", "batch_size: Input should be greater than"):
         assert any(words in line for line in lines), (words, lines)
+    # A skipped override set nothing: the file's bad value is the file's, not blamed on it
+    path = write(tmp_path, {**MINIMAL, "memory": {"segment_size": "x"}})
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["memory.segment_size=[1"])
+    [skipped, own] = str(caught.value).splitlines()
+    assert "not valid YAML" in skipped and own.startswith(f"{path}: memory.segment_size: "), own
 
 
 def test_an_override_that_breaks_the_recipe_is_reported_like_a_file_error_naming_the_override(tmp_path):

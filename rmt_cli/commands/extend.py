@@ -54,7 +54,9 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
     problems: list[str] = []  # every one reported at once: malformed overrides, then the locked settings asked
-    data = apply_overrides(read_recipe_data(recipe_path), overrides, problems)
+    applied: list[str] = []  # a skipped override set nothing: never named as a setter
+    data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
+    overrides = applied
     base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
     upgraded = False  # the recipe upgrades the checkpoint's update rule
     for path in LOCKED:

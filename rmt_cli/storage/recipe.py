@@ -407,9 +407,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), load_yaml(value, what) if value.strip() else None
 
 
-def apply_overrides(data: dict, overrides: list[str], problems: list[str] | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], problems: list[str] | None = None,
+                    applied: list[str] | None = None) -> dict:
     """`data` with each `key=value` set. A malformed override raises UsageError, or, given `problems`, is added
-    there and skipped, so that the recipe's other errors are reported with it (all at once)."""
+    there and skipped, so that the recipe's other errors are reported with it (all at once). `applied` receives
+    the overrides that were set: only they may be named as what set a value."""
     for text in overrides:
         try:
             _apply_override(data, text)
@@ -417,6 +419,9 @@ def apply_overrides(data: dict, overrides: list[str], problems: list[str] | None
             if problems is None:
                 raise
             problems.append(str(e))
+        else:
+            if applied is not None:
+                applied.append(text)
     return data
 
 
@@ -575,9 +580,10 @@ def _stdin_text() -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    overrides, problems = list(overrides or []), []
-    data = apply_overrides(read_recipe_data(path), overrides, problems)
-    return validate_recipe(data, recipe_label(path), overrides, problems)
+    problems: list[str] = []
+    applied: list[str] = []
+    data = apply_overrides(read_recipe_data(path), list(overrides or []), problems, applied)
+    return validate_recipe(data, recipe_label(path), applied, problems)
 
 
 def dump_recipe(recipe: Recipe) -> str:
