@@ -164,14 +164,21 @@ def is_rmt_plot(path: str | Path) -> bool:
     return False
 
 
+def replaceable_target(path: str | Path, what: str, ours, refusal: str) -> Path:
+    """`output_target`, where a file with something in it may stand only if `ours(target)` says it is what rmt
+    writes there (a memory file, a trace, a plot); an empty file (mktemp's) is fine. Any other file is a user's,
+    a typo away from an input: refused, `refusal` saying what it is not, what rmt replaces and what to do."""
+    target = output_target(path, what)
+    if target.is_file() and target.stat().st_size > 0 and not ours(target):
+        raise UsageError(f"{what}{shown(path)}: exists and is not {refusal}")
+    return target
+
+
 def plot_target(path: str | Path) -> Path:
     """Where a plot may be written: a new path, an empty file or a plot rmt wrote (a link: the file it names);
     never another file, such as a photo that happens to be a PNG (the tenth review). Returns the target."""
-    target = output_target(path, "--plot ")
-    if target.is_file() and target.stat().st_size > 0 and not is_rmt_plot(target):
-        raise UsageError(f"--plot {shown(path)}: exists and is not a plot rmt wrote; rmt replaces only its own plots "
-                         f"(remove it first, or name another file)")
-    return target
+    return replaceable_target(path, "--plot ", is_rmt_plot, "a plot rmt wrote; rmt replaces only its own plots "
+                              "(remove it first, or name another file)")
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:

@@ -229,9 +229,10 @@ def _question_lines(data: bytes, source: str) -> list[str]:
     except UnicodeDecodeError as e:
         raise UsageError(f"{source}: questions must be UTF-8 text ({e.reason} at byte {e.start})") from None
     lines = text.removeprefix("\ufeff").splitlines()  # a BOM is no part of a question
+    while lines and not lines[-1].strip():  # blank lines at the end pair with no answer: nothing to say
+        lines.pop()
     questions = [q for q in lines if q.strip()]
-    inner_blanks = sum(1 for q in lines[: max(i for i, q in enumerate(lines) if q.strip()) + 1] if not q.strip()) \
-        if questions else 0
+    inner_blanks = len(lines) - len(questions)
     if inner_blanks:  # a script pairing answers with input lines must know (the tenth review)
         _say("warning", f"{source}: {counted(inner_blanks, 'blank line')} skipped; one answer per question line")
     return questions
@@ -431,7 +432,7 @@ def ingest(
         dtype = kept
     torch_dtype = _dtype(dtype) if dtype else None
     if trace is not None:
-        from .atomic import output_target
+        from .atomic import output_target, replaceable_target
 
         if str(trace) == "-":
             raise UsageError("--trace -: the trace goes to a file (standard output is for --json); name one")
@@ -445,9 +446,8 @@ def ingest(
         folders = [Path(os.path.realpath(p)) for job in jobs for p in job.paths if p != "-" and os.path.isdir(p)]
         if any(folder in trace.parents for folder in folders):
             raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
-        if trace.is_file() and trace.stat().st_size > 0 and not _is_trace(trace):
-            raise UsageError(f"--trace {trace}: exists and is not a trace; rmt replaces only a trace it wrote (remove "
-                             f"it first, or name another file)")
+        replaceable_target(trace, "--trace ", _is_trace, "a trace; rmt replaces only a trace it wrote (remove it "
+                           "first, or name another file)")
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 

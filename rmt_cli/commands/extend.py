@@ -20,7 +20,7 @@ from ..storage.checkpoint import read_info
 from ..errors import UsageError, shown
 from ..data.sources import read_small_text
 from ..storage.recipe import (Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, recipe_label,
-                              validate_recipe)
+                              validate_recipe, value_source)
 
 UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
@@ -81,8 +81,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
             if asked != had:
                 allowed = f"; the one change it allows is the upgrade {upgrades_text()}" if path == UPDATE else ""
                 setters = override_of(path, overrides)  # the recipe file has no such key: name what set it
-                label = recipe_label(recipe_path)
-                where = f"{label} (override {', '.join(shown(t, 80) for t in setters)})" if setters else label
+                where = value_source(recipe_label(recipe_path), setters)
                 remove = "the override" if setters else "the key from the recipe"
                 problems.append(f"{where}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
                                 f"{want!r}; extend keeps the checkpoint's (remove {remove}){allowed}")

@@ -31,7 +31,7 @@ from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
 from ..progress import ProgressBar
 from ..data.sources import read_small_text
-from ..storage.recipe import Recipe, Stage, dump_recipe, load_yaml, validate_recipe
+from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
 from ..data.tasks import rng_for
 
@@ -148,8 +148,8 @@ def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> lis
         problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has "
                         f"{counted(total, 'step')} in all; resume needs at least as many")
     try:
-        stored = validate_recipe(load_yaml(read_small_text(checkpoint / "recipe.yaml", "recipe"), "recipe"))
-    except (UsageError, OSError):
+        stored = load_recipe(checkpoint / "recipe.yaml")
+    except UsageError:
         return problems  # a checkpoint without its recipe: its rmt.json is checked when it loads
     was, asked = stored.model_dump(mode="json"), recipe.model_dump(mode="json")
 

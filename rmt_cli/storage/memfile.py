@@ -52,7 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
-from ..atomic import atomic_path, output_target
+from ..atomic import atomic_path, replaceable_target
 from ..errors import RMTError, UsageError, error_line, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
@@ -177,11 +177,8 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
 def check_replaceable(path: str | Path) -> Path:
     """Where a memory file may be written: a new path, an empty file or a memory file (a new ingest, or an append
     written back); never any other file, which is a user's text a typo away from an input. Returns the target."""
-    target = output_target(Path(path))  # a regular file or a new path; a link: the file it names
-    if target.is_file() and target.stat().st_size > 0 and not is_memory_file(target):
-        raise UsageError(f"{path}: exists and is not a memory file (or its header is damaged); rmt replaces "
-                         f"only memory files (remove it first, or name another output)")
-    return target
+    return replaceable_target(path, "", is_memory_file, "a memory file (or its header is damaged); rmt replaces "
+                              "only memory files (remove it first, or name another output)")
 
 
 def save_memory(path: str | Path, state: MemoryState) -> Path:

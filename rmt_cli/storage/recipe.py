@@ -349,9 +349,7 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
     for e in error.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or whole  # an error of the whole, not of one field (None: unnamed)
-        setters = override_of(loc, overrides)
-        where = source if not setters else \
-            f"{source} (override{'s' if len(setters) > 1 else ''} {', '.join(shown(t, 80) for t in setters)})"
+        where = value_source(source, override_of(loc, overrides))
         if e["type"] == "extra_forbidden":
             names = _fields_of(Recipe, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
@@ -367,6 +365,13 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
                     msg += f", not {_as_yaml(given)}"
             lines.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
     return lines
+
+
+def value_source(source: str, setters: list[str]) -> str:
+    """Where a value came from, for an error line: the recipe, and the overrides that set it, if any did."""
+    if not setters:
+        return source
+    return f"{source} (override{'s' if len(setters) > 1 else ''} {', '.join(shown(t, 80) for t in setters)})"
 
 
 def override_of(loc: tuple, overrides: list[str]) -> list[str]:
