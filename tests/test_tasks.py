@@ -10,8 +10,8 @@ from rmt_cli.errors import UsageError
 from rmt_cli.core.memory import IGNORE_INDEX
 from rmt_cli.storage.recipe import MemorySpec, NoiseSpec, TaskSpec
 from rmt_cli.data.tasks import (DIRECTIONS, DROPS, MOVES, OBJECTS, PEOPLE, PLACES, TAKES, NoiseSource, Story,
-                           answer_set, build_haystack, default_placement, make_story, read_babi, rng_for,
-                           split_sentences)
+                           answer_set, build_haystack, build_marked_haystack, default_placement, make_story,
+                           read_babi, rng_for, split_sentences)
 
 TASKS = ["memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4"]
 
@@ -239,12 +239,13 @@ def test_detect_and_memorize_hides_the_fact_anywhere(tokenizer):
     assert len(set(starts)) > 10 and max(starts) > 200
 
 
+@pytest.mark.parametrize("placement", ["random", "spread"])
 @pytest.mark.parametrize("task", ["qa1", "qa2", "qa3", "detect-and-memorize"])
-def test_random_placement_keeps_the_facts_in_order(tokenizer, task):
+def test_random_placement_keeps_the_facts_in_order(tokenizer, task, placement):
     noise = NoiseSource(tokenizer)
     for i in range(30):
         s = story(task, i)
-        text = tokenizer.decode(build_haystack(s, noise, 200, rng_for(0, i, "h"), "random"))
+        text = tokenizer.decode(build_haystack(s, noise, 200, rng_for(0, i, "h"), placement))
         assert find_in_order(text, s.facts) is not None, s.facts
         # Facts sit at sentence boundaries: each one is a whole sentence of the document.
         sentences = split_sentences(text)
@@ -271,14 +272,41 @@ def test_haystack_longer_only_to_keep_every_fact(tokenizer):
         assert tokenizer.decode(ids).strip() == " ".join(s.facts)
 
 
-def test_haystack_hits_the_target_length_with_random_placement(tokenizer):
+@pytest.mark.parametrize("placement", ["random", "spread"])
+def test_haystack_hits_the_target_length_with_random_placement(tokenizer, placement):
     noise = NoiseSource(tokenizer)
     for i in range(100):
         s = story("qa1", i)
         facts = sum(map(len, fact_ids(tokenizer, s)))
         target = facts + 40
-        ids = build_haystack(s, noise, target, rng_for(0, i, "h"), "random")
+        ids = build_haystack(s, noise, target, rng_for(0, i, "h"), placement)
         assert len(ids) == target, (i, target, len(ids))
+
+
+def test_spread_placement_keeps_the_facts_apart_and_out_of_the_question_segment(tokenizer):
+    """Four segments of 40 tokens, three of them written: "spread" puts reasoning's two facts in different
+    written segments, where "random" (same stories, same noise) often puts them together or in the last one."""
+    noise = NoiseSource(tokenizer)
+    S, written = 40, 3 * 40
+    counts = {}
+    for placement in ("random", "spread"):
+        in_question_segment = together = 0
+        for i in range(100):
+            s = story("reasoning", i)
+            ids, marks = build_marked_haystack(s, noise, 4 * S - 1, rng_for(0, i, "h"), placement, written)
+            first = marks.index(True)
+            second = marks.index(True, first + len(fact_ids(tokenizer, s)[0]))  # the facts are in order
+            in_question_segment += any(marks[written:])
+            together += first // S == second // S
+        counts[placement] = (in_question_segment, together)
+    assert counts["spread"] == (0, 0)
+    assert counts["random"][0] > 10 and counts["random"][1] > 5
+    # And TaskData bands only the written segments (two segments: both facts in the first, none in the question's).
+    data = TaskData(TaskSpec(name="reasoning", placement="spread"), MemorySpec(segment_size=64), 0).bind(tokenizer)
+    relation = re.compile(rf"The ({_alt(PLACES)}) is")
+    for i in range(100):
+        sample = data.sample(i, 2)
+        assert not relation.search(tokenizer.decode(sample.final_ids)), i
 
 
 def test_memorize_samples_have_the_asked_number_of_segments(tokenizer):

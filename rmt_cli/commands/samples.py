@@ -112,7 +112,8 @@ class TaskData:
             marks = [True] * len(ids)
         else:
             placement = (self.task.placement or default_placement(task)) if task else self.placement
-            ids, marks = build_marked_haystack(story, self.noise, target, rng, placement)
+            written = (num_segments - 1) * S or target  # the tokens before the question's segment
+            ids, marks = build_marked_haystack(story, self.noise, target, rng, placement, written)
         try:
             question = question_ids(self.tokenizer, story.question)
             if self.answers is not None:  # a classifier: the tail and the question, and the answer's label

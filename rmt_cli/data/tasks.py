@@ -266,17 +266,42 @@ class NoiseSource:
 
 
 def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: random.Random,
-                   placement: str = "random") -> list[int]:
+                   placement: str = "random", written_tokens: int | None = None) -> list[int]:
     """Hide the story's facts, in order, at sentence boundaries of noise, to exactly `target_tokens` tokens.
 
     The result is longer only when the facts alone need more. `placement`: "start" puts the facts first (the
-    memorize task), "random" scatters them at random boundaries (in order).
+    memorize task), "random" scatters them at random boundaries (in order), "spread" puts fact k of n at a random
+    boundary of the k-th of n equal bands of the first `written_tokens` tokens (the segments the memory is
+    written from; default: all), so that facts stand apart and the memory must carry each across the others'
+    writes, rather than the last fact sitting in the question's segment.
     """
-    return build_marked_haystack(story, noise, target_tokens, rng, placement)[0]
+    return build_marked_haystack(story, noise, target_tokens, rng, placement, written_tokens)[0]
+
+
+def _spread_slots(sentences: list[list[int]], fact_ids: list[list[int]], written_tokens: int,
+                  rng: random.Random) -> list[int]:
+    """"spread" placement: a boundary (the index of the sentence a fact goes before) in each of len(fact_ids)
+    equal bands of the boundaries whose noise, with every fact, still starts within the first `written_tokens`."""
+    num_facts = len(fact_ids)
+    room = written_tokens - sum(len(f) for f in fact_ids)  # the noise that fits beside the facts
+    boundaries, start = 0, 0
+    for sentence in sentences:  # boundary i starts at the tokens of sentences[:i]
+        if start >= room:
+            break
+        boundaries += 1
+        start += len(sentence)
+    boundaries = max(boundaries, 1)
+    slots = []
+    for k in range(num_facts):
+        low = k * boundaries // num_facts
+        high = max(low, (k + 1) * boundaries // num_facts - 1)
+        slots.append(rng.randint(low, high))
+    return slots
 
 
 def build_marked_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: random.Random,
-                          placement: str = "random") -> tuple[list[int], list[bool]]:
+                          placement: str = "random",
+                          written_tokens: int | None = None) -> tuple[list[int], list[bool]]:
     """`build_haystack`, and for each token whether it belongs to a fact (what the gate supervision needs)."""
     tok = noise.tokenizer
     fact_ids = [tok.encode(" " + f, add_special_tokens=False) for f in story.facts]
@@ -285,6 +310,8 @@ def build_marked_haystack(story: Story, noise: NoiseSource, target_tokens: int, 
     sentences = noise.take(rng, noise_tokens) if noise_tokens else []
     if placement == "start":
         slots = [0] * len(fact_ids)
+    elif placement == "spread":
+        slots = _spread_slots(sentences, fact_ids, written_tokens or target_tokens, rng)
     else:
         # Never after the last noise sentence: the document ends in noise, so trimming reaches the target.
         last = max(len(sentences) - 1, 0)

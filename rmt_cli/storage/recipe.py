@@ -207,7 +207,8 @@ class TaskSpec(Section):
     questions: int = Field(1, ge=1, le=8)
     babi_path: str | None = None  # a bAbI-format file, for name: babi
     babi_split: Literal["all", "train", "valid"] = "all"  # by story: every 10th story is "valid"
-    placement: Literal["start", "random"] | None = None  # where facts go; default by task
+    # Where facts go; default by task. "spread": one fact per equal band of the written segments (tasks.build_haystack).
+    placement: Literal["start", "random", "spread"] | None = None
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     lm_paths: list[str] = Field(default_factory=list)  # text files or folders, for name: lm
     lm_dataset: DatasetSpec | None = None  # or a `datasets` dataset, for name: lm
