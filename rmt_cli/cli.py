@@ -350,6 +350,18 @@ def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[
     return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device or _device(), engine="auto")
 
 
+def _outside_checkpoint(model: Optional[Path], outputs: list[tuple[str, Path]]) -> None:
+    """Refuse an output inside the checkpoint folder being read: a file added there makes the folder one that
+    training no longer replaces and a copy no longer loads as it was (a checkpoint folder holds its own files only)."""
+    from .storage.assets import DEFAULT_MODEL_DIR
+
+    folder = Path(os.path.realpath(model if model else DEFAULT_MODEL_DIR))
+    for what, path in outputs:
+        if folder in Path(os.path.realpath(path)).parents:
+            raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(model or folder)}; write it "
+                             f"elsewhere")
+
+
 def _is_trace(path: Path) -> bool:
     """Whether a file starts as `rmt ingest --trace` writes: a JSON object with a segment and its change."""
     try:
@@ -400,7 +412,7 @@ def ingest(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stream a book, a codebase or stdin through a trained RMT and save its final memory to a file."""
-    from .commands.ingest import ingest as run_ingest, plan_jobs
+    from .commands.ingest import IngestInterrupted, ingest as run_ingest, plan_jobs
     from .distributed import launched_processes
     from .storage.memfile import load_memory
 
@@ -448,6 +460,7 @@ def ingest(
             raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
         replaceable_target(trace, "--trace ", _is_trace, "a trace; rmt replaces only a trace it wrote (remove it "
                            "first, or name another file)")
+    _outside_checkpoint(model, [("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 
@@ -497,6 +510,16 @@ def ingest(
                     raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
     except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
         raise RMTError(str(e)) from None
+    except IngestInterrupted as stop:  # say which memory files are written (a batch's finished documents)
+        finished = [r for r in stop.results if not r.error]
+        if len(jobs) > 1 and not _INTERRUPTION_SAID:  # in place of the bare "interrupted"
+            _INTERRUPTION_SAID.append(True)
+            _say("interrupted", f"{len(finished)} of {len(jobs)} documents finished; their memory files are "
+                 f"written, the others wrote nothing")
+        if json_out:
+            summaries = [r.summary() for r in stop.results]
+            _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
+        raise
     elapsed = time.perf_counter() - started
     failures = [r for r in results if r.error]
     for r in results:

@@ -481,6 +481,49 @@ def test_a_trace_replaces_only_a_trace_and_is_never_inside_an_input_folder(tmp_p
     assert sorted(p.name for p in code.iterdir()) == ["a.py"]
 
 
+def test_no_output_goes_inside_the_checkpoint_folder_being_read(tmp_path, checkpoint):
+    """A trace or memory file written into --model's folder made it a folder training no longer replaces."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    one_error(run(["ingest", doc, "-o", tmp_path / "m.st", "--model", checkpoint, "--trace", checkpoint / "t.jsonl"]),
+              2, "--trace", "inside the checkpoint folder")
+    one_error(run(["ingest", doc, "-o", checkpoint / "m.st", "--model", checkpoint]), 2, "-o",
+              "inside the checkpoint folder")
+    assert sorted(p.name for p in checkpoint.iterdir()) == before and not (tmp_path / "m.st").exists()
+
+
+def test_an_interrupted_batch_reports_the_memory_files_it_finished(tmp_path, checkpoint, monkeypatch):
+    """Ctrl-C in the middle of a manifest: --json lists every document, the finished ones as usual (their files
+    written) and the others as interrupted with nothing written; exit 130 (it printed nothing)."""
+    import rmt_cli.commands.ingest as ingest_module
+
+    finish, finished = ingest_module._finish, []
+
+    def finish_one_then_stop(reader, model):
+        if finished:
+            raise KeyboardInterrupt
+        finish(reader, model)
+        finished.append(reader.job.output)
+
+    monkeypatch.setattr(ingest_module, "_finish", finish_one_then_stop)
+    lines = []
+    for k in range(3):
+        (tmp_path / f"d{k}.txt").write_text(TEXT * (k + 1))
+        lines.append(f"{tmp_path / f'd{k}.txt'}\t{tmp_path / f'd{k}.st'}")
+    manifest = tmp_path / "jobs.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    r = run(["ingest", "--manifest", manifest, "--model", checkpoint, "--json", "-q"])
+    assert r.exit_code == 130, r.stderr
+    report = json.loads(r.stdout)
+    assert [Path(e["output"]).name for e in report] == ["d0.st", "d1.st", "d2.st"]
+    done = [e for e in report if e["error"] is None]
+    assert [Path(e["output"]) for e in done] == finished and done[0]["tokens"] > 0
+    assert sorted(p.name for p in tmp_path.glob("*.st")) == [Path(finished[0]).name]
+    assert all("interrupted" in e["error"] for e in report if e not in done)
+    assert "1 of 3 documents finished" in r.stderr
+
+
 def test_outputs_named_as_folders_or_after_dot_dot(tmp_path, checkpoint, memfile, monkeypatch):
     doc = tmp_path / "doc.txt"
     doc.write_text(TEXT)

@@ -485,6 +485,10 @@ def test_extend_refuses_an_override_that_contradicts_the_checkpoint(straight, tm
     lines = str(caught.value).splitlines()
     assert len(lines) == 3 and "(override memory.segment_size=64)" in lines[1] and "remove the override" in lines[1]
     assert "'novalue' is not key=value" in lines[0] and "seed" in lines[2], lines
+    # A refused value that is also invalid is one line: the refusal, not a second line on its validity.
+    with pytest.raises(UsageError) as caught:
+        extend_recipe(out / "final", extend_file(tmp_path), ["memory.segment_size=-5"])
+    assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
 def test_extend_refuses_to_write_into_the_checkpoints_run(straight, tmp_path):

@@ -85,8 +85,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
                 remove = "the override" if setters else "the key from the recipe"
                 problems.append(f"{where}: {'.'.join(path)}: the checkpoint has {have!r}, the recipe asks "
                                 f"{want!r}; extend keeps the checkpoint's (remove {remove}){allowed}")
-                continue
-        _set(data, path, copy.deepcopy(have))
+        _set(data, path, copy.deepcopy(have))  # a refused value is not validated too: one line for it
     recipe = validate_recipe(data, recipe_label(recipe_path), overrides, problems)
     if Path(recipe.output_dir).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
         raise UsageError(f"{recipe_label(recipe_path)}: output_dir: extend writes a new run; choose a folder other "

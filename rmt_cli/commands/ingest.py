@@ -79,6 +79,15 @@ class IngestResult:
                 "error": self.error, "warnings": self.warnings}
 
 
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `ingest`: `results` has one entry per job, as `ingest` returns them. A finished document's
+    memory file is written (its result as usual); an unfinished one wrote nothing (its result says so)."""
+
+    def __init__(self, results: list[IngestResult]):
+        super().__init__()
+        self.results = results
+
+
 @dataclass
 class Progress:
     bytes_read: int
@@ -257,64 +266,69 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
             documents[index] = check_job(job)
         except RMTError as e:  # one line: a path may hold a newline
             raise type(e)(one_line(f"{job.origin}: {e}" if job.origin else str(e))) from None
-    while queue or active:
-        while queue and len(active) < batch_size:
-            index, job = queue.pop(0)
-            try:
-                active[index] = _Reader(job, documents.pop(index), model, force)
-            except RMTError as e:
-                fail(index, e)
-        ready = []
-        for index, reader in list(active.items()):
-            try:
-                whole = reader.has_segment()
-            except (RMTError, OSError) as e:
-                fail_reading(index, reader, e)
-                continue
-            if whole:
-                ready.append(index)
-            else:
-                del active[index]
-                finished_bytes += reader.document_tokens.bytes_read
+    try:
+        while queue or active:
+            while queue and len(active) < batch_size:
+                index, job = queue.pop(0)
                 try:
-                    _finish(reader, model)
-                except RMTError as e:  # e.g. a full disk: this document fails, not the batch
-                    fail(index, e, reader)
+                    active[index] = _Reader(job, documents.pop(index), model, force)
+                except RMTError as e:
+                    fail(index, e)
+            ready = []
+            for index, reader in list(active.items()):
+                try:
+                    whole = reader.has_segment()
+                except (RMTError, OSError) as e:
+                    fail_reading(index, reader, e)
                     continue
-                results[index] = reader.result
-                total_tokens += reader.result.total_tokens - reader.segments * S  # its last, partial segment
-        if ready and len(ready) == 1 and floor is not None and lookahead > 1:
-            index, reader = ready[0], active[ready[0]]
-            try:
-                done = _read_ahead(reader, segment_step, floor, lookahead, index, S, on_trace)
-            except (RMTError, OSError) as e:
-                fail_reading(index, reader, e)
-                done = 0
-            total_tokens += S * done
-            total_segments += done
-        elif ready:
-            readers = [active[i] for i in ready]
-            ids = torch.tensor([r.take() for r in readers], dtype=torch.long, device=cell.memory.device)
-            memory = torch.stack([r.memory for r in readers])
-            new_memory, _, gate = segment_step(memory, ids)
-            if on_trace is not None:
-                change = _relative_change(new_memory, memory)
-                for k, (i, r) in enumerate(zip(ready, readers)):
-                    on_trace(TraceRecord(i, r.segments, (r.segments + 1) * S, float(change[k]),
-                                         None if gate is None else float(gate[k].max())))
-            for r, row in zip(readers, new_memory):
-                r.memory = row
-                r.segments += 1
-            total_tokens += S * len(readers)
-            total_segments += len(readers)
-        if on_progress is not None:
-            if not queue and bytes_total is None:
-                # Every document is open now: their sizes give the bar an end (unknown for stdin).
-                sizes = [r.document.total_bytes for r in active.values()]
-                if all(size is not None for size in sizes):
-                    bytes_total = finished_bytes + sum(sizes)
-            on_progress(Progress(finished_bytes + sum(r.document_tokens.bytes_read for r in active.values()),
-                                 bytes_total, total_tokens, total_segments, len(results), len(jobs)))
+                if whole:
+                    ready.append(index)
+                else:
+                    del active[index]
+                    finished_bytes += reader.document_tokens.bytes_read
+                    try:
+                        _finish(reader, model)
+                    except RMTError as e:  # e.g. a full disk: this document fails, not the batch
+                        fail(index, e, reader)
+                        continue
+                    results[index] = reader.result
+                    total_tokens += reader.result.total_tokens - reader.segments * S  # its last, partial segment
+            if ready and len(ready) == 1 and floor is not None and lookahead > 1:
+                index, reader = ready[0], active[ready[0]]
+                try:
+                    done = _read_ahead(reader, segment_step, floor, lookahead, index, S, on_trace)
+                except (RMTError, OSError) as e:
+                    fail_reading(index, reader, e)
+                    done = 0
+                total_tokens += S * done
+                total_segments += done
+            elif ready:
+                readers = [active[i] for i in ready]
+                ids = torch.tensor([r.take() for r in readers], dtype=torch.long, device=cell.memory.device)
+                memory = torch.stack([r.memory for r in readers])
+                new_memory, _, gate = segment_step(memory, ids)
+                if on_trace is not None:
+                    change = _relative_change(new_memory, memory)
+                    for k, (i, r) in enumerate(zip(ready, readers)):
+                        on_trace(TraceRecord(i, r.segments, (r.segments + 1) * S, float(change[k]),
+                                             None if gate is None else float(gate[k].max())))
+                for r, row in zip(readers, new_memory):
+                    r.memory = row
+                    r.segments += 1
+                total_tokens += S * len(readers)
+                total_segments += len(readers)
+            if on_progress is not None:
+                if not queue and bytes_total is None:
+                    # Every document is open now: their sizes give the bar an end (unknown for stdin).
+                    sizes = [r.document.total_bytes for r in active.values()]
+                    if all(size is not None for size in sizes):
+                        bytes_total = finished_bytes + sum(sizes)
+                on_progress(Progress(finished_bytes + sum(r.document_tokens.bytes_read for r in active.values()),
+                                     bytes_total, total_tokens, total_segments, len(results), len(jobs)))
+    except KeyboardInterrupt:  # what finished is written and reported; the rest wrote nothing
+        raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{job.output}: interrupted "
+                                                                "before its end; nothing written", exit_code=130)
+                                 for i, job in enumerate(jobs)]) from None
     return [results[i] for i in range(len(jobs))]
 
 
