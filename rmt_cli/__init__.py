@@ -31,7 +31,7 @@ _EXPORTS = {
     "LoadedModel": "storage.checkpoint", "load_checkpoint": "storage.checkpoint", "save_checkpoint": "storage.checkpoint",
     "default_model": "storage.assets", "MemoryState": "storage.memfile", "load_memory": "storage.memfile",
     "save_memory": "storage.memfile", "train": "commands.train", "IngestJob": "commands.ingest",
-    "ingest": "commands.ingest", "ask": "commands.ask", "perplexity": "commands.perplexity",
+    "ingest": "commands.ingest", "IngestInterrupted": "commands.ingest", "ask": "commands.ask", "perplexity": "commands.perplexity",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

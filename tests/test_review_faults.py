@@ -497,6 +497,7 @@ def test_an_interrupted_batch_reports_the_memory_files_it_finished(tmp_path, che
     """Ctrl-C in the middle of a manifest: --json lists every document, the finished ones as usual (their files
     written) and the others as interrupted with nothing written; exit 130 (it printed nothing)."""
     import rmt_cli.commands.ingest as ingest_module
+    from rmt_cli import IngestInterrupted
 
     finish, finished = ingest_module._finish, []
 
@@ -522,6 +523,12 @@ def test_an_interrupted_batch_reports_the_memory_files_it_finished(tmp_path, che
     assert sorted(p.name for p in tmp_path.glob("*.st")) == [Path(finished[0]).name]
     assert all("interrupted" in e["error"] for e in report if e not in done)
     assert "1 of 3 documents finished" in r.stderr
+    # The API: the same results, on the exception
+    finished.clear()
+    jobs = [IngestJob([tmp_path / f"d{k}.txt"], tmp_path / f"e{k}.st") for k in range(3)]
+    with pytest.raises(IngestInterrupted) as stop:
+        ingest(jobs, load_checkpoint(checkpoint))
+    assert [r.error is None for r in stop.value.results] == [True, False, False]
 
 
 def test_outputs_named_as_folders_or_after_dot_dot(tmp_path, checkpoint, memfile, monkeypatch):
