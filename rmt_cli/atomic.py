@@ -104,18 +104,22 @@ def atomic_path(path: str | Path):
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path):
-    """A fresh folder `path`.tmp to fill; it replaces `path` when the block ends without error. The fixed name
-    means a folder left by a killed run is cleared by the next write."""
+    """A fresh folder `path`.tmp to fill; it replaces `path` when the block ends without error, and is removed
+    when it does not. The fixed name means a folder left by a killed run (kill -9) is cleared by the next write."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    yield tmp
-    for f in tmp.iterdir():
-        make_ordinary(f)
-        _sync(f)
-    _replace_folder(tmp, final)
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            make_ordinary(f)
+            _sync(f)
+        _replace_folder(tmp, final)
+    except BaseException:  # an error, or a second Ctrl-C in the middle: no half folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _replace_folder(tmp: Path, final: Path) -> None:

@@ -140,55 +140,93 @@ def _import_numpy_before_torch() -> None:
         pass
 
 
+class _TolerantStderr:
+    """Standard error that a reader may close (`rmt train … 2>&1 | head`) or a full disk refuse: messages then stop,
+    the work goes on. A broken stderr had stopped a training run before it saved `final/`, and exited 0 as if the
+    reader of a finished command's output had gone away."""
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):  # EPIPE, ENOSPC, or a stream closed under us
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
 def command(func):
     """Turn our errors into one line on stderr and the right exit code."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        stderr = sys.stderr
+        if stderr is not None and not isinstance(stderr, _TolerantStderr):
+            sys.stderr = _TolerantStderr(stderr)
         try:
-            if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
-                sys.stdout = _ClosedStdout()
-            elif hasattr(sys.stdout, "reconfigure"):
-                # What this stdout cannot encode (an answer's "é" under PYTHONIOENCODING=ascii) is escaped, as
-                # Python escapes it on stderr, not a UnicodeEncodeError.
-                sys.stdout.reconfigure(errors="backslashreplace")
-            _quiet_libraries()
-            _import_numpy_before_torch()
-            return func(*args, **kwargs)
-        except RMTError as e:
-            # Under torchrun every process checks the same input: one of them says what was wrong with it.
-            if not (isinstance(e, UsageError) and os.environ.get("RANK", "0") != "0"):
-                for line in str(e).splitlines() or [type(e).__name__]:
-                    _say("error", line)
-            raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
-            _say_interrupted()
-            raise typer.Exit(130)
-        except BrokenPipeError:
-            # The reader of our stdout went away (`rmt ask ... | head`): not an error of ours.
-            sys.stderr.close()
-            raise typer.Exit(0)
-        except OSError as e:  # the file system said no (permissions, full disk, a folder in the way)
-            where = f"{e.filename}: " if e.filename else ""
-            _say("error", f"{where}{e.strerror or e}")
-            raise typer.Exit(1)
-        except MemoryError:
-            _say("error", "out of memory; try a smaller --batch-size or a smaller model")
-            raise typer.Exit(1)
-        except RuntimeError as e:
-            if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
-                raise  # a bug of ours: the traceback is the report
-            _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
-            raise typer.Exit(1)
-        except BaseException as e:
-            # pyo3's PanicException (a Rust library gave up: a tokenizer's pathological regex, say) derives from
-            # BaseException, past every handler above; anything else goes on as it came.
-            if type(e).__name__ != "PanicException":
-                raise
-            _say("error", f"a Rust library failed ({one_line(str(e))[:200]}); is the checkpoint's tokenizer sound?")
-            raise typer.Exit(1)
+            return _run_command(func, args, kwargs)
+        finally:
+            if sys.stderr is not stderr and isinstance(sys.stderr, _TolerantStderr):
+                sys.stderr = stderr
 
     return wrapper
+
+
+def _run_command(func, args, kwargs):
+    try:
+        if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
+            sys.stdout = _ClosedStdout()
+        elif hasattr(sys.stdout, "reconfigure"):
+            # What this stdout cannot encode (an answer's "é" under PYTHONIOENCODING=ascii) is escaped, as
+            # Python escapes it on stderr, not a UnicodeEncodeError.
+            sys.stdout.reconfigure(errors="backslashreplace")
+        _quiet_libraries()
+        _import_numpy_before_torch()
+        return func(*args, **kwargs)
+    except RMTError as e:
+        # Under torchrun every process checks the same input: one of them says what was wrong with it.
+        if not (isinstance(e, UsageError) and os.environ.get("RANK", "0") != "0"):
+            for line in str(e).splitlines() or [type(e).__name__]:
+                _say("error", line)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        _say_interrupted()
+        raise typer.Exit(130)
+    except BrokenPipeError:
+        # The reader of our stdout went away (`rmt ask ... | head`): not an error of ours.
+        sys.stderr.close()
+        raise typer.Exit(0)
+    except OSError as e:  # the file system said no (permissions, full disk, a folder in the way)
+        where = f"{e.filename}: " if e.filename else ""
+        _say("error", f"{where}{e.strerror or e}")
+        raise typer.Exit(1)
+    except MemoryError:
+        _say("error", "out of memory; try a smaller --batch-size or a smaller model")
+        raise typer.Exit(1)
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+            raise  # a bug of ours: the traceback is the report
+        _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
+        raise typer.Exit(1)
+    except BaseException as e:
+        # pyo3's PanicException (a Rust library gave up: a tokenizer's pathological regex, say) derives from
+        # BaseException, past every handler above; anything else goes on as it came.
+        if type(e).__name__ != "PanicException":
+            raise
+        _say("error", f"a Rust library failed ({one_line(str(e))[:200]}); is the checkpoint's tokenizer sound?")
+        raise typer.Exit(1)
 
 
 class _ClosedStdout:

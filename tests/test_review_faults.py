@@ -587,6 +587,46 @@ def test_a_stage_folder_replaces_links_left_beside_it(tmp_path):
     assert not (run_dir / "stage-0").is_symlink() and (elsewhere / "keep.txt").read_text() == "keep"
 
 
+def test_a_folder_interrupted_while_written_leaves_nothing_and_a_run_clears_what_a_kill_left(tmp_path):
+    """The eleventh review: a second Ctrl-C while a checkpoint was written left `step-N.tmp` for good."""
+    from rmt_cli.atomic import atomic_folder
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(tmp_path / "step-0000001") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    # What kill -9 leaves mid-write goes when the run next writes a checkpoint.
+    out = tmp_path / "run"
+    args = ["train", RECIPE, f"output_dir={out}", *FAST, "checkpoint.every=1", "-q"]
+    assert run(args).exit_code == 0
+    (out / "checkpoints" / "step-0000001.tmp").mkdir()
+    (out / "checkpoints" / "step-0000001.tmp" / "model.safetensors").write_bytes(b"half")
+    r = run([*args, "curriculum=[{segments: 1, steps: 3}]", "resume=auto"])
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
+
+
+def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
+    """The eleventh review: resume=auto took another placement, fact count or batch size without a word, and the
+    rewritten recipe.yaml left no trace of what the earlier steps trained with."""
+    out = tmp_path / "run"
+    args = ["train", RECIPE, f"output_dir={out}", *FAST, "checkpoint.every=1", "-q"]
+    assert run(args).exit_code == 0
+    longer = "curriculum=[{segments: 1, steps: 3}]"
+    r = run([*args, longer, "task.placement=spread", "batch_size=2", "resume=auto"])
+    assert r.exit_code == 0, r.stderr
+    [warning] = [line for line in r.stderr.splitlines() if line.startswith("warning: resume:")]
+    assert "task.placement None -> 'spread'" in warning and "batch_size 4 -> 2" in warning
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    [resumed] = [e for e in events if e.get("event") == "resume"]
+    assert resumed["step"] == 2 and resumed["changed"]["task.placement"] == [None, "spread"]
+    assert [e["step"] for e in events if "event" not in e] == [1, 2, 3]
+    # The same recipe again: nothing to say or record.
+    r = run([*args, longer, "task.placement=spread", "batch_size=2", "curriculum.0.steps=4", "resume=auto"])
+    assert [line for line in r.stderr.splitlines() if "task.placement" in line] == []
+
+
 # The seventh review (untuned, session 9): the sixth review's fixes under variations
 
 
@@ -628,6 +668,20 @@ def test_a_full_disk_behind_standard_output_is_one_line_that_says_so(memfile, ch
                                str(checkpoint), *extra], stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
     assert (proc.returncode, proc.stderr.decode()) == (1, "error: cannot write standard output: No space left on "
                                                           "device\n")
+
+
+def test_training_goes_on_and_saves_when_its_stderr_is_closed(tmp_path):
+    """The eleventh review: `rmt train … 2>&1 | head -c 20` ended the run at the first message after the reader
+    left, before `final/` was saved, and exited 0. Messages now stop; the run saves and exits 0."""
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rmt_cli", "train", str(RECIPE), f"output_dir={out}", *FAST,
+                             "curriculum=[{segments: 1, steps: 2}, {segments: 2, steps: 2}]"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc.stderr.read(20)
+    proc.stderr.close()  # the reader goes away: every later message meets a broken pipe
+    assert proc.wait(timeout=600) == 0
+    assert (out / "final" / "model.safetensors").is_file()
 
 
 def test_blank_question_lines_are_skipped_with_a_warning(memfile, checkpoint):

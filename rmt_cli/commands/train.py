@@ -138,6 +138,26 @@ RESUME_FREE = {("memory", k) for k in ("bptt_depth", "gradient_checkpointing", "
                                        "gate_supervision_open", "route_balance")}
 
 
+# What a resumed run may change without a word: where it writes and evaluates, not what it trains.
+RESUME_UNRECORDED = {("resume",), ("output_dir",), ("eval",), ("checkpoint",), ("data_workers",)}
+
+
+def _differences(had, wants, path: tuple = ()):
+    """(path, had, wants) for every leaf where two dumped recipes differ."""
+    if isinstance(had, dict) and isinstance(wants, dict):
+        for key in dict.fromkeys([*had, *wants]):
+            yield from _differences(had.get(key), wants.get(key), path + (key,))
+    elif had != wants:
+        yield path, had, wants
+
+
+def _stored_recipe(checkpoint: Path) -> dict | None:
+    try:
+        return load_recipe(checkpoint / "recipe.yaml").model_dump(mode="json")
+    except UsageError:
+        return None  # a checkpoint without its recipe: its rmt.json is checked when it loads
+
+
 def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> list[str]:
     """What the recipe asks that the checkpoint's run was not: another model, tokenizer, memory or task (the run
     would train the checkpoint's model and save it described as the recipe's, which nothing could load), or a
@@ -147,26 +167,35 @@ def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> lis
     if first_step > total:
         problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has "
                         f"{counted(total, 'step')} in all; resume needs at least as many")
-    try:
-        stored = load_recipe(checkpoint / "recipe.yaml")
-    except UsageError:
-        return problems  # a checkpoint without its recipe: its rmt.json is checked when it loads
-    was, asked = stored.model_dump(mode="json"), recipe.model_dump(mode="json")
-
-    def compare(path: tuple, had, wants) -> None:
-        if path in RESUME_FREE:
-            return
-        if isinstance(had, dict) and isinstance(wants, dict):
-            for key in dict.fromkeys([*had, *wants]):
-                compare(path + (key,), had.get(key), wants.get(key))
-        elif had != wants:
-            problems.append(f"{'.'.join(path)}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
-                            f"resumed run continues the same model (start a new run, or rmt extend the checkpoint)")
-
-    for section in RESUME_LOCKED:
-        compare((section,), was[section], asked[section])
-    compare(("task", "name"), was["task"]["name"], asked["task"]["name"])
+    was = _stored_recipe(checkpoint)
+    if was is None:
+        return problems
+    asked = recipe.model_dump(mode="json")
+    for section in (*RESUME_LOCKED, ("task", "name")):
+        path = section if isinstance(section, tuple) else (section,)
+        for where, had, wants in _differences(_at(was, path), _at(asked, path), path):
+            if where[:2] not in RESUME_FREE:
+                problems.append(f"{'.'.join(where)}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
+                                f"resumed run continues the same model (start a new run, or rmt extend the checkpoint)")
     return problems
+
+
+def _resume_changes(recipe: Recipe, checkpoint: Path) -> dict[str, list]:
+    """How the recipe trains on differently from the checkpoint's run (data, batch, optimiser, seed, how the
+    memory is trained): allowed, but the run then does not end as an uninterrupted one would, so it is said and
+    recorded. {"task.placement": [old, new], ...}"""
+    was = _stored_recipe(checkpoint)
+    if was is None:
+        return {}
+    return {".".join(where): [had, wants]
+            for where, had, wants in _differences(was, recipe.model_dump(mode="json"))
+            if where[:1] not in RESUME_UNRECORDED}
+
+
+def _at(data: dict, path: tuple):
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 class _StopFlag:
@@ -370,10 +399,16 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                          f"resume=auto, or choose another output_dir")
     if resume_from is None and recipe.resume == "auto":
         log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
+    resume_changes = {}
     if resume_from is not None:
         problems = _resume_mismatches(recipe, resume_from, read_training_state(resume_from)["step"])
         if problems:
             raise UsageError("\n".join(f"resume: {shown(resume_from)}: {p}" for p in problems))
+        resume_changes = _resume_changes(recipe, resume_from)
+        if resume_changes:
+            listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in resume_changes.items())
+            log.info(f"warning: resume: the recipe trains on differently from the checkpoint's run ({listed}); "
+                     f"recorded in metrics.jsonl: the run will not end as an uninterrupted one would")
     # A run resumed from a checkpoint of another folder writes into output_dir as a new run does: it must not hold
     # a user's recipe.yaml or metrics.jsonl either.
     own_checkpoint = resume_from is not None and output_dir.resolve() in resume_from.resolve().parents
@@ -432,6 +467,9 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                 evaluations = last_evaluation
         else:  # a new run logs from its first step, not after an earlier run's lines
             metrics_path.unlink(missing_ok=True)
+        if resume_changes:  # what each span of steps trained with
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps({"step": start_step, "event": "resume", "changed": resume_changes}) + "\n")
 
     def save(step: int, name: str | None = None) -> Path | None:
         # A step can spoil the weights without its own loss showing it (the last step of a run): never saved
@@ -535,8 +573,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
 
 
 def _prune(folder: Path, keep: int) -> None:
+    """The `keep` latest checkpoints stay; older ones go, and so do folders a killed run (kill -9) left half
+    written or set aside (step-N.tmp, step-N.old): a checkpoint was just written whole, so none is in use."""
     found = sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name))
-    for p in found[:-keep]:
+    left = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+\.(tmp|old)", p.name)]
+    for p in [*found[:-keep], *left]:
         shutil.rmtree(p, ignore_errors=True)
 
 

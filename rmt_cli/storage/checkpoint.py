@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,8 +86,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
     final = Path(path)
     try:
         _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra)
-    except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line, and no half folder left
-        shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
+    except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line (atomic_folder removed it)
         raise RMTError(f"{shown(final)}: cannot write the checkpoint: {write_failure(e)}") from None
     return final
 
