@@ -216,6 +216,15 @@ def test_a_stage_may_train_another_generated_task():
     assert "curriculum.0.task" in line and "lm" in line
 
 
+def test_a_placement_needs_noise_to_place_facts_in():
+    """The eleventh review: task.placement was ignored without a word where there is nothing to place."""
+    for task in ({"name": "lm", "lm_paths": ["x.txt"], "placement": "spread"},
+                 {"name": "qa1", "noise": {"kind": "none"}, "placement": "random"}):
+        (line,) = errors_of({**MINIMAL, "task": task})
+        assert line.startswith("r.yaml: task: ") and "remove placement" in line, line
+    assert validate_recipe({**MINIMAL, "task": {"name": "qa1", "placement": "spread"}}).task.placement == "spread"
+
+
 def test_defaults_and_eval_lengths():
     recipe = validate_recipe(MINIMAL)
     assert recipe.eval_lengths() == [1, 2]

@@ -607,6 +607,17 @@ def test_a_folder_interrupted_while_written_leaves_nothing_and_a_run_clears_what
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
 
 
+def test_an_output_in_a_missing_folder_is_refused_before_reading(tmp_path, checkpoint):
+    """The eleventh review: `-o /nonexistent/dir/x.st` made the missing folders (as root, anywhere)."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    for output in (tmp_path / "typo" / "deeper" / "m.st", tmp_path / "typo" / "m.st", f"{tmp_path}/typo/deeper/"):
+        one_error(run(["ingest", doc, "-o", output, "--model", checkpoint, "-q"]), 2, "no folder", "typo")
+    assert not (tmp_path / "typo").exists()
+    r = run(["ingest", doc, "-o", f"{tmp_path}/made/", "--model", checkpoint, "-q"])  # FOLDER/ itself may be new
+    assert r.exit_code == 0 and (tmp_path / "made" / "doc.st").is_file(), r.stderr
+
+
 def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
     """The eleventh review: resume=auto took another placement, fact count or batch size without a word, and the
     rewritten recipe.yaml left no trace of what the earlier steps trained with."""

@@ -301,6 +301,10 @@ def test_spread_placement_keeps_the_facts_apart_and_out_of_the_question_segment(
         counts[placement] = (in_question_segment, together)
     assert counts["spread"] == (0, 0)
     assert counts["random"][0] > 10 and counts["random"][1] > 5
+    # Facts longer than the written segments spread over the whole document, not bunched at its start.
+    s = story("qa1", 5, min_facts=8, max_facts=8)
+    ids, marks = build_marked_haystack(s, noise, 4 * S - 1 + 200, rng_for(0, 0, "h"), "spread", S)
+    assert marks[0] and not all(marks[:sum(map(len, fact_ids(tokenizer, s)))])
     # And TaskData bands only the written segments (two segments: both facts in the first, none in the question's).
     data = TaskData(TaskSpec(name="reasoning", placement="spread"), MemorySpec(segment_size=64), 0).bind(tokenizer)
     relation = re.compile(rf"The ({_alt(PLACES)}) is")

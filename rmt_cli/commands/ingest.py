@@ -408,6 +408,17 @@ def shard_jobs(jobs: list[IngestJob], rank: int, world: int) -> list[int]:
     return list(range(rank, len(jobs), world))
 
 
+def _folder_exists(output: Path, what: str) -> None:
+    """The folder of an -o output must exist: a typo in it would otherwise build a tree of new folders (the
+    eleventh review: `-o /nonexistent/dir/x.st` made /nonexistent as root). A manifest's outputs may go into new
+    folders: a pipeline lays its outputs out there."""
+    parent = Path(os.path.abspath(output)).parent
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UsageError(f"{what} {shown(output)}: {shown(parent)} is a file, not a folder")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what} {shown(output)}: no folder {shown(parent)}")
+
+
 def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append: str | os.PathLike | None = None,
               manifest: str | os.PathLike | None = None) -> list[IngestJob]:
     """The documents of one `rmt ingest` call and where each memory goes:
@@ -432,6 +443,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         if os.path.isdir(target):  # False for a name the system refuses (too long): output_target names why
             raise UsageError(f"{'-o' if output else '--append'} {shown(target)}: is a folder; --append writes one "
                              f"memory file")
+        _folder_exists(target, "-o" if output else "--append")
         return [IngestJob(paths, target, Path(append))]
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
@@ -440,6 +452,8 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if str(output) == "-":  # a file named "-" is never what was meant
         raise UsageError("-o -: a memory file is binary and goes to a file, not to standard output; name a file")
     folder = Path(output)
+    # The folder a memory file goes in exists; `-o FOLDER/` may make FOLDER itself, in a folder that exists.
+    _folder_exists(folder, "-o")
     if not (os.path.isdir(folder) or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
     if "-" in paths:

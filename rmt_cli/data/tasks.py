@@ -273,7 +273,8 @@ def build_haystack(story: Story, noise: NoiseSource, target_tokens: int, rng: ra
     memorize task), "random" scatters them at random boundaries (in order), "spread" puts fact k of n at a random
     boundary of the k-th of n equal bands of the first `written_tokens` tokens (the segments the memory is
     written from; default: all), so that facts stand apart and the memory must carry each across the others'
-    writes, rather than the last fact sitting in the question's segment.
+    writes, rather than the last fact sitting in the question's segment (facts too long for the written segments
+    spread over the whole document).
     """
     return build_marked_haystack(story, noise, target_tokens, rng, placement, written_tokens)[0]
 
@@ -311,7 +312,10 @@ def build_marked_haystack(story: Story, noise: NoiseSource, target_tokens: int, 
     if placement == "start":
         slots = [0] * len(fact_ids)
     elif placement == "spread":
-        slots = _spread_slots(sentences, fact_ids, written_tokens or target_tokens, rng)
+        # Facts that do not fit the written segments spread over the whole document (some then reach the
+        # question's segment): bunched at its start they would run into it all the same.
+        fits = written_tokens and fact_tokens < written_tokens
+        slots = _spread_slots(sentences, fact_ids, written_tokens if fits else target_tokens, rng)
     else:
         # Never after the last noise sentence: the document ends in noise, so trimming reaches the target.
         last = max(len(sentences) - 1, 0)

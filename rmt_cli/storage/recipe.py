@@ -224,6 +224,10 @@ class TaskSpec(Section):
             raise ValueError("noise kind 'files' needs noise.paths")
         if self.noise.kind == "dataset" and not self.noise.dataset:
             raise ValueError("noise kind 'dataset' needs noise.dataset")
+        if self.placement is not None and (self.name == "lm" or self.noise.kind == "none"):
+            without = "task lm has no facts" if self.name == "lm" else "noise kind 'none' has no noise to place them in"
+            raise ValueError(f"placement {self.placement!r} places a story's facts among the noise; {without} "
+                             f"(remove placement)")
 
 
 class OptimSpec(Section):
