@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -37,7 +38,10 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             e.show()
             sys.exit(e.exit_code)
         except click.ClickException as e:
-            where = getattr(getattr(e, "ctx", None), "command_path", None) or "rmt"
+            where = getattr(getattr(e, "ctx", None), "command_path", None)
+            if not where:  # some parse errors carry no context: the subcommand named, if any
+                named = [a for a in (args if args is not None else sys.argv[1:])[:1] if a in _COMMANDS]
+                where = f"rmt {named[0]}" if named else "rmt"
             _say("error", f"{e.format_message()} (see {where} --help)")
             sys.exit(e.exit_code)
         except typer.Abort:  # click's name for a Ctrl-C outside a command
@@ -64,6 +68,8 @@ def _flags_without_a_type() -> None:
 
 _flags_without_a_type()
 
+_COMMANDS = ("train", "extend", "ingest", "ask", "perplexity", "eval")  # for usage errors without a context
+
 app = typer.Typer(
     cls=_OneLineUsageErrors,
     name="rmt",
@@ -78,6 +84,18 @@ app = typer.Typer(
 # and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+
+
+def _number_in(low: float, high: float):
+    """An option's check: a finite number from low to high (NaN was "should be greater than or equal to 0")."""
+
+    def check(value: float) -> float:
+        if not (math.isfinite(value) and low <= value <= high):
+            bound = f"at least {low:g}" if math.isinf(high) else f"from {low:g} to {high:g}"
+            raise typer.BadParameter(f"{value}: a finite number {bound}")
+        return value
+
+    return check
 
 
 def _seed_in_range(value: int) -> int:
@@ -628,9 +646,12 @@ def ask(
                                          "model, when the package ships one)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
-                                       "LM's; an encoder picks one of its answers)."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy (default)."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling when temperature > 0."),
+                                       "LM's, and at most what the question's segment has room for; an encoder "
+                                       "picks one of its answers)."),
+    temperature: float = typer.Option(0.0, "--temperature", callback=_number_in(0.0, math.inf),
+                                      help="0: greedy (default)."),
+    top_p: float = typer.Option(1.0, "--top-p", callback=_number_in(0.0, 1.0),
+                                help="Nucleus sampling when temperature > 0."),
     seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed for sampling (0 to "
                                  "2^63-1)."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
@@ -759,8 +780,7 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
-    """Accuracy against document length: facts hidden in noise, read with memory, with it reset, and the
-    constant guess, each with a 95% interval."""
+    """Accuracy by document length: facts hidden in noise, with memory, memory reset, constant guess (95% CIs)."""
     from .data.sources import read_texts
     from .commands.longeval import (NoiseCorpus, StorySource, evaluate_length, format_length, parse_lengths,
                                     plot_results)

@@ -225,6 +225,26 @@ def test_a_placement_needs_noise_to_place_facts_in():
     assert validate_recipe({**MINIMAL, "task": {"name": "qa1", "placement": "spread"}}).task.placement == "spread"
 
 
+def test_an_extend_recipe_given_to_train_says_to_extend(tmp_path):
+    """The eleventh review: `rmt train qa1-memory-extend.yaml` spoke only of a missing tokenizer."""
+    path = tmp_path / "more.yaml"
+    path.write_text("curriculum: [{segments: 2, steps: 5}]\n")
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path)
+    assert "no model section" in str(caught.value) and "rmt extend CHECKPOINT RECIPE" in str(caught.value)
+
+
+def test_a_missing_data_path_names_its_setting(tmp_path, monkeypatch):
+    from rmt_cli.commands.samples import TaskData
+
+    monkeypatch.chdir(tmp_path)
+    for task, setting in (({"name": "qa1", "noise": {"kind": "files", "paths": ["books/a.txt"]}}, "task.noise.paths"),
+                          ({"name": "lm", "lm_paths": ["books/a.txt"]}, "task.lm_paths")):
+        recipe = validate_recipe({**MINIMAL, "task": task})
+        with pytest.raises(UsageError, match=rf"^{re.escape(setting)}: books/a.txt: .*current folder"):
+            TaskData(recipe.task, recipe.memory, 0)
+
+
 def test_defaults_and_eval_lengths():
     recipe = validate_recipe(MINIMAL)
     assert recipe.eval_lengths() == [1, 2]

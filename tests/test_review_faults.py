@@ -618,6 +618,22 @@ def test_an_output_in_a_missing_folder_is_refused_before_reading(tmp_path, check
     assert r.exit_code == 0 and (tmp_path / "made" / "doc.st").is_file(), r.stderr
 
 
+def test_eleventh_review_messages(tmp_path, checkpoint, memfile):
+    """Usage errors name the subcommand's help; NaN is "a finite number"; a non-finite value names its override;
+    a checkpoint folder as output_dir is called one."""
+    one_error(run(["ingest", "x.txt", "-o", "x.st", "--model"]), 2, "requires an argument", "see rmt ingest --help")
+    one_error(run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--temperature", "nan"]), 2,
+              "nan: a finite number at least 0")
+    one_error(run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--top-p", "nan"]), 2,
+              "nan: a finite number from 0 to 1")
+    one_error(run(["train", RECIPE, "optim.lr=1e400", f"output_dir={tmp_path / 'r'}"]), 2,
+              "(override optim.lr=1e400): optim.lr: must be a finite number")
+    before = sorted(p.name for p in checkpoint.iterdir())
+    one_error(run(["train", RECIPE, f"output_dir={checkpoint}", *FAST, "-q"]), 2, "is a checkpoint folder",
+              "rmt extend")
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
 def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
     """The eleventh review: resume=auto took another placement, fact count or batch size without a word, and the
     rewritten recipe.yaml left no trace of what the earlier steps trained with."""

@@ -30,7 +30,7 @@ class Reply:
     answer: str
     logprob: float  # of the whole answer
     tokens: int  # generated tokens (0 for a classifier)
-    runner_up: str | None = None  # a classifier's next most likely answer, and its log-probability
+    runner_up: str | None = None  # a classifier's most likely other answer (sampled: maybe the likelier), its logprob
     runner_up_logprob: float | None = None
 
 

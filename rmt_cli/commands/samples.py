@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UsageError
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
@@ -23,6 +25,17 @@ def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
     if field not in ds.column_names:
         raise UsageError(f"dataset {name!r} has no field {field!r}; it has {', '.join(ds.column_names)}")
     return [t for t in ds[field] if t]
+
+
+def _texts_of_setting(paths: list[str], setting: str) -> list[str]:
+    """The texts of a recipe's data paths; an error names the setting (relative paths are from the current
+    folder, not the recipe's: the usual surprise)."""
+    try:
+        return [t for _, t in read_texts(paths)]
+    except UsageError as e:
+        relative = any(not os.path.isabs(p) for p in paths)
+        raise UsageError(f"{setting}: {e}" + (" (relative paths are read from the current folder)" if relative
+                                               else "")) from None
 
 
 class TaskData:
@@ -46,7 +59,7 @@ class TaskData:
             raise UsageError(f"task.babi_path: {e}") from None
 
     def _lm_texts(self) -> list[str]:
-        texts = [t for _, t in read_texts(self.task.lm_paths)]
+        texts = _texts_of_setting(self.task.lm_paths, "task.lm_paths")
         spec = self.task.lm_dataset
         if spec is not None:
             texts += load_dataset_texts(spec.name, spec.split, spec.text_field)
@@ -57,7 +70,7 @@ class TaskData:
     def _noise_sentences(self) -> list[str] | None:
         noise = self.task.noise
         if noise.kind == "files":
-            texts = [t for _, t in read_texts(noise.paths)]
+            texts = _texts_of_setting(noise.paths, "task.noise.paths")
         elif noise.kind == "dataset":
             texts = load_dataset_texts(noise.dataset, noise.split, noise.text_field)
         else:

@@ -296,6 +296,9 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
     thesis was deleted, a hand-written recipe.yaml overwritten). A resumed run leaves other files alone."""
     if not output_dir.is_dir():
         return
+    if not resuming and _rmt_checkpoint(output_dir):
+        raise UsageError(f"output_dir {shown(output_dir)}: is a checkpoint folder; a new run writes into a new or "
+                         f"empty folder (rmt extend {shown(output_dir)} RECIPE continues that model)")
     replaced = {"final", *(f"stage-{k}" for k in range(stages))}
     for entry in sorted(output_dir.iterdir()):
         # Left by a kill -9: atomic_path's temporary recipe, a stage folder being written (cleared when rewritten)

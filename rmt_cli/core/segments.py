@@ -94,8 +94,8 @@ def build_final_segment(tail: list[int], question: list[int], answer: list[int],
         raise ValueError(f"the answer takes {len(answer)} tokens; at most {ANSWER_ROOM} fit the answer room")
     if len(question) + ANSWER_ROOM > segment_size:
         raise ValueError(
-            f"the question takes {len(question)} tokens; with {ANSWER_ROOM} for the answer "
-            f"that is more than a segment ({segment_size} tokens)"
+            f"the question takes {len(question)} tokens; with the {ANSWER_ROOM} the final segment keeps free after "
+            f"it (an answer's room) that is more than a segment ({segment_size} tokens)"
         )
     flush = None
     if len(tail) + len(question) + ANSWER_ROOM > segment_size:

@@ -564,7 +564,8 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
     overrides), reported first, with the recipe's own."""
     bad = _bad_value(data)
     if bad is not None:
-        raise UsageError("\n".join([*problems, f"{source}: {bad[0]}: {bad[1]}"]))
+        setters = override_of(tuple(bad[0].split(".")), overrides)
+        raise UsageError("\n".join([*problems, f"{value_source(source, setters)}: {bad[0]}: {bad[1]}"]))
     if _expanded_size(data, MAX_YAML_NODES, source) > MAX_YAML_NODES:  # overrides can nest too
         raise UsageError("\n".join([*problems, f"{source}: more than {MAX_YAML_NODES:,} values"]))
     try:
@@ -593,7 +594,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     problems: list[str] = []
     applied: list[str] = []
     data = apply_overrides(read_recipe_data(path), list(overrides or []), problems, applied)
-    return validate_recipe(data, recipe_label(path), applied, problems)
+    try:
+        return validate_recipe(data, recipe_label(path), applied, problems)
+    except UsageError as e:
+        if "model" in data:
+            raise
+        # An -extend recipe has no model: it continues a checkpoint's (the eleventh review: its errors misled)
+        raise UsageError(f"{e}\n{recipe_label(path)}: no model section; a recipe that continues a trained "
+                         f"model runs with rmt extend CHECKPOINT RECIPE") from None
 
 
 def dump_recipe(recipe: Recipe) -> str:
