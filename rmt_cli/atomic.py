@@ -116,10 +116,10 @@ def atomic_folder(path: str | Path):
         for f in tmp.iterdir():
             make_ordinary(f)
             _sync(f)
-        _replace_folder(tmp, final)
-    except BaseException:  # an error, or a second Ctrl-C in the middle: no half folder left behind
+    except BaseException:  # an error, or a second Ctrl-C while it is filled: no half folder left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _replace_folder(tmp, final)  # once whole it is never removed: a swap cut short leaves it, or the old one
 
 
 def _replace_folder(tmp: Path, final: Path) -> None:

@@ -40,7 +40,7 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         except click.ClickException as e:
             where = getattr(getattr(e, "ctx", None), "command_path", None)
             if not where:  # some parse errors carry no context: the subcommand named, if any
-                named = [a for a in (args if args is not None else sys.argv[1:])[:1] if a in _COMMANDS]
+                named = [a for a in (args if args is not None else sys.argv[1:])[:1] if a in self.commands]
                 where = f"rmt {named[0]}" if named else "rmt"
             _say("error", f"{e.format_message()} (see {where} --help)")
             sys.exit(e.exit_code)
@@ -67,8 +67,6 @@ def _flags_without_a_type() -> None:
 
 
 _flags_without_a_type()
-
-_COMMANDS = ("train", "extend", "ingest", "ask", "perplexity", "eval")  # for usage errors without a context
 
 app = typer.Typer(
     cls=_OneLineUsageErrors,
@@ -169,10 +167,18 @@ class _TolerantStderr:
     def write(self, text: str) -> int:
         if not self.broken:
             try:
-                return self.stream.write(text)
+                try:
+                    return self.stream.write(text)
+                except UnicodeEncodeError:  # a stream that cannot show a character: escaped, not silenced
+                    encoding = getattr(self.stream, "encoding", None) or "ascii"
+                    return self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
             except (OSError, ValueError):  # EPIPE, ENOSPC, or a stream closed under us
                 self.broken = True
         return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         if not self.broken:
@@ -190,6 +196,7 @@ def command(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _INTERRUPTION_SAID.clear()  # each command (several in one process: the API, tests) says it once
         stderr = sys.stderr
         if stderr is not None and not isinstance(stderr, _TolerantStderr):
             sys.stderr = _TolerantStderr(stderr)
@@ -406,16 +413,15 @@ def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[
     return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device or _device(), engine="auto")
 
 
-def _outside_checkpoint(model: Optional[Path], outputs: list[tuple[str, Path]]) -> None:
-    """Refuse an output inside the checkpoint folder being read: a file added there makes the folder one that
+def _outside_checkpoint(models: list[Optional[Path]], outputs: list[tuple[str, Path]]) -> None:
+    """Refuse an output inside a checkpoint folder being read: a file added there makes the folder one that
     training no longer replaces and a copy no longer loads as it was (a checkpoint folder holds its own files only)."""
-    from .storage.assets import DEFAULT_MODEL_DIR
-
-    folder = Path(os.path.realpath(model if model else DEFAULT_MODEL_DIR))
-    for what, path in outputs:
-        if folder in Path(os.path.realpath(path)).parents:
-            raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(model or folder)}; write it "
-                             f"elsewhere")
+    for model in filter(None, models):
+        folder = Path(os.path.realpath(model))
+        for what, path in outputs:
+            if folder in Path(os.path.realpath(path)).parents:
+                raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(model)}; write it "
+                                 f"elsewhere")
 
 
 def _is_trace(path: Path) -> bool:
@@ -516,7 +522,10 @@ def ingest(
             raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
         replaceable_target(trace, "--trace ", _is_trace, "a trace; rmt replaces only a trace it wrote (remove it "
                            "first, or name another file)")
-    _outside_checkpoint(model, [("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
+    from .storage.assets import DEFAULT_MODEL_DIR
+
+    _outside_checkpoint([model or DEFAULT_MODEL_DIR],
+                        [("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 
@@ -567,6 +576,8 @@ def ingest(
     except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
         raise RMTError(str(e)) from None
     except IngestInterrupted as stop:  # say which memory files are written (a batch's finished documents)
+        if processes is not None:  # each process knows its own share only: the bare "interrupted"
+            raise
         finished = [r for r in stop.results if not r.error]
         if len(jobs) > 1 and not _INTERRUPTION_SAID:  # in place of the bare "interrupted"
             _INTERRUPTION_SAID.append(True)
@@ -725,6 +736,7 @@ def perplexity(
 
     if plot_file is not None:
         _check_plot_target(plot_file, paths)
+        _outside_checkpoint([model or DEFAULT_LM_DIR, baseline], [("--plot ", plot_file)])
     loaded = _load_model(model, _dtype(dtype) if dtype else None, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, loaded.cell.dtype) if baseline is not None else None
     from .progress import ProgressBar
@@ -808,7 +820,10 @@ def eval_command(
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
+        from .storage.assets import DEFAULT_MODEL_DIR
+
         _check_plot_target(plot_file, [*(noise or []), *([str(babi)] if babi else [])])
+        _outside_checkpoint([model or DEFAULT_MODEL_DIR], [("--plot ", plot_file)])
     stories = None
     if babi is not None:
         try:

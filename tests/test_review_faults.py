@@ -493,6 +493,14 @@ def test_no_output_goes_inside_the_checkpoint_folder_being_read(tmp_path, checkp
     assert sorted(p.name for p in checkpoint.iterdir()) == before and not (tmp_path / "m.st").exists()
 
 
+def test_no_plot_goes_inside_the_checkpoint_folder_being_read(checkpoint):
+    pytest.importorskip("matplotlib")
+    before = sorted(p.name for p in checkpoint.iterdir())
+    one_error(run(["eval", "--model", checkpoint, "--plot", checkpoint / "p.png", "--lengths", "100", "-q"]), 2,
+              "--plot", "inside the checkpoint folder")
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
 def test_an_interrupted_batch_reports_the_memory_files_it_finished(tmp_path, checkpoint, monkeypatch):
     """Ctrl-C in the middle of a manifest: --json lists every document, the finished ones as usual (their files
     written) and the others as interrupted with nothing written; exit 130 (it printed nothing)."""
@@ -649,9 +657,11 @@ def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
     [resumed] = [e for e in events if e.get("event") == "resume"]
     assert resumed["step"] == 2 and resumed["changed"]["task.placement"] == [None, "spread"]
     assert [e["step"] for e in events if "event" not in e] == [1, 2, 3]
-    # The same recipe again: nothing to say or record.
-    r = run([*args, longer, "task.placement=spread", "batch_size=2", "curriculum.0.steps=4", "resume=auto"])
-    assert [line for line in r.stderr.splitlines() if "task.placement" in line] == []
+    # The same recipe again (resumed at its end: it writes final/ anew): nothing to say or record.
+    r = run([*args, longer, "task.placement=spread", "batch_size=2", "resume=auto"])
+    assert r.exit_code == 0 and "warning: resume" not in r.stderr, r.stderr
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "resume"] == [2]
 
 
 # The seventh review (untuned, session 9): the sixth review's fixes under variations

@@ -15,6 +15,7 @@ again from its memory. So the memory is the one-at-a-time path's, bit for bit, a
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,11 +413,15 @@ def _folder_exists(output: Path, what: str) -> None:
     """The folder of an -o output must exist: a typo in it would otherwise build a tree of new folders (the
     eleventh review: `-o /nonexistent/dir/x.st` made /nonexistent as root). A manifest's outputs may go into new
     folders: a pipeline lays its outputs out there."""
-    parent = Path(os.path.abspath(output)).parent
-    if os.path.exists(parent) and not os.path.isdir(parent):
+    parent = Path(output).parent  # as named: ".." goes through a link as the system goes
+    try:
+        is_folder = stat.S_ISDIR(os.stat(parent).st_mode)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {shown(output)}: no folder {shown(parent)}") from None
+    except OSError as e:  # a folder on the way that may not be searched, a name too long: the system's reason
+        raise UsageError(f"{what} {shown(output)}: {shown(parent)}: {e.strerror or e}") from None
+    if not is_folder:
         raise UsageError(f"{what} {shown(output)}: {shown(parent)} is a file, not a folder")
-    if not os.path.isdir(parent):
-        raise UsageError(f"{what} {shown(output)}: no folder {shown(parent)}")
 
 
 def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append: str | os.PathLike | None = None,

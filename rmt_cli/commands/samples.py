@@ -33,7 +33,7 @@ def _texts_of_setting(paths: list[str], setting: str) -> list[str]:
     try:
         return [t for _, t in read_texts(paths)]
     except UsageError as e:
-        relative = any(not os.path.isabs(p) for p in paths)
+        relative = any(not os.path.isabs(p) and not os.path.exists(p) for p in paths)
         raise UsageError(f"{setting}: {e}" + (" (relative paths are read from the current folder)" if relative
                                                else "")) from None
 
