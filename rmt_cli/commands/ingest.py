@@ -419,7 +419,7 @@ def _folder_exists(output: Path, what: str) -> None:
     except FileNotFoundError:
         raise UsageError(f"{what} {shown(output)}: no folder {shown(parent)}") from None
     except OSError as e:  # a folder on the way that may not be searched, a name too long: the system's reason
-        raise UsageError(f"{what} {shown(output)}: {shown(parent)}: {e.strerror or e}") from None
+        raise UsageError(f"{what} {shown(output)}: {e.strerror or e}") from None
     if not is_folder:
         raise UsageError(f"{what} {shown(output)}: {shown(parent)} is a file, not a folder")
 
