@@ -547,8 +547,9 @@ def test_a_nul_character_in_a_recipe_is_refused(tmp_path, override, path):
     """A NUL in output_dir (a YAML escape) was a ValueError traceback from mkdir, after the model was built."""
     with pytest.raises(UsageError) as caught:
         load_recipe(write(tmp_path, MINIMAL), [override])
-    assert str(caught.value) == f"{tmp_path / 'recipe.yaml'}: {path}: holds a NUL character (\\x00), which no name " \
-                                f"or setting may hold"
+    # The override that set it is named, as for every other value an override sets
+    assert str(caught.value).startswith(f"{tmp_path / 'recipe.yaml'} (override ")
+    assert str(caught.value).endswith(f"): {path}: holds a NUL character (\\x00), which no name or setting may hold")
 
 
 @pytest.mark.parametrize("text, words", [

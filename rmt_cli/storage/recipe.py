@@ -597,7 +597,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         return validate_recipe(data, recipe_label(path), applied, problems)
     except UsageError as e:
-        if "model" in data or not re.search(r"\b(model|tokenizer)\b", str(e)):
+        if "model" in data or "has no tokenizer of its own" not in str(e):
             raise
         # An -extend recipe has no model: it continues a checkpoint's (the eleventh review: its errors misled)
         raise UsageError(f"{e}\n{recipe_label(path)}: no model section; a recipe that continues a trained "
