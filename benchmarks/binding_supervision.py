@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from rmt_cli.core.segments import build_final_segment, pad_rows, question_ids  # noqa: E402
 from rmt_cli.data.sources import read_texts  # noqa: E402
 from rmt_cli.data.tasks import reasoning_story, split_sentences  # noqa: E402
-from rmt_cli.storage.checkpoint import load_checkpoint  # noqa: E402
+from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 WRITES = 3
 
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--test-stories", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--save", help="write the trained model here at the end (a checkpoint for rmt eval)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -149,6 +150,12 @@ def main() -> None:
         if step % args.every == 0:
             print(f"step {step}: loss {float(answer_loss.detach()):.3f}, head {float(head_loss.detach()):.3f}; "
                   f"{evaluate(model, head, tests)}", flush=True)
+    if args.save:  # the model alone (the head is this experiment's), with the checkpoint's recipe
+        recipe = Path(args.model, "recipe.yaml")
+        save_checkpoint(args.save, model.cell, model.tokenizer, model.memory_settings,
+                        model.info.get("source", "binding_supervision"),
+                        recipe.read_text() if recipe.is_file() else None)
+        print(f"saved {args.save}", flush=True)
 
 
 if __name__ == "__main__":
