@@ -45,6 +45,21 @@ def output_target(path: str | Path, what: str = "") -> Path:
     return target
 
 
+def existing_folder(path: str | Path, what: str) -> None:
+    """The folder an output named `path` goes in exists (`what` starts the error: "-o ", "--trace "): rmt makes
+    none for a file named on the command line, where a typo would build a tree of new folders (as root,
+    anywhere). `path` as named: ".." goes through a link as the system goes."""
+    parent = Path(path).parent
+    try:
+        is_folder = stat.S_ISDIR(os.stat(parent).st_mode)
+    except FileNotFoundError:
+        raise UsageError(f"{what}{shown(path)}: no folder {shown(parent)}") from None
+    except OSError as e:  # a folder on the way that may not be searched, a name too long: the system's reason
+        raise UsageError(f"{what}{shown(path)}: {e.strerror or e}") from None
+    if not is_folder:
+        raise UsageError(f"{what}{shown(path)}: {shown(parent)} is a file, not a folder")
+
+
 def check_folder(folder: Path, where: str) -> None:
     """The folder an output goes in (or the nearest of its parents that exists, in which rmt creates the rest)
     is a folder rmt may write in: found before any work, not when the output is written after it. `where`

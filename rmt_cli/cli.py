@@ -506,14 +506,13 @@ def ingest(
         dtype = kept
     torch_dtype = _dtype(dtype) if dtype else None
     if trace is not None:
-        from .atomic import output_target, replaceable_target
+        from .atomic import existing_folder, output_target, replaceable_target
 
         if str(trace) == "-":
             raise UsageError("--trace -: the trace goes to a file (standard output is for --json); name one")
         # The rule of every output: a regular file or a new path (a link: the file it names), checked now.
         trace = output_target(trace, "--trace ")
-        if not trace.parent.is_dir():
-            raise UsageError(f"--trace {trace}: no folder {trace.parent}")
+        existing_folder(trace, "--trace ")
         if any(trace in job.files() for job in jobs):
             raise UsageError(f"--trace {trace}: is an input or output of this ingest")
         # Inside a folder being read, the trace (and its temporary file) would be read as part of the codebase
@@ -884,13 +883,12 @@ def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
         raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
     if plot_file.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_file}: the plot is a PNG file; name it NAME.png")
-    from .atomic import output_target, plot_target
+    from .atomic import existing_folder, output_target, plot_target
 
     target = output_target(plot_file, "--plot ")  # a regular file or a new path; a link: the file it names
     if target.suffix.lower() != ".png":  # a link named x.png onto notes.txt would overwrite the notes
         raise UsageError(f"--plot {plot_file}: a link to {shown(target)}, which is not a PNG file")
-    if not target.parent.is_dir():  # find out now, not after the whole evaluation
-        raise UsageError(f"--plot {plot_file}: no folder {target.parent}")
+    existing_folder(target, "--plot ")  # found now, not after the whole evaluation
     for given in inputs:
         if given == "-":
             continue

@@ -15,7 +15,6 @@ again from its memory. So the memory is the one-at-a-time path's, bit for bit, a
 from __future__ import annotations
 
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..atomic import output_target
+from ..atomic import existing_folder, output_target
 from ..storage.checkpoint import LoadedModel
 from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
@@ -409,21 +408,6 @@ def shard_jobs(jobs: list[IngestJob], rank: int, world: int) -> list[int]:
     return list(range(rank, len(jobs), world))
 
 
-def _folder_exists(output: Path, what: str) -> None:
-    """The folder of an -o output must exist: a typo in it would otherwise build a tree of new folders (the
-    eleventh review: `-o /nonexistent/dir/x.st` made /nonexistent as root). A manifest's outputs may go into new
-    folders: a pipeline lays its outputs out there."""
-    parent = Path(output).parent  # as named: ".." goes through a link as the system goes
-    try:
-        is_folder = stat.S_ISDIR(os.stat(parent).st_mode)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {shown(output)}: no folder {shown(parent)}") from None
-    except OSError as e:  # a folder on the way that may not be searched, a name too long: the system's reason
-        raise UsageError(f"{what} {shown(output)}: {e.strerror or e}") from None
-    if not is_folder:
-        raise UsageError(f"{what} {shown(output)}: {shown(parent)} is a file, not a folder")
-
-
 def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append: str | os.PathLike | None = None,
               manifest: str | os.PathLike | None = None) -> list[IngestJob]:
     """The documents of one `rmt ingest` call and where each memory goes:
@@ -448,7 +432,7 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
         if os.path.isdir(target):  # False for a name the system refuses (too long): output_target names why
             raise UsageError(f"{'-o' if output else '--append'} {shown(target)}: is a folder; --append writes one "
                              f"memory file")
-        _folder_exists(target, "-o" if output else "--append")
+        existing_folder(target, "-o " if output else "--append ")
         return [IngestJob(paths, target, Path(append))]
     if not paths:
         raise UsageError("no input given: name files, folders, or - for standard input")
@@ -457,8 +441,9 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if str(output) == "-":  # a file named "-" is never what was meant
         raise UsageError("-o -: a memory file is binary and goes to a file, not to standard output; name a file")
     folder = Path(output)
-    # The folder a memory file goes in exists; `-o FOLDER/` may make FOLDER itself, in a folder that exists.
-    _folder_exists(folder, "-o")
+    # The folder a memory file goes in exists; `-o FOLDER/` may make FOLDER itself, in a folder that exists (a
+    # manifest's outputs may go into new folders: a pipeline lays its outputs out there).
+    existing_folder(folder, "-o ")
     if not (os.path.isdir(folder) or str(output).endswith(("/", os.sep))):
         return [IngestJob(paths, folder)]
     if "-" in paths:
