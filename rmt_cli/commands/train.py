@@ -158,21 +158,19 @@ def _stored_recipe(checkpoint: Path) -> dict | None:
         return None  # a checkpoint without its recipe: its rmt.json is checked when it loads
 
 
-def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> list[str]:
+def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> list[str]:
     """What the recipe asks that the checkpoint's run was not: another model, tokenizer, memory or task (the run
     would train the checkpoint's model and save it described as the recipe's, which nothing could load), or a
-    curriculum that ends before the checkpoint's step."""
+    curriculum that ends before the checkpoint's step. `was`: the checkpoint's recipe (`_stored_recipe`)."""
     problems = []
     total = sum(s.steps for s in recipe.curriculum)
     if first_step > total:
         problems.append(f"curriculum: the checkpoint is at step {first_step}, the recipe's curriculum has "
                         f"{counted(total, 'step')} in all; resume needs at least as many")
-    was = _stored_recipe(checkpoint)
     if was is None:
         return problems
     asked = recipe.model_dump(mode="json")
-    for section in (*RESUME_LOCKED, ("task", "name")):
-        path = section if isinstance(section, tuple) else (section,)
+    for path in (*((section,) for section in RESUME_LOCKED), ("task", "name")):
         for where, had, wants in _differences(_at(was, path), _at(asked, path), path):
             if where[:2] not in RESUME_FREE:
                 problems.append(f"{'.'.join(where)}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
@@ -180,11 +178,10 @@ def _resume_mismatches(recipe: Recipe, checkpoint: Path, first_step: int) -> lis
     return problems
 
 
-def _resume_changes(recipe: Recipe, checkpoint: Path) -> dict[str, list]:
+def _resume_changes(recipe: Recipe, was: dict | None) -> dict[str, list]:
     """How the recipe trains on differently from the checkpoint's run (data, batch, optimiser, seed, how the
     memory is trained): allowed, but the run then does not end as an uninterrupted one would, so it is said and
     recorded. {"task.placement": [old, new], ...}"""
-    was = _stored_recipe(checkpoint)
     if was is None:
         return {}
     return {".".join(where): [had, wants]
@@ -404,10 +401,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
     resume_changes = {}
     if resume_from is not None:
-        problems = _resume_mismatches(recipe, resume_from, read_training_state(resume_from)["step"])
+        was = _stored_recipe(resume_from)
+        problems = _resume_mismatches(recipe, was, read_training_state(resume_from)["step"])
         if problems:
             raise UsageError("\n".join(f"resume: {shown(resume_from)}: {p}" for p in problems))
-        resume_changes = _resume_changes(recipe, resume_from)
+        resume_changes = _resume_changes(recipe, was)
         if resume_changes:
             listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in resume_changes.items())
             log.info(f"warning: resume: the recipe trains on differently from the checkpoint's run ({listed}); "
