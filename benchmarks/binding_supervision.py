@@ -7,6 +7,8 @@ change it. This script continues a checkpoint on documents of three write segmen
 at two different segments) and a final one with the question, with the classifier's loss as in training, plus
 (`--weight W`) a linear head on the memory trained to name the place east (or north) of the other and the place west
 (or south): a direct gradient for the binding. `--weight 0` is the control: the same steps without the head's loss.
+`--writes 2-8` draws the number of write segments per batch (held-out stories then use the largest). The recipe
+setting `memory.binding_supervision` is this head inside `rmt train`, for every story whose facts are written.
 
 Reported every `--every` steps, on held-out stories and book sentences: accuracy through the memory when the
 question is about the earlier and about the later fact, and the head's own held-out accuracy (is the binding
@@ -35,26 +37,23 @@ from rmt_cli.data.sources import read_texts  # noqa: E402
 from rmt_cli.data.tasks import reasoning_story, split_sentences  # noqa: E402
 from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
-WRITES = 3
-
-
 def sentences_of(paths, tokenizer) -> list[list[int]]:
     ids = [tokenizer.encode(" " + s, add_special_tokens=False)
            for _, text in read_texts(paths) for s in split_sentences(text)]
     return [s for s in ids if 3 < len(s) < 40]
 
 
-def make_batch(model, sentences, rng: random.Random, size: int):
+def make_batch(model, sentences, rng: random.Random, size: int, writes_count: int = 3):
     """`size` documents: the facts at two different write segments, book sentences around them, a short tail and
-    the question. Returns write segments [WRITES][size, S], the final segment, the answers, the binding targets
+    the question. Returns write segments [writes_count][size, S], the final segment, the answers, the binding targets
     (place east/north of the other, place west/south), and whether the question is about the earlier fact."""
     tok, S, answers = model.tokenizer, model.segment_size, model.cell.answers
-    writes, finals, labels, targets, earlier = [[] for _ in range(WRITES)], [], [], [], []
+    writes, finals, labels, targets, earlier = [[] for _ in range(writes_count)], [], [], [], []
     for _ in range(size):
         story = reasoning_story(rng)
-        layout = sorted(rng.sample(range(WRITES), 2))
+        layout = sorted(rng.sample(range(writes_count), 2))
         facts = [tok.encode(" " + f, add_special_tokens=False) for f in story.facts]
-        for k in range(WRITES):
+        for k in range(writes_count):
             ids = [t for j, f in enumerate(facts) if layout[j] == k for t in f]
             while len(ids) < S:
                 ids += rng.choice(sentences)
@@ -110,6 +109,8 @@ def main() -> None:
     parser.add_argument("--train-noise", required=True, nargs="+")
     parser.add_argument("--test-noise", required=True, nargs="+")
     parser.add_argument("--weight", type=float, default=1.0, help="the binding head's loss weight (0: control)")
+    parser.add_argument("--writes", default="3", help="write segments per document: N, or LOW-HIGH drawn per batch "
+                        "(held-out stories use HIGH)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -119,6 +120,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--save", help="write the trained model here at the end (a checkpoint for rmt eval)")
     args = parser.parse_args()
+    low, _, high = args.writes.partition("-")
+    low, high = int(low), int(high or low)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = load_checkpoint(args.model)
@@ -130,13 +133,13 @@ def main() -> None:
     train_sentences = sentences_of(args.train_noise, model.tokenizer)
     test_sentences = sentences_of(args.test_noise, model.tokenizer)
     test_rng = random.Random(args.seed + 1)
-    tests = [make_batch(model, test_sentences, test_rng, 50) for _ in range(args.test_stories // 50)]
+    tests = [make_batch(model, test_sentences, test_rng, 50, high) for _ in range(args.test_stories // 50)]
     params = list(model.cell.parameters()) + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     rng = random.Random(args.seed)
     print(f"step 0: {evaluate(model, head, tests)}", flush=True)
     for step in range(1, args.steps + 1):
-        batch = make_batch(model, train_sentences, rng, args.batch_size)
+        batch = make_batch(model, train_sentences, rng, args.batch_size, rng.randint(low, high))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, bound = run(model, head, batch, head_trains_memory=args.weight > 0)
         answer_loss = F.cross_entropy(logits, batch[3])

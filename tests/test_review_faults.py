@@ -653,6 +653,7 @@ def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
     assert r.exit_code == 0, r.stderr
     [warning] = [line for line in r.stderr.splitlines() if line.startswith("warning: resume:")]
     assert "task.placement None -> 'spread'" in warning and "batch_size 4 -> 2" in warning
+    assert "curriculum.0.steps 2 -> 3" in warning and "'segments'" not in warning  # the stage's one change alone
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     [resumed] = [e for e in events if e.get("event") == "resume"]
     assert resumed["step"] == 2 and resumed["changed"]["task.placement"] == [None, "spread"]

@@ -372,6 +372,27 @@ def test_a_stage_task_makes_that_stages_stories(tokenizer):
             assert (DIRECTIONS[min(pair)] == max(pair)) == opposite, (step, pair)
 
 
+def test_a_stage_placement_places_that_stages_facts(tokenizer):
+    """A stage's own placement: "spread" keeps reasoning's facts out of the question's segment in its stage, the
+    recipe's "random" puts some there in the next; a stage without noise has nothing to place."""
+    from rmt_cli.commands.train import StepBatches
+    from rmt_cli.storage.recipe import validate_recipe
+
+    data = {"tokenizer": {"kind": "bpe"}, "batch_size": 50, "memory": {"segment_size": 64},
+            "task": {"name": "reasoning"},
+            "curriculum": [{"segments": 2, "steps": 1, "placement": "spread"}, {"segments": 2, "steps": 1}]}
+    recipe = validate_recipe(data, "r.yaml")
+    task_data = TaskData(recipe.task, recipe.memory, recipe.seed).bind(tokenizer)
+    steps = StepBatches(task_data, recipe, tokenizer.pad_token_id, 0, 0, recipe.batch_size)
+    relation = re.compile(rf"The ({_alt(PLACES)}) is")
+    in_question = [sum(bool(relation.search(tokenizer.decode(row))) for row in steps[step].final_ids)
+                   for step in (0, 1)]
+    assert in_question[0] == 0 and in_question[1] > 5, in_question
+    data["curriculum"][0]["noise"] = False
+    with pytest.raises(UsageError, match="curriculum.0.placement"):
+        validate_recipe(data, "r.yaml")
+
+
 # --- bAbI files ------------------------------------------------------------------------------------------------
 
 BABI = """1 Mary moved to the bathroom.

@@ -94,5 +94,10 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
 
 
 def _minimal(trained: dict) -> dict:
+    """The trained recipe's locked sections, as a recipe of their own (to validate them); with the task's name where
+    a setting of the memory's training needs it (memory.binding_supervision: task reasoning)."""
     keep = {k: trained[k] for k in ("model", "tokenizer", "memory") if k in trained}
+    task, memory = trained.get("task"), trained.get("memory")
+    if isinstance(memory, dict) and memory.get("binding_supervision") and isinstance(task, dict):
+        keep["task"] = {"name": task.get("name")}
     return {**keep, "curriculum": [{"segments": 1, "steps": 1}]}

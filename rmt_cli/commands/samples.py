@@ -42,6 +42,7 @@ class TaskData:
     def __init__(self, task: TaskSpec, memory: MemorySpec, seed: int):
         self.task = task
         self.segment_size = memory.segment_size
+        self.with_bindings = bool(memory.binding_supervision)  # samples carry their stories' bindings
         self.seed = seed
         self.babi = self._babi() if task.name == "babi" else None
         self.noise_sentences = self._noise_sentences()
@@ -108,10 +109,11 @@ class TaskData:
         return self
 
     def sample(self, index: int, num_segments: int, facts: tuple[int, int] | None = None,
-               training: bool = False, noise: bool = True, task: str | None = None) -> DocumentSample:
+               training: bool = False, noise: bool = True, task: str | None = None,
+               placement: str | None = None) -> DocumentSample:
         """One document. `training` adds the recipe's further questions (task.questions) after the first.
         `noise=False`: the story's facts alone, whatever `num_segments` says. `task`: a generated task's story
-        in place of the recipe's (a curriculum stage's own task)."""
+        in place of the recipe's (a curriculum stage's own task); `placement`: a stage's own placement."""
         rng = rng_for(self.seed, index, f"sample{num_segments}")
         S = self.segment_size
         if self.lm_texts is not None:
@@ -124,13 +126,15 @@ class TaskData:
             ids = [t for f in story.facts for t in self.tokenizer.encode(" " + f, add_special_tokens=False)]
             marks = [True] * len(ids)
         else:
-            placement = (self.task.placement or default_placement(task)) if task else self.placement
+            placement = placement or ((self.task.placement or default_placement(task)) if task else self.placement)
             written = (num_segments - 1) * S or target  # the tokens before the question's segment
             ids, marks = build_marked_haystack(story, self.noise, target, rng, placement, written)
         try:
             question = question_ids(self.tokenizer, story.question)
             if self.answers is not None:  # a classifier: the tail and the question, and the answer's label
-                return qa_sample(ids, question, [], S, marks, answer_index=self.answers.index(story.answer))
+                bindings = [self.answers.index(a) for a in story.bindings] if self.with_bindings else None
+                return qa_sample(ids, question, [], S, marks, answer_index=self.answers.index(story.answer),
+                                 bindings=bindings)
             more = [(question_ids(self.tokenizer, q), answer_ids(self.tokenizer, a))
                     for q, a in story.more[: self.task.questions - 1]] if training else []
             return qa_sample(ids, question, answer_ids(self.tokenizer, story.answer), S, marks, more)

@@ -23,7 +23,7 @@ import yaml
 
 from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import CHECKPOINT_FILES, RMT_JSON, load_checkpoint, save_checkpoint
-from ..storage.training_state import load_optimizer_state, read_training_state
+from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, UsageError, counted, one_line, shown, stop_signals
 from .evaluate import evaluate
@@ -33,7 +33,7 @@ from ..progress import ProgressBar
 from ..data.sources import read_small_text
 from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
-from ..data.tasks import rng_for
+from ..data.tasks import BINDING_COUNTS, rng_for
 
 CHECKPOINTS = "checkpoints"
 
@@ -89,7 +89,8 @@ class StepBatches(torch.utils.data.Dataset):
         stage = self.recipe.curriculum[stage_at(self.recipe.curriculum, step)[0]]
         first = step * self.recipe.batch_size + self.rank * self.local
         samples = [self.data.sample(i, segments_for(self.recipe.seed, i, stage), stage.facts, training=True,
-                                    noise=stage.noise, task=stage.task) for i in range(first, first + self.local)]
+                                    noise=stage.noise, task=stage.task, placement=stage.placement)
+                   for i in range(first, first + self.local)]
         return collate(samples, self.pad_id)
 
 
@@ -132,10 +133,12 @@ def resolve_resume(recipe: Recipe) -> Path | None:
     return path
 
 
+BINDING_HEAD = "binding_head."  # its tensors' prefix in a training checkpoint's optimizer.safetensors
+
 RESUME_LOCKED = ("model", "tokenizer", "memory")  # what the checkpoint's weights are: a resumed run keeps it
 # How the memory is trained, not what it is: a resumed run may change these (gradient checkpointing to fit memory)
 RESUME_FREE = {("memory", k) for k in ("bptt_depth", "gradient_checkpointing", "gate_supervision",
-                                       "gate_supervision_open", "route_balance")}
+                                       "gate_supervision_open", "route_balance", "binding_supervision")}
 
 
 # What a resumed run may change without a word: where it writes and evaluates, not what it trains.
@@ -143,10 +146,14 @@ RESUME_UNRECORDED = {("resume",), ("output_dir",), ("eval",), ("checkpoint",), (
 
 
 def _differences(had, wants, path: tuple = ()):
-    """(path, had, wants) for every leaf where two dumped recipes differ."""
+    """(path, had, wants) for every leaf where two dumped recipes differ; lists of one length item by item (a
+    curriculum with one stage longer names that stage's steps)."""
     if isinstance(had, dict) and isinstance(wants, dict):
         for key in dict.fromkeys([*had, *wants]):
             yield from _differences(had.get(key), wants.get(key), path + (key,))
+    elif isinstance(had, list) and isinstance(wants, list) and len(had) == len(wants):
+        for index, (a, b) in enumerate(zip(had, wants)):
+            yield from _differences(a, b, path + (index,))
     elif had != wants:
         yield path, had, wants
 
@@ -173,7 +180,7 @@ def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> lis
     for path in (*((section,) for section in RESUME_LOCKED), ("task", "name")):
         for where, had, wants in _differences(_at(was, path), _at(asked, path), path):
             if where[:2] not in RESUME_FREE:
-                problems.append(f"{'.'.join(where)}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
+                problems.append(f"{'.'.join(map(str, where))}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
                                 f"resumed run continues the same model (start a new run, or rmt extend the checkpoint)")
     return problems
 
@@ -184,7 +191,7 @@ def _resume_changes(recipe: Recipe, was: dict | None) -> dict[str, list]:
     recorded. {"task.placement": [old, new], ...}"""
     if was is None:
         return {}
-    return {".".join(where): [had, wants]
+    return {".".join(map(str, where)): [had, wants]
             for where, had, wants in _differences(was, recipe.model_dump(mode="json"))
             if where[:1] not in RESUME_UNRECORDED}
 
@@ -434,19 +441,30 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         cell = make_cell(base_model, tokenizer, recipe.memory,
                          data.answer_set() if recipe.model.kind == "encoder" else None)
     data.bind(tokenizer, cell.answers if cell.kind == "encoder" else None)
-    rmt = RecurrentMemoryModel(cell, recipe.memory.segment_size, recipe.memory.bptt_depth,
-                               recipe.memory.gradient_checkpointing, recipe.memory.gate_supervision,
-                               recipe.memory.gate_supervision_open, recipe.memory.route_balance)
+    m = recipe.memory
+    rmt = RecurrentMemoryModel(cell, m.segment_size, m.bptt_depth, m.gradient_checkpointing, m.gate_supervision,
+                               m.gate_supervision_open, m.route_balance, m.binding_supervision,
+                               BINDING_COUNTS.get(recipe.task.name, 0))
     rmt.train()
-    optimizer = torch.optim.AdamW(rmt.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
+    optimizer = torch.optim.AdamW(rmt.cell.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas,
                                   weight_decay=recipe.optim.weight_decay)
+    # The binding head trains beside the model with an optimizer of its own, so that the model's optimizer state
+    # stays that of the model alone: a run may add the head when it resumes another's checkpoint.
+    optimizers = [optimizer]
+    if rmt.binding_head is not None:
+        optimizers.append(torch.optim.AdamW(rmt.binding_head.parameters(), lr=recipe.optim.lr,
+                                            betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay))
     start_step = 0
     if resume_from is not None:
         load_optimizer_state(resume_from, optimizer)
+        if rmt.binding_head is not None and not load_module_state(resume_from, BINDING_HEAD, rmt.binding_head,
+                                                                  optimizers[1]):
+            log.info("resume: the checkpoint's run trained no binding head; a new one starts")
         start_step = read_training_state(resume_from)["step"]
         log.info(f"resuming from {resume_from} at step {start_step}")
     # The RMT as accelerate runs it (wrapped for several processes); unwrap_model gives `rmt` back.
-    prepared, optimizer = accelerator.prepare(rmt, optimizer)
+    prepared, *optimizers = accelerator.prepare(rmt, *optimizers)
+    optimizer = optimizers[0]
 
     stages = recipe.curriculum
     total = sum(s.steps for s in stages)
@@ -481,8 +499,12 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             return None
         path = output_dir / (name or f"{CHECKPOINTS}/step-{step:07d}")
         state = {"step": step, "stage": stage_at(stages, step)[0]} if name is None else None
+        head_tensors = None
+        if state is not None and rmt.binding_head is not None:
+            head_tensors, state[BINDING_HEAD.rstrip(".")] = module_tensors(BINDING_HEAD, rmt.binding_head,
+                                                                          optimizers[1])
         out = save_checkpoint(path, accelerator.unwrap_model(prepared).cell, tokenizer, recipe.memory, source,
-                              recipe_yaml, state, optimizer if name is None else None)
+                              recipe_yaml, state, optimizer if name is None else None, extra_tensors=head_tensors)
         if name is None:
             _prune(output_dir / CHECKPOINTS, recipe.checkpoint.keep)
         return out
@@ -508,7 +530,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             stage_index, in_stage = stage_at(stages, step)
             stage = stages[stage_index]
             lr = learning_rate(recipe, stage, in_stage)
-            for group in optimizer.param_groups:
+            for group in (g for o in optimizers for g in o.param_groups):
                 group["lr"] = lr
             batch = next(batches).to(accelerator.device)
             out = prepared(batch)
@@ -522,8 +544,9 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
             accelerator.backward(out.loss)
             if recipe.optim.grad_clip:
                 accelerator.clip_grad_norm_(prepared.parameters(), recipe.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for o in optimizers:
+                o.step()
+                o.zero_grad(set_to_none=True)
             step += 1
             accuracy = None  # language modelling has no answers to be right about
             if recipe.task.name != "lm":
@@ -540,6 +563,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
                 entry["gate_loss"] = float(out.gate_loss.detach())
             if out.balance_loss is not None:
                 entry["balance_loss"] = float(out.balance_loss.detach())
+            if out.binding_loss is not None:
+                entry["binding_loss"] = float(out.binding_loss.detach())
             record(entry)
             score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
             bar.update(step, label=f"stage {stage_index} ({stage.segments} seg{', ' + stage.task if stage.task else ''})",

@@ -369,13 +369,16 @@ class SegmentBatch:
     # A classifier's labels (the encoder cell): per row, the index of the right answer in the cell's answer set.
     # None for a causal LM, whose answer tokens are in final_labels.
     answers: torch.Tensor | None = None
+    # [B, K]: per row, the answers (indices) that a head on the memory after the writes must name
+    # (memory.binding_supervision); IGNORE_INDEX for a row whose facts are not all written. None: no row has any.
+    bindings: torch.Tensor | None = None
 
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         steps = [WriteStep(move(s.input_ids), move(s.attention_mask), move(s.active), move(s.labels), move(s.has_fact))
                  for s in self.steps]
         return SegmentBatch(steps, move(self.final_ids), move(self.final_mask), move(self.final_labels),
-                            move(self.writes_per_row), move(self.answers))
+                            move(self.writes_per_row), move(self.answers), move(self.bindings))
 
     @property
     def num_tokens(self) -> int:
@@ -390,6 +393,7 @@ class RecurrentOutput:
     num_loss_tokens: int
     gate_loss: torch.Tensor | None = None  # the gate supervision term (already inside `loss`, weighted)
     balance_loss: torch.Tensor | None = None  # the routed rule's balance term (already inside `loss`, weighted)
+    binding_loss: torch.Tensor | None = None  # the binding head's term (already inside `loss`, weighted)
 
 
 class RecurrentMemoryModel(nn.Module):
@@ -397,7 +401,8 @@ class RecurrentMemoryModel(nn.Module):
 
     def __init__(self, cell: MemoryCell, segment_size: int, bptt_depth: int | None = None,
                  gradient_checkpointing: bool = False, gate_supervision: float = 0.0,
-                 gate_supervision_open: bool = True, route_balance: float = 0.0):
+                 gate_supervision_open: bool = True, route_balance: float = 0.0,
+                 binding_supervision: float = 0.0, binding_count: int = 0):
         super().__init__()
         self.cell = cell
         self.segment_size = segment_size
@@ -409,6 +414,28 @@ class RecurrentMemoryModel(nn.Module):
         self.gate_supervision_open = gate_supervision_open
         # Weight of the routed rule's balance loss over the segments with a fact (`route_balance_loss`).
         self.route_balance = route_balance
+        # Weight of the binding head's loss: a linear map of the whole memory after the writes to `binding_count`
+        # answers of the cell's answer set (SegmentBatch.bindings). The answer's gradient alone leaves a reasoning
+        # memory holding the places without their directions; this one asks the write for the binding directly.
+        # Training only: the head is not part of the model a checkpoint holds.
+        self.binding_supervision = binding_supervision
+        self.binding_head = None
+        if binding_supervision and binding_count:
+            slots, width = cell.memory.shape[-2:]
+            self.binding_head = nn.Linear(slots * width, binding_count * len(cell.answers))
+
+    def _binding_loss(self, memory: torch.Tensor, bindings: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The term added to the loss, and the loss to report (None when no row names bindings: a stage of
+        another task, or every row's facts reach the question's segment)."""
+        logits = self.binding_head(memory.float().flatten(1)).view(len(memory), -1, len(self.cell.answers))
+        if bindings is None or not bool((bindings != IGNORE_INDEX).any()):
+            # A zero that still reaches the head, so that every process of a distributed run uses the same
+            # parameters in each step.
+            return logits.sum() * 0.0, None
+        loss = F.cross_entropy(logits[:, :bindings.shape[1]].reshape(-1, logits.shape[-1]), bindings.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+        return loss, loss
 
     def _segment(self, memory, ids, mask, write, logits):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -456,16 +483,20 @@ class RecurrentMemoryModel(nn.Module):
                 memory = torch.where(started, memory.detach(), initial)
             if reset_memory:
                 memory = initial
+        binding_term = binding_loss = None
+        if self.binding_head is not None:
+            binding_term, binding_loss = self._binding_loss(memory, batch.bindings)
         _, final_logits, _ = self._segment(memory, batch.final_ids, batch.final_mask, False, True)
         s, n = _answer_loss_sum(final_logits, batch)
         loss_sum, loss_tokens = loss_sum + s, loss_tokens + n
         loss = loss_sum / max(loss_tokens, 1) if loss_tokens else None
         gate_loss = gate_sum / gate_count if gate_count else None
         balance_loss = route_balance_loss(torch.cat(fact_routes)) if fact_routes else None
-        for weight, term in ((self.gate_supervision, gate_loss), (self.route_balance, balance_loss)):
+        for weight, term in ((self.gate_supervision, gate_loss), (self.route_balance, balance_loss),
+                             (self.binding_supervision, binding_term)):
             if term is not None:  # the memory's own terms, weighted, beside the answer loss (or alone)
                 loss = weight * term if loss is None else loss + weight * term
-        return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss, balance_loss)
+        return RecurrentOutput(loss, final_logits, memory, loss_tokens, gate_loss, balance_loss, binding_loss)
 
 
 def _gate_loss_sum(gate: torch.Tensor, has_fact: torch.Tensor, open_on_facts: bool = True,

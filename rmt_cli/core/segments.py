@@ -115,16 +115,20 @@ class DocumentSample:
     write_labels: list[list[int]] | None = None  # language modelling: targets inside write segments too
     write_has_fact: list[bool] | None = None  # per write segment: holds a fact token (gate supervision)
     answer: int | None = None  # a classifier's label (the encoder cell): the answer's index in its answer set
+    bindings: list[int] | None = None  # answers a head on the written memory must name (binding supervision)
 
 
 def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segment_size: int,
               fact_marks: list[bool] | None = None,
-              more: list[tuple[list[int], list[int]]] = (), answer_index: int | None = None) -> DocumentSample:
+              more: list[tuple[list[int], list[int]]] = (), answer_index: int | None = None,
+              bindings: list[int] | None = None) -> DocumentSample:
     """`fact_marks`, one per document token, says which tokens belong to facts (known when the task made the
     document); the sample then records which write segments hold a fact. `more`: further (question, answer)
     token pairs asked after the first answer, as many as fit the segment (training only: `ask` asks one).
     `answer_index`: for a classifier (the encoder cell), the answer's label; `answer` is then empty, and the
-    final segment is the tail and the question, exactly as `ask` builds it."""
+    final segment is the tail and the question, exactly as `ask` builds it. `bindings` (answer indices the
+    memory must determine) are kept only when `fact_marks` show every fact token among the written segments: a
+    fact in the question's segment is not in the memory to be named."""
     segments, tail = split_document(doc_ids, segment_size)
     final = build_final_segment(tail, question, answer, segment_size)
     for q, a in more:
@@ -137,7 +141,12 @@ def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segmen
     if fact_marks is not None:
         mark_segments, mark_tail = split_document(fact_marks, segment_size)
         has_fact = [any(m) for m in mark_segments] + ([any(mark_tail)] if final.flush else [])
-    return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact, answer=answer_index)
+        if not final.flush and any(mark_tail):
+            bindings = None
+    else:
+        bindings = None
+    return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact, answer=answer_index,
+                          bindings=bindings or None)
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,4 +208,11 @@ def collate(samples: list[DocumentSample], pad_id: int) -> SegmentBatch:
     answers = None
     if all(s.answer is not None for s in samples):
         answers = torch.tensor([s.answer for s in samples], dtype=torch.long)
-    return SegmentBatch(steps, final_ids, final_mask, final_labels, writes, answers)
+    bindings = None
+    width = max((len(s.bindings) for s in samples if s.bindings), default=0)
+    if width:
+        bindings = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        for row, s in enumerate(samples):
+            if s.bindings:
+                bindings[row, :len(s.bindings)] = torch.tensor(s.bindings, dtype=torch.long)
+    return SegmentBatch(steps, final_ids, final_mask, final_labels, writes, answers, bindings)

@@ -22,6 +22,7 @@ DROPS = ["dropped", "discarded", "put down", "left"]
 DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
 STORY_TASKS = ("memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4", "babi")
+BINDING_COUNTS = {"reasoning": 2}  # how many bindings (Story.bindings) a task's stories name
 GENERATED_TASKS = tuple(t for t in STORY_TASKS if t != "babi")  # the stories made here: all answer with a place
 
 
@@ -38,6 +39,10 @@ class Story:
     # Further (question, answer) pairs about the same facts: training can ask them after the first for more
     # supervision per story (every person, not only the one a single question happens to ask about).
     more: list[tuple[str, str]] = field(default_factory=list)
+    # Answers that a memory holding the facts must determine, whatever the question (memory.binding_supervision
+    # trains a head on the memory to name them): for reasoning, which place lies east (north) of the other and
+    # which west (south). Empty for the tasks without.
+    bindings: list[str] = field(default_factory=list)
 
 
 def _move(person: str, place: str, rng: random.Random) -> str:
@@ -136,7 +141,9 @@ def reasoning_story(rng: random.Random) -> Story:
     # "the b is back of X" means X is d of the b: a; "the b is d of X" means X is back of the b: c.
     question, answer = rng.choice([(f"What is {d} of the {b}?", a), (f"What is {back} of the {b}?", c),
                                    (f"What is the {b} {back} of?", a), (f"What is the {b} {d} of?", c)])
-    return Story(facts, question, answer)
+    # The binding of places to directions, which neither place alone gives: a bag of the two places answers half.
+    bindings = [a, c] if d in ("east", "north") else [c, a]
+    return Story(facts, question, answer, bindings=bindings)
 
 
 def qa4_story(rng: random.Random) -> Story:

@@ -7,7 +7,9 @@
                                       "kind": "encoder" and its classifier's "answers"
     recipe.yaml                       the resolved recipe of the run that made it
     training_state.json               (training checkpoints) step, stage, RNG states
-    optimizer.safetensors             (training checkpoints) optimizer tensors; hyper-parameters in the JSON
+    optimizer.safetensors             (training checkpoints) optimizer tensors; hyper-parameters in the JSON;
+                                      with memory.binding_supervision, the training-only binding head and its
+                                      optimizer's tensors too (names starting "binding_head.")
 
 Folders are written under a temporary name and renamed into place, so a kill never leaves half a checkpoint.
 This module owns the folder format (writing, and reading it as untrusted input); beside it: `fingerprint` (what a
@@ -82,10 +84,13 @@ def cell_info(cell: MemorySlots) -> dict:
 
 def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
                     recipe_yaml: str | None = None, training_state: dict | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+                    extra_tensors: dict | None = None) -> Path:
+    """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors)."""
     final = Path(path)
     try:
-        _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra)
+        _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra,
+                          extra_tensors)
     except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line (atomic_folder removed it)
         raise RMTError(f"{shown(final)}: cannot write the checkpoint: {write_failure(e)}") from None
     return final
@@ -93,7 +98,8 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
 
 def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
                       recipe_yaml: str | None, training_state: dict | None,
-                      optimizer: torch.optim.Optimizer | None, extra: dict | None) -> None:
+                      optimizer: torch.optim.Optimizer | None, extra: dict | None,
+                      extra_tensors: dict | None = None) -> None:
     with atomic_folder(final) as tmp:
         cell.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -113,6 +119,7 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
         if training_state is not None:
             tensors, state_json = optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
             tensors["torch_rng"] = torch.get_rng_state()
+            tensors.update(extra_tensors or {})
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
 

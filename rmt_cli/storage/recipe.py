@@ -173,6 +173,10 @@ class MemorySpec(Section):
     # Training only, routed rule: weight of a loss that spreads the writes of segments with a fact over the slots
     # (core.memory.route_balance_loss).
     route_balance: float = Field(0.0, ge=0)
+    # Training only, encoder: weight of a loss on a linear head that reads the memory after the writes and names
+    # the story's bindings (reasoning: the place east or north of the other, and the one west or south). Without
+    # it a reasoning memory keeps both places but not which way each lies (RESULTS.md, sessions 11 and 12).
+    binding_supervision: float = Field(0.0, ge=0)
 
     def _check(self) -> None:
         if has_matrices(self.update) and self.num_mem_tokens < 1:
@@ -251,6 +255,8 @@ class Stage(Section):
     # A generated task for this stage's stories in place of task.name: an easier task first, whose skill the
     # recipe's task builds on (qa4's relations before reasoning's, which otherwise stays at a coin toss).
     task: Literal[GENERATED_TASKS] | None = None  # type: ignore[valid-type]
+    # Where this stage's facts go, in place of task.placement: facts apart while a skill is learnt, then anywhere.
+    placement: Literal["start", "random", "spread"] | None = None
 
     def _check(self) -> None:
         if self.facts is not None and not 1 <= self.facts[0] <= self.facts[1]:
@@ -321,9 +327,16 @@ class Recipe(Section):
             if self.task.questions > 1:
                 raise ValueError("task.questions: an encoder's classifier answers one question per document; set 1")
         for i, stage in enumerate(self.curriculum):
+            if stage.placement is not None and (self.task.name == "lm" or self.task.noise.kind == "none"
+                                                or not stage.noise):
+                raise ValueError(f"curriculum.{i}.placement: places a story's facts among the noise, and this "
+                                 f"stage has none (remove placement)")
             if stage.task is not None and self.task.name not in GENERATED_TASKS:
                 raise ValueError(f"curriculum.{i}.task: a stage's own task stands in for a generated task; "
                                  f"task.name is {self.task.name}, whose samples are not stories made here")
+        if self.memory.binding_supervision and (self.model.kind != "encoder" or self.task.name != "reasoning"):
+            raise ValueError("memory.binding_supervision: a head on an encoder's memory names the reasoning task's "
+                             "bindings; set model.kind: encoder and task.name: reasoning, or set it to 0")
         supervised = [name for name in ("gate_supervision", "route_balance") if getattr(self.memory, name)]
         if self.task.name == "lm" and supervised:
             raise ValueError(f"memory.{supervised[0]}: task lm has no facts whose segments could supervise the "

@@ -41,20 +41,51 @@ def read_training_state(path: Path) -> dict:
     return state
 
 
+def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "state."):
+            _, pid, key = name[len(prefix):].split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in info["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def module_tensors(prefix: str, module, optimizer) -> tuple[dict, dict]:
+    """A training-only module (the binding head) and its own optimizer, as tensors named `prefix`... that go
+    beside the main optimizer's in optimizer.safetensors, and the JSON part for training_state.json."""
+    tensors, info = optimizer_tensors(optimizer)
+    out = {f"{prefix}{name}": value for name, value in tensors.items()}
+    out.update({f"{prefix}param.{name}": value.detach().cpu().contiguous()
+                for name, value in module.state_dict().items()})
+    return out, info
+
+
+def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
+    """Put back what `module_tensors` saved; False when the checkpoint has none (its run trained without the
+    module, which then starts fresh)."""
+    info = read_training_state(path).get(prefix.rstrip("."))
+    if not isinstance(info, dict):
+        return False
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        params = {name[len(prefix) + 6:]: value for name, value in tensors.items() if name.startswith(prefix + "param.")}
+        module.load_state_dict(params)
+        _restore(optimizer, tensors, info, prefix)
+    except Exception as e:  # as load_optimizer_state: every failure means "cannot resume"
+        raise UsageError(f"resume: {shown(path)}: the {prefix.rstrip('.').replace('_', ' ')}'s state does not fit "
+                         f"({type(e).__name__}: {error_line(e)}); resume from another checkpoint") from None
+    return True
+
+
 def load_optimizer_state(path: Path, optimizer) -> None:
     """Put the optimizer and the torch RNG back as they were at the checkpoint; a damaged state is one line."""
     info = read_training_state(path)["optimizer"]
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
-        state: dict = {}
-        for name, value in tensors.items():
-            if name.startswith("state."):
-                _, pid, key = name.split(".", 2)
-                state.setdefault(int(pid), {})[key] = value
-        for name, value in info["scalars"].items():
-            pid, key = name.split(".", 1)
-            state.setdefault(int(pid), {})[key] = value
-        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        _restore(optimizer, tensors, info)
         torch.set_rng_state(tensors["torch_rng"])
     except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
         raise UsageError(f"resume: {shown(path)}: the optimizer state does not fit this model "
