@@ -82,6 +82,11 @@ def _difficulty(recipe):
             max((s.facts or (0, recipe.task.max_facts))[1] for s in recipe.curriculum))
 
 
+# Extensions at their base's lengths, named here: minilm-reasoning-bind-extend goes on at a constant learning rate,
+# which the binding needed (RESULTS.md, session 12), before minilm-reasoning-extend's longer documents.
+SAME_LENGTH_CONTINUATIONS = {"minilm-reasoning-bind-extend.yaml"}
+
+
 @pytest.mark.parametrize("path", EXTEND_RECIPES, ids=lambda p: p.name)
 def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tokenizer, make_model, tmp_path):
     """An extend recipe takes model, tokenizer and memory size from the checkpoint of its base recipe, and asks
@@ -93,6 +98,9 @@ def test_shipped_extend_recipes_validate_against_their_base_checkpoint(path, tok
     assert recipe.task.name == base.task.name or (base.task.name, recipe.task.name) in NEXT_TASKS
     harder = [new > old for new, old in zip(_difficulty(recipe), _difficulty(base))] + \
         [recipe.task.name != base.task.name]
+    if path.name in SAME_LENGTH_CONTINUATIONS:  # finishes what its base left at the same length
+        assert not any(harder) and recipe.optim != base.optim
+        return
     assert any(harder), f"{path.name} asks nothing more than its base: {_difficulty(recipe)} vs {_difficulty(base)}"
 
 
