@@ -180,7 +180,8 @@ def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> lis
     for path in (*((section,) for section in RESUME_LOCKED), ("task", "name")):
         for where, had, wants in _differences(_at(was, path), _at(asked, path), path):
             if where[:2] not in RESUME_FREE:
-                problems.append(f"{'.'.join(map(str, where))}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
+                field = ".".join(map(str, where))
+                problems.append(f"{field}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
                                 f"resumed run continues the same model (start a new run, or rmt extend the checkpoint)")
     return problems
 
