@@ -137,16 +137,13 @@ def qa_sample(doc_ids: list[int], question: list[int], answer: list[int], segmen
         final.input_ids += list(q) + list(a)
         final.labels += [IGNORE_INDEX] * len(q) + list(a)
     writes = segments + ([final.flush] if final.flush else [])
-    has_fact = None
+    has_fact, all_written = None, False
     if fact_marks is not None:
         mark_segments, mark_tail = split_document(fact_marks, segment_size)
         has_fact = [any(m) for m in mark_segments] + ([any(mark_tail)] if final.flush else [])
-        if not final.flush and any(mark_tail):
-            bindings = None
-    else:
-        bindings = None
+        all_written = bool(final.flush) or not any(mark_tail)
     return DocumentSample(writes, final.input_ids, final.labels, write_has_fact=has_fact, answer=answer_index,
-                          bindings=bindings or None)
+                          bindings=(bindings or None) if all_written else None)
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

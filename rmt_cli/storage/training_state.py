@@ -71,7 +71,8 @@ def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
         return False
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
-        params = {name[len(prefix) + 6:]: value for name, value in tensors.items() if name.startswith(prefix + "param.")}
+        param = prefix + "param."
+        params = {name[len(param):]: value for name, value in tensors.items() if name.startswith(param)}
         module.load_state_dict(params)
         _restore(optimizer, tensors, info, prefix)
     except Exception as e:  # as load_optimizer_state: every failure means "cannot resume"
