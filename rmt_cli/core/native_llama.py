@@ -151,9 +151,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        normed = x.to(torch.float32)
+        normed = normed * torch.rsqrt(normed.square().mean(-1, keepdim=True).add_(self.eps))
+        if self.weight.dtype != dtype or torch.is_grad_enabled():  # the wider dtype, as transformers'; autograd
+            return self.weight * normed.to(dtype)
+        # In place on the fresh product: the same numbers as `weight * x`, one allocation fewer (ingest's hot path)
+        return normed.to(dtype).mul_(self.weight)
 
 
 class Rotary(nn.Module):
@@ -227,7 +230,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():  # autograd needs the activations as they were
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # In place on the projections' fresh outputs: the same numbers, two allocations fewer (~8% of ingest)
+        return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
