@@ -1,6 +1,6 @@
 """Several processes (`torchrun`, `accelerate launch`): which one this is, and gathering what each did.
 
-Only commands launched that way touch this module; a plain run never imports accelerate for it.
+A plain ingest never imports accelerate for it; training asks it only where its processes run (`on_cpu`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,42 @@ def launched_processes() -> int:
         return 1
 
 
+def on_cpu() -> bool:
+    """Whether the launched processes run on the CPU: no GPU here, or `ACCELERATE_USE_CPU` set, as accelerate
+    itself reads it (so `ACCELERATE_USE_CPU=1 torchrun ...` on a GPU machine means CPU processes, gloo)."""
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
+    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def check_one_gpu_each() -> None:
+    """Refuse more GPU processes on this machine than it has GPUs: NCCL would stop them all with "Duplicate GPU
+    detected" after the model has loaded."""
+    import torch
+
+    from .errors import UsageError
+
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if on_cpu() or local <= torch.cuda.device_count():
+        return
+    gpus = torch.cuda.device_count()
+    raise UsageError(f"{local} processes on this machine but {gpus} GPU{'s' if gpus != 1 else ''}: a GPU process "
+                     f"needs a GPU of its own; start at most {gpus} (torchrun --nproc_per_node {gpus}), or run "
+                     f"them on the CPU with ACCELERATE_USE_CPU=1")
+
+
 class Processes:
     """This process's place among the launched ones (CPU: gloo; CUDA: one GPU per process)."""
 
     def __init__(self):
-        import torch
         from accelerate import PartialState
 
-        self._state = PartialState(cpu=not torch.cuda.is_available())
+        check_one_gpu_each()
+        self._state = PartialState(cpu=on_cpu())
         self.rank, self.world = self._state.process_index, self._state.num_processes
         self.device = self._state.device
         self.is_main = self._state.is_main_process

@@ -17,7 +17,8 @@ TEXT = "Mary moved to the bathroom. The old man saw a red boat near the river. D
 
 
 def _torchrun(args, cwd, processes=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # CPU processes (gloo) even on a GPU machine: two GPU processes need two GPUs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(processes), "-m", "rmt_cli.cli", "ingest", *map(str, args)]
     for attempt in range(2):
@@ -78,3 +79,21 @@ def test_a_bad_manifest_line_stops_every_process_with_one_error_line(tmp_path, c
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1 and "missing.txt" in errors[0], r.stderr
     assert not (tmp_path / "a.st").exists()
+
+
+def test_more_gpu_processes_than_gpus_is_one_usage_error(monkeypatch):
+    """Two GPU processes on a one-GPU machine stopped both with NCCL's "Duplicate GPU detected" (an H100 check,
+    session 13), after the model had loaded; now it is refused first. ACCELERATE_USE_CPU=1 runs them on the CPU."""
+    from rmt_cli.distributed import check_one_gpu_each
+    from rmt_cli.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    check_one_gpu_each()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="2 processes on this machine but 1 GPU: .*ACCELERATE_USE_CPU=1"):
+        check_one_gpu_each()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    check_one_gpu_each()

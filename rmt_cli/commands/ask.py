@@ -232,7 +232,8 @@ def answer_text(tokenizer, tokens: list[int]) -> str:
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
     if temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, -1)
+    # Drawn on the CPU, where `generator` lives: a seed then gives the same answer on a GPU as on the CPU
+    probs = torch.softmax(logits.float().cpu() / temperature, -1)
     if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
         # So small a temperature that logits / temperature overflow: sampling at it is greedy.
         return int(logits.argmax())

@@ -112,7 +112,7 @@ class _Reader:
         if job.append_from is not None:
             state = load_memory(job.append_from)
             check_compatible(state, model, force, str(job.append_from))
-            self.memory = state.memory.to(model.cell.dtype)
+            self.memory = state.memory.to(device=model.cell.memory.device, dtype=model.cell.dtype)
             self.document_tokens = DocumentTokens(document, model.tokenizer, state.pending_bytes,
                                                   state.carry_text)
             self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks(),

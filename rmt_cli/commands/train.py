@@ -34,6 +34,7 @@ from ..data.sources import read_small_text
 from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
 from ..data.tasks import BINDING_COUNTS, rng_for
+from ..distributed import check_one_gpu_each, on_cpu
 
 CHECKPOINTS = "checkpoints"
 
@@ -382,7 +383,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if threads:
         torch.set_num_threads(threads)
     # accelerate only spreads CPU training over processes (torchrun, gloo) when told it is on the CPU.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=recipe.mixed_precision)
+    check_one_gpu_each()
+    accelerator = Accelerator(cpu=on_cpu(), mixed_precision=recipe.mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RMTError(f"launched as {launched} processes but accelerate sees {accelerator.num_processes}; "
