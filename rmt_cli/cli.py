@@ -50,6 +50,14 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             _say_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
 
+    def parse_args(self, ctx, args):
+        if args or ctx.resilient_parsing:
+            return super().parse_args(ctx, args)
+        # `rmt` alone is bad usage (exit 2): its help goes to stderr, as usage errors do (typer prints help on
+        # stdout, where `rmt --help` keeps it)
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().parse_args(ctx, args)
+
 
 def _flags_without_a_type() -> None:
     """typer's help prints `<bool>` after a flag as if it took a value (`--json <bool>`; faults T33): a flag shows no
@@ -404,13 +412,10 @@ def _dtype(name: str):
 
 
 def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[Path] = None, device=None):
-    """A checkpoint for inference: on the native engine where it qualifies (storage/engine.py), in `dtype`, or
-    (None) in the dtype its weights are saved in."""
-    from .storage.assets import DEFAULT_MODEL_DIR, resolve_model_path
-    from .storage.checkpoint import load_checkpoint, saved_dtype
+    """A checkpoint for inference (`load_for_inference`), on this machine's device."""
+    from .storage.assets import DEFAULT_MODEL_DIR, load_for_inference
 
-    path = resolve_model_path(model, hint, default or DEFAULT_MODEL_DIR)
-    return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device or _device(), engine="auto")
+    return load_for_inference(model, dtype, device or _device(), hint, default or DEFAULT_MODEL_DIR)
 
 
 def _outside_checkpoint(models: list[Optional[Path]], outputs: list[tuple[str, Path]]) -> None:
@@ -464,7 +469,8 @@ def ingest(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "checkpoint is saved in; bfloat16 for the embedded model). --append keeps "
                                         "the memory file's."),
-    force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model."),
+    force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model (the "
+                               "file then records the mix, and every later use needs --force)."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write one JSON line per segment to this file: "
                                          "how much the segment changed the memory (and the gate, if gated)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch.compile the segment step: faster on long "
@@ -566,22 +572,26 @@ def ingest(
                 results = _with_progress(
                     lambda cb: run_ingest(jobs, loaded, batch_size, force, cb, record, compile_step, warn), quiet, len(jobs))
             else:
-                results = _sharded_ingest(jobs, processes, lambda some: _with_progress(
+                results, interrupted = _sharded_ingest(jobs, processes, lambda some: _with_progress(
                     lambda cb: run_ingest(some, loaded, batch_size, force, cb, None, compile_step, warn), quiet,
                     len(some)))
+                if interrupted:  # reported as one process reports it, from every process's results
+                    raise IngestInterrupted(results)
                 if not processes.is_main:  # the main process reports for all
                     failed = [r for r in results if r.error]
                     raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
     except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
         raise RMTError(str(e)) from None
     except IngestInterrupted as stop:  # say which memory files are written (a batch's finished documents)
-        if processes is not None:  # each process knows its own share only: the bare "interrupted"
+        if processes is not None and not processes.is_main:  # the main process reports for all
+            _INTERRUPTION_SAID.append(True)
             raise
         finished = [r for r in stop.results if not r.error]
-        if len(jobs) > 1 and not _INTERRUPTION_SAID:  # in place of the bare "interrupted"
+        if not _INTERRUPTION_SAID and (len(jobs) > 1 or finished):  # in place of the bare "interrupted"
             _INTERRUPTION_SAID.append(True)
             _say("interrupted", f"{len(finished)} of {len(jobs)} documents finished; their memory files are "
-                 f"written, the others wrote nothing")
+                 f"written, the others wrote nothing" if len(jobs) > 1 else
+                 f"{finished[0].output}: written whole before the interrupt")
         if json_out:
             summaries = [r.summary() for r in stop.results]
             _print_json(summaries[0] if len(jobs) == 1 and manifest is None else summaries)
@@ -612,14 +622,23 @@ def ingest(
 
 
 def _sharded_ingest(jobs, processes, run_some):
-    """This process's share of the jobs (`shard_jobs`), then every process's results in the jobs' order."""
-    from .commands.ingest import shard_jobs
+    """This process's share of the jobs (`shard_jobs`), then every process's results in the jobs' order, and
+    whether any process was interrupted (its results then say which of its documents finished)."""
+    from .commands.ingest import IngestInterrupted, shard_jobs
+    from .commands.train import _StopFlag
 
     mine = shard_jobs(jobs, processes.rank, processes.world)
-    done = run_some([jobs[i] for i in mine])
-    gathered = processes.gather(list(zip(mine, done)))
+    try:
+        done, interrupted = run_some([jobs[i] for i in mine]), False
+    except IngestInterrupted as stop:
+        done, interrupted = stop.results, True
+    # A stop signal in the gather is only noted (a second one stops at once): one cut between its collectives
+    # would leave the other processes waiting for good.
+    with _StopFlag() as flag:
+        gathered = processes.gather([(interrupted, list(zip(mine, done)))])
     processes.close()
-    return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
+    results = sorted((pair for _, pairs in gathered for pair in pairs), key=lambda pair: pair[0])
+    return [result for _, result in results], flag.stop or any(stopped for stopped, _ in gathered)
 
 
 def _with_progress(run, quiet: bool, documents: int):
@@ -664,7 +683,8 @@ def ask(
                                 help="Nucleus sampling when temperature > 0."),
     seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed for sampling (0 to "
                                  "2^63-1)."),
-    force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting."),
+    force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting, or "
+                               "mixing models (a forced --append)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob "
                                   "(an encoder adds the answer's probability and the runner-up with its own)."),
 ):
@@ -775,10 +795,10 @@ def eval_command(
                                 "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
     samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
                                 "length (100,100,20)."),
-    task: str = typer.Option("qa1", "--task", help="Story generator: qa1, qa2, qa3, qa4, memorize, "
-                             "detect-and-memorize, reasoning."),
+    task: Optional[str] = typer.Option(None, "--task", help="Story generator: qa1 (default), qa2, qa3, qa4, "
+                                       "memorize, detect-and-memorize, reasoning."),
     babi: Optional[Path] = typer.Option(None, "--babi", help="Take the stories from this bAbI-format file "
-                                        "instead of a generator."),
+                                        "instead of a generator (--task babi, or no --task)."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "
                                    "split (by story, as training splits it)."),
     facts: str = typer.Option("2,10", "--facts", help="MIN,MAX facts per generated story."),
@@ -816,6 +836,10 @@ def eval_command(
         raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX <= {MAX_FACTS}")
     if task == "babi" and babi is None:
         raise UsageError("--task babi needs --babi FILE (a bAbI-format file of stories)")
+    if babi is not None and task not in (None, "babi"):  # the file's stories are scored, never the generator's
+        raise UsageError(f"--task {shown(task)} and --babi {shown(babi)}: --babi takes the stories from the file in "
+                         f"place of a generator; give one of them")
+    task = task or ("babi" if babi is not None else "qa1")
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:

@@ -214,6 +214,8 @@ BAD_METADATA = {
     "missing keys": ({"fingerprint": None, "tokens": None}, "metadata lacks fingerprint, tokens"),
     "short fingerprint": ({"fingerprint": "abc"}, "metadata fingerprint 'abc'"),
     "upper-case fingerprint": ({"fingerprint": "AB" * 16}, "metadata fingerprint"),
+    "short forced_from": ({"forced_from": "abc"}, "metadata forced_from 'abc'"),
+    "upper-case forced_from": ({"forced_from": "AB" * 16}, "metadata forced_from"),
     "unknown dtype": ({"dtype": "float64"}, "metadata dtype 'float64' is not one of float32"),
     "dtype unlike the tensor": ({"dtype": "bfloat16"}, "says bfloat16, but the memory tensor is float32"),
     "segment size 0": ({"segment_size": "0"}, "metadata segment_size '0' is not a whole number from 1"),
@@ -267,7 +269,8 @@ def test_a_header_that_is_not_a_map_of_strings_is_corrupt(tmp_path, model):
     refused(raw_file(tmp_path / "m.st", json.dumps(header).encode(), b"\0" * 4), model, "corrupt")
 
 
-@pytest.mark.parametrize("field", ["rmt_format", "fingerprint", "dtype", "segment_size", "pending_bytes_hex"])
+@pytest.mark.parametrize("field", ["rmt_format", "fingerprint", "forced_from", "dtype", "segment_size",
+                                   "pending_bytes_hex"])
 def test_messages_stay_one_line_whatever_a_field_holds(tmp_path, model, valid, field):
     evil = "1\nerror: all good\r\x1b[2K\u202e"
     message = refused(craft(tmp_path / "m.st", valid, **{field: evil}), model)

@@ -4,6 +4,7 @@ crafted memory-file counts. Each must be one `error:` line with the documented e
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from rmt_cli.errors import UsageError
 from rmt_cli.storage.checkpoint import load_checkpoint, save_checkpoint
 from rmt_cli.storage.memfile import MAX_COUNT, load_memory
 from rmt_cli.storage.recipe import MemorySpec, apply_overrides, load_recipe, read_recipe_data
-from conftest import TINY_SEGMENT
+from conftest import TINY_SEGMENT, save_tiny_checkpoint
 
 SEGMENT = TINY_SEGMENT
 ROOT = Path(__file__).resolve().parents[1]
@@ -663,6 +664,119 @@ def test_a_resume_that_trains_on_differently_says_so_and_records_it(tmp_path):
     assert r.exit_code == 0 and "warning: resume" not in r.stderr, r.stderr
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "resume"] == [2]
+
+
+# The eleventh review's low findings, left open then
+
+
+def test_rmt_alone_prints_its_help_on_stderr():
+    """`rmt` with no arguments is bad usage (exit 2): its help went to stdout, unlike every other usage error."""
+    alone, asked = run([]), run(["--help"])
+    assert alone.exit_code == 2 and alone.stdout == "" and "Usage" in alone.stderr
+    assert asked.exit_code == 0 and asked.stderr == "" and asked.stdout.strip() == alone.stderr.strip()
+
+
+def test_eval_refuses_a_generator_task_beside_a_babi_file(tmp_path, checkpoint):
+    """`--task memorize --babi FILE` scored the file's stories without a word on the task given."""
+    babi = tmp_path / "qa.txt"
+    babi.write_text("1 Mary moved to the bathroom.\n2 John went to the hallway.\n3 Where is Mary? \tbathroom\t1\n")
+    args = ["eval", "--model", checkpoint, "--babi", babi, "--lengths", "300", "--samples", "1", "-q", "--json"]
+    one_error(run([*args, "--task", "memorize"]), 2, "--task memorize", f"--babi {babi}")
+    alone, named = run(args), run([*args, "--task", "babi"])  # the file's stories, as before
+    assert alone.exit_code == named.exit_code == 0 and json.loads(alone.stdout) == json.loads(named.stdout)
+
+
+def test_a_forced_append_keeps_the_mix_of_models_detectable(tmp_path, tokenizer, make_model, checkpoint, memfile):
+    """`--append OLD.st --model OTHER --force` wrote OTHER's fingerprint alone: the mix then passed as OTHER's memory
+    (and OLD's model refused it as another's)."""
+    other = save_tiny_checkpoint(tmp_path / "other", tokenizer, make_model, seed=1)
+    more = tmp_path / "more.txt"
+    more.write_text(TEXT)
+    mixed, plain = tmp_path / "mixed.st", tmp_path / "plain.st"
+    shutil.copy(memfile, mixed)
+    shutil.copy(memfile, plain)
+    one_error(run(["ingest", "--append", mixed, more, "--model", other, "-q"]), 2, "another model")
+    r = run(["ingest", "--append", mixed, more, "--model", other, "--force", "-q"])
+    assert r.exit_code == 0 and "forced_from" in r.stderr, r.stderr
+    state, original = load_memory(mixed), load_memory(memfile)
+    assert state.forced_from == original.fingerprint != state.fingerprint
+    for model in (checkpoint, other):  # neither model takes the file for its own, and --force still reads it
+        one_error(run(["ask", mixed, "Where is Mary?", "--model", model]), 2, "mixes two models")
+        assert run(["ask", mixed, "Where is Mary?", "--model", model, "--force"]).exit_code == 0
+        one_error(run(["ingest", "--append", mixed, more, "--model", model, "-q"]), 2, "mixes two models")
+    assert run(["ingest", "--append", mixed, more, "--model", checkpoint, "--force", "-q"]).exit_code == 0
+    assert load_memory(mixed).forced_from == original.fingerprint  # a mix stays one
+    # An append by the file's own model records no mix.
+    assert run(["ingest", "--append", plain, more, "--model", checkpoint, "-q"]).exit_code == 0
+    assert load_memory(plain).forced_from == "" and "forced_from" not in safe_open(str(plain), "pt").metadata()
+
+
+def test_the_api_default_model_writes_what_rmt_ingest_writes_quietly(tmp_path):
+    """`default_model()` loaded the embedded model in float32 on transformers, showing transformers' loading bar,
+    where `rmt ingest` runs it quietly in its saved bfloat16 on the native engine."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    code = ("import sys, torch; from rmt_cli import IngestJob, default_model, ingest; "
+            "ingest([IngestJob(sys.argv[1], sys.argv[2])], default_model()); "
+            "ingest([IngestJob(sys.argv[1], sys.argv[3])], default_model(torch.float32))")
+    # As a user's script starts: without what rmt's commands (run in this process) set to quieten the libraries
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    proc = subprocess.run([sys.executable, "-c", code, str(doc), str(tmp_path / "api.st"), str(tmp_path / "f32.st")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert run(["ingest", doc, "-o", tmp_path / "cli.st", "-q"]).exit_code == 0
+    api, cli = load_memory(tmp_path / "api.st"), load_memory(tmp_path / "cli.st")
+    assert (api.dtype, api.fingerprint, api.tail_tokens) == (cli.dtype, cli.fingerprint, cli.tail_tokens)
+    assert torch.equal(api.memory, cli.memory)
+    assert load_memory(tmp_path / "f32.st").dtype == "float32"  # a dtype asked for is still the one used
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_an_interrupt_just_after_the_memory_file_is_replaced_reports_it_written(tmp_path, checkpoint, memfile,
+                                                                               monkeypatch, append):
+    """Ctrl-C landing after the rename, before the result was recorded, said "nothing written" of a written file.
+    Interrupted just before the rename, the file is still the old one (or none), and that is what is said."""
+    import rmt_cli.commands.ingest as ingest_module
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    save = ingest_module.save_memory
+    for saved in (False, True):
+        out = tmp_path / f"{saved}.st"
+        if append:
+            shutil.copy(memfile, out)
+        before = out.read_bytes() if append else None
+
+        def save_then_stop(path, state):
+            if saved:
+                save(path, state)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ingest_module, "save_memory", save_then_stop)
+        args = ["--append", out, doc] if append else [doc, "-o", out]
+        r = run(["ingest", *args, "--model", checkpoint, "--json", "-q"])
+        assert r.exit_code == 130, r.stderr
+        report = json.loads(r.stdout)
+        if saved:
+            assert report["error"] is None and report["total_tokens"] == load_memory(out).tokens > 0
+            assert "written whole before the interrupt" in r.stderr
+        else:
+            assert "nothing written" in report["error"] and r.stderr == "interrupted\n"
+            assert (out.read_bytes() if append else out.exists()) == (before if append else False)
+
+
+def test_a_resume_whose_checkpoint_recipe_does_not_load_says_what_it_cannot_compare(tmp_path):
+    """A checkpoint's recipe.yaml that no longer validates (an older rmt's, or edited by hand) skipped the resume's
+    comparison of recipes without a word."""
+    out = tmp_path / "run"
+    args = ["train", RECIPE, f"output_dir={out}", *FAST, "checkpoint.every=1", "-q"]
+    assert run(args).exit_code == 0
+    stored = out / "checkpoints" / "step-0000002" / "recipe.yaml"
+    stored.write_text(stored.read_text() + "retired_setting: 1\n")
+    r = run([*args, "curriculum=[{segments: 1, steps: 3}]", "batch_size=2", "resume=auto"])
+    assert r.exit_code == 0, r.stderr
+    [warning] = [line for line in r.stderr.splitlines() if line.startswith("warning: resume:")]
+    assert "cannot be compared" in warning and "retired_setting: unknown key" in warning
 
 
 # The seventh review (untuned, session 9): the sixth review's fixes under variations

@@ -16,16 +16,16 @@ from rmt_cli.commands.ingest import ingest, manifest_jobs, shard_jobs
 TEXT = "Mary moved to the bathroom. The old man saw a red boat near the river. Daniel went to the kitchen. "
 
 
-def _torchrun(args, cwd, processes=2):
+def _torchrun(args, cwd, processes=2, entry=("-m", "rmt_cli.cli")):
     # CPU processes (gloo) even on a GPU machine: two GPU processes need two GPUs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               str(processes), "-m", "rmt_cli.cli", "ingest", *map(str, args)]
+               str(processes), *entry, "ingest", *map(str, args)]
     for attempt in range(2):
         r = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         # A launcher failure (rendezvous, a port taken meanwhile) says nothing about rmt: one more try. An error
-        # of rmt's own is an `error:` line, and is returned at once.
-        if r.returncode == 0 or "error:" in r.stderr:
+        # or an interruption of rmt's own is an `error:` or `interrupted` line, and is returned at once.
+        if r.returncode == 0 or "error:" in r.stderr or "interrupted" in r.stderr:
             return r
     return r
 
@@ -97,3 +97,43 @@ def test_more_gpu_processes_than_gpus_is_one_usage_error(monkeypatch):
         check_one_gpu_each()
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     check_one_gpu_each()
+
+
+# Each process finishes its first document, then gets a Ctrl-C (as torchrun passes one on to every process).
+STOP_AFTER_ONE = """
+import rmt_cli.commands.ingest as ingest_module
+from rmt_cli.cli import main
+
+finish, finished = ingest_module._finish, []
+
+
+def finish_one_then_stop(reader, model):
+    if finished:
+        raise KeyboardInterrupt
+    finish(reader, model)
+    finished.append(reader.job.output)
+
+
+ingest_module._finish = finish_one_then_stop
+main()
+"""
+
+
+def test_an_interrupted_torchrun_ingest_reports_every_document(tmp_path, checkpoint):
+    """Ctrl-C under torchrun printed no --json (each process knew its own share only): the processes now gather
+    their results, and the main one reports them as one process does, exit 130."""
+    lines = []
+    for i in range(5):
+        (tmp_path / f"d{i}.txt").write_text(TEXT * (3 + i))
+        lines.append(f"d{i}.txt\td{i}.st")
+    (tmp_path / "jobs.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "stop.py").write_text(STOP_AFTER_ONE)
+    r = _torchrun(["--manifest", "jobs.tsv", "--model", checkpoint, "--batch-size", "1", "--json", "-q"], tmp_path,
+                  entry=("stop.py",))
+    assert r.returncode != 0, r.stderr
+    report = json.loads(r.stdout)  # one JSON list, from the main process only, in the manifest's order
+    assert [s["output"] for s in report] == [f"d{i}.st" for i in range(5)]
+    written = sorted(p.name for p in tmp_path.glob("*.st"))
+    assert written == [s["output"] for s in report if s["error"] is None] == ["d0.st", "d1.st"]  # one a process
+    assert all("interrupted before its end; nothing written" in s["error"] for s in report[2:])
+    assert r.stderr.count("interrupted: 2 of 5 documents finished") == 1, r.stderr

@@ -106,6 +106,7 @@ class _Reader:
         self.ahead: list[list[int]] = []  # whole segments taken from the stream, not yet run (read ahead)
         self.width = 1  # how many segments the next read-ahead runs side by side
         self.result = IngestResult(str(job.output))
+        self.output_before: tuple | None | bool = False  # the output's _file_identity as `save` began it
         self.started = time.perf_counter()
         self.document = document
         self.fingerprint = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
@@ -121,12 +122,26 @@ class _Reader:
             self.sources = list(state.sources)
             self.sources_omitted = state.sources_omitted
             self.tokens_before, self.segments_before = state.tokens, state.segments
+            # A forced append of another model's memory (check_compatible passed with --force): the file keeps the
+            # mix detectable, for good.
+            self.was_mixed = bool(state.forced_from)
+            self.forced_from = state.forced_from or (state.fingerprint if state.fingerprint != self.fingerprint
+                                                     else "")
         else:
             self.memory = model.cell.initial_memory(1)[0].detach()
             self.document_tokens = DocumentTokens(document, model.tokenizer)
             self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks())
             self.segments, self.sources, self.sources_omitted = 0, [], 0
             self.tokens_before = self.segments_before = 0
+            self.forced_from, self.was_mixed = "", False
+
+    def save(self, state: MemoryState) -> None:
+        self.output_before = _file_identity(self.job.output)
+        save_memory(self.job.output, state)
+
+    def saved(self) -> bool:
+        """Whether `save` replaced the output: an interrupt may land after the rename, before `save` returns."""
+        return self.output_before is not False and _file_identity(self.job.output) != self.output_before
 
     def has_segment(self) -> bool:
         return bool(self.ahead) or self.segment_stream.fill()
@@ -151,7 +166,7 @@ class _Reader:
             model_hint=str(model.path), tokens=tokens, segments=self.segments,
             carry_text=self.document_tokens.stream.carry, pending_bytes=self.document_tokens.utf8.pending,
             sources=self.sources + records, sources_omitted=self.sources_omitted,
-            associative_shape=model.cell.associative_shape,
+            associative_shape=model.cell.associative_shape, forced_from=self.forced_from,
         )
 
 
@@ -257,6 +272,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
              RMTError(f"{reader.job.output}: reading input: {error}"), reader)
         del active[index]
 
+    finishing: tuple[int, _Reader] | None = None  # the document whose memory file is being written
     check_plan(jobs)
     # Check every input and output before reading any: the plan is checked whole, and a typo in the last path
     # stops the batch now, with nothing read or written, not after the first books.
@@ -286,6 +302,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 else:
                     del active[index]
                     finished_bytes += reader.document_tokens.bytes_read
+                    finishing = index, reader
                     try:
                         _finish(reader, model)
                     except RMTError as e:  # e.g. a full disk: this document fails, not the batch
@@ -326,6 +343,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                 on_progress(Progress(finished_bytes + sum(r.document_tokens.bytes_read for r in active.values()),
                                      bytes_total, total_tokens, total_segments, len(results), len(jobs)))
     except KeyboardInterrupt:  # what finished is written and reported; the rest wrote nothing
+        if finishing is not None and finishing[0] not in results and finishing[1].saved():
+            results[finishing[0]] = finishing[1].result  # interrupted after its file was renamed into place
         raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{job.output}: interrupted "
                                                                 "before its end; nothing written", exit_code=130)
                                  for i, job in enumerate(jobs)]) from None
@@ -378,9 +397,18 @@ def _named(paths: list[str], most: int = 3) -> str:
     return named + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
+def _file_identity(path: Path) -> tuple | None:
+    """What changes when a file is replaced (a rename brings another inode), or None where there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def _finish(reader: _Reader, model: LoadedModel) -> None:
+    """The document's result, then its memory file: written last, so that the result is whole once it is."""
     state = reader.state(model)
-    save_memory(reader.job.output, state)
     res = reader.result
     res.total_tokens, res.total_segments = state.tokens, state.segments
     res.tokens, res.segments = state.tokens - reader.tokens_before, state.segments - reader.segments_before
@@ -400,6 +428,10 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "
                                 f"{record.size_when_opened:,} when it was opened")
+    if reader.forced_from and not reader.was_mixed:
+        res.warnings.append(f"continued with --force a memory of another model (fingerprint {reader.forced_from}); "
+                            f"the file records the mix (forced_from), so every later use needs --force")
+    reader.save(state)
 
 
 def shard_jobs(jobs: list[IngestJob], rank: int, world: int) -> list[int]:

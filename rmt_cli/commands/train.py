@@ -159,11 +159,17 @@ def _differences(had, wants, path: tuple = ()):
         yield path, had, wants
 
 
-def _stored_recipe(checkpoint: Path) -> dict | None:
+def _stored_recipe(checkpoint: Path, log: "_Logger") -> dict | None:
+    """The recipe of the checkpoint's run, or None (said in one warning line) where its recipe.yaml is missing or
+    no longer validates (an older rmt's, or one edited by hand): a resume then cannot compare the recipes."""
     try:
         return load_recipe(checkpoint / "recipe.yaml").model_dump(mode="json")
-    except UsageError:
-        return None  # a checkpoint without its recipe: its rmt.json is checked when it loads
+    except UsageError as e:
+        problems = str(e).splitlines()
+        more = f" (and {counted(len(problems) - 1, 'more problem')})" if len(problems) > 1 else ""
+        log.info(f"warning: resume: the recipe cannot be compared with the checkpoint's run: {problems[0]}{more}; a "
+                 f"change of model, memory or task goes unchecked, and other changes unsaid and unrecorded")
+        return None
 
 
 def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> list[str]:
@@ -411,7 +417,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
     resume_changes = {}
     if resume_from is not None:
-        was = _stored_recipe(resume_from)
+        was = _stored_recipe(resume_from, log)
         problems = _resume_mismatches(recipe, was, read_training_state(resume_from)["step"])
         if problems:
             raise UsageError("\n".join(f"resume: {shown(resume_from)}: {p}" for p in problems))

@@ -25,8 +25,18 @@ def resolve_model_path(model: str | Path | None, hint: str = "", default: Path =
     raise UsageError(f"no model: pass --model CHECKPOINT, a folder written by rmt train{extra}")
 
 
-def default_model(dtype=None):
-    """The question-answering model shipped in the package, loaded (float32 unless `dtype`)."""
-    from .checkpoint import load_checkpoint
+def load_for_inference(model: str | Path | None = None, dtype=None, device="cpu", hint: str = "",
+                       default: Path = DEFAULT_MODEL_DIR):
+    """A checkpoint (`resolve_model_path`) loaded as the commands load it: on the native engine where it qualifies
+    (storage/engine.py), in `dtype`, or (None) in the dtype its weights are saved in."""
+    from .checkpoint import load_checkpoint, saved_dtype
 
-    return load_checkpoint(resolve_model_path(None), dtype=dtype)
+    path = resolve_model_path(model, hint, default)
+    return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device, engine="auto")
+
+
+def default_model(dtype=None):
+    """The question-answering model shipped in the package, loaded as `rmt ingest` and `rmt ask` load it: in the
+    dtype it is saved in (bfloat16) unless `dtype`, on the native engine (quietly: no transformers, no loading
+    bar), so its memory files are those the commands write."""
+    return load_for_inference(dtype=dtype)

@@ -19,6 +19,8 @@ Metadata (safetensors string map)
     created               UTC time, ISO 8601
     tensors_sha256        sha256 of the tensors (names, dtypes, shapes, bytes): a damaged file is refused, not
                           read as another memory (files without it, from before, load unchecked)
+    forced_from           only in a file that mixes models: the fingerprint of the memory that a forced --append
+                          (--force) continued with another model; every later use of the file needs --force
 
 Continuing from (memory, tail_tokens, carry_text, pending_bytes) with more input gives exactly the state of
 reading everything in one pass. Files are written to a temporary name and renamed into place
@@ -109,6 +111,9 @@ class MemoryState:
     # The associative rules: `memory` holds, after its num_mem_tokens vectors, the per-layer matrices of this
     # (layers, features, hidden) shape as the cell lays them out (core.associative.join_state); None without.
     associative_shape: tuple[int, int, int] | None = None
+    # The fingerprint of the memory a forced --append continued with another model ("" for a file of one model):
+    # the new fingerprint alone would make the mix pass as that model's memory.
+    forced_from: str = ""
 
     def metadata(self) -> dict[str, str]:
         meta = {
@@ -125,6 +130,8 @@ class MemoryState:
             "pending_bytes_hex": self.pending_bytes.hex(),
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.forced_from:
+            meta["forced_from"] = self.forced_from
         sources, omitted = list(self.sources), self.sources_omitted
         budget = MAX_METADATA_BYTES - sum(len(k) + len(v.encode()) for k, v in meta.items()) - 200
         while sources and len(json.dumps(sources).encode()) > budget:
@@ -141,13 +148,20 @@ def vocabulary_size(model: LoadedModel) -> int:
 
 
 def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: str) -> None:
-    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it.
+    """A memory file is only meaningful to the model (weights, tokenizer, memory settings, dtype) that wrote it; a
+    file that mixes models (`forced_from`) to none of them.
 
-    --force skips the fingerprint only: a fingerprint is easily copied, so what keeps the model from reading out
-    of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's dtype)
-    is checked always."""
+    --force skips the fingerprint (and the mix) only: a fingerprint is easily copied, so what keeps the model from
+    reading out of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's
+    dtype) is checked always."""
     expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
     where = shown(name)
+    if state.forced_from and not force:  # whichever model reads it: it holds another's memory
+        raise UsageError(
+            f"{where}: mixes two models' memories (a memory of fingerprint {state.forced_from} continued with --force "
+            f"by {shown(state.model_hint or 'an unknown model')}, fingerprint {state.fingerprint}); use --force to "
+            f"read it anyway, or ingest the whole text again with one model"
+        )
     if state.fingerprint != expected and not force:
         raise UsageError(
             f"{where}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
@@ -245,8 +259,10 @@ def load_memory(path: str | Path) -> MemoryState:
     associative = _checked_associative(tensors, memory, where)
 
     fingerprint, dtype = meta["fingerprint"], meta["dtype"]
-    if not re.fullmatch(r"[0-9a-f]{32}", fingerprint):
-        raise _invalid(where, "metadata fingerprint", f"{_quoted(fingerprint)} is not 32 lowercase hex digits")
+    forced_from = meta.get("forced_from", "")  # absent from a file of one model
+    for key, value in (("fingerprint", fingerprint), ("forced_from", forced_from)):
+        if (value or key == "fingerprint") and not re.fullmatch(r"[0-9a-f]{32}", value):
+            raise _invalid(where, f"metadata {key}", f"{_quoted(value)} is not 32 lowercase hex digits")
     if dtype not in DTYPES:
         raise _invalid(where, "metadata dtype", f"{_quoted(dtype)} is not one of {', '.join(DTYPES)}")
     if DTYPES[dtype] != memory.dtype:
@@ -290,6 +306,7 @@ def load_memory(path: str | Path) -> MemoryState:
         created=_text(where, meta, "created", MAX_LABEL_CHARS),
         rmt_version=_text(where, meta, "rmt_version", MAX_LABEL_CHARS),
         associative_shape=None if associative is None else tuple(associative[0].shape),
+        forced_from=forced_from,
     )
 
 
