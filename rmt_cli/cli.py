@@ -625,7 +625,7 @@ def _sharded_ingest(jobs, processes, run_some):
     """This process's share of the jobs (`shard_jobs`), then every process's results in the jobs' order, and
     whether any process was interrupted (its results then say which of its documents finished)."""
     from .commands.ingest import IngestInterrupted, shard_jobs
-    from .commands.train import _StopFlag
+    from .errors import StopFlag
 
     mine = shard_jobs(jobs, processes.rank, processes.world)
     try:
@@ -634,7 +634,7 @@ def _sharded_ingest(jobs, processes, run_some):
         done, interrupted = stop.results, True
     # A stop signal in the gather is only noted (a second one stops at once): one cut between its collectives
     # would leave the other processes waiting for good.
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         gathered = processes.gather([(interrupted, list(zip(mine, done)))])
     processes.close()
     results = sorted((pair for _, pairs in gathered for pair in pairs), key=lambda pair: pair[0])

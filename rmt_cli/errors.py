@@ -15,6 +15,40 @@ def stop_signals() -> list:
     return [number for number in numbers if signal.getsignal(number) is not signal.SIG_IGN]
 
 
+class StopFlag:
+    """Inside, a first Ctrl-C (or SIGTERM, or SIGHUP) only sets `stop`, so that what is under way ends whole (a
+    training step and its checkpoint, a gather of every process's results); a second one stops at once."""
+
+    SIGNALS = tuple(stop_signals())
+
+    def __init__(self, on_first=None):
+        self.stop = False
+        self._previous: dict = {}
+        self._on_first = on_first  # says what happens now: a stage's evaluation may take a while to finish
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+            if self._on_first is not None:
+                self._on_first()
+
+        try:
+            import signal
+
+            self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+
+
 def stop_like_ctrl_c() -> None:
     """`kill PID` (SIGTERM, as timeout(1), systemd and batch schedulers send it) or a closed terminal (SIGHUP)
     stops rmt as Ctrl-C does: temporaries removed, a training run saved, exit 130. Installed first thing, so that a

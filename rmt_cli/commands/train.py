@@ -25,7 +25,7 @@ from ..atomic import atomic_path, check_folder
 from ..storage.checkpoint import CHECKPOINT_FILES, RMT_JSON, load_checkpoint, save_checkpoint
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, UsageError, counted, one_line, shown, stop_signals
+from ..errors import RMTError, StopFlag, UsageError, counted, one_line, shown, stop_signals
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -210,33 +210,7 @@ def _at(data: dict, path: tuple):
     return data
 
 
-class _StopFlag:
-    """First Ctrl-C (or SIGTERM, or SIGHUP): finish the step, save, exit 130. A second one: stop at once."""
-
-    SIGNALS = tuple(stop_signals())
-
-    def __init__(self, on_first=None):
-        self.stop = False
-        self._previous: dict = {}
-        self._on_first = on_first  # says what happens now: a stage's evaluation may take a while to finish
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.stop:
-                raise KeyboardInterrupt
-            self.stop = True
-            if self._on_first is not None:
-                self._on_first()
-
-        try:
-            self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
-        except ValueError:  # not the main thread
-            self._previous = {}
-        return self
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
+_StopFlag = StopFlag  # by this name here: tests stand in a flag that stops after N steps
 
 
 def _source_name(recipe: Recipe) -> str:
