@@ -246,7 +246,7 @@ def read_info(path: str | Path) -> dict:
     try:
         CheckpointInfo.model_validate(info, strict=True)
     except ValidationError as e:
-        problems += format_errors(e, RMT_JSON, whole=None)
+        problems += format_errors(e, RMT_JSON)
     if problems:
         raise _problems_line(where, problems)
     return info
