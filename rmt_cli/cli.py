@@ -418,15 +418,12 @@ def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[
     return load_for_inference(model, dtype, device or _device(), hint, default or DEFAULT_MODEL_DIR)
 
 
-def _outside_checkpoint(models: list[Optional[Path]], outputs: list[tuple[str, Path]]) -> None:
-    """Refuse an output inside a checkpoint folder being read: a file added there makes the folder one that
-    training no longer replaces and a copy no longer loads as it was (a checkpoint folder holds its own files only)."""
-    for model in filter(None, models):
-        folder = Path(os.path.realpath(model))
-        for what, path in outputs:
-            if folder in Path(os.path.realpath(path)).parents:
-                raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(model)}; write it "
-                                 f"elsewhere")
+def _outside_checkpoint(outputs: list[tuple[str, Path]]) -> None:
+    """Refuse an output inside a checkpoint folder (the one being read, or any other): `check_outside_checkpoints`."""
+    from .storage.checkpoint import check_outside_checkpoints
+
+    for what, path in outputs:
+        check_outside_checkpoints(path, what)
 
 
 def _is_trace(path: Path) -> bool:
@@ -527,10 +524,7 @@ def ingest(
             raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
         replaceable_target(trace, "--trace ", _is_trace, "a trace; rmt replaces only a trace it wrote (remove it "
                            "first, or name another file)")
-    from .storage.assets import DEFAULT_MODEL_DIR
-
-    _outside_checkpoint([model or DEFAULT_MODEL_DIR],
-                        [("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
+    _outside_checkpoint([("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
     import time
 
@@ -755,7 +749,7 @@ def perplexity(
 
     if plot_file is not None:
         _check_plot_target(plot_file, paths)
-        _outside_checkpoint([model or DEFAULT_LM_DIR, baseline], [("--plot ", plot_file)])
+        _outside_checkpoint([("--plot ", plot_file)])
     loaded = _load_model(model, _dtype(dtype) if dtype else None, default=DEFAULT_LM_DIR)
     base = _load_model(baseline, loaded.cell.dtype) if baseline is not None else None
     from .progress import ProgressBar
@@ -843,10 +837,8 @@ def eval_command(
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
-        from .storage.assets import DEFAULT_MODEL_DIR
-
         _check_plot_target(plot_file, [*(noise or []), *([str(babi)] if babi else [])])
-        _outside_checkpoint([model or DEFAULT_MODEL_DIR], [("--plot ", plot_file)])
+        _outside_checkpoint([("--plot ", plot_file)])
     stories = None
     if babi is not None:
         try:

@@ -158,6 +158,44 @@ def test_weights_that_are_not_finite_are_refused(folder):
     refused(folder, "transformer.ln_f.weight holds values that are not finite")
 
 
+def with_embedding_as(tmp_path, saved, dtype):
+    """A copy of the llama checkpoint whose embedding is stored as `dtype`: (folder, the stored tensor)."""
+    folder = shutil.copytree(saved["llama"], tmp_path / "ck")
+    weights = load_file(str(folder / MODEL_FILE))
+    weights[EMBEDDING] = weights[EMBEDDING].to(dtype)
+    save_file(weights, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    return folder, weights[EMBEDDING]
+
+
+EMBEDDING = "model.embed_tokens.weight"
+ENGINES = ["transformers", "native"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.bool, torch.complex64])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, saved, dtype, engine):
+    """The thirteenth review's L2: int8 or bool weights loaded (and answered nothing, exit 0), complex ones with
+    PyTorch's two-line warning; on both engines."""
+    folder, _ = with_embedding_as(tmp_path, saved, dtype)
+    with pytest.raises(UsageError) as caught:
+        load_checkpoint(folder, engine=engine)
+    assert f"{MODEL_FILE}: {EMBEDDING} holds " in str(caught.value) and "floating point" in str(caught.value)
+    memory = load_file(str(saved["llama"] / MEMORY_FILE))
+    name = next(iter(memory))
+    save_file({**memory, name: memory[name].to(dtype)}, str(folder / MEMORY_FILE))
+    shutil.copy(saved["llama"] / MODEL_FILE, folder / MODEL_FILE)
+    refused(folder, f"{MEMORY_FILE}: {name} holds ", "floating point")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_floating_point_weights_of_any_width_load(tmp_path, saved, dtype, engine):
+    folder, stored = with_embedding_as(tmp_path, saved, dtype)
+    loaded = load_checkpoint(folder, engine=engine)
+    assert loaded.engine == engine
+    assert torch.equal(loaded.cell.model.get_input_embeddings().weight.detach(), stored.to(torch.float32))
+
+
 @pytest.mark.parametrize("name", [MODEL_FILE, MEMORY_FILE])
 @pytest.mark.parametrize("damage", ["cut in half", "random bytes", "empty"])
 def test_a_truncated_or_corrupt_tensor_file_is_refused(folder, name, damage):

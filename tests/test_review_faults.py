@@ -428,6 +428,40 @@ def test_save_memory_replaces_only_what_ingest_would(tmp_path, memfile):
         assert load_memory(target).segments == state.segments
 
 
+def test_save_checkpoint_replaces_only_what_a_run_would(tmp_path, checkpoint):
+    """The thirteenth review's S2: the API's save_checkpoint deleted a folder of the user's at its path, and one at
+    path.old beside it (where the swap moves the old folder), though a run refuses them. Now both follow one rule
+    (replaceable_checkpoint): a new path, an empty folder or a checkpoint rmt wrote."""
+    loaded = load_checkpoint(checkpoint)
+
+    def save(target):
+        return save_checkpoint(target, loaded.cell, loaded.tokenizer, loaded.memory_settings, "test")
+
+    thesis, out = tmp_path / "thesis", tmp_path / "out"
+    thesis.mkdir()
+    (thesis / "chapter1.txt").write_text("my thesis")
+    out.mkdir()
+    (tmp_path / "out.old").mkdir()
+    (tmp_path / "out.old" / "notes.txt").write_text("keep")
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "link").symlink_to(thesis)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for target, refused in [(thesis, thesis), (out, tmp_path / "out.old"), (tmp_path / "file", tmp_path / "file"),
+                            (tmp_path / "link", tmp_path / "link")]:
+        with pytest.raises(UsageError) as caught:
+            save(target)
+        assert str(caught.value).startswith(f"{refused}: is not a checkpoint rmt wrote"), caught.value
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (thesis / "chapter1.txt").read_text() == "my thesis"
+    (tmp_path / "empty").mkdir()
+    shutil.copytree(checkpoint, tmp_path / "ckpt")
+    shutil.copytree(checkpoint, tmp_path / "ckpt.old")  # a swap cut short by a kill leaves the old one there
+    for target in (tmp_path / "new", tmp_path / "empty", tmp_path / "ckpt"):
+        save(target)
+        assert load_checkpoint(target).info["fingerprint"] == loaded.info["fingerprint"]
+    assert not (tmp_path / "ckpt.old").exists()
+
+
 # The sixth review (untuned, session 9): outputs that replaced what rmt did not write, and a diverged run exiting 0
 
 FAST = ["curriculum=[{segments: 1, steps: 2}]", "eval.samples=2", "eval.segments=[1]", "batch_size=4",
@@ -492,6 +526,25 @@ def test_no_output_goes_inside_the_checkpoint_folder_being_read(tmp_path, checkp
     one_error(run(["ingest", doc, "-o", checkpoint / "m.st", "--model", checkpoint]), 2, "-o",
               "inside the checkpoint folder")
     assert sorted(p.name for p in checkpoint.iterdir()) == before and not (tmp_path / "m.st").exists()
+
+
+def test_no_run_or_output_goes_inside_any_checkpoint_folder(tmp_path, checkpoint):
+    """The thirteenth review's L1: `rmt train`/`rmt extend` wrote a whole run into `output_dir=runs/x/final/sub`,
+    which ingest, --trace and --plot refuse. Now one rule refuses every output inside a checkpoint folder (one
+    holding rmt.json), the one being read or another, before anything is written."""
+    from rmt_cli.commands.train import train
+
+    before = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*"))
+    for inside in (checkpoint / "sub", checkpoint / "a" / "b"):
+        one_error(run(["train", RECIPE, f"output_dir={inside}", *FAST, "-q"]), 2,
+                  f"output_dir {inside}: is inside the checkpoint folder {checkpoint}; write it elsewhere")
+    recipe = load_recipe(RECIPE, [f"output_dir={checkpoint / 'sub'}", *FAST])
+    with pytest.raises(UsageError, match="is inside the checkpoint folder"):  # rmt extend's way in
+        train(recipe, init_from=checkpoint, progress=False)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    one_error(run(["ingest", doc, "-o", checkpoint / "m.st"]), 2, "-o", "inside the checkpoint folder")  # not --model's
+    assert sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*")) == before
 
 
 def test_no_plot_goes_inside_the_checkpoint_folder_being_read(checkpoint):

@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from ..atomic import atomic_path, check_folder
-from ..storage.checkpoint import CHECKPOINT_FILES, RMT_JSON, load_checkpoint, save_checkpoint
+from ..storage.checkpoint import (check_outside_checkpoints, is_rmt_checkpoint, load_checkpoint, replaceable_checkpoint,
+                                  save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, StopFlag, UsageError, counted, one_line, shown, stop_signals
@@ -282,7 +283,7 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
     thesis was deleted, a hand-written recipe.yaml overwritten). A resumed run leaves other files alone."""
     if not output_dir.is_dir():
         return
-    if not resuming and _rmt_checkpoint(output_dir):
+    if not resuming and is_rmt_checkpoint(output_dir):
         raise UsageError(f"output_dir {shown(output_dir)}: is a checkpoint folder; a new run writes into a new or "
                          f"empty folder (rmt extend {shown(output_dir)} RECIPE continues that model)")
     replaced = {"final", *(f"stage-{k}" for k in range(stages))}
@@ -292,7 +293,8 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
             continue
         name = entry.name.removesuffix(".old")
         if name in replaced:
-            what = None if _rmt_checkpoint(entry) else "which a run would replace, but it is not a checkpoint rmt wrote"
+            what = None if replaceable_checkpoint(entry) else \
+                "which a run would replace, but it is not a checkpoint rmt wrote"
         elif resuming:
             continue
         elif name == CHECKPOINTS:
@@ -306,12 +308,6 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
         if what:
             raise UsageError(f"output_dir {shown(output_dir)}: holds {shown(entry.name)}, {what}; a new run writes "
                              f"into a new or empty folder (or continue a run with resume=auto)")
-
-
-def _rmt_checkpoint(folder: Path) -> bool:
-    """A folder save_checkpoint wrote: its rmt.json, and no file a checkpoint does not have."""
-    return folder.is_dir() and not folder.is_symlink() and (folder / RMT_JSON).is_file() and \
-        all(f.name in CHECKPOINT_FILES for f in folder.iterdir())
 
 
 def _rmt_metrics(path: Path) -> bool:
@@ -379,6 +375,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if output_dir.is_symlink() and not output_dir.exists():
         raise UsageError(f"output_dir {output_dir}: a symbolic link to a folder that does not exist")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
+    check_outside_checkpoints(output_dir, "output_dir ")  # `runs/x/final/sub`, as for every output of rmt
     for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own(output_dir / own)
     for stage_folder in ["final", *(f"stage-{k}" for k in range(len(recipe.curriculum)))]:

@@ -86,14 +86,55 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
                     recipe_yaml: str | None = None, training_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
                     extra_tensors: dict | None = None) -> Path:
-    """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors)."""
+    """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors). `path` is replaced
+    only where `replaceable_checkpoint` allows it (UsageError otherwise)."""
     final = Path(path)
+    # The swap moves what is at `path` aside to `path`.old and removes both (atomic.atomic_folder): each must be
+    # rmt's to remove (the thirteenth review: a folder of the user's there was deleted without a word).
+    for folder in (final, final.with_name(final.name + ".old")):
+        if not replaceable_checkpoint(folder):
+            also = "" if folder == final else f", which writing {shown(final)} would remove"
+            raise UsageError(f"{shown(folder)}: is not a checkpoint rmt wrote{also}; a checkpoint replaces only a "
+                             f"new path, an empty folder or a checkpoint (remove it, or name another folder)")
     try:
         _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra,
                           extra_tensors)
     except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line (atomic_folder removed it)
         raise RMTError(f"{shown(final)}: cannot write the checkpoint: {write_failure(e)}") from None
     return final
+
+
+def is_rmt_checkpoint(folder: Path) -> bool:
+    """A folder save_checkpoint wrote: its rmt.json, and no file a checkpoint does not have."""
+    try:
+        return folder.is_dir() and not folder.is_symlink() and (folder / RMT_JSON).is_file() and \
+            all(f.name in CHECKPOINT_FILES for f in folder.iterdir())
+    except OSError:  # a folder that may not be read is no checkpoint to replace
+        return False
+
+
+def check_outside_checkpoints(path: str | Path, what: str) -> None:
+    """Refuse an output (`what` starts the error: "output_dir ", "-o ") inside a checkpoint folder (one holding
+    rmt.json): a file or folder of its own there makes that folder one that training no longer replaces and a copy
+    no longer loads as it was (a checkpoint folder holds its own files only)."""
+    for folder in Path(os.path.realpath(path)).parents:
+        try:
+            inside = (folder / RMT_JSON).is_file()
+        except OSError:  # a folder on the way that may not be searched: no checkpoint rmt could have written
+            continue
+        if inside:
+            raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(folder)}; write it "
+                             f"elsewhere")
+
+
+def replaceable_checkpoint(folder: Path) -> bool:
+    """Whether a checkpoint written to `folder` may replace what is there: nothing, an empty folder, or a checkpoint
+    rmt wrote; never a file, a link or a folder of the user's."""
+    try:
+        return not os.path.lexists(folder) or is_rmt_checkpoint(folder) or \
+            (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()))
+    except OSError:
+        return False
 
 
 def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
@@ -246,7 +287,7 @@ def read_info(path: str | Path) -> dict:
     try:
         CheckpointInfo.model_validate(info, strict=True)
     except ValidationError as e:
-        problems += format_errors(e, RMT_JSON, whole=None)
+        problems += format_errors(e, RMT_JSON)
     if problems:
         raise _problems_line(where, problems)
     return info
@@ -288,14 +329,26 @@ def _cannot_build(path: Path, error: Exception) -> UsageError:
     return UsageError(f"{_where(path)}: cannot load the model: {error_line(error)}")
 
 
+# safetensors' names of the floating-point dtypes that torch reads (weights are loaded as float32 from any of them)
+FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
 def _stored_shapes(path: Path) -> dict[str, list[int]]:
     """The shape of each tensor model.safetensors holds, from its header alone (which safetensors checks against
-    the file's length, so a truncated or corrupt file stops here)."""
+    the file's length, so a truncated or corrupt file stops here); each tensor floating point: integer or bool
+    weights load as numbers that answer nothing, complex ones with PyTorch's warning (the thirteenth review)."""
     try:
         with safe_open(str(path / MODEL_FILE), framework="pt") as weights:
-            return {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+            slices = {name: weights.get_slice(name) for name in weights.keys()}
+            kinds = {name: tensor.get_dtype() for name, tensor in slices.items()}
+            shapes = {name: tensor.get_shape() for name, tensor in slices.items()}
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise _unreadable(path, MODEL_FILE, e) from None
+    other = next((name for name in sorted(kinds) if kinds[name] not in FLOATING), None)
+    if other is not None:
+        raise UsageError(f"{_where(path)}: {MODEL_FILE}: {shown(other)} holds {kinds[other]} values; a model's "
+                         f"weights are floating point (F32, BF16, F16, ...)")
+    return shapes
 
 
 def saved_dtype(path: str | Path) -> torch.dtype:
@@ -308,7 +361,7 @@ def saved_dtype(path: str | Path) -> torch.dtype:
             kinds = {weights.get_slice(name).get_dtype() for name in weights.keys()}
     except Exception:  # safetensors' own error types; load_checkpoint says what is wrong
         return torch.float32
-    floating = kinds & {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+    floating = kinds & FLOATING
     return torch.bfloat16 if floating == {"BF16"} else torch.float32
 
 
@@ -402,6 +455,9 @@ def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec, fresh: tuple
     for name, tensor in expected.items():
         if saved[name].shape != tensor.shape:
             raise UsageError(f"{where}: {name} of shape {tuple(saved[name].shape)}, expected {tuple(tensor.shape)}")
+        if not saved[name].is_floating_point():  # as for the model's weights (`_stored_shapes`)
+            raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds {str(saved[name].dtype).removeprefix('torch.')} "
+                             f"values; the memory's tensors are floating point")
         if not torch.isfinite(saved[name]).all():
             raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds values that are not finite numbers")
     with torch.no_grad():

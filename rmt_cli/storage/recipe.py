@@ -267,7 +267,8 @@ class Stage(Section):
 
 class EvalSpec(Section):
     samples: int = Field(100, ge=1, le=MAX_SAMPLES)
-    segments: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # lengths to evaluate; default: every stage's
+    # Lengths to evaluate; default (left out): every stage's. An empty list is a mistake, not "the default".
+    segments: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(None, min_length=1)
     batch_size: int = Field(50, ge=1, le=MAX_BATCH)
 
 
@@ -359,14 +360,15 @@ def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
-def format_errors(error: ValidationError, source: str, overrides: list[str] = (), whole: str | None = "(recipe)"
-                  ) -> list[str]:
-    """One line per error: where (the source, and the override that set the value, if one did), the field's path,
-    what is wrong."""
+def format_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> list[str]:
+    """One line per error: where (the source, and the override that set the value, if one did), the field's path
+    (none for an error of the whole), what is wrong."""
     lines = []
     for e in error.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or whole  # an error of the whole, not of one field (None: unnamed)
+        if e["type"] == "invalid_key":  # pydantic names a `null:` key None, a `true:` key 1: say YAML's words
+            loc = (*loc[:-1], json.dumps(e["input"]) if isinstance(e["input"], (bool, type(None))) else loc[-1])
+        path = ".".join(str(p) for p in loc)
         where = value_source(source, override_of(loc, overrides))
         if e["type"] == "extra_forbidden":
             names = _fields_of(Recipe, loc[:-1])
@@ -494,6 +496,34 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+class _IntForm:
+    """An integer YAML 1.1 reads from a form other than plain decimal (010 octal, 0x10, 0b10, 1:00 base 60, 3_2):
+    `load_yaml` refuses it, so that a zero-padded number never trains another model without a word."""
+
+    def __init__(self, text: str, value: int):
+        self.text, self.value = text, value
+
+    def hint(self) -> str:
+        digits = self.text.lstrip("+-").lower()
+        if digits.startswith(("0b", "0x")):
+            return f"YAML reads {self.text} as {'binary' if digits[1] == 'b' else 'hexadecimal'} {self.value}: " \
+                   f"write {self.value}"
+        if ":" in digits:
+            return f"YAML reads {self.text} as a base-60 number, {self.value}: write {self.value} (or quote text)"
+        if digits.replace("_", "") != "0" and digits.startswith("0"):
+            decimal = int(self.text.replace("_", ""), 10)
+            either = f" or {decimal}" if decimal != self.value else ""
+            return f"a leading 0 makes YAML read {self.text} as octal {self.value}: write {self.value}{either}"
+        return f"YAML drops the underscores of {self.text} and reads {self.value}: write {self.value}"
+
+
+def _construct_int(loader: _StrictLoader, node) -> int | _IntForm:
+    value = loader.construct_yaml_int(node)
+    text = loader.construct_scalar(node)
+    return value if re.fullmatch(r"[-+]?(?:0|[1-9][0-9]*)", text) else _IntForm(text, value)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                     re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                                     list("-+0123456789."))
@@ -536,8 +566,25 @@ def _bad_value(data: Any, path: str = "") -> tuple[str, str] | None:
     return None
 
 
+def _int_forms(data: Any) -> list[str]:
+    """"PATH: hint" for each integer of `data` (keys included) written in a form other than plain decimal."""
+    found, stack = [], [(data, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, _IntForm):
+            found.append(f"{where}: {item.hint()}" if where else item.hint())
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                path = f"{where}.{getattr(k, 'text', k)}" if where else str(getattr(k, "text", k))
+                stack.extend([(k, path), (v, path)] if isinstance(k, _IntForm) else [(v, path)])
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
+    return sorted(found)
+
+
 def load_yaml(text: str, what: str) -> Any:
-    """Parse recipe YAML strictly: safe types only, no duplicate keys, no alias bombs. Errors are one line."""
+    """Parse recipe YAML strictly: safe types only, no duplicate keys, no alias bombs, integers in plain decimal.
+    Errors are one line each."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
@@ -549,6 +596,9 @@ def load_yaml(text: str, what: str) -> Any:
         raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep") from None
     if _expanded_size(data, MAX_YAML_NODES, what) > MAX_YAML_NODES:
         raise UsageError(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases")
+    forms = _int_forms(data)
+    if forms:
+        raise UsageError("\n".join(f"{what}: {form}" for form in forms))
     return data
 
 
@@ -563,8 +613,8 @@ def read_recipe_data(path: str | Path) -> dict:
     else:
         text = read_small_text(Path(path), "recipe")  # a regular file or a pipe (`rmt train <(...)`), UTF-8
     data = load_yaml(text, f"recipe {recipe_label(path)}")
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # one line, not the errors of every setting it lacks
+        raise UsageError(f"{recipe_label(path)}: the recipe is empty")
     if not isinstance(data, dict):
         raise UsageError(f"recipe {path}: the top level must be a mapping of keys to values")
     return data
