@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and no clearing of what a kill left
+    fcntl = None
 
 from .errors import RMTError, UsageError, error_line, shown
 
@@ -98,15 +104,21 @@ def _sync(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path, clear_stale: bool = False):
     """A temporary name beside `path` to write to; renamed onto `path` only when the block ends without error,
     so a reader never sees half a file. The temporary name ends in `path`'s suffix, for writers (matplotlib)
-    that choose the format by it."""
+    that choose the format by it.
+
+    The temporary file stays locked (flock) while it is written, so one that a kill -9 left is unlocked.
+    `clear_stale` removes such leftovers of `path` first (`_clear_stale`): for a file written over a whole run (a
+    trace), which a kill is likely to cut. A file written in a moment (a memory file) does not: thousands of them
+    go into one folder, and listing it for each would be quadratic."""
     path = Path(os.path.realpath(path))  # a link stays a link: the file it names is replaced
     suffix = path.suffix if len(path.suffix.encode("utf-8", "surrogateescape")) <= _TMP_SUFFIX_BYTES else ""
-    fd, tmp = tempfile.mkstemp(prefix=f".{_cut(path.name, _TMP_NAME_BYTES)}.", suffix=f".tmp{suffix}",
-                               dir=path.parent)
-    os.close(fd)
+    prefix, suffix = f".{_cut(path.name, _TMP_NAME_BYTES)}.", f".tmp{suffix}"
+    if clear_stale:
+        _clear_stale(path.parent, prefix, suffix, cut=prefix != f".{path.name}.")
+    fd, tmp = _locked_temporary(path.parent, prefix, suffix)
     try:
         yield tmp
         make_ordinary(tmp, replacing=path)
@@ -115,6 +127,55 @@ def atomic_path(path: str | Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _locked_temporary(folder: Path, prefix: str, suffix: str) -> tuple[int | None, str]:
+    """A new temporary file and its descriptor, which holds the file's lock until it is closed (None where there
+    is no flock: the file is then closed at once, as Windows renames no open file)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        if fcntl is None:
+            os.close(fd)
+            return None, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:  # not removed by another run before it was locked
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        except OSError:  # a file system without locks: written unlocked, and never taken for stale
+            return fd, tmp
+        os.close(fd)
+
+
+def _clear_stale(folder: Path, prefix: str, suffix: str, cut: bool) -> None:
+    """Remove the temporary files of `atomic_path` for one target that no process is writing: named as it names
+    them (`prefix`, mkstemp's 8 characters, `suffix`) and unlocked, so a kill -9 left them. Nothing else is
+    touched, nor when the target's name was cut to fit (its prefix may then be another target's too)."""
+    if fcntl is None or cut:
+        return
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix))
+    try:
+        names = [name for name in os.listdir(folder) if pattern.fullmatch(name)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, a link, not readable: left as it is
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while another process writes it
+            os.unlink(folder / name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -90,18 +89,6 @@ app = typer.Typer(
 # and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
-
-
-def _number_in(low: float, high: float):
-    """An option's check: a finite number from low to high (NaN was "should be greater than or equal to 0")."""
-
-    def check(value: float) -> float:
-        if not (math.isfinite(value) and low <= value <= high):
-            bound = f"at least {low:g}" if math.isinf(high) else f"from {low:g} to {high:g}"
-            raise typer.BadParameter(f"{value}: a finite number {bound}")
-        return value
-
-    return check
 
 
 def _seed_in_range(value: int) -> int:
@@ -217,6 +204,12 @@ def command(func):
     return wrapper
 
 
+# What uses less memory, by command: only a command that has a batch size is told to make it smaller.
+_SMALLER = {"train": "a smaller batch_size= or a smaller model", "extend": "a smaller batch_size= or a smaller model",
+            "ingest": "a smaller --batch-size or a smaller model",
+            "eval_command": "a smaller --batch-size or a smaller model"}
+
+
 def _run_command(func, args, kwargs):
     try:
         if sys.stdout is None:  # started with stdout closed (`>&-`): refuse only when a result is written
@@ -246,12 +239,13 @@ def _run_command(func, args, kwargs):
         _say("error", f"{where}{e.strerror or e}")
         raise typer.Exit(1)
     except MemoryError:
-        _say("error", "out of memory; try a smaller --batch-size or a smaller model")
+        _say("error", f"out of memory; try {_SMALLER.get(func.__name__, 'a smaller model')}")
         raise typer.Exit(1)
     except RuntimeError as e:
         if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
             raise  # a bug of ours: the traceback is the report
-        _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try a smaller --batch-size or model")
+        _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try "
+             f"{_SMALLER.get(func.__name__, 'a smaller model')}")
         raise typer.Exit(1)
     except BaseException as e:
         # pyo3's PanicException (a Rust library gave up: a tokenizer's pathological regex, say) derives from
@@ -275,17 +269,6 @@ class _ClosedStdout:
         return False
 
 
-def stdin_bytes() -> bytes:
-    """All of standard input, or one UsageError line when rmt was started with it closed (`<&-`)."""
-    from .data.sources import stdin_stream, stdin_unreadable
-
-    stream = stdin_stream()
-    try:
-        return stream.read()
-    except (OSError, ValueError) as e:  # a closed or unreadable descriptor
-        raise stdin_unreadable(e) from None
-
-
 def _say(kind: str, text: str) -> None:
     """One unwrapped line on stderr, so scripts can grep it (control characters from file text escaped)."""
     if sys.stderr is None:  # started with stderr closed: nowhere to say it; the exit code still tells
@@ -294,7 +277,8 @@ def _say(kind: str, text: str) -> None:
     sys.stderr.flush()
 
 
-def _question_lines(data: bytes, source: str) -> list[str]:
+def _question_lines(data: bytes, source: str) -> list[tuple[int, str]]:
+    """The questions of a file or stdin, one a line, each with its line number."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -302,7 +286,7 @@ def _question_lines(data: bytes, source: str) -> list[str]:
     lines = text.removeprefix("\ufeff").splitlines()  # a BOM is no part of a question
     while lines and not lines[-1].strip():  # blank lines at the end pair with no answer: nothing to say
         lines.pop()
-    questions = [q for q in lines if q.strip()]
+    questions = [(n, q) for n, q in enumerate(lines, 1) if q.strip()]
     inner_blanks = len(lines) - len(questions)
     if inner_blanks:  # a script pairing answers with input lines must know (the tenth review)
         _say("warning", f"{source}: {counted(inner_blanks, 'blank line')} skipped; one answer per question line")
@@ -317,10 +301,24 @@ def _answer_line(answer: str) -> str:
 def _print_json(obj) -> None:
     """One JSON line; strict JSON, so a non-finite number (NaN, Infinity) is a run-time error, never printed."""
     try:
-        line = json.dumps(obj, indent=None, default=str, allow_nan=False)
+        line = json.dumps(_utf8(obj), indent=None, allow_nan=False)
     except ValueError:
         raise RMTError(NON_FINITE_SCORES) from None
     _stdout(line + "\n")
+
+
+def _utf8(obj):
+    """`obj` with every string valid Unicode: a byte of a name that is not UTF-8 (`o\\xe9.st`, held by Python as the
+    surrogate U+DCE9) is written as the text `\\udce9`, as error lines write it; JSON's own `\\udce9` escape would be
+    a lone surrogate, which strict parsers refuse (the thirteenth review). Other values as JSON writes them, or as
+    text (a Path)."""
+    if isinstance(obj, dict):
+        return {_utf8(key): _utf8(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_utf8(value) for value in obj]
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    return str(obj).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _TraceFailed(Exception):
@@ -538,7 +536,7 @@ def ingest(
             if trace is not None:
                 from .atomic import atomic_path
 
-                trace_file = open(stack.enter_context(atomic_path(trace)), "w")
+                trace_file = open(stack.enter_context(atomic_path(trace, clear_stale=True)), "w")
 
                 @contextlib.contextmanager
                 def writing_trace():  # a write error of the trace (a full disk) says it was the trace's
@@ -671,10 +669,8 @@ def ask(
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
                                        "LM's, and at most what the question's segment has room for; an encoder "
                                        "picks one of its answers)."),
-    temperature: float = typer.Option(0.0, "--temperature", callback=_number_in(0.0, math.inf),
-                                      help="0: greedy (default)."),
-    top_p: float = typer.Option(1.0, "--top-p", callback=_number_in(0.0, 1.0),
-                                help="Nucleus sampling when temperature > 0."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy (default)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling when temperature > 0 (0 to 1)."),
     seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed for sampling (0 to "
                                  "2^63-1)."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting, or "
@@ -687,30 +683,41 @@ def ask(
 
     import torch
 
-    from .commands.ask import ask_many
+    from .commands.ask import QuestionError, ask_many, check_sampling
+    from .data.sources import read_small_file, read_small_stdin
     from .storage.memfile import DTYPES, check_compatible, load_memory
 
+    check_sampling(temperature, top_p)
     asked = list(questions or [])
     if asked.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
+    where: list[str | None] = [None] * len(asked)  # the line a question came from, if any: named in errors
     if "-" in asked:  # stdin's questions where the - stands, so the answers come in the order asked
         at = asked.index("-")
-        asked[at : at + 1] = _question_lines(stdin_bytes(), "standard input")
+        lines = _question_lines(read_small_stdin("standard input"), "standard input")
+        asked[at : at + 1] = [q for _, q in lines]
+        where[at : at + 1] = [f"standard input:{n}" for n, _ in lines]
     if file is not None:
-        from .data.sources import read_small_file
-
-        asked += _question_lines(read_small_file(file, "--file"), f"--file {file}")
+        lines = _question_lines(read_small_file(file, "--file"), f"--file {file}")
+        asked += [q for _, q in lines]
+        where += [f"--file {shown(file)}:{n}" for n, _ in lines]
     if not asked:
         raise UsageError("no question given: rmt ask MEMORY \"QUESTION\" (or --file, or - for stdin)")
     state = load_memory(memory)
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     check_compatible(state, loaded, force, str(memory))
     generator = torch.Generator().manual_seed(seed)
-    # Answered in batches: a long --file is neither held whole on the model nor printed only at the end.
-    answers = (a for start in range(0, len(asked), ASK_BATCH)
-               for a in ask_many(loaded, state, asked[start : start + ASK_BATCH], max_new_tokens, temperature, top_p,
-                                 generator))
-    for a in answers:
+
+    def answers():  # in batches: a long --file is neither held whole on the model nor printed only at the end
+        for start in range(0, len(asked), ASK_BATCH):
+            try:
+                yield from ask_many(loaded, state, asked[start : start + ASK_BATCH], max_new_tokens, temperature,
+                                    top_p, generator)
+            except QuestionError as e:
+                line = where[start + e.index]
+                raise UsageError(f"{line}: {e}" if line else str(e)) from None
+
+    for a in answers():
         if json_out:
             entry = {"question": a.question, "answer": a.answer, "logprob": round(a.logprob, 4)}
             if loaded.cell.kind == "encoder":  # a classifier: how sure it is, and what it would have said next
@@ -858,6 +865,14 @@ def eval_command(
 
         check_answerable(f"--babi {babi}" if babi else f"--task {source.name}", answer_set(source.name, stories),
                          loaded.cell.answers)
+    elif stories:  # a generator's answers are single words; a file's may not fit the room (the thirteenth review)
+        from .commands.longeval import too_long_answers
+        from .core.segments import ANSWER_ROOM
+
+        too_long = too_long_answers(stories, loaded.tokenizer)
+        if too_long:
+            _say("warning", f"--babi {shown(babi)}: {too_long:,} of {counted(len(stories), 'answer')} take more than "
+                 f"the {ANSWER_ROOM} tokens an answer is given; they can never be said, and score 0%")
     from .progress import ProgressBar
 
     results = []
@@ -915,6 +930,21 @@ def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
     plot_target(plot_file)  # never a file rmt did not write: found now, not after the scoring
 
 
+def _print_table(table) -> None:
+    """A table on stderr, its cells never wrapped where stderr is no terminal (faults U29): rich fits it to 80
+    columns there and wrapped "memory reset each segment" over two lines; it is as wide as its widest row now."""
+    if err.is_terminal:  # a terminal's own width: rich fits the table to it
+        err.print(table)
+        return
+    from rich.measure import Measurement
+
+    err.width = max(err.width, Measurement.get(err, err.options.update(max_width=1 << 16), table).maximum)
+    try:
+        err.print(table)
+    finally:
+        err.width = None  # the width found as before, for every later line
+
+
 def _eval_table(rows: list[dict]) -> None:
     from rich.table import Table
 
@@ -928,7 +958,7 @@ def _eval_table(rows: list[dict]) -> None:
     for r in rows:
         table.add_row(f"{r['length']:,}", str(r["samples"]), cell(r, "accuracy"), cell(r, "accuracy_reset"),
                       cell(r, "constant_guess"))
-    err.print(table)
+    _print_table(table)
 
 
 def _perplexity_table(result: dict) -> None:
@@ -947,7 +977,7 @@ def _perplexity_table(result: dict) -> None:
         k = max(1, len(curve) // 10)
         table.add_row(label, f"{r['perplexity']:.2f}", f"{r['loss']:.3f}", f"{r['flatness']:+.3f}",
                       f"{sum(curve[:k]) / k:.3f}", f"{sum(curve[-k:]) / k:.3f}")
-    err.print(table)
+    _print_table(table)
 
 
 def main() -> None:

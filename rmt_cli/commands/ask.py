@@ -19,7 +19,8 @@ import torch
 from ..storage.checkpoint import LoadedModel
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError
 from ..storage.memfile import MemoryState
-from ..core.segments import FinalSegment, build_final_segment, pad_rows, question_ids, split_document
+from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
+                             split_document)
 from ..data.tokenstream import TokenStream
 
 
@@ -32,6 +33,14 @@ class Reply:
     tokens: int  # generated tokens (0 for a classifier)
     runner_up: str | None = None  # a classifier's most likely other answer (sampled: maybe the likelier), its logprob
     runner_up_logprob: float | None = None
+
+
+class QuestionError(UsageError):
+    """A question that cannot be asked; `index`: its place in the list asked (the CLI names its line)."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass
@@ -159,19 +168,33 @@ class _Choose:
         return chosen
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """The sampling settings `ask` takes (`rmt ask` checks its options here, before anything is loaded): a
+    temperature of infinity samples every token alike, noise for an answer; NaN is "a finite number" too."""
+    for name, value, high in (("temperature", temperature, math.inf), ("top_p", top_p, 1.0)):
+        if not (math.isfinite(value) and 0 <= value <= high):
+            bound = "at least 0" if math.isinf(high) else "from 0 to 1"
+            raise UsageError(f"{name} {value}: a finite number {bound}")
+
+
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Answer]:
     """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order)."""
     if not max_new_tokens >= 1:
         raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")
-    if not math.isfinite(temperature):  # infinity samples every token alike: noise, not an answer
-        raise UsageError(f"temperature {temperature}: a finite number (0: greedy)")
-    for question in questions:
+    check_sampling(temperature, top_p)
+    for index, question in enumerate(questions):
         if not question.strip():
-            raise UsageError("empty question")
+            raise QuestionError("empty question", index)
     with torch.inference_mode():
         end = _DocumentEnd(model, state)
-        finals = [end.final(question_ids(model.tokenizer, q)) for q in questions]
+        finals = []
+        for index, question in enumerate(questions):
+            try:
+                finals.append(end.final(_question_tokens(model, question)))
+            except UsageError as e:  # which question, of a long list (the thirteenth review)
+                short = question if len(question) <= 60 else question[:59] + "…"
+                raise QuestionError(f"{e} (question {short!r})", index) from None
         if temperature > 0:  # one question after another, so a question's sample does not depend on the others
             replies = [respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p, generator)[0]
                        for memory, final in finals]
@@ -179,6 +202,23 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
             memory = torch.cat([memory for memory, _ in finals])
             replies = respond(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
     return [Answer(**vars(reply), question=q) for q, reply in zip(questions, replies)]
+
+
+def _question_tokens(model: LoadedModel, question: str) -> list[int]:
+    """The question's tokens. One that cannot fit a segment by its length alone is refused before it is
+    tokenized: a line of 16 MB took 19 s and 3.4 GB to tokenize, only to be refused (the thirteenth review). No
+    token of the vocabulary covers more characters than its longest one does, so a question of more characters
+    than that many times the tokens a question may take never fits; no question that fits is refused (but for
+    characters a tokenizer drops or folds into one unknown token, which no real question is made of)."""
+    room = model.segment_size - ANSWER_ROOM
+    if len(question) > room:  # most questions are short: the vocabulary is looked at only for a long one
+        characters = len(question_text(question))
+        longest = max(map(len, model.tokenizer.get_vocab()), default=1)
+        if characters > room * longest:
+            raise UsageError(f"question too long: {characters:,} characters; a question takes at most {room} tokens "
+                             f"here (a {model.segment_size}-token segment keeps {ANSWER_ROOM} for the answer), and no "
+                             f"token of this model spans more than {longest} characters")
+    return question_ids(model.tokenizer, question)
 
 
 @torch.inference_mode()

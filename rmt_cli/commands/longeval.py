@@ -28,7 +28,7 @@ from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from .ask import respond
-from ..core.segments import ANSWER_ROOM, SegmentStream, build_final_segment, pad_rows, question_ids
+from ..core.segments import ANSWER_ROOM, SegmentStream, answer_ids, build_final_segment, pad_rows, question_ids
 from ..data.tasks import STORY_TASKS, Story, default_placement, make_story, rng_for
 
 _LENGTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*$", re.ASCII)  # ASCII digits only: "٣k" is no length
@@ -230,6 +230,12 @@ def _final(doc: _Document, tok, S: int):
         return build_final_segment(doc.tokens.tail, question_ids(tok, doc.story.question), [], S)
     except ValueError as e:
         raise UsageError(f"{e} (question {doc.story.question!r})") from None
+
+
+def too_long_answers(stories: list[Story], tokenizer) -> int:
+    """How many of `stories` have an answer longer than the room a causal LM answers in (ANSWER_ROOM tokens):
+    one that can never be said, so its story scores 0% whatever the memory holds."""
+    return sum(len(answer_ids(tokenizer, story.answer)) - 1 > ANSWER_ROOM for story in stories)  # - 1: the end token
 
 
 def _answers(model: LoadedModel, memory: torch.Tensor, finals, device) -> list[str]:

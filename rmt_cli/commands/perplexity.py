@@ -86,6 +86,8 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
                max_tokens: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
+    if max_tokens is not None and max_tokens < 2:  # as --max-tokens: the first token is only read, never scored
+        raise UsageError(f"max_tokens {max_tokens}: at least 2 (the first token is scored by none before it)")
     for loaded in (model, baseline):
         if loaded is not None and loaded.cell.kind == "encoder":
             raise UsageError(f"{shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "

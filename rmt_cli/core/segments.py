@@ -7,6 +7,7 @@ answer and an end token.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -20,8 +21,17 @@ QUESTION_TEMPLATE = "\nQuestion: {question}\nAnswer:"
 ANSWER_ROOM = 8
 
 
+_SPACES = re.compile(r"\s+")  # the characters str.split() splits at, for str patterns
+
+
+def question_text(question: str) -> str:
+    """The question as the model reads it: each run of white space one space, none at either end. One new string,
+    not a list of its words, so a pathological question costs no more than its size."""
+    return _SPACES.sub(" ", question).strip()
+
+
 def question_ids(tokenizer, question: str) -> list[int]:
-    return tokenizer.encode(QUESTION_TEMPLATE.format(question=" ".join(question.split())), add_special_tokens=False)
+    return tokenizer.encode(QUESTION_TEMPLATE.format(question=question_text(question)), add_special_tokens=False)
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:

@@ -151,8 +151,25 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
     except OSError as e:
         raise _open_error(label, e) from None
     if len(data) > limit:
-        raise UsageError(f"{label}: larger than {limit >> 20} MiB; is it the right file?")
+        raise _too_large(label, limit)
     return data
+
+
+def read_small_stdin(label: str, limit: int = SMALL_FILE_LIMIT, hint: str = "is it the right input?") -> bytes:
+    """Standard input read whole as `read_small_file` reads a file, refused beyond `limit` bytes: `yes | rmt ask
+    MEMORY -` had grown to 24 GB. `label` names it in errors ("standard input", "recipe <stdin>")."""
+    stream = stdin_stream()
+    try:
+        data = stream.read(limit + 1)
+    except (OSError, ValueError) as e:  # a closed or write-only descriptor (`0>file`)
+        raise stdin_unreadable(e) from None
+    if len(data) > limit:
+        raise _too_large(label, limit, hint)
+    return data
+
+
+def _too_large(label: str, limit: int, hint: str = "is it the right file?") -> UsageError:
+    return UsageError(f"{label}: larger than {limit >> 20} MiB; {hint}")
 
 
 def read_small_text(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> str:

@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
                       model_validator)
 
 from ..errors import UsageError, error_line, shown
-from ..data.sources import SMALL_FILE_LIMIT, read_small_text, stdin_stream, stdin_unreadable
+from ..data.sources import read_small_stdin, read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, STORY_TASKS
 
@@ -641,12 +641,7 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
 
 
 def _stdin_text() -> str:
-    try:
-        raw = stdin_stream().read(SMALL_FILE_LIMIT + 1)
-    except (OSError, ValueError) as e:  # a closed or write-only descriptor (`0>file`)
-        raise stdin_unreadable(e) from None
-    if len(raw) > SMALL_FILE_LIMIT:
-        raise UsageError(f"recipe <stdin>: larger than {SMALL_FILE_LIMIT >> 20} MiB; is it a recipe?")
+    raw = read_small_stdin("recipe <stdin>", hint="is it a recipe?")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
