@@ -25,6 +25,23 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
+LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun and accelerate launch set beside it
+
+
+def check_launch() -> None:
+    """Refuse what would stop the processes later, in torch's words or not at all: a WORLD_SIZE left in the
+    environment without a launcher's other variables (a SLURM or torchrun job shell), where accelerate raises, or
+    waits for the missing processes and ignores Ctrl-C; and more GPU processes than GPUs (`check_one_gpu_each`)."""
+    from .errors import UsageError
+
+    world = launched_processes()
+    missing = [name for name in LAUNCHER_VARIABLES if not os.environ.get(name)]
+    if world > 1 and missing:
+        raise UsageError(f"WORLD_SIZE={world} is set, but not {', '.join(missing)}: start several processes with "
+                         f"torchrun or accelerate launch, or unset WORLD_SIZE")
+    check_one_gpu_each()
+
+
 def check_one_gpu_each() -> None:
     """Refuse more GPU processes on this machine than it has GPUs: NCCL would stop them all with "Duplicate GPU
     detected" after the model has loaded."""
@@ -50,7 +67,7 @@ class Processes:
     def __init__(self):
         from accelerate import PartialState
 
-        check_one_gpu_each()
+        check_launch()
         self._state = PartialState(cpu=on_cpu())
         self.rank, self.world = self._state.process_index, self._state.num_processes
         self.device = self._state.device

@@ -137,3 +137,25 @@ def test_an_interrupted_torchrun_ingest_reports_every_document(tmp_path, checkpo
     assert written == [s["output"] for s in report if s["error"] is None] == ["d0.st", "d1.st"]  # one a process
     assert all("interrupted before its end; nothing written" in s["error"] for s in report[2:])
     assert r.stderr.count("interrupted: 2 of 5 documents finished") == 1, r.stderr
+
+
+def test_a_world_size_left_without_a_launcher_is_one_usage_line(tmp_path, monkeypatch):
+    """WORLD_SIZE=2 alone (a job shell's leftover) ended in accelerate's traceback; with MASTER_ADDR too, ingest
+    waited for the missing process for good and ignored Ctrl-C (the fourteenth review)."""
+    from rmt_cli.distributed import check_launch
+    from rmt_cli.errors import UsageError
+
+    (tmp_path / "a.txt").write_text(TEXT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    env.pop("MASTER_PORT", None)
+    r = subprocess.run([sys.executable, "-m", "rmt_cli.cli", "ingest", "a.txt", "-o", "a.st"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "WORLD_SIZE=2 is set, but not MASTER_PORT" in r.stderr and not (tmp_path / "a.st").exists()
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"),
+                        ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    check_launch()  # what torchrun sets passes
+    monkeypatch.delenv("RANK")
+    with pytest.raises(UsageError, match="not RANK"):
+        check_launch()

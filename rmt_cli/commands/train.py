@@ -35,7 +35,7 @@ from ..data.sources import read_small_text
 from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
 from ..data.tasks import BINDING_COUNTS, rng_for
-from ..distributed import check_one_gpu_each, on_cpu
+from ..distributed import check_launch, on_cpu
 
 CHECKPOINTS = "checkpoints"
 
@@ -359,7 +359,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     if threads:
         torch.set_num_threads(threads)
     # accelerate only spreads CPU training over processes (torchrun, gloo) when told it is on the CPU.
-    check_one_gpu_each()
+    check_launch()
     accelerator = Accelerator(cpu=on_cpu(), mixed_precision=recipe.mixed_precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
