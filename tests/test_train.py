@@ -345,13 +345,27 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_last_whole_one(straight, tm
     assert logged_steps(out) == logged_steps(a_out)
 
 
-@pytest.mark.parametrize("damage", ["state not json", "state without step", "optimizer cut", "optimizer of another model"])
+# Settings edited in training_state.json (the fourteenth review): tracebacks at the first step (betas, eps,
+# amsgrad, capturable), or accepted without a word (maximize: the run would climb the loss; a step of `true`).
+EDITED_SETTINGS = {"betas text": ("betas", "xy"), "eps text": ("eps", "nan"), "amsgrad on": ("amsgrad", True),
+                   "capturable on": ("capturable", True), "maximize on": ("maximize", True)}
+
+
+@pytest.mark.parametrize("damage", ["state not json", "state without step", "optimizer cut", "optimizer of another model",
+                                    "step true", *EDITED_SETTINGS])
 def test_a_damaged_training_state_is_one_line_on_resume(straight, tmp_path, damage):
     a_out, _ = straight
     out = tmp_path / "run"
     shutil.copytree(a_out, out)
     last = latest_checkpoint(out)
-    if damage == "state not json":
+    state = json.loads((last / "training_state.json").read_text())
+    if damage in EDITED_SETTINGS:
+        key, value = EDITED_SETTINGS[damage]
+        state["optimizer"]["param_groups"][0][key] = value
+        (last / "training_state.json").write_text(json.dumps(state))
+    elif damage == "step true":
+        (last / "training_state.json").write_text(json.dumps({**state, "step": True}))
+    elif damage == "state not json":
         (last / "training_state.json").write_text("{not json")
     elif damage == "state without step":
         (last / "training_state.json").write_text('{"optimizer": {}}')

@@ -4,6 +4,7 @@ resume that continues exactly where the run stopped. No pickles: tensors in safe
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def read_training_state(path: Path) -> dict:
     """training_state.json of a training checkpoint, checked: the step to resume at and the optimizer's settings."""
     try:
         state = json.loads((path / "training_state.json").read_text(encoding="utf-8"))
-        ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0
+        ok = (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0  # not `true`
               and isinstance(state.get("optimizer"), dict)
               and isinstance(state["optimizer"].get("param_groups"), list)
               and isinstance(state["optimizer"].get("scalars"), dict))
@@ -41,7 +42,38 @@ def read_training_state(path: Path) -> dict:
     return state
 
 
+def _check_groups(saved, live: list[dict]) -> None:
+    """The saved parameter groups hold settings this run's optimizer can take: each flag as this run sets it (an
+    edited `amsgrad`, `maximize` or `capturable` would fail at the first step, or climb the loss), each number finite
+    and in range. Raises ValueError naming the first that is not; keys a torch version leaves out are its own
+    business (it fills in defaults)."""
+    def number(value) -> bool:
+        return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+    if not isinstance(saved, list) or len(saved) != len(live):
+        raise ValueError(f"{len(saved) if isinstance(saved, list) else 'no'} parameter groups, where the optimizer "
+                         f"has {len(live)}")
+    for i, (group, own) in enumerate(zip(saved, live)):
+        if not isinstance(group, dict):
+            raise ValueError(f"param_groups[{i}] is not a mapping")
+        for key, value in group.items():
+            want = own.get(key)
+            if key == "params":
+                ok = isinstance(value, list) and all(type(p) is int for p in value)
+            elif key == "betas":
+                ok = isinstance(value, list) and len(value) == 2 and all(number(b) and b < 1 for b in value)
+            elif key == "initial_lr" or type(want) in (int, float):  # lr, eps, weight_decay, the schedule's base
+                ok = number(value)
+            elif key in own:  # flags and choices (amsgrad, maximize, foreach, ...): as this run has them
+                ok = type(value) is type(want) and value == want
+            else:
+                ok = False
+            if not ok:
+                raise ValueError(f"param_groups[{i}].{key} is {json.dumps(value)[:40]}")
+
+
 def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
+    _check_groups(info["param_groups"], optimizer.state_dict()["param_groups"])
     state: dict = {}
     for name, value in tensors.items():
         if name.startswith(prefix + "state."):
