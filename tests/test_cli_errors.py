@@ -110,3 +110,17 @@ def test_json_nested_too_deeply_is_not_a_file_rmt_wrote(tmp_path, recipe):
     (out / "training_state.json").write_text('{"step": 3, "optimizer": ' + deep + "}")
     with pytest.raises(UsageError, match="training_state.json is unreadable .JSON nested too deeply"):
         read_training_state(out)
+
+
+def test_a_name_too_long_is_bad_input_and_cut_short(tmp_path):
+    """--file, --manifest and --model with a name too long exited 1; --model, perplexity and eval --noise
+    printed the whole 5,000-byte path (the fourteenth review). Now: exit 2, one line, the path cut."""
+    name, path = "a" * 300, "/".join(["b" * 200] * 25)
+    (tmp_path / "a.txt").write_text("Mary went to the garden. " * 20)
+    assert run(["ingest", tmp_path / "a.txt", "-o", tmp_path / "m.st", "-q"]).exit_code == 0
+    for args in (["ask", tmp_path / "m.st", "--file", name], ["ingest", "--manifest", name],
+                 ["ask", "--model", path, tmp_path / "m.st", "q"], ["perplexity", path],
+                 ["eval", "--noise", path, "--lengths", "1k", "--samples", "1"]):
+        r = run(args)
+        assert r.exit_code == 2 and "too long" in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert len(r.stderr) < 400, (args, len(r.stderr))
