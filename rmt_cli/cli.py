@@ -16,8 +16,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, one_line, shown,
-                     stop_like_ctrl_c)
+from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, json_loads, one_line,
+                     shown, stop_like_ctrl_c)
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """Usage mistakes (an unknown option, a value out of range) as one `error:` line, not a framed box."""
@@ -428,7 +428,7 @@ def _is_trace(path: Path) -> bool:
     """Whether a file starts as `rmt ingest --trace` writes: a JSON object with a segment and its change."""
     try:
         with open(path, "rb") as f:
-            first = json.loads(f.readline(4096))
+            first = json_loads(f.readline(4096))
     except (OSError, ValueError):
         return False
     return isinstance(first, dict) and {"segment", "end_token", "change"} <= set(first)

@@ -120,6 +120,17 @@ def write_failure(error: BaseException) -> str:
     return shown(error_line(error).removeprefix("Error while serializing: "))
 
 
+def json_loads(text: str | bytes):
+    """json.loads for a file rmt did not necessarily write: nesting too deep for the parser (it recurses, so a few
+    kB of `[[[[` raise RecursionError, which handlers of bad JSON missed) is a ValueError, as other invalid JSON."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def counted(number: int, noun: str) -> str:
     """"1 segment", "2,048 segments": a count and its noun, in the plural unless the count is one."""
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"

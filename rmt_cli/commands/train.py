@@ -26,7 +26,7 @@ from ..storage.checkpoint import (check_outside_checkpoints, is_rmt_checkpoint, 
                                   save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, StopFlag, UsageError, counted, one_line, shown, stop_signals
+from ..errors import RMTError, StopFlag, UsageError, counted, json_loads, one_line, shown, stop_signals
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -314,7 +314,7 @@ def _rmt_metrics(path: Path) -> bool:
     """A metrics.jsonl as a run writes it: JSON objects, each a step or an evaluation."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-        entries = [json.loads(line) for line in lines if line.strip()]
+        entries = [json_loads(line) for line in lines if line.strip()]
     except (OSError, ValueError):
         return False
     return all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in entries)
@@ -329,8 +329,8 @@ def _drop_metrics_after(path: Path, step: int) -> list[dict]:
     kept, evaluations = [], []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
+            entry = json_loads(line)
+        except ValueError:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
             kept.append(line + "\n")

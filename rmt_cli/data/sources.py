@@ -119,7 +119,7 @@ def looks_binary(path: Path) -> bool:
 
 
 def _open_error(path: str, error: OSError) -> UsageError:
-    return UsageError(f"{path}: cannot read ({error.strerror or error})")
+    return UsageError(f"{shown(path)}: cannot read ({error.strerror or error})")  # a path may be 4 kB long
 
 
 def missing_reason(path: Path, what: str = "file or folder") -> str:
@@ -141,11 +141,11 @@ def read_small_file(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> byt
     """The bytes of a small file a user named (a question list, a manifest): a regular file or a pipe such as
     `<(...)`, read whole, refused beyond `limit` bytes."""
     label = f"{what} {shown(path)}"
-    if path.is_dir():
-        raise UsageError(f"{label}: is a folder, not a file")
-    if not path.exists():
-        raise UsageError(f"{label}: {missing_reason(path)}")
-    try:
+    try:  # is_dir and exists raise OSError too, for a name too long
+        if path.is_dir():
+            raise UsageError(f"{label}: is a folder, not a file")
+        if not path.exists():
+            raise UsageError(f"{label}: {missing_reason(path)}")
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:

@@ -262,7 +262,11 @@ def read_info(path: str | Path) -> dict:
     """rmt.json, validated: the folder has the files of a checkpoint, and the memory settings are complete."""
     path = Path(path)
     where = _where(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long: bad input, as a missing folder is
+        raise UsageError(f"{where}: {e.strerror or e}") from None
+    if not exists:
         raise UsageError(f"{where}: {missing_reason(path, 'folder')}")
     if not path.is_dir():
         raise UsageError(f"{where}: not a folder (a checkpoint is a folder with {RMT_JSON})")

@@ -55,7 +55,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
 from ..atomic import atomic_path, replaceable_target
-from ..errors import RMTError, UsageError, error_line, shown, write_failure
+from ..errors import RMTError, UsageError, error_line, json_loads, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
 
@@ -318,7 +318,7 @@ def is_memory_file(path: str | Path) -> bool:
             header_bytes = int.from_bytes(f.read(8), "little")
             if not 0 < header_bytes <= MAX_HEADER_BYTES:
                 return False
-            meta = json.loads(f.read(header_bytes)).get("__metadata__")
+            meta = json_loads(f.read(header_bytes)).get("__metadata__")
     except (OSError, ValueError, AttributeError):  # unreadable, not JSON, or JSON that is not a map
         return False
     return isinstance(meta, dict) and "rmt_format" in meta

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import UsageError, error_line, shown
+from ..errors import UsageError, error_line, json_loads, shown
 
 
 def optimizer_tensors(optimizer) -> tuple[dict, dict]:
@@ -29,7 +29,7 @@ def optimizer_tensors(optimizer) -> tuple[dict, dict]:
 def read_training_state(path: Path) -> dict:
     """training_state.json of a training checkpoint, checked: the step to resume at and the optimizer's settings."""
     try:
-        state = json.loads((path / "training_state.json").read_text(encoding="utf-8"))
+        state = json_loads((path / "training_state.json").read_text(encoding="utf-8"))
         ok = (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0  # not `true`
               and isinstance(state.get("optimizer"), dict)
               and isinstance(state["optimizer"].get("param_groups"), list)
