@@ -151,6 +151,32 @@ def _locked_temporary(folder: Path, prefix: str, suffix: str) -> tuple[int | Non
         os.close(fd)
 
 
+def hold_lock(path: str | Path, busy: str, error: type[RMTError] = RMTError) -> int | None:
+    """An exclusive flock on the existing file or folder `path`, held until the returned descriptor is closed; raises
+    `error`(`busy`) at once where another process holds it. None where `path` does not exist (nothing to lose)
+    or there is no flock (Windows, a file system without locks). A lock dies with its process: a kill leaves none."""
+    if fcntl is None:
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # not there (yet): a new output has nothing another run could lose
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise error(busy) from None
+        except OSError:  # a file system without locks: unguarded, as before
+            return fd
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not replaced (renamed over) before it was locked
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+
+
 def _clear_stale(folder: Path, prefix: str, suffix: str, cut: bool) -> None:
     """Remove the temporary files of `atomic_path` for one target that no process is writing: named as it names
     them (`prefix`, mkstemp's 8 characters, `suffix`) and unlocked, so a kill -9 left them. Nothing else is

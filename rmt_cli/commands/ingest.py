@@ -22,10 +22,10 @@ from typing import Callable
 
 import torch
 
-from ..atomic import existing_folder, output_target
+from ..atomic import existing_folder, hold_lock, output_target
 from ..storage.checkpoint import LoadedModel
 from ..errors import RMTError, UsageError, one_line, shown
-from ..storage.memfile import (MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
+from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
 from ..data.sources import Document, open_document, path_list, read_small_text
@@ -112,11 +112,27 @@ class _Reader:
         self.started = time.perf_counter()
         self.document = document
         self.fingerprint = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+        # Held until the file is replaced: a second rmt writing it meanwhile (an --append reads it first) would
+        # rename its result over this one's, and one of the two would be lost without a word.
+        self.lock = hold_lock(job.output, f"{shown(job.output)}: another rmt is writing it (an ingest or --append); "
+                                          f"try again when it ends")
+        try:
+            self._start(job, model, force)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def _start(self, job: IngestJob, model: LoadedModel, force: bool) -> None:
         if job.append_from is not None:
             state = load_memory(job.append_from)
             check_compatible(state, model, force, str(job.append_from))
             self.memory = state.memory.to(device=model.cell.memory.device, dtype=model.cell.dtype)
-            self.document_tokens = DocumentTokens(document, model.tokenizer, state.pending_bytes,
+            self.document_tokens = DocumentTokens(self.document, model.tokenizer, state.pending_bytes,
                                                   state.carry_text)
             self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks(),
                                                 state.tail_tokens)
@@ -131,7 +147,7 @@ class _Reader:
                                                      else "")
         else:
             self.memory = model.cell.initial_memory(1)[0].detach()
-            self.document_tokens = DocumentTokens(document, model.tokenizer)
+            self.document_tokens = DocumentTokens(self.document, model.tokenizer)
             self.segment_stream = SegmentStream(model.segment_size, self.document_tokens.chunks())
             self.segments, self.sources, self.sources_omitted = 0, [], 0
             self.tokens_before = self.segments_before = 0
@@ -261,6 +277,9 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     """
     if batch_size < 1:  # no document would ever be read: a loop for ever
         raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
+    if model.cell.dtype not in DTYPES.values():  # found now: load_memory and every command would refuse the file
+        raise UsageError(f"a memory file holds {', '.join(DTYPES)}; this model is loaded in "
+                         f"{dtype_name(model.cell.dtype)} (load it with one of those)")
     S = model.segment_size
     cell = model.cell
     segment_step = _SegmentStep(cell, compile_step, on_warning)
@@ -284,6 +303,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         fail(index, error if isinstance(error, RMTError) else
              RMTError(f"{reader.job.output}: reading input: {error}"), reader)
         del active[index]
+        reader.release()
 
     finishing: tuple[int, _Reader] | None = None  # the document whose memory file is being written
     check_plan(jobs)
@@ -321,6 +341,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
                     except RMTError as e:  # e.g. a full disk: this document fails, not the batch
                         fail(index, e, reader)
                         continue
+                    finally:
+                        reader.release()
                     results[index] = reader.result
                     total_tokens += reader.result.total_tokens - reader.segments * S  # its last, partial segment
             if ready and len(ready) == 1 and floor is not None and lookahead > 1:
@@ -361,6 +383,9 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{job.output}: interrupted "
                                                                 "before its end; nothing written", exit_code=130)
                                  for i, job in enumerate(jobs)]) from None
+    finally:
+        for reader in active.values():
+            reader.release()
     return [results[i] for i in range(len(jobs))]
 
 

@@ -8,6 +8,7 @@ and on several processes (`accelerate launch` / `torchrun`), each process taking
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..atomic import atomic_path, check_folder
+from ..atomic import atomic_path, check_folder, hold_lock
 from ..storage.checkpoint import (check_outside_checkpoints, is_rmt_checkpoint, load_checkpoint, replaceable_checkpoint,
                                   save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
@@ -351,6 +352,12 @@ def available_cpus() -> int:
 
 def train(recipe: Recipe, init_from: str | Path | None = None, console=None, progress: bool = True) -> RunResult:
     """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
+    with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
+        return _train(recipe, init_from, console, progress, held)
+
+
+def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool,
+           held: contextlib.ExitStack) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -376,6 +383,14 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         raise UsageError(f"output_dir {output_dir}: a symbolic link to a folder that does not exist")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     check_outside_checkpoints(output_dir, "output_dir ")  # `runs/x/final/sub`, as for every output of rmt
+    if accelerator.is_main_process:  # one lock per run: its other processes write the same folder with it
+        # Held for the run's life, before anything in output_dir is checked: a second run there would replace
+        # final/ and mix its lines into metrics.jsonl. A flock dies with its process, so a killed run leaves none.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        run_lock = hold_lock(output_dir, f"output_dir {shown(output_dir)}: another rmt run is writing it; wait for "
+                                         f"it to end, or choose another output_dir", UsageError)
+        if run_lock is not None:
+            held.callback(os.close, run_lock)
     for own in RUN_FILES:  # found now, not after loading (a FIFO would hang training)
         _check_own(output_dir / own)
     for stage_folder in ["final", *(f"stage-{k}" for k in range(len(recipe.curriculum)))]:
