@@ -356,6 +356,11 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         return _train(recipe, init_from, console, progress, held)
 
 
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (the run wrote in it), or gone: left as it is
+        folder.rmdir()
+
+
 def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool,
            held: contextlib.ExitStack) -> RunResult:
     from accelerate import Accelerator
@@ -386,7 +391,9 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
     if accelerator.is_main_process:  # one lock per run: its other processes write the same folder with it
         # Held for the run's life, before anything in output_dir is checked: a second run there would replace
         # final/ and mix its lines into metrics.jsonl. A flock dies with its process, so a killed run leaves none.
-        output_dir.mkdir(parents=True, exist_ok=True)
+        if not output_dir.exists():  # made for the lock: gone again if the run stops before writing in it
+            output_dir.mkdir(parents=True)
+            held.callback(_remove_if_empty, output_dir)
         run_lock = hold_lock(output_dir, f"output_dir {shown(output_dir)}: another rmt run is writing it; wait for "
                                          f"it to end, or choose another output_dir", UsageError)
         if run_lock is not None:
