@@ -169,6 +169,22 @@ def checkpoint(tmp_path_factory, tokenizer, make_model):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model)
 
 
+MEMFILE_TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
+
+
+@pytest.fixture(scope="module")
+def memfile(tmp_path_factory, checkpoint):
+    """A memory file of the tiny checkpoint, ingested from MEMFILE_TEXT."""
+    from rmt_cli.commands.ingest import IngestJob, ingest
+    from rmt_cli.storage.checkpoint import load_checkpoint
+
+    folder = tmp_path_factory.mktemp("mem")
+    (folder / "doc.txt").write_text(MEMFILE_TEXT)
+    [result] = ingest([IngestJob([str(folder / "doc.txt")], folder / "m.st")], load_checkpoint(checkpoint))
+    assert result.error is None
+    return folder / "m.st"
+
+
 def batched_and_single_ingests(tmp_path, model, texts):
     """Each text ingested in one batch with the others and alone: the pairs of memory states (batched, single)."""
     from rmt_cli.commands.ingest import IngestJob, ingest

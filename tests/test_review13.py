@@ -27,15 +27,6 @@ TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
 LONG = "x " * 300  # 300 tokens at least: more than a segment of TINY_SEGMENT
 
 
-@pytest.fixture(scope="module")
-def memfile(tmp_path_factory, checkpoint):
-    folder = tmp_path_factory.mktemp("mem")
-    (folder / "doc.txt").write_text(TEXT)
-    [result] = ingest([IngestJob([str(folder / "doc.txt")], folder / "m.st")], load_checkpoint(checkpoint))
-    assert result.error is None
-    return folder / "m.st"
-
-
 # S1: questions from stdin under the cap of --file; a question refused by its length before it is tokenized
 
 

@@ -32,15 +32,6 @@ RECIPE = ROOT / "recipes" / "memorize-tiny.yaml"
 TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
 
 
-@pytest.fixture(scope="module")
-def memfile(tmp_path_factory, checkpoint):
-    folder = tmp_path_factory.mktemp("mem")
-    (folder / "doc.txt").write_text(TEXT)
-    [result] = ingest([IngestJob([str(folder / "doc.txt")], folder / "m.st")], load_checkpoint(checkpoint))
-    assert result.error is None
-    return folder / "m.st"
-
-
 def run(args, input=None):
     result = CliRunner().invoke(app, [str(a) for a in args], input=input)
     assert "Traceback" not in result.stderr + result.stdout
