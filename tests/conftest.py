@@ -169,6 +169,15 @@ def checkpoint(tmp_path_factory, tokenizer, make_model):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", tokenizer, make_model)
 
 
+def ctrl_c_as_under_a_terminal() -> None:
+    """For `Popen(preexec_fn=...)` in the Ctrl-C tests: SIGINT at its default in the child, as under a terminal. A
+    shell starts a background job (`pytest ... &` in a script) with SIGINT ignored, and rmt rightly keeps an
+    ignored signal ignored: the child would then never stop, and the test wait in vain."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 MEMFILE_TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4 + "Sandra"
 
 

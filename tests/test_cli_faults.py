@@ -9,7 +9,7 @@ import yaml
 from rmt_cli.storage.assets import DEFAULT_LM_DIR
 from rmt_cli.data.sources import open_document
 from rmt_cli.storage.recipe import load_recipe
-from conftest import one_error_line, run_cli as run, TINY_RECIPE
+from conftest import ctrl_c_as_under_a_terminal, one_error_line, run_cli as run, TINY_RECIPE
 
 RECIPE = TINY_RECIPE
 
@@ -207,7 +207,8 @@ def _start(args, tmp_path):
 
     return subprocess.Popen([sys.executable, "-m", "rmt_cli.cli", *map(str, args)], cwd=tmp_path,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_as_under_a_terminal)
 
 
 def _wait_for_trace(tmp_path, proc, timeout=120.0):

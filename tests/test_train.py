@@ -23,6 +23,7 @@ from rmt_cli.core.memory import MemoryCell, RecurrentMemoryModel
 from rmt_cli.storage.recipe import MemorySpec, dump_recipe, validate_recipe
 from rmt_cli.core.segments import DocumentSample, collate
 from rmt_cli.commands.train import latest_checkpoint, learning_rate, stage_at, train
+from conftest import ctrl_c_as_under_a_terminal
 
 STEPS = (6, 6)
 TOTAL = sum(STEPS)
@@ -611,7 +612,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data_workers, stop_si
     recipe.write_text(yaml.safe_dump(data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rmt_cli.cli", "train", str(recipe), "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_as_under_a_terminal)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -639,7 +641,7 @@ def test_ctrl_c_during_extend_saves_a_checkpoint_and_resumes(straight, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "rmt_cli.cli", "extend", str(out / "final"), str(path), "-q"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ctrl_c_as_under_a_terminal)
     new = tmp_path / "extended"
     deadline = time.time() + 120
     while time.time() < deadline and (not (new / "metrics.jsonl").exists() or
