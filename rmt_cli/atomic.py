@@ -142,7 +142,7 @@ def _locked_temporary(folder: Path, prefix: str, suffix: str) -> tuple[int | Non
             return None, tmp
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:  # not removed by another run before it was locked
+            if _still_named(tmp, fd):  # not removed by another run (`_clear_stale`) before it was locked
                 return fd, tmp
         except FileNotFoundError:
             pass
@@ -169,12 +169,18 @@ def hold_lock(path: str | Path, busy: str, error: type[RMTError] = RMTError) -> 
             raise error(busy) from None
         except OSError:  # a file system without locks: unguarded, as before
             return fd
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not replaced (renamed over) before it was locked
-                return fd
-        except OSError:
-            pass
+        if _still_named(path, fd):  # not replaced (renamed over) before it was locked
+            return fd
         os.close(fd)
+
+
+def _still_named(path: str | Path, fd: int) -> bool:
+    """Whether `path` still names the file `fd` holds: a lock taken on a file that was then removed or renamed over
+    guards nothing, and is taken again."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
 
 
 def _clear_stale(folder: Path, prefix: str, suffix: str, cut: bool) -> None:
