@@ -460,8 +460,8 @@ def _pending_bytes(where: str, value: str) -> bytes:
 
 def _sources(where: str, value: str) -> list[dict]:
     try:
-        sources = json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
+        sources = json_loads(value)
+    except ValueError:  # bad JSON, or brackets nested thousands deep
         sources = None
     if not isinstance(sources, list) or not all(_is_source(s) for s in sources):
         raise _invalid(where, "metadata sources", "is not a JSON list of {name, size, sha256}")
