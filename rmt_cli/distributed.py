@@ -53,9 +53,8 @@ def check_one_gpu_each() -> None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     except ValueError:
         return
-    if on_cpu() or local <= torch.cuda.device_count():
+    if on_cpu() or local <= (gpus := torch.cuda.device_count()):
         return
-    gpus = torch.cuda.device_count()
     raise UsageError(f"{local} processes on this machine but {gpus} GPU{'s' if gpus != 1 else ''}: a GPU process "
                      f"needs a GPU of its own; start at most {gpus} (torchrun --nproc_per_node {gpus}), or run "
                      f"them on the CPU with ACCELERATE_USE_CPU=1")
