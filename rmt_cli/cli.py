@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +17,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from .data.sources import home_path
 from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, json_loads, one_line,
                      shown, stop_like_ctrl_c)
 
@@ -31,6 +33,8 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         stop_like_ctrl_c()
+        if not {"-h", "--help", "--version"} & set(args if args is not None else sys.argv[1:]):
+            _check_working_folder()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.NoArgsIsHelpError as e:  # `rmt` or `rmt ingest` alone: the help, as usual
@@ -56,6 +60,17 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         # stdout, where `rmt --help` keeps it)
         with contextlib.redirect_stdout(sys.stderr):
             return super().parse_args(ctx, args)
+
+
+def _check_working_folder() -> None:
+    """A working folder deleted under the shell: torch then fails to load ("Intel oneMKL FATAL ERROR", exit 2)
+    without an `error:` line, and a relative path could name nothing."""
+    try:
+        os.getcwd()
+    except OSError:
+        _say("error", "the current folder no longer exists (deleted while this shell was in it): cd to a folder "
+                      "that exists and run again")
+        sys.exit(1)
 
 
 def _flags_without_a_type() -> None:
@@ -89,6 +104,22 @@ app = typer.Typer(
 # and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+
+
+_WHOLE_NUMBER = re.compile(r"\s*[0-9]+\s*")
+
+
+def _whole_numbers(text: str) -> list[int]:
+    """'10,20' -> [10, 20], in ASCII digits only (int() also takes '1_0' and other scripts' digits); ValueError."""
+    parts = text.split(",")
+    if not all(_WHOLE_NUMBER.fullmatch(part) for part in parts):
+        raise ValueError(f"not whole numbers: {text!r}")
+    return [int(part) for part in parts]
+
+
+def _home(value):
+    """A path option's `~` as a shell expands it: quoted, or after `--option=`, the shell left it."""
+    return None if value is None else type(value)(home_path(str(value)))
 
 
 def _seed_in_range(value: int) -> int:
@@ -345,7 +376,7 @@ def _stdout(text: str) -> None:
 )
 @command
 def train(
-    recipe: Path = typer.Argument(..., help="A YAML recipe (see recipes/); - reads it from stdin."),
+    recipe: Path = typer.Argument(..., callback=_home, help="A YAML recipe (see recipes/); - reads it from stdin."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings that replace the recipe's."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -381,8 +412,8 @@ def _finish_run(result, json_out: bool) -> None:
 )
 @command
 def extend(
-    checkpoint: Path = typer.Argument(..., help="A trained checkpoint folder (e.g. runs/NAME/final)."),
-    recipe: Path = typer.Argument(..., help="A YAML recipe whose curriculum lists the longer stages."),
+    checkpoint: Path = typer.Argument(..., callback=_home, help="A trained checkpoint folder (e.g. runs/NAME/final)."),
+    recipe: Path = typer.Argument(..., callback=_home, help="A YAML recipe whose curriculum lists the longer stages."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings that replace the recipe's."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -452,13 +483,13 @@ def _device() -> str:
 @command
 def ingest(
     paths: Optional[List[str]] = typer.Argument(None, help="Text files, folders, or - for stdin."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Memory file to write (or a folder, "
+    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_home, help="Memory file to write (or a folder, "
                                          "existing or ending in /: one memory file per input)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home, help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
-    append: Optional[Path] = typer.Option(None, "--append", help="Continue from this memory file; writes back "
+    append: Optional[Path] = typer.Option(None, "--append", callback=_home, help="Continue from this memory file; writes back "
                                           "to it unless -o is given."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A file of input<TAB>output lines (relative "
+    manifest: Optional[Path] = typer.Option(None, "--manifest", callback=_home, help="A file of input<TAB>output lines (relative "
                                             "paths from the current folder)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
@@ -466,7 +497,7 @@ def ingest(
                                         "the memory file's."),
     force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model (the "
                                "file then records the mix, and every later use needs --force)."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Write one JSON line per segment to this file: "
+    trace: Optional[Path] = typer.Option(None, "--trace", callback=_home, help="Write one JSON line per segment to this file: "
                                          "how much the segment changed the memory (and the gate, if gated)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch.compile the segment step: faster on long "
                                  "inputs after a one-off compile (tens of seconds on a CPU); results agree with "
@@ -660,12 +691,12 @@ ASK_BATCH = 64
 )
 @command
 def ask(
-    memory: Path = typer.Argument(..., help="A memory file written by rmt ingest."),
+    memory: Path = typer.Argument(..., callback=_home, help="A memory file written by rmt ingest."),
     questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line. "
                                                    "Answered in this order, then --file's."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home, help="Checkpoint folder (default: the embedded "
                                          "model, when the package ships one)."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read questions from a file, one a line."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", callback=_home, help="Read questions from a file, one a line."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
                                        "LM's, and at most what the question's segment has room for; an encoder "
                                        "picks one of its answers)."),
@@ -739,14 +770,14 @@ def ask(
 @command
 def perplexity(
     paths: List[str] = typer.Argument(..., help="Text files, folders, or - for stdin."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home, help="Checkpoint folder (default: the embedded "
                                          "language-model RMT)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A second checkpoint scored on the same "
+    baseline: Optional[Path] = typer.Option(None, "--baseline", callback=_home, help="A second checkpoint scored on the same "
                                             "segments, e.g. the same model trained without memory."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=2, help="Stop after this many tokens."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "model is saved in; the baseline runs in the model's)."),
-    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw loss by position to this PNG file."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", callback=_home, help="Draw loss by position to this PNG file."),
     json_out: bool = typer.Option(False, "--json", help="Print every series as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
@@ -790,7 +821,7 @@ def eval_command(
     noise: Optional[List[str]] = typer.Option(None, "--noise", "-n", help="Text files or folders the facts are "
                                               "hidden in (repeat the option for several; default: a public-domain "
                                               "text shipped with rmt, Blake's poems)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint folder (default: the embedded "
+    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home, help="Checkpoint folder (default: the embedded "
                                          "model)."),
     lengths: str = typer.Option("1k,4k,16k", "--lengths", "-l", help="Document lengths in tokens, e.g. "
                                 "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
@@ -798,7 +829,7 @@ def eval_command(
                                 "length (100,100,20)."),
     task: Optional[str] = typer.Option(None, "--task", help="Story generator: qa1 (default), qa2, qa3, qa4, "
                                        "memorize, detect-and-memorize, reasoning."),
-    babi: Optional[Path] = typer.Option(None, "--babi", help="Take the stories from this bAbI-format file "
+    babi: Optional[Path] = typer.Option(None, "--babi", callback=_home, help="Take the stories from this bAbI-format file "
                                         "instead of a generator (--task babi, or no --task)."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "
                                    "split (by story, as training splits it)."),
@@ -808,7 +839,7 @@ def eval_command(
                                         "checkpoint is saved in, as rmt ingest runs it)."),
     seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed of the samples (0 "
                                  "to 2^63-1)."),
-    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw accuracy against length to this PNG."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", callback=_home, help="Draw accuracy against length to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
@@ -821,7 +852,7 @@ def eval_command(
 
     wanted = parse_lengths(lengths)
     try:
-        counts = [int(x) for x in samples.split(",")]
+        counts = _whole_numbers(samples)
     except ValueError:
         raise UsageError(f"--samples {samples!r}: a number, or one number per length") from None
     if len(counts) == 1:
@@ -830,7 +861,7 @@ def eval_command(
         raise UsageError(f"--samples {samples!r}: give one number from 1 to {MAX_SAMPLES:,}, or one per length "
                          f"({len(wanted)})")
     try:
-        low, high = (int(x) for x in facts.split(","))
+        low, high = _whole_numbers(facts)
     except ValueError:
         raise UsageError(f"--facts {facts!r}: MIN,MAX such as 2,10") from None
     if not 1 <= low <= high <= MAX_FACTS:
@@ -981,13 +1012,20 @@ def _perplexity_table(result: dict) -> None:
 
 
 def main() -> None:
+    from .distributed import end_launched_process
+
+    code = 0
     try:
         app()
     except KeyboardInterrupt:
         _say_interrupted()
-        sys.exit(130)
+        code = 130
+    except SystemExit as e:
+        code = e.code
     finally:
         ignore_stop_signals()
+    end_launched_process(code)  # returns unless this process was one of several (torchrun, accelerate launch)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,68 @@ def test_ingest_refuses_a_model_in_a_dtype_no_memory_file_holds(tmp_path, checkp
     with pytest.raises(UsageError, match="float32, bfloat16, float16; this model is loaded in float64"):
         ingest([IngestJob([str(tmp_path / "a.txt")], tmp_path / "m.st")], model)
     assert not (tmp_path / "m.st").exists()
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: setattr(r, "batch_size", 0), "batch_size"),
+    (lambda r: setattr(r.optim, "lr", float("nan")), "optim.lr"),
+    (lambda r: setattr(r.curriculum[0], "steps", -5), "curriculum.0.steps"),
+    (lambda r: setattr(r.memory, "segment_size", 0), "memory.segment_size"),
+])
+def test_train_validates_a_recipe_changed_after_it_was_made(tmp_path, change, field):
+    """The API's train() took a Recipe whose fields were set after validation: tracebacks deep in training
+    (`max() arg is an empty sequence`, `Invalid learning rate: nan`) where load_recipe gives one line."""
+    recipe = validate_recipe(tiny_recipe(tmp_path / "run"))
+    change(recipe)
+    with pytest.raises(UsageError, match=field):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--samples", "\u0661"), ("--samples", "1_0"), ("--facts", "\u0662,\u0663"),
+                                           ("--facts", "2,1_0")])
+def test_eval_counts_are_ascii_digits(checkpoint, option, value):
+    """--samples and --facts went through int(), which also reads '1_0' (10) and other scripts' digits; --lengths
+    already refused them."""
+    r = run(["eval", "--model", checkpoint, "--lengths", "200", option, value])
+    one_error_line(r, 2, option)
+
+
+def test_a_tilde_in_any_path_is_the_home_folder(tmp_path, monkeypatch, checkpoint):
+    """`~` was expanded in inputs and output_dir only: `-o '~/x.st'` wrote ./~/x.st, `--plot '~/p.png'` said "no
+    folder …/~". Quoted, or after `--option=`, no shell expands it; rmt does, everywhere a path is given."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(checkpoint, home / "ck")
+    (home / "s.txt").write_text(TEXT)
+    (home / "jobs.tsv").write_text("~/s.txt\t~/m3.st\n")
+    (home / "q.txt").write_text("Where is Mary?\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert run(["ingest", "~/s.txt", "-o", "~/m.st", "--model=~/ck", "--trace=~/t.jsonl"]).exit_code == 0
+    assert run(["ingest", "--append", "~/m.st", "~/s.txt", "--model", "~/ck"]).exit_code == 0
+    assert run(["ingest", "--manifest", "~/jobs.tsv", "--model", "~/ck"]).exit_code == 0
+    r = run(["ask", "~/m.st", "--file", "~/q.txt", "--model", "~/ck"])
+    assert r.exit_code == 0 and r.stdout.strip(), r.stderr
+    assert run(["perplexity", "~/s.txt", "--model", "~/ck", "--plot", "~/p.png"]).exit_code == 0
+    assert {"m.st", "m3.st", "t.jsonl", "p.png"} <= {p.name for p in home.iterdir()}
+    assert not (tmp_path / "~").exists()
+    recipe = validate_recipe(tiny_recipe("~/run", resume="~/run/checkpoints/step-1"))
+    assert recipe.output_dir == str(home / "run") and recipe.resume == str(home / "run/checkpoints/step-1")
+
+
+def test_a_deleted_working_folder_is_one_error_line(tmp_path, memfile):
+    """In a deleted working folder torch stopped every command with "Intel oneMKL FATAL ERROR", exit 2 and no
+    `error:` line."""
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    command = f'cd "{gone}" && rmdir "{gone}" && exec "{sys.executable}" -m rmt_cli ask "{memfile}" "Where is Mary?"'
+    r = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stderr)
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: the current folder no longer exists"), line

@@ -541,6 +541,34 @@ def test_read_babi_rejects_a_question_without_an_answer_or_a_question(tmp_path, 
         read_babi(bad)
 
 
+@pytest.mark.parametrize("text, line, says", [
+    ("1 Mary went\tto the kitchen.\n2 Where is Mary?\tkitchen\t1\n", 1, "a question line"),  # a tab in a statement
+    ("1 Mary went.\n2 Where is Mary?\tkitchen\n", 2, "a question line"),  # no supporting numbers
+    ("1 Mary went.\n2 Where is Mary?\tkitchen\tthe first\n", 2, "a question line"),
+    ("1 \n2 Where is Mary?\tkitchen\t1\n", 1, "an empty statement"),
+    ("1 Mary went to the kitchen.\u2028 2 John went home.\n3 Where is Mary?\tkitchen\t1\n", None, None),
+    ("1 Mary went to the kitchen.\r\n2 Where is Mary?\tkitchen\t1\r\n", None, None),
+])
+def test_read_babi_reads_lines_as_an_editor_shows_them(tmp_path, text, line, says):
+    """The fourteenth review: lines split at U+2028, vertical tab and form feed; a statement holding a tab was
+    scored as a question; an empty statement was an empty fact."""
+    path = tmp_path / "b.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    if says is None:  # one statement (U+2028 is no line end), one question; CRLF as LF
+        (story,) = read_babi(path)
+        assert story.question == "Where is Mary?" and story.answer == "kitchen" and len(story.facts) == 1
+    else:
+        with pytest.raises(ValueError, match=f"b.txt:{line}: {says}"):
+            read_babi(path)
+
+
+def test_read_babi_names_the_line_of_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "b.txt"
+    path.write_bytes(b"1 Mary went to the kitchen.\n2 John went \xff home.\n3 Where is Mary?\tkitchen\t1\n")
+    with pytest.raises(ValueError, match="b.txt:2: not UTF-8 text"):
+        read_babi(path)
+
+
 def test_read_babi_ids_are_ascii_numbers(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("\u0661 Mary moved to the bathroom.\n")  # an Arabic-Indic one

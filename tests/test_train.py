@@ -506,6 +506,31 @@ def test_extend_refuses_an_override_that_contradicts_the_checkpoint(straight, tm
     assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
+@pytest.mark.parametrize("edit, said", [
+    (("segment_size: 40", "segment_size: 24"), "memory.segment_size 24, rmt.json 40"),
+    (("n_layer: 1", "n_layer: 3"), "model.config.n_layer 3, config.json 1"),
+    (("architecture: gpt2", "architecture: llama"), "model.architecture 'llama', config.json model_type 'gpt2'"),
+])
+def test_a_checkpoint_whose_recipe_yaml_was_edited_is_neither_extended_nor_resumed(straight, tmp_path, edit, said):
+    """The fourteenth review: extend took the model and memory settings from an edited recipe.yaml (a model of
+    32-token segments went on with 24, and was saved so), and resume compared the run with a false record."""
+    out, _ = straight
+    edited = tmp_path / "edited"
+    shutil.copytree(latest_checkpoint(out), edited)  # a training checkpoint: one to extend or to resume
+    text = (edited / "recipe.yaml").read_text()
+    assert edit[0] in text
+    (edited / "recipe.yaml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(UsageError) as caught:
+        extend_recipe(edited, extend_file(tmp_path), [])
+    (line,) = str(caught.value).splitlines()
+    assert said in line and "the folder's files disagree" in line, line
+    with pytest.raises(UsageError, match=f"{said}.*the folder's files disagree"):
+        run(tiny_recipe(tmp_path / "resumed", resume=str(edited)))
+    assert not (tmp_path / "extended").exists() and not (tmp_path / "resumed" / "final").exists()
+    # The same folder with its recipe.yaml as written extends.
+    assert extend_recipe(out / "final", extend_file(tmp_path), []).memory.segment_size == 40
+
+
 def test_extend_refuses_to_write_into_the_checkpoints_run(straight, tmp_path):
     out, _ = straight
     with pytest.raises(UsageError, match="output_dir"):

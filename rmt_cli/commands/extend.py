@@ -16,7 +16,7 @@ import copy
 from pathlib import Path
 
 from ..core.rules import is_upgrade, upgrades_text
-from ..storage.checkpoint import read_info
+from ..storage.checkpoint import check_recipe_matches, read_info
 from ..errors import UsageError, shown
 from ..data.sources import read_small_text
 from ..storage.recipe import (Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, recipe_label,
@@ -58,6 +58,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
     overrides = applied
     base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
+    check_recipe_matches(checkpoint, base)  # the settings extend keeps are the saved model's, not an edited file's
     upgraded = False  # the recipe upgrades the checkpoint's update rule
     for path in LOCKED:
         have, known = _get(trained, path)

@@ -28,7 +28,7 @@ from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
-from ..data.sources import Document, open_document, path_list, read_small_text
+from ..data.sources import Document, home_path, open_document, path_list, read_small_text
 from ..data.tokenstream import DocumentTokens
 
 LOOKAHEAD = 32  # segments run side by side at most when reading ahead: past this the batch gains little on a CPU
@@ -552,7 +552,7 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
         if parts[1].strip().endswith(("/", os.sep)):
             raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1].strip(), 60)} names a folder; a "
                              f"line names one memory file")
-        jobs.append(IngestJob([parts[0].strip()], Path(parts[1].strip()), origin=f"manifest {shown(path)}:{n}"))
+        jobs.append(IngestJob([parts[0].strip()], Path(home_path(parts[1].strip())), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")
     return jobs

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from ..atomic import atomic_path, check_folder, hold_lock
-from ..storage.checkpoint import (check_outside_checkpoints, is_rmt_checkpoint, load_checkpoint, replaceable_checkpoint,
-                                  save_checkpoint)
+from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matches, is_rmt_checkpoint, load_checkpoint,
+                                  replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
 from ..errors import RMTError, StopFlag, UsageError, counted, json_loads, one_line, shown, stop_signals
@@ -165,13 +165,15 @@ def _stored_recipe(checkpoint: Path, log: "_Logger") -> dict | None:
     """The recipe of the checkpoint's run, or None (said in one warning line) where its recipe.yaml is missing or
     no longer validates (an older rmt's, or one edited by hand): a resume then cannot compare the recipes."""
     try:
-        return load_recipe(checkpoint / "recipe.yaml").model_dump(mode="json")
+        was = load_recipe(checkpoint / "recipe.yaml").model_dump(mode="json")
     except UsageError as e:
         problems = str(e).splitlines()
         more = f" (and {counted(len(problems) - 1, 'more problem')})" if len(problems) > 1 else ""
         log.info(f"warning: resume: the recipe cannot be compared with the checkpoint's run: {problems[0]}{more}; a "
                  f"change of model, memory or task goes unchecked, and other changes unsaid and unrecorded")
         return None
+    check_recipe_matches(checkpoint, was)  # compared with, it must describe the model saved beside it
+    return was
 
 
 def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> list[str]:
@@ -352,6 +354,9 @@ def available_cpus() -> int:
 
 def train(recipe: Recipe, init_from: str | Path | None = None, console=None, progress: bool = True) -> RunResult:
     """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
+    # Validated again: a caller of the API may have changed a field since (pydantic checks a model when it is made,
+    # not when a field is assigned), and `batch_size = 0` would end in a traceback deep in training.
+    recipe = validate_recipe(recipe.model_dump(mode="json"))
     with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
         return _train(recipe, init_from, console, progress, held)
 

@@ -312,10 +312,7 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             stdin_stream()  # closed (`<&-`): said before anything is read or written
             items.append(_Item(None, "<stdin>"))
             continue
-        try:
-            path = Path(raw).expanduser()
-        except RuntimeError:  # ~name of no such user: the path as given, which is then not found
-            path = Path(raw)
+        path = Path(home_path(raw))
         try:
             if path.is_dir():
                 found, passed = _walk_folder(path)
@@ -339,6 +336,12 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             raise UsageError(f"{raw}: permission denied")
         items.append(_Item(path, raw))
     return Document(items, skipped)
+
+
+def home_path(raw: str) -> str:
+    """`~/x` and `~user/x` as a shell expands them, for a path no shell expanded (quoted, after `--option=`, in a
+    recipe or a manifest); `~nosuchuser/x` stays as given (and is then not found)."""
+    return os.path.expanduser(raw) if raw.startswith("~") else raw
 
 
 def read_texts(paths: list[str]) -> list[tuple[str, str]]:

@@ -211,12 +211,20 @@ def read_babi(path: str | Path, split: str = "all", what: str = "bAbI file") -> 
     stories: list[Story] = []
     context: list[str] = []
     story_number = -1
-    from .sources import read_small_file
+    from .sources import home_path, read_small_file
 
     # A bAbI file is a few MB; a size cap keeps /dev/zero or a wrong path to a huge file from filling memory.
-    text = read_small_file(Path(path), what, limit=BABI_MAX_BYTES).decode("utf-8")  # `what`: the setting named
+    raw_bytes = read_small_file(Path(home_path(str(path))), what, limit=BABI_MAX_BYTES)  # `what`: the setting named
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:  # named by line, as every other fault of the file is
+        line_no = raw_bytes.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line_no}: not UTF-8 text ({e.reason})") from None
     text = text.removeprefix("\ufeff")  # a byte order mark (Windows editors write one) is no part of line 1
-    for line_no, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" (and "\r\n") only: str.splitlines() also splits at U+2028, vertical tab and form feed,
+    # which an editor shows inside one line.
+    for line_no, raw in enumerate(text.split("\n"), 1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         head, _, rest = raw.partition(" ")
@@ -226,13 +234,19 @@ def read_babi(path: str | Path, split: str = "all", what: str = "bAbI file") -> 
             context = []
             story_number += 1
         if "\t" in rest:
+            # Exactly three fields, the last the supporting statements' numbers: a statement that holds a tab
+            # would otherwise be scored as a question.
             parts = rest.split("\t")
-            if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
+            if len(parts) != 3 or not parts[0].strip() or not parts[1].strip() or \
+                    not all(n.isascii() and n.isdigit() for n in parts[2].split()):
                 raise ValueError(f"{path}:{line_no}: a question line is ID question<TAB>answer<TAB>ids, with a "
-                                 f"question and an answer; got {raw[:60]!r}")
+                                 f"question, an answer and the numbers of the statements it rests on; got "
+                                 f"{raw[:60]!r}")
             in_valid = story_number % VALID_EVERY == VALID_EVERY - 1
             if split == "all" or (split == "valid") == in_valid:
                 stories.append(Story(StoryPrefix(context, len(context)), parts[0].strip(), parts[1].strip()))
+        elif not rest.strip():
+            raise ValueError(f"{path}:{line_no}: an empty statement (a bAbI line is ID text)")
         else:
             context.append(rest.strip())
     if not stories:

@@ -218,9 +218,9 @@ def _where(path: Path) -> str:
     return f"checkpoint {shown(path, 300)}"
 
 
-def _problems_line(where: str, problems: list[str]) -> UsageError:
+def _problems_line(where: str, problems: list[str], after: str = "") -> UsageError:
     more = f"; and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
-    return UsageError(f"{where}: {'; '.join(shown(p) for p in problems[:PROBLEMS_SHOWN])}{more}")
+    return UsageError(f"{where}: {'; '.join(shown(p) for p in problems[:PROBLEMS_SHOWN])}{more}{after}")
 
 
 def _read_json_object(path: Path, name: str) -> dict:
@@ -295,6 +295,46 @@ def read_info(path: str | Path) -> dict:
     if problems:
         raise _problems_line(where, problems)
     return info
+
+
+# The memory settings that make the model what it is: rmt.json holds them as saved.
+DEFINING_MEMORY_KEYS = ("num_mem_tokens", "segment_size", "update", "gate_floor", "associative_key_size")
+
+
+def recipe_disagreements(path: str | Path, recipe: dict) -> list[str]:
+    """Where a checkpoint's recipe.yaml (`recipe`: validated, in its JSON form) describes another model than the
+    folder's rmt.json and config.json hold: an edited or copied recipe.yaml would otherwise be continued by
+    `rmt extend` (which takes its model and memory settings) or compared with on resume, and the next checkpoint
+    would record a model that is not the one saved."""
+    path = Path(path)
+    info = read_info(path)
+    problems = []
+    stored = MemorySpec(**info["memory"]).model_dump(mode="json")
+    said = recipe.get("memory") or {}
+    for key in DEFINING_MEMORY_KEYS:
+        if key in said and said[key] != stored.get(key):
+            problems.append(f"memory.{key} {said[key]!r}, {RMT_JSON} {stored.get(key)!r}")
+    model = recipe.get("model") or {}
+    if model.get("kind", "causal") != info.get("kind", "causal"):
+        problems.append(f"model.kind {model.get('kind')!r}, {RMT_JSON} {info.get('kind', 'causal')!r}")
+    config = _read_json_object(path, CONFIG_FILE)
+    if model.get("name_or_path") is None and model.get("architecture") not in (None, config.get("model_type")):
+        problems.append(f"model.architecture {model['architecture']!r}, {CONFIG_FILE} model_type "
+                        f"{config.get('model_type')!r}")
+    for key, value in (model.get("config") or {}).items():
+        # Plain values only: transformers may store a nested setting in a form of its own.
+        if isinstance(value, (bool, int, float, str)) and key in config and config[key] != value:
+            problems.append(f"model.config.{key} {value!r}, {CONFIG_FILE} {config[key]!r}")
+    return problems
+
+
+def check_recipe_matches(path: str | Path, recipe: dict) -> None:
+    """`recipe_disagreements` as one line: the folder's files disagree."""
+    problems = recipe_disagreements(path, recipe)
+    if problems:
+        raise _problems_line(f"{_where(Path(path))}: recipe.yaml says", problems,
+                             ": the folder's files disagree (was recipe.yaml edited, or copied from another run?); "
+                             "the model is what rmt.json and config.json describe")
 
 
 def refuse_remote_code(path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
                       model_validator)
 
 from ..errors import UsageError, error_line, shown
-from ..data.sources import read_small_stdin, read_small_text
+from ..data.sources import home_path, read_small_stdin, read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, STORY_TASKS
 
@@ -302,13 +301,13 @@ class Recipe(Section):
         # `mixed_precision: no` (and `resume: no`) is YAML's false: the choice "no" meant, not a type to refuse.
         return "no" if value is False else value
 
-    @field_validator("output_dir")
+    @field_validator("output_dir", "resume")
     @classmethod
-    def _home(cls, value: str) -> str:
+    def _home(cls, value: str | None) -> str | None:
         # `~/runs/x` is the home folder's, as in a shell and as for inputs: not a folder named "~" here.
-        if not value.startswith("~"):
+        if value is None or not value.startswith("~"):
             return value
-        expanded = os.path.expanduser(value)
+        expanded = home_path(value)
         if expanded.startswith("~"):
             raise ValueError(f"{value[:80]!r}: no such user's home folder")
         return expanded
