@@ -45,10 +45,31 @@ def output_target(path: str | Path, what: str = "") -> Path:
         # os.access for every file, and is who runs rmt in most containers).
         if target.exists() and (not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222):
             raise UsageError(f"{where}: is read-only; rmt replaces only a file you may write")
+        stream = _standard_stream_of(target)
+        if stream is not None:  # `-o /dev/stdout > res.json` would replace res.json, and --json would go nowhere
+            raise UsageError(f"{where}: is this command's standard {stream} (a redirection to the same file); an "
+                             f"output goes to a file of its own")
     except OSError as e:  # e.g. a folder on the way that may not be searched, or a name too long
         raise UsageError(f"{where}: cannot write there: {e.strerror or e}") from None
     check_folder(target.parent, where)
     return target
+
+
+def _standard_stream_of(target: Path) -> str | None:
+    """"input", "output" or "error" where `target` is the file that standard stream reads or writes (/dev/stdout,
+    /proc/self/fd/1, or the file a shell redirected it to), else None."""
+    try:
+        here = os.stat(target)
+    except OSError:
+        return None
+    for fd, name in ((0, "input"), (1, "output"), (2, "error")):
+        try:
+            stream = os.fstat(fd)
+        except OSError:  # closed
+            continue
+        if (stream.st_dev, stream.st_ino) == (here.st_dev, here.st_ino):
+            return name
+    return None
 
 
 def existing_folder(path: str | Path, what: str) -> None:

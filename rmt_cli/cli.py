@@ -254,7 +254,8 @@ def _run_command(func, args, kwargs):
         return func(*args, **kwargs)
     except RMTError as e:
         # Under torchrun every process checks the same input: one of them says what was wrong with it.
-        if not (isinstance(e, UsageError) and os.environ.get("RANK", "0") != "0"):
+        rank = os.environ.get("RANK", "0").strip()
+        if not (isinstance(e, UsageError) and rank.isascii() and rank.isdigit() and int(rank) != 0):
             for line in str(e).splitlines() or [type(e).__name__]:
                 _say("error", line)
         raise typer.Exit(e.exit_code)
@@ -350,6 +351,15 @@ def _utf8(obj):
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj
     return str(obj).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _file_identity(path) -> tuple | None:
+    """What tells a file from the one written in its place (a rename gives a new inode), or None for none."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
 
 
 class _TraceFailed(Exception):
@@ -561,6 +571,7 @@ def ingest(
         _say("warning", message)
 
     started = time.perf_counter()
+    outputs_before = [_file_identity(job.output) for job in jobs]  # to say which a failed trace left written
     try:
         with contextlib.ExitStack() as stack:
             record = None
@@ -588,8 +599,9 @@ def ingest(
                         entry = {"document": str(jobs[t.document].output), **entry}
                     if t.gate_max is not None:
                         entry["gate_max"] = round(t.gate_max, 6)
-                    with writing_trace():
+                    with writing_trace():  # flushed: a full disk stops the ingest before its memory file is written
                         trace_file.write(json.dumps(entry) + "\n")
+                        trace_file.flush()
 
             if processes is None:
                 results = _with_progress(
@@ -604,7 +616,10 @@ def ingest(
                     failed = [r for r in results if r.error]
                     raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
     except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
-        raise RMTError(str(e)) from None
+        written = [shown(job.output) for job, before in zip(jobs, outputs_before)
+                   if _file_identity(job.output) != before]
+        said = f"written before it failed: {', '.join(written)}" if written else "no memory file was written"
+        raise RMTError(f"{e}; {said}") from None
     except IngestInterrupted as stop:  # say which memory files are written (a batch's finished documents)
         if processes is not None and not processes.is_main:  # the main process reports for all
             _INTERRUPTION_SAID.append(True)
@@ -714,7 +729,7 @@ def ask(
 
     import torch
 
-    from .commands.ask import QuestionError, ask_many, check_sampling
+    from .commands.ask import QuestionError, ask_many, check_question, check_sampling
     from .data.sources import read_small_file, read_small_stdin
     from .storage.memfile import DTYPES, check_compatible, load_memory
 
@@ -734,6 +749,11 @@ def ask(
         where += [f"--file {shown(file)}:{n}" for n, _ in lines]
     if not asked:
         raise UsageError("no question given: rmt ask MEMORY \"QUESTION\" (or --file, or - for stdin)")
+    for question, line in zip(asked, where):  # before the model loads: what no model can be asked
+        try:
+            check_question(question)
+        except UsageError as e:
+            raise UsageError(f"{line}: {e}" if line else str(e)) from None
     state = load_memory(memory)
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     check_compatible(state, loaded, force, str(memory))
@@ -833,7 +853,8 @@ def eval_command(
                                         "instead of a generator (--task babi, or no --task)."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "
                                    "split (by story, as training splits it)."),
-    facts: str = typer.Option("2,10", "--facts", help="MIN,MAX facts per generated story."),
+    facts: Optional[str] = typer.Option(None, "--facts", help="MIN,MAX facts per generated story of qa1, qa2 or "
+                                        "qa3 (default 2,10)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "checkpoint is saved in, as rmt ingest runs it)."),
@@ -848,7 +869,7 @@ def eval_command(
     from .commands.longeval import (NoiseCorpus, StorySource, evaluate_length, format_length, parse_lengths,
                                     plot_results)
     from .storage.recipe import MAX_FACTS, MAX_SAMPLES
-    from .data.tasks import read_babi, split_sentences
+    from .data.tasks import SIZED_TASKS, read_babi, split_sentences
 
     wanted = parse_lengths(lengths)
     try:
@@ -861,7 +882,7 @@ def eval_command(
         raise UsageError(f"--samples {samples!r}: give one number from 1 to {MAX_SAMPLES:,}, or one per length "
                          f"({len(wanted)})")
     try:
-        low, high = _whole_numbers(facts)
+        low, high = _whole_numbers(facts or "2,10")
     except ValueError:
         raise UsageError(f"--facts {facts!r}: MIN,MAX such as 2,10") from None
     if not 1 <= low <= high <= MAX_FACTS:
@@ -872,6 +893,10 @@ def eval_command(
         raise UsageError(f"--task {shown(task)} and --babi {shown(babi)}: --babi takes the stories from the file in "
                          f"place of a generator; give one of them")
     task = task or ("babi" if babi is not None else "qa1")
+    if facts is not None and task not in SIZED_TASKS:  # it would be ignored without a word
+        stories_of = "the file's stories" if task == "babi" else f"--task {task}'s stories"
+        raise UsageError(f"--facts {shown(facts)}: {stories_of} have a size of their own; --facts sets how many facts "
+                         f"a story of {', '.join(SIZED_TASKS)} has")
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+
+from .errors import RMTError, UsageError, shown
 
 
 def launched_processes() -> int:
-    """How many processes the launcher started (1 for a plain run)."""
-    try:
-        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
-    except ValueError:
+    """How many processes the launcher started (1 for a plain run). A WORLD_SIZE that is no count of processes is
+    a UsageError: accelerate would stop on it with a traceback, or run one process as if it were several."""
+    raw = os.environ.get("WORLD_SIZE", "")
+    if not raw.strip():
         return 1
+    if not _COUNT.fullmatch(raw) or int(raw) < 1:
+        raise UsageError(f"WORLD_SIZE={shown(raw, 40)} is not a number of processes (1 or more): unset it, or start "
+                         f"several processes with torchrun or accelerate launch")
+    return int(raw)
+
+
+_COUNT = re.compile(r"\s*[0-9]{1,9}\s*")
 
 
 def on_cpu() -> bool:
@@ -34,13 +44,17 @@ def check_launch() -> None:
     """Refuse what would stop the processes later, in torch's words or not at all: a WORLD_SIZE left in the
     environment without a launcher's other variables (a SLURM or torchrun job shell), where accelerate raises, or
     waits for the missing processes and ignores Ctrl-C; and more GPU processes than GPUs (`check_one_gpu_each`)."""
-    from .errors import UsageError
-
     world = launched_processes()
     missing = [name for name in LAUNCHER_VARIABLES if not os.environ.get(name)]
     if world > 1 and missing:
         raise UsageError(f"WORLD_SIZE={world} is set, but not {', '.join(missing)}: start several processes with "
                          f"torchrun or accelerate launch, or unset WORLD_SIZE")
+    if world > 1:  # the numbers accelerate reads with int(): a traceback where one is not a number
+        for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
+            raw = os.environ.get(name)
+            if raw is not None and not _COUNT.fullmatch(raw):
+                raise UsageError(f"{name}={shown(raw, 40)} is not a number: it is set by torchrun or accelerate "
+                                 f"launch, which start several processes")
     check_one_gpu_each()
 
 
@@ -48,8 +62,6 @@ def check_one_gpu_each() -> None:
     """Refuse more GPU processes on this machine than it has GPUs: NCCL would stop them all with "Duplicate GPU
     detected" after the model has loaded."""
     import torch
-
-    from .errors import UsageError
 
     try:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -94,7 +106,10 @@ def end_launched_process(code) -> None:
     finalization aborts a finished process ("terminate called without an active exception", SIGABRT), and the
     launcher then fails the whole run: about 1 run in 16 of a 2-process ingest under load. Every file rmt writes
     is closed by then, and its locks go with the process."""
-    if launched_processes() < 2 or not isinstance(code, int) or "torch.distributed" not in sys.modules:
+    try:
+        if launched_processes() < 2 or not isinstance(code, int) or "torch.distributed" not in sys.modules:
+            return
+    except RMTError:  # a WORLD_SIZE refused: this process ran alone
         return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a reader gone away, or a stream closed

@@ -161,6 +161,27 @@ def test_a_world_size_left_without_a_launcher_is_one_usage_line(tmp_path, monkey
         check_launch()
 
 
+@pytest.mark.parametrize("env, says", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE=abc is not a number of processes"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 is not a number of processes"),
+    ({"WORLD_SIZE": "-3"}, "WORLD_SIZE=-3 is not a number of processes"),
+    ({"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, "RANK=x is not a number"),
+])
+@pytest.mark.parametrize("command", ["ingest", "train"])
+def test_launcher_variables_that_are_not_numbers_are_one_usage_line(tmp_path, env, says, command):
+    """The fifteenth review: WORLD_SIZE=abc ended train in accelerate's traceback; WORLD_SIZE=0 was exit 1 and -3
+    was taken by ingest as one process; with RANK=x nothing was said at all (a rank other than 0 keeps quiet)."""
+    (tmp_path / "a.txt").write_text(TEXT)
+    args = ["a.txt", "-o", "a.st"] if command == "ingest" else [str(tmp_path / "r.yaml")]
+    (tmp_path / "r.yaml").write_text("model: {architecture: gpt2}\ntokenizer: {kind: bpe}\n"
+                                      "curriculum: [{segments: 1, steps: 1}]\noutput_dir: run\n")
+    full = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    r = subprocess.run([sys.executable, "-m", "rmt_cli.cli", command, *args], cwd=tmp_path,
+                       env={**full, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "a.st").exists() and not (tmp_path / "run").exists()
+
+
 def test_a_launched_process_ends_with_its_output_flushed_and_no_teardown(tmp_path):
     """A finished 2-process ingest failed about 1 run in 16: gloo's threads aborted a process in the interpreter's
     teardown ("terminate called without an active exception"). A launched process now skips that teardown (an

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..storage.checkpoint import LoadedModel
-from ..errors import NON_FINITE_SCORES, RMTError, UsageError
+from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown
 from ..storage.memfile import MemoryState
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
                              split_document)
@@ -177,6 +177,21 @@ def check_sampling(temperature: float, top_p: float) -> None:
             raise UsageError(f"{name} {value}: a finite number {bound}")
 
 
+def check_question(question: str) -> None:
+    """UsageError for what cannot be asked whatever the model: not text, blank, or not UTF-8 (the bytes of a
+    command line that are not arrive as lone surrogates, which no tokenizer takes)."""
+    if not isinstance(question, str):
+        raise UsageError(f"a question is text, not {type(question).__name__}")
+    if not question.strip():
+        raise UsageError("empty question")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = e.object[e.start:e.end].encode("utf-8", "surrogateescape")
+        raise UsageError(f"the question {shown(question, 60)} is not UTF-8 text (byte {byte!r} at character "
+                         f"{e.start})") from None
+
+
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Answer]:
     """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order)."""
@@ -184,8 +199,10 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
         raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")
     check_sampling(temperature, top_p)
     for index, question in enumerate(questions):
-        if not question.strip():
-            raise QuestionError("empty question", index)
+        try:
+            check_question(question)
+        except UsageError as e:
+            raise QuestionError(str(e), index) from None
     with torch.inference_mode():
         end = _DocumentEnd(model, state)
         finals = []

@@ -206,11 +206,22 @@ def check_plan(jobs: list[IngestJob]) -> None:
     # Each output and each folder above it: the first two jobs that write there, so that an input is looked up
     # once, not compared with every output (that was quadratic: 20,000 jobs had not started after 5 minutes).
     writers: dict[str, list[int]] = {}
+    files: dict[tuple[int, int], int] = {}  # an existing output's file: two names of one (hard links) are one output
     for n, job in enumerate(jobs, 1):
         target = os.path.realpath(job.output)  # realpath, unlike resolve(), never raises on a link loop
-        if target in outputs:
-            raise UsageError(f"{job.output}: written by job {outputs[target]} and job {n}; give each its own output")
+        try:
+            stat = os.stat(target)
+        except (OSError, ValueError):
+            file = None
+        else:
+            file = (stat.st_dev, stat.st_ino)
+        first_writer = outputs.get(target) or files.get(file)
+        if first_writer is not None:
+            raise UsageError(f"{job.output}: written by job {first_writer} and job {n}"
+                             f"{'' if target in outputs else ' (two names of one file)'}; give each its own output")
         outputs[target] = n
+        if file is not None:
+            files[file] = n
         while True:
             first = writers.setdefault(target, [])
             if len(first) == 2:  # and so are those of every folder above it

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError
+from ..errors import UsageError, shown
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from ..data.sources import read_texts
@@ -19,12 +19,18 @@ def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
     try:
         import datasets
 
+        datasets.disable_progress_bars()  # "Generating train split" bars, even under -q: rmt's own bars say enough
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises many kinds; all mean "cannot load this"
         raise UsageError(f"cannot load dataset {name!r} (split {split!r}): {str(e).splitlines()[0]}") from None
     if field not in ds.column_names:
         raise UsageError(f"dataset {name!r} has no field {field!r}; it has {', '.join(ds.column_names)}")
-    return [t for t in ds[field] if t]
+    texts = ds[field]
+    for row, text in enumerate(texts):  # a number, a list or null read as text would fail deep in training
+        if text is not None and not isinstance(text, str):
+            raise UsageError(f"dataset {shown(name)}: row {row}: field {shown(field)} holds "
+                             f"{type(text).__name__} {shown(repr(text), 40)}, not text")
+    return [t for t in texts if t]
 
 
 def _texts_of_setting(paths: list[str], setting: str) -> list[str]:

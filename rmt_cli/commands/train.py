@@ -27,7 +27,7 @@ from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matche
                                   replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, StopFlag, UsageError, counted, json_loads, one_line, shown, stop_signals
+from ..errors import RMTError, StopFlag, UsageError, counted, json_loads, one_line, shown, stop_signals, write_failure
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -494,8 +494,7 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         else:  # a new run logs from its first step, not after an earlier run's lines
             metrics_path.unlink(missing_ok=True)
         if resume_changes:  # what each span of steps trained with
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps({"step": start_step, "event": "resume", "changed": resume_changes}) + "\n")
+            _append_metrics(metrics_path, {"step": start_step, "event": "resume", "changed": resume_changes})
 
     def save(step: int, name: str | None = None) -> Path | None:
         # A step can spoil the weights without its own loss showing it (the last step of a run): never saved
@@ -518,8 +517,7 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
 
     def record(entry: dict) -> None:
         if accelerator.is_main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            _append_metrics(metrics_path, entry)
 
     interrupted = False
     tokens_seen, t0 = 0, time.perf_counter()
@@ -612,6 +610,15 @@ def _prune(folder: Path, keep: int) -> None:
     left = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+\.(tmp|old)", p.name)]
     for p in [*found[:-keep], *left]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _append_metrics(path: Path, entry: dict) -> None:
+    """One line of metrics.jsonl; a failed write (a full disk) names the file, as a checkpoint's does."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as e:
+        raise RMTError(f"{shown(path)}: cannot write the metrics: {write_failure(e)}") from None
 
 
 class _Logger:

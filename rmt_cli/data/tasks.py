@@ -26,6 +26,7 @@ DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"
 STORY_TASKS = ("memorize", "detect-and-memorize", "reasoning", "qa1", "qa2", "qa3", "qa4", "babi")
 BINDING_COUNTS = {"reasoning": 2}  # how many bindings (Story.bindings) a task's stories name
 GENERATED_TASKS = tuple(t for t in STORY_TASKS if t != "babi")  # the stories made here: all answer with a place
+SIZED_TASKS = ("qa1", "qa2", "qa3")  # the generated stories whose number of facts a range (min, max) sets
 
 
 def rng_for(seed: int, index: int, purpose: str = "") -> random.Random:

@@ -138,7 +138,7 @@ class MemoryState:
             sources.pop()
             omitted += 1
         meta["sources"] = json.dumps(sources)
-        meta["sources_omitted"] = str(omitted)
+        meta["sources_omitted"] = str(min(omitted, MAX_COUNT))  # a count at its cap stays there: no reader refuses it
         return meta
 
 
@@ -211,6 +211,10 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         raise RMTError(f"{shown(path)}: not written: the model produced a memory that is not finite (NaN or "
                        f"infinity) or beyond ±{MAX_MEMORY_VALUE:g}; is its config sound?")
     metadata = {**state.metadata(), "tensors_sha256": tensors_digest(tensors)}
+    try:  # nor is anything else it would refuse (the API can hand over any MemoryState)
+        _checked_state(tensors, metadata, shown(path))
+    except UsageError as e:
+        raise UsageError(f"not written, since it could not be read back: {e}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -242,6 +246,11 @@ def load_memory(path: str | Path) -> MemoryState:
     path = Path(path)
     where = shown(path)
     tensors, meta = _read_safetensors(_read_regular_file(path, where), where)
+    return _checked_state(tensors, meta, where)
+
+
+def _checked_state(tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str) -> MemoryState:
+    """A memory file's tensors and metadata as a MemoryState, every field checked (UsageError naming it)."""
     if "rmt_format" not in meta:
         raise UsageError(f"{where}: a safetensors file, but not an rmt memory file (no rmt metadata)")
     if meta["rmt_format"] != FORMAT:

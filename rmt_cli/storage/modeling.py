@@ -19,12 +19,24 @@ from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 def config_errors() -> tuple[type[Exception], ...]:
     """What building a config or model from bad settings raises. Imported when an error is matched against it
-    (an except clause evaluates it then), so that inference on the native engine never imports huggingface_hub."""
+    (an except clause evaluates it then), so that inference on the native engine never imports huggingface_hub.
+    A KeyError is a name no table of transformers holds (an activation, a rope type) or a setting it lacks; an
+    ImportError, a kernel that is not installed (attn_implementation: flash_attention_2)."""
     try:  # transformers 5 validates configs as strict dataclasses
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # older huggingface_hub
-        return TypeError, ValueError
-    return TypeError, ValueError, StrictDataclassError
+        return TypeError, ValueError, KeyError, ImportError
+    return TypeError, ValueError, KeyError, ImportError, StrictDataclassError
+
+
+def setting_error(error: Exception) -> str:
+    """A config_errors() error on one line; a KeyError's bare name ('relu6x') said as the unknown name it is."""
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str) \
+            and " " not in error.args[0]:
+        return f"{shown(repr(error.args[0]), 80)} is not a name this transformers knows (an activation, a rope type?)"
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        return shown(error.args[0])
+    return error_line(error)
 
 
 EOS = "<|endoftext|>"
@@ -209,7 +221,7 @@ def scratch_config(spec: ModelSpec, memory: MemorySpec, tokenizer):
                     num_key_value_heads=2, max_position_embeddings=positions, tie_word_embeddings=True)
         return LlamaConfig(**{**base, **common, **spec.config})
     except config_errors() as e:
-        raise UsageError(f"model.config: {error_line(e)}") from None
+        raise UsageError(f"model.config: {setting_error(e)}") from None
 
 
 def max_positions(config) -> int | None:
@@ -250,7 +262,7 @@ def check_buildable(config, kind: str = "causal") -> None:
         with torch.device("meta"):  # shapes only, no memory
             weights = sum(p.numel() for p in model_class(kind).from_config(config).parameters())
     except (*config_errors(), RuntimeError) as e:  # on the meta device a RuntimeError is a shape ("negative dimension")
-        raise UsageError(f"model.config: {error_line(e)}") from None
+        raise UsageError(f"model.config: {setting_error(e)}") from None
     memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if weights * 4 > memory_bytes:
         raise UsageError(f"model.config: {weights:,} weights need {weights * 4 / 2**30:,.1f} GiB in float32; this "
@@ -269,9 +281,11 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         check_buildable(config, spec.kind)
         torch.manual_seed(seed)
         try:  # some architectures check their settings only when the model is built
-            return auto.from_config(config)
+            model = auto.from_config(config)
         except config_errors() as e:
-            raise UsageError(f"model.config: {error_line(e)}") from None
+            raise UsageError(f"model.config: {setting_error(e)}") from None
+        check_runs(model)
+        return model
     source, source_options = pretrained_source(spec)
     # safetensors only, as everywhere in rmt; a GGUF holds no pickled code either
     weights_format = source_options or {"use_safetensors": True}
@@ -293,7 +307,25 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
     if source_options:
         _forget_gguf(model)
+    if spec.config:  # a pretrained model as published runs; one with settings changed may not
+        check_runs(model)
     return model
+
+
+def check_runs(model) -> None:
+    """A forward pass of two tokens, so that settings that fail only when the model computes (num_key_value_heads
+    that does not divide the heads, a rope_scaling without its factor) are one line before a run writes anything,
+    not a traceback at its first step. The random state is left as it was, so seeded runs train as before."""
+    ids = torch.tensor([[1, 2]]) % max(model.config.vocab_size, 1)
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.eval()
+            model(input_ids=ids)
+    except (*config_errors(), RuntimeError, IndexError, AttributeError) as e:
+        raise UsageError(f"model.config: the model cannot run: {setting_error(e)}") from None
+    finally:
+        model.train(was_training)
 
 
 def _forget_gguf(model) -> None:
