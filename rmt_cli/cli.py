@@ -731,7 +731,7 @@ def ask(
 
     from .commands.ask import QuestionError, ask_many, check_question, check_sampling
     from .data.sources import read_small_file, read_small_stdin
-    from .storage.memfile import DTYPES, check_compatible, load_memory
+    from .storage.memfile import DTYPES, load_memory
 
     check_sampling(temperature, top_p)
     asked = list(questions or [])
@@ -756,14 +756,13 @@ def ask(
             raise UsageError(f"{line}: {e}" if line else str(e)) from None
     state = load_memory(memory)
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
-    check_compatible(state, loaded, force, str(memory))
     generator = torch.Generator().manual_seed(seed)
 
     def answers():  # in batches: a long --file is neither held whole on the model nor printed only at the end
         for start in range(0, len(asked), ASK_BATCH):
             try:
                 yield from ask_many(loaded, state, asked[start : start + ASK_BATCH], max_new_tokens, temperature,
-                                    top_p, generator)
+                                    top_p, generator, force, str(memory))
             except QuestionError as e:
                 line = where[start + e.index]
                 raise UsageError(f"{line}: {e}" if line else str(e)) from None
@@ -871,6 +870,9 @@ def eval_command(
     from .storage.recipe import MAX_FACTS, MAX_SAMPLES
     from .data.tasks import SIZED_TASKS, read_babi, split_sentences
 
+    if quiet and not json_out and plot_file is None:  # minutes of scoring, then nothing shown
+        raise UsageError("-q hides the table, the only output without --json or --plot: add --json (the rows on "
+                         "stdout) or --plot FILE, or drop -q")
     wanted = parse_lengths(lengths)
     try:
         counts = _whole_numbers(samples)

@@ -383,7 +383,7 @@ def test_a_model_whose_numbers_break_is_an_error_everywhere(tmp_path, broken_mod
     for extra in ([], ["--json"]):
         one_error_line(run(["ask", tmp_path / "s.st", "Where is Mary?", "--model", broken_model, *extra]), 1,
                        "non-finite scores")
-    one_error_line(run(["eval", "--model", broken_model, "--lengths", "1k", "--samples", "2", "-q"]), 1,
+    one_error_line(run(["eval", "--model", broken_model, "--lengths", "1k", "--samples", "2", "-q", "--json"]), 1,
                    "non-finite scores")
 
 

@@ -280,7 +280,7 @@ def test_eval_refuses_stories_an_encoder_can_never_answer(tmp_path, encoder_mode
     babi = tmp_path / "yn.txt"
     babi.write_text("1 Mary moved to the bathroom.\n2 Is Mary in the bathroom? \tyes\t1\n"
                     "1 John went to the hallway.\n2 Is John in the kitchen? \tno\t1\n")
-    r = run_cli(["eval", "--model", encoder_model.path, "--babi", babi, "--lengths", "200", "--samples", "2", "-q"])
+    r = run_cli(["eval", "--model", encoder_model.path, "--babi", babi, "--lengths", "200", "--samples", "2", "-q", "--json"])
     one_error_line(r, 2, "yn.txt", "'no', 'yes'", "the encoder's classifier knows")
 
 

@@ -162,7 +162,7 @@ def test_a_length_shorter_than_the_stories_is_warned_about(tmp_path, checkpoint)
     noise = tmp_path / "noise.txt"
     rng = rng_for(0, 1)
     noise.write_text(" ".join(synthetic_sentence(rng) for _ in range(300)))
-    r = run(["eval", "--model", checkpoint, "--noise", noise, "--lengths", "10,300", "--samples", "3", "-q"])
+    r = run(["eval", "--model", checkpoint, "--noise", noise, "--lengths", "10,300", "--samples", "3", "-q", "--json"])
     assert r.exit_code == 0, r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert all(w.startswith("warning: --lengths 10: ") for w in warnings)  # 300 tokens: several segments of noise

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from conftest import one_error_line, run_cli as run
 
@@ -192,3 +193,136 @@ def test_an_output_that_is_a_standard_stream_is_refused(tmp_path, checkpoint, ta
     said = (tmp_path / "res.json").read_text() if stream == "stderr" else r.stderr
     assert "is this command's standard" in said, said
     assert (tmp_path / "in.txt").read_text() == TEXT
+
+
+def test_an_unexpected_error_with_data_workers_ends_the_run(tmp_path):
+    """An error the run does not expect (here a forward that raises) with data_workers > 0: the traceback, then
+    the process waited for its workers for good, deaf to Ctrl-C (they ignore stop signals). It now ends, exit 1."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import TINY_RECIPE
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run"),
+                                                     "data_workers": 2}))
+    script = ("import sys\n"
+              "import rmt_cli.core.memory as memory\n"
+              "def fails(self, *args, **kwargs):\n"
+              "    raise RuntimeError('a fault nobody expected')\n"
+              "memory.RecurrentMemoryModel.forward = fails\n"
+              f"sys.argv = ['rmt', 'train', {str(tmp_path / 'r.yaml')!r}, '-q']\n"
+              "from rmt_cli.cli import main\n"
+              "main()\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and "a fault nobody expected" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda t: t.update({"state.0.exp_avg": torch.zeros(3)}), "state.0.exp_avg has shape [3], the parameter [4, 2]"),
+    (lambda t: t["state.0.exp_avg"].fill_(float("nan")), "state.0.exp_avg holds values that are not finite"),
+    (lambda t: t["state.1.exp_avg_sq"].fill_(-1.0), "state.1.exp_avg_sq holds negative values"),
+    (lambda t: t.update({"state.0.exp_avg": t["state.0.exp_avg"].int()}), "is not a floating-point tensor"),
+    (lambda t: t.update({"state.99.exp_avg": torch.zeros(2)}), "state.99: the optimizer has 2 parameters"),
+    (lambda t: t.update({"state.0.step": torch.tensor(-1.5)}), "state.0.step is not a step count"),
+    (lambda t: t.update({"state.0.foo": torch.tensor(1.0)}), "state.0.foo: not a part of AdamW's state"),
+])
+def test_a_damaged_optimizer_state_is_refused_on_resume(tmp_path, change, says):
+    """optimizer.safetensors was taken as it came: a moment of the wrong shape was a traceback at the first step,
+    NaN moments a "training diverged … lower optim.lr", an int tensor or a state of no parameter kept silently."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from rmt_cli.errors import UsageError
+    from rmt_cli.storage.training_state import load_optimizer_state, optimizer_tensors
+
+    def adam():
+        layer = torch.nn.Linear(2, 4)
+        return layer, torch.optim.AdamW(layer.parameters(), lr=0.01)
+
+    layer, optimizer = adam()
+    layer(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    tensors, info = optimizer_tensors(optimizer)
+    tensors["torch_rng"] = torch.get_rng_state()
+    (tmp_path / "training_state.json").write_text(json.dumps({"step": 1, "optimizer": info}))
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    load_optimizer_state(tmp_path, adam()[1])  # as saved, it loads
+    change(tensors)
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    with pytest.raises(UsageError, match="the optimizer state does not fit this model") as caught:
+        load_optimizer_state(tmp_path, adam()[1])
+    assert says in str(caught.value)
+
+
+def test_data_workers_beyond_the_cpus_are_capped_with_one_warning(tmp_path, monkeypatch):
+    """data_workers=32 on 2 CPUs started 32 workers and printed torch's raw UserWarning twice."""
+    import yaml
+
+    import rmt_cli.commands.train as train_module
+    from conftest import TINY_RECIPE
+
+    monkeypatch.setattr(train_module, "available_cpus", lambda: 2)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run"),
+                                                     "data_workers": 32}))
+    r = run(["train", tmp_path / "r.yaml", "-q"])
+    assert r.exit_code == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "warn" in line.lower()]
+    assert warnings == ["warning: data_workers=32, but this process may use 2 CPUs: using 2"], r.stderr
+
+
+def test_eval_quiet_with_nothing_else_to_show_is_refused_before_scoring(checkpoint):
+    """`rmt eval -q` without --json scored every length and printed nothing at all (-q hides the table)."""
+    r = run(["eval", "--model", checkpoint, "--lengths", "200", "--samples", "1", "-q"])
+    one_error_line(r, 2, "-q hides the table", "--json")
+    r = run(["eval", "--model", checkpoint, "--lengths", "200", "--samples", "1", "-q", "--json"])
+    assert r.exit_code == 0 and r.stdout.startswith("{"), r.stderr
+
+
+def test_a_model_without_memory_tokens_ingests_nothing(tmp_path, checkpoint):
+    """A model of memory.num_mem_tokens 0 (the no-memory baseline) wrote a memory file every command refused."""
+    from rmt_cli import load_checkpoint
+    from rmt_cli.commands.ingest import IngestJob, ingest
+    from rmt_cli.errors import UsageError
+
+    model = load_checkpoint(checkpoint)
+    model.memory_settings = model.memory_settings.model_copy(update={"num_mem_tokens": 0})
+    (tmp_path / "a.txt").write_text(TEXT)
+    with pytest.raises(UsageError, match="has no memory tokens"):
+        ingest([IngestJob([str(tmp_path / "a.txt")], tmp_path / "a.st")], model)
+    assert not (tmp_path / "a.st").exists()
+
+
+def test_a_dataset_whose_field_names_hold_newlines_is_one_line(tmp_path, monkeypatch):
+    """A dataset column named "o\\nerror: forged" printed a forged second error line."""
+    from rmt_cli.commands.samples import load_dataset_texts
+    from rmt_cli.errors import UsageError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "d.jsonl").write_text('{"o\\u001b[2Jther\\nerror: forged": "x"}\n')
+    with pytest.raises(UsageError) as caught:
+        load_dataset_texts(str(tmp_path / "ds"), "train", "text")
+    (line,) = str(caught.value).splitlines()
+    assert "\x1b" not in line and "has no field 'text'" in line
+
+
+def test_the_api_ask_refuses_another_models_memory_unless_forced(memfile, checkpoint, tmp_path):
+    """The API's ask() never checked that a memory belonged to the model: an IndexError from the embedding lookup
+    (a tail token beyond its vocabulary), or a silent wrong answer. It now refuses as `rmt ask` does."""
+    from dataclasses import replace
+
+    from rmt_cli import ask, load_checkpoint, load_memory
+    from rmt_cli.errors import UsageError
+
+    model, state = load_checkpoint(checkpoint), load_memory(memfile)
+    assert ask(model, state, "Where is Mary?").question == "Where is Mary?"
+    other = replace(state, fingerprint="0" * 32)
+    with pytest.raises(UsageError, match="made by another model or setting"):
+        ask(model, other, "Where is Mary?")
+    assert ask(model, other, "Where is Mary?", force=True).answer == ask(model, state, "Where is Mary?").answer
+    with pytest.raises(UsageError, match="outside this model's vocabulary"):
+        ask(model, replace(state, tail_tokens=[10**6]), "Where is Mary?", force=True)

@@ -43,7 +43,7 @@ def test_no_command_runs_code_from_a_checkpoint(tmp_path, evil_checkpoint, confi
         ["ingest", book, "-o", tmp_path / "m.st", "--model", path, "-q"],
         ["ingest", "-", "-o", tmp_path / "m2.st", "--model", path, "-q"],
         ["perplexity", book, "--model", path, "-q"],
-        ["eval", "--noise", book, "--lengths", "50", "--samples", "2", "--model", path, "-q"],
+        ["eval", "--noise", book, "--lengths", "50", "--samples", "2", "--model", path, "-q", "--json"],
     ]
     for args in runs:
         result = CliRunner().invoke(app, [str(a) for a in args], input="y\n" * 50)

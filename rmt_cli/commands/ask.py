@@ -18,7 +18,7 @@ import torch
 
 from ..storage.checkpoint import LoadedModel
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown
-from ..storage.memfile import MemoryState
+from ..storage.memfile import MemoryState, check_compatible
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
                              split_document)
 from ..data.tokenstream import TokenStream
@@ -193,8 +193,12 @@ def check_question(question: str) -> None:
 
 
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
-             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[Answer]:
-    """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order)."""
+             temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+             force: bool = False, name: str = "the memory") -> list[Answer]:
+    """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order).
+    A memory of another model is refused (UsageError, `name` saying which), but with `force` where only the
+    fingerprint differs, as `rmt ask --force`."""
+    check_compatible(state, model, force, name)
     if not max_new_tokens >= 1:
         raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")
     check_sampling(temperature, top_p)
@@ -277,8 +281,8 @@ def respond(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], 
 
 
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,
-        top_p: float = 1.0, generator: torch.Generator | None = None) -> Answer:
-    [answer] = ask_many(model, state, [question], max_new_tokens, temperature, top_p, generator)
+        top_p: float = 1.0, generator: torch.Generator | None = None, force: bool = False) -> Answer:
+    [answer] = ask_many(model, state, [question], max_new_tokens, temperature, top_p, generator, force)
     return answer
 
 

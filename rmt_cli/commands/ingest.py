@@ -291,6 +291,9 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     if model.cell.dtype not in DTYPES.values():  # found now: load_memory and every command would refuse the file
         raise UsageError(f"a memory file holds {', '.join(DTYPES)}; this model is loaded in "
                          f"{dtype_name(model.cell.dtype)} (load it with one of those)")
+    if model.memory_settings.num_mem_tokens == 0:  # a file of no memory, which load_memory refuses
+        raise UsageError(f"{shown(model.path)} has no memory tokens (memory.num_mem_tokens: 0, a baseline without "
+                         f"memory): there is no memory to write; ingest with a model that has memory")
     S = model.segment_size
     cell = model.cell
     segment_step = _SegmentStep(cell, compile_step, on_warning)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError, shown
+from ..errors import UsageError, error_line, shown
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from ..data.sources import read_texts
@@ -22,9 +22,11 @@ def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
         datasets.disable_progress_bars()  # "Generating train split" bars, even under -q: rmt's own bars say enough
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises many kinds; all mean "cannot load this"
-        raise UsageError(f"cannot load dataset {name!r} (split {split!r}): {str(e).splitlines()[0]}") from None
-    if field not in ds.column_names:
-        raise UsageError(f"dataset {name!r} has no field {field!r}; it has {', '.join(ds.column_names)}")
+        raise UsageError(f"cannot load dataset {shown(repr(name))} (split {shown(repr(split))}): "
+                         f"{error_line(e)}") from None
+    if field not in ds.column_names:  # the names come from the files: escaped, as everything read is
+        raise UsageError(f"dataset {shown(repr(name))} has no field {shown(repr(field))}; it has "
+                         f"{', '.join(shown(column, 80) for column in ds.column_names[:20])}")
     texts = ds[field]
     for row, text in enumerate(texts):  # a number, a list or null read as text would fail deep in training
         if text is not None and not isinstance(text, str):

@@ -97,14 +97,16 @@ class StepBatches(torch.utils.data.Dataset):
         return collate(samples, self.pad_id)
 
 
-def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, rank: int, local: int):
-    """The batches from `first_step` on, built in `recipe.data_workers` background processes (or inline)."""
+def step_batches(data: TaskData, recipe: Recipe, pad_id: int, first_step: int, rank: int, local: int,
+                 workers: int | None = None):
+    """The batches from `first_step` on, built in `workers` (default `recipe.data_workers`) background processes,
+    or inline for none."""
     dataset = StepBatches(data, recipe, pad_id, first_step, rank, local)
-    if recipe.data_workers == 0:
+    workers = recipe.data_workers if workers is None else workers
+    if workers == 0:
         return (dataset[i] for i in range(len(dataset)))
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
-                                            num_workers=recipe.data_workers, prefetch_factor=4,
-                                            worker_init_fn=_ignore_interrupts))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4, worker_init_fn=_ignore_interrupts))
 
 
 def _ignore_interrupts(worker_id: int) -> None:
@@ -112,6 +114,20 @@ def _ignore_interrupts(worker_id: int) -> None:
     # make the step waiting for its batch fail; the training process alone decides to finish the step, save and stop.
     for number in stop_signals():
         signal.signal(number, signal.SIG_IGN)
+    # Ignoring SIGTERM, a worker would outlive a training process killed with SIGKILL: the kernel ends it then.
+    with contextlib.suppress(Exception):  # Linux only (prctl); elsewhere a worker ends when its queue closes
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _stop_workers(batches) -> None:
+    """End the DataLoader's workers however the run ends. They ignore stop signals (`_ignore_interrupts`), so
+    after an unexpected error multiprocessing's exit handler, which ends them with SIGTERM, waited for them for
+    good, deaf to Ctrl-C (the fifteenth review)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # a DataLoader iterator's; the inline generator has none
+    if shutdown is not None:
+        shutdown()
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -386,6 +402,11 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
     log = _Logger(console if accelerator.is_main_process else None)
     if threads and threads < recipe.threads:
         log.info(f"warning: threads={recipe.threads}, but this process may use {threads} CPUs: using {threads}")
+    # Workers beyond the CPUs only queue for them (torch says so in two raw warnings): capped as threads are.
+    workers = min(recipe.data_workers, available_cpus())
+    if workers < recipe.data_workers:
+        log.info(f"warning: data_workers={recipe.data_workers}, but this process may use {workers} CPUs: using "
+                 f"{workers}")
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
@@ -521,7 +542,8 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
 
     interrupted = False
     tokens_seen, t0 = 0, time.perf_counter()
-    batches = step_batches(data, recipe, tokenizer.pad_token_id, start_step, rank, local)
+    batches = step_batches(data, recipe, tokenizer.pad_token_id, start_step, rank, local, workers)
+    held.callback(_stop_workers, batches)
     def stopping() -> None:
         log.info("stopping: finishing this step (or evaluation), then saving a checkpoint; press Ctrl-C again to "
                  "stop at once, losing the steps since the last checkpoint")

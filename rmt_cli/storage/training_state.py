@@ -82,7 +82,40 @@ def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
     for name, value in info["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
+    _check_state(state, [p for group in optimizer.param_groups for p in group["params"]])
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+# What AdamW keeps per parameter (with amsgrad, which _check_groups refuses, also max_exp_avg_sq).
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _check_state(state: dict, params: list) -> None:
+    """Each parameter's saved AdamW state fits it: moments of its shape in a floating dtype, finite, the second
+    non-negative; a step count a whole number from 0; no state of a parameter the optimizer does not have. torch
+    takes almost anything and fails at the first step (a shape), trains on NaN, or keeps what it never uses.
+    Raises ValueError naming the first that does not."""
+    for pid, entry in state.items():
+        if not 0 <= pid < len(params):
+            raise ValueError(f"state.{pid}: the optimizer has {len(params)} parameters")
+        for key, value in entry.items():
+            where = f"state.{pid}.{key}"
+            if key == "step":
+                number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
+                if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                        or number < 0 or number != int(number):
+                    raise ValueError(f"{where} is not a step count")
+            elif key in MOMENTS:
+                if not torch.is_tensor(value) or not value.is_floating_point():
+                    raise ValueError(f"{where} is not a floating-point tensor")
+                if value.shape != params[pid].shape:
+                    raise ValueError(f"{where} has shape {list(value.shape)}, the parameter {list(params[pid].shape)}")
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{where} holds values that are not finite")
+                if key == "exp_avg_sq" and bool((value < 0).any()):
+                    raise ValueError(f"{where} holds negative values (a mean of squares)")
+            else:
+                raise ValueError(f"{where}: not a part of AdamW's state")
 
 
 def module_tensors(prefix: str, module, optimizer) -> tuple[dict, dict]:
