@@ -224,9 +224,14 @@ def test_an_unexpected_error_with_data_workers_ends_the_run(tmp_path):
     (lambda t: t.update({"state.0.exp_avg": torch.zeros(3)}), "state.0.exp_avg has shape [3], the parameter [4, 2]"),
     (lambda t: t["state.0.exp_avg"].fill_(float("nan")), "state.0.exp_avg holds values that are not finite"),
     (lambda t: t["state.1.exp_avg_sq"].fill_(-1.0), "state.1.exp_avg_sq holds negative values"),
-    (lambda t: t.update({"state.0.exp_avg": t["state.0.exp_avg"].int()}), "is not a floating-point tensor"),
+    (lambda t: t.update({"state.0.exp_avg": t["state.0.exp_avg"].int()}), "is not a tensor of the parameter's dtype"),
+    (lambda t: t.update({"state.0.exp_avg": t["state.0.exp_avg"].half()}), "is not a tensor of the parameter's dtype"),
     (lambda t: t.update({"state.99.exp_avg": torch.zeros(2)}), "state.99: the optimizer has 2 parameters"),
-    (lambda t: t.update({"state.0.step": torch.tensor(-1.5)}), "state.0.step is not a step count"),
+    (lambda t: t.update({"state.0.step": torch.tensor(-1.5)}), "state.0.step is not a step count from 1 to 1"),
+    (lambda t: t.update({"state.0.step": torch.tensor(0.0)}), "state.0.step is not a step count"),
+    (lambda t: t.update({"state.0.step": torch.tensor(1e30)}), "state.0.step is not a step count"),
+    (lambda t: t.update({"state.0.step": torch.zeros(5)}), "state.0.step is not a step count"),
+    (lambda t: t.pop("state.1.exp_avg_sq"), "state.1 has no exp_avg_sq"),
     (lambda t: t.update({"state.0.foo": torch.tensor(1.0)}), "state.0.foo: not a part of AdamW's state"),
 ])
 def test_a_damaged_optimizer_state_is_refused_on_resume(tmp_path, change, says):

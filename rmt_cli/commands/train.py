@@ -133,7 +133,7 @@ def _stop_workers(batches) -> None:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = []
     for p in (output_dir / CHECKPOINTS).glob("step-*"):
-        m = re.fullmatch(r"step-(\d+)", p.name)
+        m = re.fullmatch(r"step-([0-9]{1,12})", p.name)  # ASCII digits (\d takes any script's)
         if m and (p / "training_state.json").is_file():
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
@@ -314,6 +314,8 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
         if name in replaced:
             what = None if replaceable_checkpoint(entry) else \
                 "which a run would replace, but it is not a checkpoint rmt wrote"
+        elif entry.name == CHECKPOINTS and (entry.is_symlink() or not entry.is_dir()):
+            what = "which is not a folder (a file, or a link), where a run keeps its step checkpoints"
         elif resuming:
             continue
         elif name == CHECKPOINTS:
@@ -489,6 +491,10 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
                                                                   optimizers[1]):
             log.info("resume: the checkpoint's run trained no binding head; a new one starts")
         start_step = read_training_state(resume_from)["step"]
+        # The state brings back the checkpoint's settings; the recipe's go on from here (a resume that changes
+        # them says so and records it: it must be what trains).
+        for group in (g for o in optimizers for g in o.param_groups):
+            group.update(betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay)
         log.info(f"resuming from {resume_from} at step {start_step}")
     # The RMT as accelerate runs it (wrapped for several processes); unwrap_model gives `rmt` back.
     prepared, *optimizers = accelerator.prepare(rmt, *optimizers)

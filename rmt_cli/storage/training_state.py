@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,10 @@ def read_training_state(path: Path) -> dict:
     if not ok:
         raise UsageError(f"resume: {shown(path)}: training_state.json lacks a step or the optimizer's settings; "
                          f"resume from another checkpoint")
+    named = re.fullmatch(r"step-([0-9]+)", path.name)  # a run's step-N folder holds the state of step N
+    if named and int(named.group(1)) != state["step"]:
+        raise UsageError(f"resume: {shown(path)}: training_state.json says step {state['step']}, the folder's name "
+                         f"step {int(named.group(1))}; resume from another checkpoint")
     return state
 
 
@@ -72,7 +77,7 @@ def _check_groups(saved, live: list[dict]) -> None:
                 raise ValueError(f"param_groups[{i}].{key} is {json.dumps(value)[:40]}")
 
 
-def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
+def _restore(optimizer, tensors: dict, info: dict, steps: int, prefix: str = "") -> None:
     _check_groups(info["param_groups"], optimizer.state_dict()["param_groups"])
     state: dict = {}
     for name, value in tensors.items():
@@ -82,7 +87,7 @@ def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
     for name, value in info["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    _check_state(state, [p for group in optimizer.param_groups for p in group["params"]])
+    _check_state(state, [p for group in optimizer.param_groups for p in group["params"]], steps)
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
@@ -90,32 +95,37 @@ def _restore(optimizer, tensors: dict, info: dict, prefix: str = "") -> None:
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def _check_state(state: dict, params: list) -> None:
-    """Each parameter's saved AdamW state fits it: moments of its shape in a floating dtype, finite, the second
-    non-negative; a step count a whole number from 0; no state of a parameter the optimizer does not have. torch
-    takes almost anything and fails at the first step (a shape), trains on NaN, or keeps what it never uses.
-    Raises ValueError naming the first that does not."""
+def _check_state(state: dict, params: list, steps: int) -> None:
+    """Each parameter's saved AdamW state fits it: both moments, of its shape and dtype, finite, the second
+    non-negative; a step count, a whole number from 1 to the steps the run has taken (the bias correction divides by
+    what it makes); no state of a parameter the optimizer does not have. torch takes almost anything, then fails
+    at the first step (a shape, a missing moment, a step of 0), trains on NaN, or keeps what it never uses.
+    Raises ValueError naming the first that does not fit."""
     for pid, entry in state.items():
         if not 0 <= pid < len(params):
             raise ValueError(f"state.{pid}: the optimizer has {len(params)} parameters")
-        for key, value in entry.items():
-            where = f"state.{pid}.{key}"
-            if key == "step":
-                number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
-                if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                        or number < 0 or number != int(number):
-                    raise ValueError(f"{where} is not a step count")
-            elif key in MOMENTS:
-                if not torch.is_tensor(value) or not value.is_floating_point():
-                    raise ValueError(f"{where} is not a floating-point tensor")
-                if value.shape != params[pid].shape:
-                    raise ValueError(f"{where} has shape {list(value.shape)}, the parameter {list(params[pid].shape)}")
-                if not bool(torch.isfinite(value).all()):
-                    raise ValueError(f"{where} holds values that are not finite")
-                if key == "exp_avg_sq" and bool((value < 0).any()):
-                    raise ValueError(f"{where} holds negative values (a mean of squares)")
-            else:
-                raise ValueError(f"{where}: not a part of AdamW's state")
+        unknown = sorted(set(entry) - {"step", *MOMENTS})
+        if unknown:
+            raise ValueError(f"state.{pid}.{unknown[0]}: not a part of AdamW's state")
+        lacking = [key for key in ("step", *MOMENTS) if key not in entry]
+        if lacking:
+            raise ValueError(f"state.{pid} has no {lacking[0]}")
+        step = entry["step"]
+        step = step.item() if torch.is_tensor(step) and step.numel() == 1 else step
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
+                or step != int(step) or not 1 <= step <= max(steps, 1):
+            raise ValueError(f"state.{pid}.step is not a step count from 1 to {steps}")
+        for key in MOMENTS:
+            where, value, param = f"state.{pid}.{key}", entry[key], params[pid]
+            if not torch.is_tensor(value) or value.dtype != param.dtype:
+                dtype = str(param.dtype).removeprefix("torch.")
+                raise ValueError(f"{where} is not a tensor of the parameter's dtype ({dtype})")
+            if value.shape != param.shape:
+                raise ValueError(f"{where} has shape {list(value.shape)}, the parameter {list(param.shape)}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{where} holds values that are not finite")
+            if key == "exp_avg_sq" and bool((value < 0).any()):
+                raise ValueError(f"{where} holds negative values (a mean of squares)")
 
 
 def module_tensors(prefix: str, module, optimizer) -> tuple[dict, dict]:
@@ -131,7 +141,8 @@ def module_tensors(prefix: str, module, optimizer) -> tuple[dict, dict]:
 def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
     """Put back what `module_tensors` saved; False when the checkpoint has none (its run trained without the
     module, which then starts fresh)."""
-    info = read_training_state(path).get(prefix.rstrip("."))
+    saved = read_training_state(path)
+    info = saved.get(prefix.rstrip("."))
     if not isinstance(info, dict):
         return False
     try:
@@ -139,7 +150,7 @@ def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
         param = prefix + "param."
         params = {name[len(param):]: value for name, value in tensors.items() if name.startswith(param)}
         module.load_state_dict(params)
-        _restore(optimizer, tensors, info, prefix)
+        _restore(optimizer, tensors, info, saved["step"], prefix)
     except Exception as e:  # as load_optimizer_state: every failure means "cannot resume"
         raise UsageError(f"resume: {shown(path)}: the {prefix.rstrip('.').replace('_', ' ')}'s state does not fit "
                          f"({type(e).__name__}: {error_line(e)}); resume from another checkpoint") from None
@@ -148,10 +159,10 @@ def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
 
 def load_optimizer_state(path: Path, optimizer) -> None:
     """Put the optimizer and the torch RNG back as they were at the checkpoint; a damaged state is one line."""
-    info = read_training_state(path)["optimizer"]
+    saved = read_training_state(path)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
-        _restore(optimizer, tensors, info)
+        _restore(optimizer, tensors, saved["optimizer"], saved["step"])
         torch.set_rng_state(tensors["torch_rng"])
     except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
         raise UsageError(f"resume: {shown(path)}: the optimizer state does not fit this model "

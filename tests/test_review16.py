@@ -1,0 +1,75 @@
+"""The sixteenth review (untuned, session 14: training, resume and the API): each test holds a fault it found."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmt_cli.commands.train import latest_checkpoint, train
+from rmt_cli.errors import UsageError
+from rmt_cli.storage.recipe import validate_recipe
+from test_train import tiny_recipe
+
+
+def run(out, **changes):
+    data = tiny_recipe(out, curriculum=[{"segments": 1, "steps": 3}], eval={"samples": 1, "batch_size": 1},
+                       checkpoint={"every": 1, "keep": 5}, **changes)
+    return train(validate_recipe(copy.deepcopy(data)), progress=False)
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A run of 3 steps whose checkpoints of steps 1 to 3 are kept; resumed copies start from step-0000001."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    run(out)
+    return out
+
+
+def resumable(stopped, tmp_path, name="run"):
+    """A copy of the run as a kill after step 1 would leave it."""
+    out = tmp_path / name
+    shutil.copytree(stopped, out)
+    for later in ("step-0000002", "step-0000003"):
+        shutil.rmtree(out / "checkpoints" / later)
+    shutil.rmtree(out / "final")
+    return out
+
+
+def test_a_resume_that_changes_the_optimizer_settings_trains_with_them(stopped, tmp_path):
+    """resume=auto optim.weight_decay=0.5 was said and recorded, but the checkpoint's weight decay trained on: the
+    weights came out bit for bit those of a resume without the change."""
+    same, decayed = resumable(stopped, tmp_path, "same"), resumable(stopped, tmp_path, "decayed")
+    run(same, resume="auto")
+    run(decayed, resume="auto", optim={"lr": 0.003, "warmup_steps": 2, "weight_decay": 0.5})
+    a, b = load_file(str(same / "final" / "model.safetensors")), load_file(str(decayed / "final" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # and a resume as the run was is still the uninterrupted run
+    c = load_file(str(stopped / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_step_folder_whose_state_says_another_step_is_refused(stopped, tmp_path):
+    """A step-0000001 whose training_state.json said step 0 resumed at step 0 on weights trained one step, and
+    its metrics were dropped; a step folder named in other digits (step-٠٠٠٠٠٠٩) was taken as the latest."""
+    out = resumable(stopped, tmp_path)
+    state = out / "checkpoints" / "step-0000001" / "training_state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({**saved, "step": 0}))
+    with pytest.raises(UsageError, match="training_state.json says step 0, the folder's name step 1"):
+        run(out, resume="auto")
+    state.write_text(json.dumps(saved))
+    shutil.copytree(out / "checkpoints" / "step-0000001", out / "checkpoints" / "step-\u0660\u0660\u0669")
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-0000001"
+
+
+def test_a_checkpoints_entry_that_is_no_folder_is_bad_input(stopped, tmp_path):
+    """output_dir/checkpoints a dangling link or a file: "starting a new run", then a bare OSError line, exit 1."""
+    for n, make in enumerate((lambda p: p.symlink_to("/nonexistent"), lambda p: p.write_text("x"))):
+        out = resumable(stopped, tmp_path, f"run{n}")
+        shutil.rmtree(out / "checkpoints")
+        make(out / "checkpoints")
+        with pytest.raises(UsageError, match="holds checkpoints, which is not a folder"):
+            run(out, resume="auto")
