@@ -73,3 +73,19 @@ def test_a_checkpoints_entry_that_is_no_folder_is_bad_input(stopped, tmp_path):
         make(out / "checkpoints")
         with pytest.raises(UsageError, match="holds checkpoints, which is not a folder"):
             run(out, resume="auto")
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"curriculum": [{"segments": 1_000_000, "steps": 1}]}, "curriculum.0: a step of 1,000,000 segments"),
+    ({"eval": {"segments": [1_000_000], "batch_size": 1}}, "eval.segments: documents of 1,000,000 segments"),
+    ({"curriculum": [{"segments": 1, "steps": 1, "facts": [3, 3]}]}, "curriculum.0.facts: task memorize's stories"),
+    ({"curriculum": [{"segments": 1, "steps": 1, "mix_shorter": 1.0}]}, "curriculum.0.mix_shorter: a stage of 1 "),
+])
+def test_recipe_settings_that_are_too_big_together_or_ignored_are_refused(tmp_path, changes, says):
+    """curriculum.2.segments=1000000 passed (each limit alone), and its first step grew to 18 GB; facts for a
+    memorize stage and mix_shorter on a 1-segment stage were ignored without a word."""
+    with pytest.raises(UsageError, match=says):
+        validate_recipe(tiny_recipe(tmp_path / "run", **changes))
+    # the same settings where they fit and mean something
+    validate_recipe(tiny_recipe(tmp_path / "run", task={"name": "qa1"},
+                                curriculum=[{"segments": 2, "steps": 1, "facts": [3, 3], "mix_shorter": 0.5}]))

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
 from ..errors import UsageError, error_line, shown
 from ..data.sources import home_path, read_small_stdin, read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
-from ..data.tasks import GENERATED_TASKS, STORY_TASKS
+from ..data.tasks import GENERATED_TASKS, SIZED_TASKS, STORY_TASKS
 
 
 # Ceilings that refuse a typo such as segment_size=1e9 before anything is allocated; far above any real run.
@@ -243,6 +243,11 @@ class OptimSpec(Section):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
+# Tokens a training step reads (segments x segment_size x batch_size), whose activations backpropagation keeps:
+# 64 times the largest shipped recipe's step; past it a typo (segments: 1000000), not a run.
+MAX_STEP_TOKENS = 2**24
+
+
 class Stage(Section):
     segments: int = Field(ge=1, le=1_000_000)
     steps: int = Field(ge=1, le=1_000_000_000)
@@ -334,6 +339,26 @@ class Recipe(Section):
             if stage.task is not None and self.task.name not in GENERATED_TASKS:
                 raise ValueError(f"curriculum.{i}.task: a stage's own task stands in for a generated task; "
                                  f"task.name is {self.task.name}, whose samples are not stories made here")
+            tokens = stage.segments * self.memory.segment_size * self.batch_size
+            if tokens > MAX_STEP_TOKENS:  # each limit alone let 10^6 segments x 32 x 32 start, and grow to 18 GB
+                raise ValueError(f"curriculum.{i}: a step of {stage.segments:,} segments of {self.memory.segment_size} "
+                                 f"tokens for batch_size {self.batch_size} reads {tokens:,} tokens; at most "
+                                 f"{MAX_STEP_TOKENS:,} a step (fewer segments or a smaller batch; rmt eval reads "
+                                 f"longer documents)")
+            if stage.facts is not None and (stage.task or self.task.name) not in SIZED_TASKS:
+                raise ValueError(f"curriculum.{i}.facts: task {stage.task or self.task.name}'s stories have a size "
+                                 f"of their own; facts sets how many a story of {', '.join(SIZED_TASKS)} has "
+                                 f"(remove it)")
+            if stage.mix_shorter > 0 and stage.segments == 1:
+                raise ValueError(f"curriculum.{i}.mix_shorter: a stage of 1 segment has no shorter documents to mix "
+                                 f"in (remove it)")
+        longest = max(self.eval.segments or [0])
+        tokens = longest * self.memory.segment_size * min(self.eval.batch_size, self.eval.samples)
+        if tokens > MAX_STEP_TOKENS:  # an evaluation's batch is built whole, as a step's is
+            raise ValueError(f"eval.segments: documents of {longest:,} segments of {self.memory.segment_size} tokens, "
+                             f"{min(self.eval.batch_size, self.eval.samples)} at a time, are {tokens:,} tokens; at "
+                             f"most {MAX_STEP_TOKENS:,} (fewer segments or a smaller eval.batch_size; rmt eval reads "
+                             f"longer documents)")
         if self.memory.binding_supervision and (self.model.kind != "encoder" or self.task.name != "reasoning"):
             raise ValueError("memory.binding_supervision: a head on an encoder's memory names the reasoning task's "
                              "bindings; set model.kind: encoder and task.name: reasoning, or set it to 0")
