@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,6 +105,7 @@ app = typer.Typer(
 # and text is never read as rich markup or emoji codes (a path such as runs/[b]x[/b] is printed as it is).
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+OTHER_RANK_GRACE_SECONDS = 3.0  # how long a launched process other than the main one waits before a usage error ends it
 
 
 _WHOLE_NUMBER = re.compile(r"\s*[0-9]+\s*")
@@ -258,6 +260,9 @@ def _run_command(func, args, kwargs):
         if not (isinstance(e, UsageError) and rank.isascii() and rank.isdigit() and int(rank) != 0):
             for line in str(e).splitlines() or [type(e).__name__]:
                 _say("error", line)
+        else:  # the main process finds the same mistake: ended first, this one would have the launcher stop it
+            ignore_stop_signals()  # (SIGTERM) before it says what the mistake was
+            time.sleep(OTHER_RANK_GRACE_SECONDS)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
         _say_interrupted()
@@ -565,7 +570,6 @@ def ingest(
                            "first, or name another file)")
     _outside_checkpoint([("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
     loaded = _load_model(model, torch_dtype, device=processes.device if processes else None)
-    import time
 
     def warn(message: str) -> None:
         _say("warning", message)

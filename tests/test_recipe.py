@@ -194,7 +194,7 @@ def test_mixed_precision_no_is_the_choice_not_a_boolean(tmp_path):
 def test_numbers_in_exponent_form_and_lists_for_pairs_are_read(tmp_path):
     """1e-3 is a number in a recipe and in an override (YAML 1.1 would keep it a string, which strict types
     refuse), and pairs (betas, a stage's facts) are written as YAML lists."""
-    path = write(tmp_path, "tokenizer: {kind: bpe}\noptim: {lr: 3e-4, betas: [0.9, 0.95]}\n"
+    path = write(tmp_path, "tokenizer: {kind: bpe}\noptim: {lr: 3e-4, betas: [0.9, 0.95]}\ntask: {name: qa1}\n"
                            "curriculum: [{segments: 1, steps: 5, facts: [2, 4]}]\n")
     recipe = load_recipe(path, ["optim.weight_decay=1E-2", "memory.gate_floor=.5e-3"])
     assert recipe.optim.lr == 3e-4 and recipe.optim.betas == (0.9, 0.95) and recipe.optim.weight_decay == 0.01
@@ -601,12 +601,12 @@ def test_values_that_would_fail_later_are_refused_up_front(override, path, tmp_p
 def test_yaml_merge_keys_are_read(tmp_path):
     """`<<: *stage` (a YAML merge key, the way to reuse an anchor with changes) was refused: "could not determine
     a constructor for the tag 'tag:yaml.org,2002:merge'". Keys given twice in one mapping are still an error."""
-    text = ("curriculum:\n  - &stage {segments: 1, steps: 5, mix_shorter: 0.25}\n  - {<<: *stage, segments: 2}\n"
+    text = ("curriculum:\n  - &stage {segments: 2, steps: 5, mix_shorter: 0.25}\n  - {<<: *stage, segments: 4}\n"
             "tokenizer: {kind: bpe}\n")
     recipe = load_recipe(write(tmp_path, text))
-    assert [(s.segments, s.steps, s.mix_shorter) for s in recipe.curriculum] == [(1, 5, 0.25), (2, 5, 0.25)]
+    assert [(s.segments, s.steps, s.mix_shorter) for s in recipe.curriculum] == [(2, 5, 0.25), (4, 5, 0.25)]
     with pytest.raises(UsageError, match="duplicate key 'segments'"):
-        load_recipe(write(tmp_path, text.replace("segments: 2}", "segments: 2, segments: 3}")))
+        load_recipe(write(tmp_path, text.replace("segments: 4}", "segments: 4, segments: 3}")))
 
 
 def test_code_in_model_config_is_refused():

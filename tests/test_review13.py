@@ -82,7 +82,7 @@ def test_eval_warns_once_of_babi_answers_longer_than_the_answer_room(tmp_path, c
     for name, text in (("fits", "".join(stories)), ("long", long_answer + stories[1])):
         (tmp_path / f"{name}.txt").write_text(text)
         r = run(["eval", "--babi", tmp_path / f"{name}.txt", "--model", checkpoint, "--lengths", "100",
-                 "--samples", "2", "-q"])
+                 "--samples", "2", "-q", "--json"])
         assert r.exit_code == 0, r.stderr
         warnings[name] = [line for line in r.stderr.splitlines() if "answer room" in line or "answers take" in line]
     assert warnings["fits"] == []
