@@ -89,3 +89,64 @@ def test_recipe_settings_that_are_too_big_together_or_ignored_are_refused(tmp_pa
     # the same settings where they fit and mean something
     validate_recipe(tiny_recipe(tmp_path / "run", task={"name": "qa1"},
                                 curriculum=[{"segments": 2, "steps": 1, "facts": [3, 3], "mix_shorter": 0.5}]))
+
+
+def test_a_model_changed_after_loading_stamps_its_memory_files_as_changed(tmp_path, checkpoint):
+    """ingest() stamped every file with the fingerprint computed at load: a model trained or edited in Python
+    wrote files that the unchanged model then read without --force."""
+    from conftest import run_cli
+    from rmt_cli import IngestJob, ingest, load_checkpoint, load_memory
+
+    (tmp_path / "s.txt").write_text("Mary went to the kitchen. Daniel moved to the garden. " * 4)
+    model = load_checkpoint(checkpoint)
+    [same] = ingest([IngestJob([str(tmp_path / "s.txt")], tmp_path / "same.st")], model)
+    with torch.no_grad():
+        model.cell.memory.mul_(2)
+    [changed] = ingest([IngestJob([str(tmp_path / "s.txt")], tmp_path / "changed.st")], model)
+    assert same.error is None and changed.error is None
+    assert load_memory(tmp_path / "same.st").fingerprint != load_memory(tmp_path / "changed.st").fingerprint
+    r = run_cli(["ask", tmp_path / "changed.st", "Where is Mary?", "--model", checkpoint])
+    assert r.exit_code == 2 and "made by another model or setting" in r.stderr
+    assert run_cli(["ask", tmp_path / "same.st", "Where is Mary?", "--model", checkpoint]).exit_code == 0
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, engine="bogus"), "engine 'bogus'"),
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, device="bogus"), "device 'bogus'"),
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, device="meta"), "device meta"),
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, dtype=torch.int8), "dtype torch.int8"),
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, dtype="float32"), "dtype float32"),
+    (lambda m, s, p: __import__("rmt_cli").perplexity([s], m, max_tokens=2.5), "max_tokens 2.5"),
+    (lambda m, s, p: __import__("rmt_cli").perplexity([s], _with_segment(m, 100_000)), "needs 100004 positions"),
+    (lambda m, s, p: __import__("rmt_cli").ingest([], "not a model"), "a LoadedModel"),
+])
+def test_the_api_refuses_wrong_values_in_one_usage_error(tmp_path, checkpoint, call, says):
+    """Values of the documented types that no model runs with ended in raw errors from torch (RuntimeError,
+    AssertionError, TypeError, IndexError) or a ValueError."""
+    from rmt_cli import load_checkpoint
+
+    (tmp_path / "s.txt").write_text("Mary went to the kitchen. " * 20)
+    with pytest.raises(UsageError, match=says):
+        call(load_checkpoint(checkpoint), str(tmp_path / "s.txt"), checkpoint)
+
+
+def _with_segment(model, size):
+    changed = copy.copy(model)
+    changed.memory_settings = model.memory_settings.model_copy(update={"segment_size": size})
+    return changed
+
+
+def test_the_api_takes_one_override_as_a_string_and_jobs_as_any_iterable(tmp_path, checkpoint):
+    """load_recipe(RECIPE, "seed=1") read the string character by character ("override 's' is not key=value");
+    ingest() of a generator of jobs failed with KeyError: 0."""
+    from conftest import TINY_RECIPE
+    from rmt_cli import IngestJob, ingest, load_checkpoint, load_recipe
+    import yaml
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(TINY_RECIPE))
+    assert load_recipe(tmp_path / "r.yaml", "seed=7").seed == 7
+    with pytest.raises(UsageError, match="overrides: key=value texts, not int 1"):
+        load_recipe(tmp_path / "r.yaml", [1])
+    (tmp_path / "s.txt").write_text("Mary went to the kitchen. " * 20)
+    jobs = (job for job in [IngestJob([str(tmp_path / "s.txt")], tmp_path / "s.st")])
+    assert [r.error for r in ingest(jobs, load_checkpoint(checkpoint))] == [None]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..storage.checkpoint import LoadedModel
+from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown
 from ..storage.memfile import MemoryState, check_compatible
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
@@ -198,6 +198,7 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
     """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order).
     A memory of another model is refused (UsageError, `name` saying which), but with `force` where only the
     fingerprint differs, as `rmt ask --force`."""
+    check_usable(model)
     check_compatible(state, model, force, name)
     if not max_new_tokens >= 1:
         raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from ..atomic import existing_folder, hold_lock, output_target
-from ..storage.checkpoint import LoadedModel
+from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import RMTError, UsageError, one_line, shown
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
@@ -111,7 +111,7 @@ class _Reader:
         self.output_before: tuple | None | bool = False  # the output's _file_identity as `save` began it
         self.started = time.perf_counter()
         self.document = document
-        self.fingerprint = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+        self.fingerprint = memory_fingerprint(model.fingerprint_now(), model.cell.dtype)
         # Held until the file is replaced: a second rmt writing it meanwhile (an --append reads it first) would
         # rename its result over this one's, and one of the two would be lost without a word.
         self.lock = hold_lock(job.output, f"{shown(job.output)}: another rmt is writing it (an ingest or --append); "
@@ -286,6 +286,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     the segment step through `torch.compile` (see `_SegmentStep`). `lookahead`: at most this many segments of a
     document read alone run side by side (module docstring); 1 runs them one at a time. The memory is the same.
     """
+    check_usable(model)
+    jobs = list(jobs)  # any iterable of jobs: each is looked up by its index
     if batch_size < 1:  # no document would ever be read: a loop for ever
         raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
     if model.cell.dtype not in DTYPES.values():  # found now: load_memory and every command would refuse the file

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import save_figure
-from ..storage.checkpoint import LoadedModel
+from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import UsageError, shown
 from ..core.segments import SegmentStream
 from ..data.sources import open_document
@@ -86,9 +86,12 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
                max_tokens: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
-    if max_tokens is not None and max_tokens < 2:  # as --max-tokens: the first token is only read, never scored
-        raise UsageError(f"max_tokens {max_tokens}: at least 2 (the first token is scored by none before it)")
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 2):  # the first token is only read
+        raise UsageError(f"max_tokens {shown(max_tokens, 40)}: a whole number, at least 2 (the first token is scored "
+                         f"by none before it)")
     for loaded in (model, baseline):
+        if loaded is not None:
+            check_usable(loaded)
         if loaded is not None and loaded.cell.kind == "encoder":
             raise UsageError(f"{shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
                              f"next token, so it has no perplexity; rmt perplexity needs a causal language model")

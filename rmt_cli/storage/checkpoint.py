@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,15 +58,33 @@ class LoadedModel:
     memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
     path: Path
+    # What info["fingerprint"] was computed for (`weights_signature` and the memory settings): see fingerprint_now
+    signature: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def segment_size(self) -> int:
         return self.memory_settings.segment_size
 
+    def fingerprint_now(self) -> str:
+        """The fingerprint of the model as it is now. The one computed at load stands while no weight has been
+        changed or replaced and the memory settings are the same; otherwise (the API lets a caller train or edit
+        the model) it is computed anew, so that a memory file says which weights made it."""
+        signature = (weights_signature(self.cell), self.memory_settings)
+        if signature != self.signature or "fingerprint" not in self.info:
+            self.info = {**self.info, "fingerprint": fingerprint(self.cell, self.tokenizer, self.memory_settings)}
+            self.signature = signature
+        return self.info["fingerprint"]
+
     @property
     def engine(self) -> str:
         """What runs the model: "native" (core.native_llama, see storage/engine.py) or "transformers"."""
         return getattr(self.cell.model, "engine", "transformers")
+
+
+def weights_signature(cell: MemorySlots) -> tuple:
+    """Changes when a tensor of the cell is changed in place (an optimizer step, an edit under no_grad: each bumps
+    the tensor's version counter) or replaced by another."""
+    return tuple((name, id(t), t._version) for name, t in cell.state_dict(keep_vars=True).items())
 
 
 def memory_tensors(cell: MemorySlots) -> dict[str, torch.Tensor]:
@@ -540,6 +558,33 @@ def upgraded_memory(stored: MemorySpec, wanted: MemorySpec | None, where: str) -
     return stored.model_copy(update={"update": wanted.update, "associative_key_size": wanted.associative_key_size})
 
 
+def _checked_placement(dtype, device) -> tuple[torch.dtype | None, torch.device]:
+    """load_checkpoint's dtype and device, refused in one line where no model can run so: a dtype that is not a
+    floating-point torch dtype, a device torch does not know, the meta device (shapes only), CUDA without one."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise UsageError(f"dtype {shown(dtype, 40)}: a floating-point torch dtype (torch.float32, torch.bfloat16, "
+                         f"torch.float16), or None for the dtype the weights are saved in")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"device {shown(repr(device), 60)}: {error_line(e)}") from None
+    if device.type == "meta":
+        raise UsageError("device meta holds shapes, not numbers: a model there cannot read anything")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device}: this torch sees no CUDA GPU")
+    return dtype, device
+
+
+def check_usable(model: LoadedModel) -> None:
+    """What ingest, ask and perplexity need of a model the API hands them (it may have been changed since it was
+    loaded): a LoadedModel whose segment and memory fit the model's positions. UsageError naming what does not."""
+    if not isinstance(model, LoadedModel):
+        raise UsageError(f"a LoadedModel (load_checkpoint, default_model) is needed, not {type(model).__name__}")
+    if not isinstance(model.memory_settings, MemorySpec):
+        raise UsageError("the model's memory_settings are not memory settings (a MemorySpec)")
+    check_fits(model.cell.model.config, model.memory_settings, model.cell.kind)
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     engine: str = "transformers", upgrade: MemorySpec | None = None) -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
@@ -555,6 +600,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     upgraded cell gets everything the checkpoint holds and fresh associative projections (seeded, read scale 0), and
     `memory_settings` are the upgraded ones. An upgrade always runs on transformers (training does).
     """
+    dtype, device = _checked_placement(dtype, device)
     path = Path(path)
     info = read_info(path)
     stored = MemorySpec(**info["memory"])
@@ -578,4 +624,4 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
-    return LoadedModel(cell, tokenizer, memory, info, path)
+    return LoadedModel(cell, tokenizer, memory, info, path, (weights_signature(cell), memory))

@@ -33,7 +33,7 @@ ENGINES = ("auto", "native", "transformers")
 def requested(engine: str = "auto") -> str:
     """The engine asked for: `engine` itself, or for "auto" what RMT_ENGINE says (auto when unset)."""
     if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
+        raise UsageError(f"engine {shown(repr(engine), 40)}: one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
     value = os.environ.get(ENV, "").strip().lower() or "auto"

@@ -154,7 +154,7 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
     --force skips the fingerprint (and the mix) only: a fingerprint is easily copied, so what keeps the model from
     reading out of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's
     dtype) is checked always."""
-    expected = memory_fingerprint(model.info["fingerprint"], model.cell.dtype)
+    expected = memory_fingerprint(model.fingerprint_now(), model.cell.dtype)
     where = shown(name)
     if state.forced_from and not force:  # whichever model reads it: it holds another's memory
         raise UsageError(
@@ -195,22 +195,33 @@ def check_replaceable(path: str | Path) -> Path:
                               "only memory files (remove it first, or name another output)")
 
 
-def save_memory(path: str | Path, state: MemoryState) -> Path:
-    """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
-    path = Path(path)
-    check_replaceable(path)
+def _state_tensors(state: MemoryState) -> dict[str, torch.Tensor]:
+    """The tensors of a memory file: the memory vectors, the tail's token ids; for the associative rules, the
+    matrices and their norms as tensors of their own."""
     memory = state.memory.detach().to("cpu")
     tensors = {"tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64)}
-    if state.associative_shape is not None:  # the matrices as tensors of their own, the vectors as any memory
+    if state.associative_shape is not None:
         matrices, norms = split_state(memory[state.num_mem_tokens :], *state.associative_shape)
         tensors.update(associative_matrices=matrices.contiguous(), associative_norms=norms.contiguous())
         memory = memory[: state.num_mem_tokens]
     tensors["memory"] = memory.contiguous()
+    return tensors
+
+
+def save_memory(path: str | Path, state: MemoryState) -> Path:
+    """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
+    path = Path(path)
+    check_replaceable(path)
+    try:  # a field of another type (a list for the memory, pending_bytes as text) fails here first
+        tensors = _state_tensors(state)
+        metadata = {**state.metadata(), "tensors_sha256": tensors_digest(tensors)}
+    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{shown(path)}: not written: a field of the MemoryState is not of its type "
+                         f"({type(e).__name__}: {error_line(e)})") from None
     # What load_memory would refuse is never written (a model whose arithmetic broke writes NaN).
     if not all(_storable(t) for name, t in tensors.items() if name != "tail_tokens"):
         raise RMTError(f"{shown(path)}: not written: the model produced a memory that is not finite (NaN or "
                        f"infinity) or beyond ±{MAX_MEMORY_VALUE:g}; is its config sound?")
-    metadata = {**state.metadata(), "tensors_sha256": tensors_digest(tensors)}
     try:  # nor is anything else it would refuse (the API can hand over any MemoryState)
         _checked_state(tensors, metadata, shown(path))
     except UsageError as e:

@@ -675,6 +675,11 @@ def _stdin_text() -> str:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     problems: list[str] = []
     applied: list[str] = []
+    if isinstance(overrides, str):  # one override, not its characters
+        overrides = [overrides]
+    bad = [o for o in overrides or [] if not isinstance(o, str)]
+    if bad:
+        raise UsageError(f"overrides: key=value texts, not {type(bad[0]).__name__} {shown(repr(bad[0]), 40)}")
     data = apply_overrides(read_recipe_data(path), list(overrides or []), problems, applied)
     try:
         return validate_recipe(data, recipe_label(path), applied, problems)
