@@ -150,3 +150,19 @@ def test_the_api_takes_one_override_as_a_string_and_jobs_as_any_iterable(tmp_pat
     (tmp_path / "s.txt").write_text("Mary went to the kitchen. " * 20)
     jobs = (job for job in [IngestJob([str(tmp_path / "s.txt")], tmp_path / "s.st")])
     assert [r.error for r in ingest(jobs, load_checkpoint(checkpoint))] == [None]
+
+
+def test_a_run_resumed_at_its_end_reports_no_evaluation_row_it_did_not_write(stopped, tmp_path):
+    """A run resumed at its last step reported the last "eval" line of metrics.jsonl as its own evaluation,
+    unchecked: an accuracy of "abc", a terminal escape for its length."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped, out)
+    shutil.rmtree(out / "final")
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [line for line in lines if line.get("event") == "eval"]
+    assert rows and all(row["step"] == 3 for row in rows)
+    crafted = {"step": 3, "stage": 0, "event": "eval", "segments": "\x1b[2Jx", "accuracy": "abc"}
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [*lines, crafted]))
+    result = run(out, resume="auto")
+    assert result.evaluations == rows  # the rows the run wrote, not the crafted one
+    assert "abc" not in (out / "metrics.jsonl").read_text()

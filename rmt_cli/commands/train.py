@@ -354,12 +354,28 @@ def _drop_metrics_after(path: Path, step: int) -> list[dict]:
         except ValueError:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
-            kept.append(line + "\n")
             if entry.get("event") == "eval":
+                if not _evaluation_row(entry):  # not a row rmt wrote: dropped, never reported as the run's
+                    continue
                 evaluations = [e for e in evaluations if e["step"] == entry["step"]] + [entry]
+            kept.append(line + "\n")
     with atomic_path(path) as tmp:
         Path(tmp).write_text("".join(kept), encoding="utf-8")
     return evaluations
+
+
+def _evaluation_row(entry: dict) -> bool:
+    """An evaluation row as `evaluate` writes it: a length in segments, a sample count, and each score a finite
+    number in its range (accuracies from 0 to 1, losses from 0, perplexities from 1)."""
+    def number(key: str, low: float, high: float = math.inf) -> bool:
+        value = entry.get(key)
+        return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+    scores = [key for key in entry if key.startswith(("accuracy", "loss", "perplexity"))]
+    return (type(entry.get("segments")) is int and entry["segments"] >= 1 and type(entry.get("samples")) is int
+            and entry["samples"] >= 1 and "loss" in scores
+            and all(number(key, *({"accuracy": (0, 1), "loss": (0,), "perplexity": (1,)}[key.split("_")[0]]))
+                    for key in scores))
 
 
 def available_cpus() -> int:
