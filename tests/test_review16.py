@@ -166,3 +166,11 @@ def test_a_run_resumed_at_its_end_reports_no_evaluation_row_it_did_not_write(sto
     result = run(out, resume="auto")
     assert result.evaluations == rows  # the rows the run wrote, not the crafted one
     assert "abc" not in (out / "metrics.jsonl").read_text()
+
+
+def test_the_api_train_without_progress_writes_nothing_on_stderr(tmp_path, capfd):
+    """train(recipe, progress=False) still printed transformers' "Loading weights" and "Writing model shards" bars
+    (and, with the two-token check of a new model, its attention-mask advice)."""
+    capfd.readouterr()
+    run(tmp_path / "run")
+    assert capfd.readouterr().err == ""

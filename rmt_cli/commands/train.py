@@ -392,7 +392,24 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     # not when a field is assigned), and `batch_size = 0` would end in a traceback deep in training.
     recipe = validate_recipe(recipe.model_dump(mode="json"))
     with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
+        if not progress:
+            held.enter_context(_no_library_bars())
         return _train(recipe, init_from, console, progress, held)
+
+
+@contextlib.contextmanager
+def _no_library_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off for a run asked to show none, and
+    back as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _remove_if_empty(folder: Path) -> None:

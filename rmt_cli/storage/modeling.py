@@ -321,7 +321,7 @@ def check_runs(model) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             model.eval()
-            model(input_ids=ids)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
     except (*config_errors(), RuntimeError, IndexError, AttributeError) as e:
         raise UsageError(f"model.config: the model cannot run: {setting_error(e)}") from None
     finally:
