@@ -174,3 +174,33 @@ def test_the_api_train_without_progress_writes_nothing_on_stderr(tmp_path, capfd
     capfd.readouterr()
     run(tmp_path / "run")
     assert capfd.readouterr().err == ""
+
+
+def test_a_run_resumed_from_elsewhere_into_a_folder_of_another_run_says_so(stopped, tmp_path):
+    """resume= another run's checkpoint, into a folder holding a run of its own: refused (rightly), but said as
+    "holds checkpoints, which holds what is not a checkpoint of a run"."""
+    out = resumable(stopped, tmp_path)
+    with pytest.raises(UsageError, match="holds checkpoints, which holds the checkpoints of another run"):
+        run(out, resume=str(stopped / "checkpoints" / "step-0000002"))
+
+
+def test_save_checkpoint_writes_nothing_load_checkpoint_would_refuse(tmp_path, checkpoint):
+    """The API's save_checkpoint wrote a NaN memory, settings that did not fit the cell, an `extra` that replaced
+    rmt.json's format_version, and put such a folder in place of a good checkpoint."""
+    from rmt_cli import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    good = save_checkpoint(tmp_path / "good", model.cell, model.tokenizer, model.memory_settings, "test")
+    before = sorted((p.name, p.read_bytes()) for p in good.iterdir())
+    for kwargs, says in [({"memory": model.memory_settings.model_copy(update={"num_mem_tokens": 9})}, "9 memory tokens"),
+                         ({"memory": model.memory_settings.model_copy(update={"segment_size": 1000})}, "positions"),
+                         ({"extra": {"format_version": 99}}, "rmt.json's own format_version"),
+                         ({"recipe_yaml": "!!python/object:os.system [x]"}, "not valid YAML")]:
+        args = {"memory": model.memory_settings, **kwargs}
+        with pytest.raises(UsageError, match=f"not written: .*{says}"):
+            save_checkpoint(good, model.cell, model.tokenizer, args.pop("memory"), "test", **args)
+    with torch.no_grad():
+        model.cell.memory.fill_(float("nan"))
+    with pytest.raises(UsageError, match="not written: the cell's memory holds values that are not finite"):
+        save_checkpoint(good, model.cell, model.tokenizer, model.memory_settings, "test")
+    assert sorted((p.name, p.read_bytes()) for p in good.iterdir()) == before

@@ -319,7 +319,9 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
         elif resuming:
             continue
         elif name == CHECKPOINTS:
-            what = "which holds what is not a checkpoint of a run" if any(True for _ in entry.iterdir()) else None
+            what = None if not any(True for _ in entry.iterdir()) else \
+                "which holds the checkpoints of another run" if latest_checkpoint(output_dir) is not None else \
+                "which holds what is not a checkpoint of a run"
         elif name == "recipe.yaml":
             what = None if _resolved_recipe(entry) else "which a run would overwrite, but rmt did not write it"
         elif name == "metrics.jsonl":

@@ -107,6 +107,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
     """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors). `path` is replaced
     only where `replaceable_checkpoint` allows it (UsageError otherwise)."""
     final = Path(path)
+    _check_savable(final, cell, memory, recipe_yaml, extra)
     # The swap moves what is at `path` aside to `path`.old and removes both (atomic.atomic_folder): each must be
     # rmt's to remove (the thirteenth review: a folder of the user's there was deleted without a word).
     for folder in (final, final.with_name(final.name + ".old")):
@@ -120,6 +121,42 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
     except (OSError, SafetensorError) as e:  # a full disk, a file size limit: one line (atomic_folder removed it)
         raise RMTError(f"{shown(final)}: cannot write the checkpoint: {write_failure(e)}") from None
     return final
+
+
+# rmt.json's own keys, which `extra` may not replace
+OWN_INFO_KEYS = ("format_version", "rmt_version", "memory", "source", "fingerprint", "kind", "answers")
+
+
+def _check_savable(final: Path, cell: MemorySlots, memory: MemorySpec, recipe_yaml, extra) -> None:
+    """Nothing is written that load_checkpoint would refuse (the API can hand save_checkpoint anything): memory
+    settings of the cell's memory size that fit its positions, a memory that is finite, an `extra` that leaves
+    rmt.json's own keys alone, a recipe.yaml that a recipe loader reads. UsageError, "not written: …"."""
+    def refuse(reason: str) -> UsageError:
+        return UsageError(f"{shown(final)}: not written: {reason}")
+
+    if not isinstance(memory, MemorySpec):
+        raise refuse("memory settings are a MemorySpec")
+    if memory.num_mem_tokens != cell.num_mem_tokens:
+        raise refuse(f"the memory settings say {memory.num_mem_tokens} memory tokens, the cell has "
+                     f"{cell.num_mem_tokens}")
+    try:
+        check_fits(cell.model.config, memory, cell.kind)
+    except UsageError as e:
+        raise refuse(str(e)) from None
+    if not all(bool(torch.isfinite(t).all()) for t in memory_tensors(cell).values() if t.is_floating_point()):
+        raise refuse("the cell's memory holds values that are not finite numbers")
+    taken = sorted(set(extra or {}) & set(OWN_INFO_KEYS))
+    if taken:
+        raise refuse(f"extra may not set rmt.json's own {', '.join(taken)}")
+    if recipe_yaml is not None:
+        from .recipe import load_yaml
+
+        try:
+            ok = isinstance(recipe_yaml, str) and isinstance(load_yaml(recipe_yaml, "recipe_yaml"), dict)
+        except UsageError as e:
+            raise refuse(str(e)) from None
+        if not ok:
+            raise refuse("recipe_yaml is the text of a recipe (a YAML mapping)")
 
 
 def is_rmt_checkpoint(folder: Path) -> bool:
