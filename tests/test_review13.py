@@ -173,7 +173,7 @@ def test_the_api_refuses_sampling_settings_as_the_cli_does(memfile, checkpoint, 
 
 def test_the_api_refuses_a_max_tokens_below_two_and_an_empty_output_as_the_cli_does(tmp_path, checkpoint):
     (tmp_path / "s.txt").write_text(TEXT)
-    with pytest.raises(UsageError, match="max_tokens -3: at least 2"):
+    with pytest.raises(UsageError, match="max_tokens -3: a whole number, at least 2"):
         perplexity([str(tmp_path / "s.txt")], load_checkpoint(checkpoint), max_tokens=-3)
     one_error_line(run(["perplexity", tmp_path / "s.txt", "--model", checkpoint, "--max-tokens", "-3"]), 2,
                    "--max-tokens")
