@@ -134,3 +134,20 @@ def json_loads(text: str | bytes):
 def counted(number: int, noun: str) -> str:
     """"1 segment", "2,048 segments": a count and its noun, in the plural unless the count is one."""
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def path_argument(value, what: str):
+    """A path the Python API was given: a str or an os.PathLike, returned as it is; anything else (None, a number)
+    is a UsageError naming `what`, not a TypeError from deep inside pathlib."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{what}: a path (str or os.PathLike), not {type(value).__name__}")
+    return value
+
+
+def whole_number_argument(value, what: str, low: int = 1) -> int:
+    """A count the Python API was given: an int (not a bool, not 2.5) of at least `low`, else a UsageError."""
+    if type(value) is not int or value < low:
+        raise UsageError(f"{what} {shown(repr(value), 40)}: a whole number, at least {low}")
+    return value

@@ -172,7 +172,7 @@ def check_sampling(temperature: float, top_p: float) -> None:
     """The sampling settings `ask` takes (`rmt ask` checks its options here, before anything is loaded): a
     temperature of infinity samples every token alike, noise for an answer; NaN is "a finite number" too."""
     for name, value, high in (("temperature", temperature, math.inf), ("top_p", top_p, 1.0)):
-        if not (math.isfinite(value) and 0 <= value <= high):
+        if type(value) not in (int, float) or not (math.isfinite(value) and 0 <= value <= high):
             bound = "at least 0" if math.isinf(high) else "from 0 to 1"
             raise UsageError(f"{name} {value}: a finite number {bound}")
 
@@ -199,10 +199,15 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
     A memory of another model is refused (UsageError, `name` saying which), but with `force` where only the
     fingerprint differs, as `rmt ask --force`."""
     check_usable(model)
+    if not isinstance(state, MemoryState):
+        raise UsageError(f"state: a MemoryState (load_memory), not {type(state).__name__}")
     check_compatible(state, model, force, name)
-    if not max_new_tokens >= 1:
-        raise UsageError(f"max_new_tokens {max_new_tokens}: an answer has room for at least one token")
+    if type(max_new_tokens) is not int or max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens {shown(repr(max_new_tokens), 40)}: an answer has room for at least one "
+                         f"token (a whole number)")
     check_sampling(temperature, top_p)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise UsageError(f"generator: a torch.Generator or None, not {type(generator).__name__}")
     for index, question in enumerate(questions):
         try:
             check_question(question)

@@ -24,7 +24,7 @@ import torch
 
 from ..atomic import existing_folder, hold_lock, output_target
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import RMTError, UsageError, one_line, shown
+from ..errors import RMTError, UsageError, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -44,10 +44,10 @@ class IngestJob:
 
     def __post_init__(self):  # accept str and os.PathLike as well as Path, and one path as well as a list
         self.paths = path_list(self.paths)
-        if not str(self.output):  # Path("") would be ".", "a folder" (as the CLI's -o '', faults O15)
+        if not str(path_argument(self.output, "output")):  # Path("") would be ".", "a folder" (the CLI's -o '', O15)
             raise UsageError("no output given: name the memory file to write")
         self.output = Path(self.output)
-        self.append_from = None if self.append_from is None else Path(self.append_from)
+        self.append_from = None if self.append_from is None else Path(path_argument(self.append_from, "append_from"))
 
     def files(self) -> list[Path]:
         """Every file the job reads or writes, as real paths: its inputs (but stdin), the memory file it continues,
@@ -288,8 +288,10 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     """
     check_usable(model)
     jobs = list(jobs)  # any iterable of jobs: each is looked up by its index
-    if batch_size < 1:  # no document would ever be read: a loop for ever
-        raise UsageError(f"batch_size {batch_size}: documents are read at least one at a time")
+    wrong = [job for job in jobs if not isinstance(job, IngestJob)]
+    if wrong:
+        raise UsageError(f"jobs: IngestJob(paths, output) each, not {type(wrong[0]).__name__}")
+    whole_number_argument(batch_size, "batch_size")  # documents are read at least one at a time
     if model.cell.dtype not in DTYPES.values():  # found now: load_memory and every command would refuse the file
         raise UsageError(f"a memory file holds {', '.join(DTYPES)}; this model is loaded in "
                          f"{dtype_name(model.cell.dtype)} (load it with one of those)")

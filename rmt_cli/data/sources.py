@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import UsageError, shown
+from ..errors import UsageError, path_argument, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192
@@ -56,7 +56,9 @@ def path_list(paths) -> list[str]:
     the list of its characters."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return [str(p) for p in paths or ()]
+    if not isinstance(paths, (list, tuple)):
+        raise UsageError(f"paths: a path or a list of paths, not {type(paths).__name__}")
+    return [str(path_argument(p, "paths")) for p in paths]
 
 
 def stdin_unreadable(error: Exception) -> UsageError:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..atomic import atomic_folder
-from ..errors import RMTError, UsageError, error_line, shown, write_failure
+from ..errors import RMTError, UsageError, error_line, path_argument, shown, write_failure
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
 from ..core.rules import has_matrices, is_upgrade, upgrades_text
@@ -106,7 +106,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
                     extra_tensors: dict | None = None) -> Path:
     """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors). `path` is replaced
     only where `replaceable_checkpoint` allows it (UsageError otherwise)."""
-    final = Path(path)
+    final = Path(path_argument(path, "save_checkpoint"))
     _check_savable(final, cell, memory, recipe_yaml, extra)
     # The swap moves what is at `path` aside to `path`.old and removes both (atomic.atomic_folder): each must be
     # rmt's to remove (the thirteenth review: a folder of the user's there was deleted without a word).
@@ -638,7 +638,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     `memory_settings` are the upgraded ones. An upgrade always runs on transformers (training does).
     """
     dtype, device = _checked_placement(dtype, device)
-    path = Path(path)
+    path = Path(path_argument(path, "load_checkpoint"))
     info = read_info(path)
     stored = MemorySpec(**info["memory"])
     memory = upgraded_memory(stored, upgrade, _where(path))

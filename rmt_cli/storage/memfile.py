@@ -55,7 +55,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
 from ..atomic import atomic_path, replaceable_target
-from ..errors import RMTError, UsageError, error_line, json_loads, shown, write_failure
+from ..errors import RMTError, UsageError, error_line, json_loads, path_argument, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
 
@@ -210,7 +210,9 @@ def _state_tensors(state: MemoryState) -> dict[str, torch.Tensor]:
 
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
-    path = Path(path)
+    path = Path(path_argument(path, "save_memory"))
+    if not isinstance(state, MemoryState):
+        raise UsageError(f"save_memory: a MemoryState, not {type(state).__name__}")
     check_replaceable(path)
     try:  # a field of another type (a list for the memory, pending_bytes as text) fails here first
         tensors = _state_tensors(state)
@@ -254,7 +256,7 @@ def _storable(tensor: torch.Tensor) -> bool:
 
 def load_memory(path: str | Path) -> MemoryState:
     """Read a memory file, checking every tensor and metadata field before anything uses them (see the top)."""
-    path = Path(path)
+    path = Path(path_argument(path, "load_memory"))
     where = shown(path)
     tensors, meta = _read_safetensors(_read_regular_file(path, where), where)
     return _checked_state(tensors, meta, where)

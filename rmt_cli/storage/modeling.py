@@ -277,6 +277,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     auto = model_class(spec.kind)
     if spec.name_or_path is None:
         config = scratch_config(spec, memory, tokenizer)
+        _check_vocabulary(config, tokenizer)
         check_fits(config, memory, spec.kind)
         check_buildable(config, spec.kind)
         torch.manual_seed(seed)
@@ -294,6 +295,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
                                             **source_options)
         for key, value in spec.config.items():
             setattr(config, key, value)
+        _check_vocabulary(config, tokenizer)
         check_fits(config, memory, spec.kind)
         check_buildable(config, spec.kind)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
@@ -310,6 +312,15 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     if spec.config:  # a pretrained model as published runs; one with settings changed may not
         check_runs(model)
     return model
+
+
+def _check_vocabulary(config, tokenizer) -> None:
+    """An embedding with a row for every token id the tokenizer gives (model.config.vocab_size=10 beside a BPE of 512
+    failed at the first step, in the embedding lookup)."""
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and rows < len(tokenizer):
+        raise UsageError(f"model.config.vocab_size {rows}: the tokenizer has {len(tokenizer):,} tokens and the "
+                         f"embedding needs a row for each (leave vocab_size out, or make it at least {len(tokenizer)})")
 
 
 def check_runs(model) -> None:

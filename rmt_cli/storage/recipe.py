@@ -19,7 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, field_validator,
                       model_validator)
 
-from ..errors import UsageError, error_line, shown
+from ..errors import UsageError, error_line, path_argument, shown
 from ..data.sources import home_path, read_small_stdin, read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, SIZED_TASKS, STORY_TASKS
@@ -128,6 +128,8 @@ class ModelSpec(Section):
     revision: str | None = None
 
     def _check(self) -> None:
+        if self.gguf_file is not None and self.name_or_path is None:
+            raise ValueError("gguf_file: names a file inside name_or_path's folder, and name_or_path is not set")
         code = [key for key in CODE_KEYS if key in self.config]
         if code:  # the model would train, and every command would then refuse its checkpoint
             raise ValueError(f"config.{code[0]}: names Python code to run with the model; rmt never runs code shipped "
@@ -352,6 +354,10 @@ class Recipe(Section):
             if stage.mix_shorter > 0 and stage.segments == 1:
                 raise ValueError(f"curriculum.{i}.mix_shorter: a stage of 1 segment has no shorter documents to mix "
                                  f"in (remove it)")
+        tasks = {self.task.name, *(stage.task for stage in self.curriculum if stage.task)}
+        if self.task.questions > 1 and "qa1" not in tasks:  # only qa1's stories have more questions to ask
+            raise ValueError(f"task.questions: {self.task.questions} questions a story are asked of qa1's stories "
+                             f"only; task {self.task.name} asks one (set 1)")
         longest = max(self.eval.segments or [0])
         tokens = longest * self.memory.segment_size * min(self.eval.batch_size, self.eval.samples)
         if tokens > MAX_STEP_TOKENS:  # an evaluation's batch is built whole, as a step's is
@@ -675,6 +681,7 @@ def _stdin_text() -> str:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     problems: list[str] = []
     applied: list[str] = []
+    path_argument(path, "load_recipe")
     if isinstance(overrides, str):  # one override, not its characters
         overrides = [overrides]
     bad = [o for o in overrides or [] if not isinstance(o, str)]

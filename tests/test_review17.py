@@ -1,0 +1,58 @@
+"""The seventeenth review (untuned, session 14): each test holds a fault it found, reproduced as it was found."""
+
+import pytest
+import yaml
+
+from conftest import TINY_RECIPE, one_error_line, run_cli as run
+from rmt_cli.errors import UsageError
+
+TEXT = "Mary went to the kitchen. Daniel moved to the garden. " * 4
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"max_new_tokens": 2.5}, "max_new_tokens 2.5"),
+    ({"max_new_tokens": "3"}, "max_new_tokens '3'"),
+    ({"max_new_tokens": True}, "max_new_tokens True"),
+    ({"temperature": "1"}, "temperature 1"),
+    ({"temperature": 1.0, "top_p": None}, "top_p None"),
+    ({"temperature": 1.0, "generator": "x"}, "generator: a torch.Generator"),
+    ({"state": None}, "state: a MemoryState"),
+])
+def test_the_api_ask_refuses_arguments_of_the_wrong_type(memfile, checkpoint, kwargs, says):
+    """Raw TypeErrors and AttributeErrors from deep inside (max_new_tokens=True was taken as 1)."""
+    from rmt_cli import ask, load_checkpoint, load_memory
+
+    state = kwargs.pop("state", load_memory(memfile))
+    with pytest.raises(UsageError, match=says):
+        ask(load_checkpoint(checkpoint), state, "Where is Mary?", **kwargs)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m, t: __import__("rmt_cli").ingest([t], m), "jobs: IngestJob"),
+    (lambda m, t: __import__("rmt_cli").ingest([__import__("rmt_cli").IngestJob(t, t + ".st")], m, batch_size=2.5),
+     "batch_size 2.5"),
+    (lambda m, t: __import__("rmt_cli").IngestJob(t, None), "output: a path"),
+    (lambda m, t: __import__("rmt_cli").IngestJob(5, "x.st"), "paths: a path or a list of paths"),
+    (lambda m, t: __import__("rmt_cli").load_memory(None), "load_memory: a path"),
+    (lambda m, t: __import__("rmt_cli").load_checkpoint(None), "load_checkpoint: a path"),
+    (lambda m, t: __import__("rmt_cli").load_recipe(None), "load_recipe: a path"),
+])
+def test_the_api_refuses_paths_and_jobs_of_the_wrong_type(tmp_path, checkpoint, call, says):
+    from rmt_cli import load_checkpoint
+
+    (tmp_path / "s.txt").write_text(TEXT)
+    with pytest.raises(UsageError, match=says):
+        call(load_checkpoint(checkpoint), str(tmp_path / "s.txt"))
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.config.vocab_size=10", "model.config.vocab_size 10: the tokenizer has 300 tokens"),
+    ("task.questions=8", "task.questions: 8 questions a story are asked of qa1's stories only"),
+    ("model.gguf_file=x.gguf", "gguf_file: names a file inside name_or_path's folder"),
+])
+def test_recipe_settings_that_cannot_apply_are_refused_before_anything_is_written(tmp_path, override, says):
+    """vocab_size below the tokenizer's: an IndexError at the first step, after recipe.yaml was written;
+    task.questions for a task without more questions, gguf_file without name_or_path: ignored without a word."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
+    one_error_line(run(["train", tmp_path / "r.yaml", override]), 2, says)
+    assert not (tmp_path / "run").exists()
