@@ -34,7 +34,11 @@ def on_cpu() -> bool:
     import torch
     from accelerate.utils import parse_flag_from_env
 
-    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    try:
+        return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    except ValueError:  # "maybe": accelerate's own traceback further on
+        raise UsageError(f"ACCELERATE_USE_CPU={shown(os.environ.get('ACCELERATE_USE_CPU', ''), 40)}: 1 or 0 (true "
+                         f"or false)") from None
 
 
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun and accelerate launch set beside it

@@ -1,5 +1,7 @@
 """The seventeenth review (untuned, session 14): each test holds a fault it found, reproduced as it was found."""
 
+import re
+
 import pytest
 import yaml
 
@@ -56,3 +58,20 @@ def test_recipe_settings_that_cannot_apply_are_refused_before_anything_is_writte
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
     one_error_line(run(["train", tmp_path / "r.yaml", override]), 2, says)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("LOCAL_RANK", "x", "accelerate refuses this environment: invalid literal"),
+    ("ACCELERATE_USE_CPU", "maybe", "ACCELERATE_USE_CPU|accelerate refuses this environment"),
+    ("ACCELERATE_DYNAMO_BACKEND", "bogus", "accelerate refuses this environment"),
+    ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4: rmt train takes one"),
+])
+def test_accelerate_variables_it_refuses_or_that_change_the_run_are_one_line(tmp_path, monkeypatch, variable, value,
+                                                                             says):
+    """A bad LOCAL_RANK or ACCELERATE_* value: accelerate's traceback; ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4
+    scaled every loss, unrecorded (the weights differed from a run without it)."""
+    monkeypatch.setenv(variable, value)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
+    r = run(["train", tmp_path / "r.yaml"])
+    one_error_line(r, 2)
+    assert re.search(says, r.stderr), r.stderr

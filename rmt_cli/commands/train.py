@@ -27,7 +27,7 @@ from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matche
                                   replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, StopFlag, UsageError, counted, json_loads, one_line, shown, stop_signals, write_failure
+from ..errors import RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, shown, stop_signals, write_failure
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -430,7 +430,15 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         torch.set_num_threads(threads)
     # accelerate only spreads CPU training over processes (torchrun, gloo) when told it is on the CPU.
     check_launch()
-    accelerator = Accelerator(cpu=on_cpu(), mixed_precision=recipe.mixed_precision)
+    accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip()
+    if accumulation not in ("", "1"):  # accelerate would scale every loss by it, unrecorded and unlike a resume
+        raise UsageError(f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS={shown(accumulation, 40)}: rmt train takes one "
+                         f"optimizer step a batch (a larger batch_size is the recipe's way); unset it")
+    try:
+        accelerator = Accelerator(cpu=on_cpu(), mixed_precision=recipe.mixed_precision)
+    except ValueError as e:  # accelerate reads its ACCELERATE_* and the launcher's variables, and raises on a bad one
+        raise UsageError(f"accelerate refuses this environment: {error_line(e)} (check the ACCELERATE_* and "
+                         f"launcher variables)") from None
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RMTError(f"launched as {launched} processes but accelerate sees {accelerator.num_processes}; "
