@@ -66,12 +66,17 @@ def test_recipe_settings_that_cannot_apply_are_refused_before_anything_is_writte
     ("ACCELERATE_DYNAMO_BACKEND", "bogus", "accelerate refuses this environment"),
     ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4: rmt train takes one"),
 ])
-def test_accelerate_variables_it_refuses_or_that_change_the_run_are_one_line(tmp_path, monkeypatch, variable, value,
-                                                                             says):
+def test_accelerate_variables_it_refuses_or_that_change_the_run_are_one_line(tmp_path, variable, value, says):
     """A bad LOCAL_RANK or ACCELERATE_* value: accelerate's traceback; ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4
     scaled every loss, unrecorded (the weights differed from a run without it)."""
-    monkeypatch.setenv(variable, value)
+    import os
+    import subprocess
+    import sys
+
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
-    r = run(["train", tmp_path / "r.yaml"])
-    one_error_line(r, 2)
+    # A process of its own: accelerate reads its environment once per process (its state is shared)
+    r = subprocess.run([sys.executable, "-m", "rmt_cli", "train", str(tmp_path / "r.yaml")], capture_output=True,
+                       text=True, timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1", variable: value})
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert re.search(says, r.stderr), r.stderr
+    assert not (tmp_path / "run" / "final").exists()
