@@ -80,3 +80,40 @@ def test_accelerate_variables_it_refuses_or_that_change_the_run_are_one_line(tmp
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
     assert re.search(says, r.stderr), r.stderr
     assert not (tmp_path / "run" / "final").exists()
+
+
+def _run(out, **changes):
+    import copy
+
+    from rmt_cli.commands.train import train
+    from rmt_cli.storage.recipe import validate_recipe
+    from test_train import tiny_recipe
+
+    data = tiny_recipe(out, **{"curriculum": [{"segments": 1, "steps": 3}], "eval": {"samples": 1, "batch_size": 1},
+                               "checkpoint": {"every": 1, "keep": 1}, **changes})
+    return train(validate_recipe(copy.deepcopy(data)), progress=False)
+
+
+def test_pruning_never_removes_a_folder_rmt_did_not_write_and_a_squatter_is_refused_before_training(tmp_path):
+    """checkpoint.keep pruning deleted a user's folder checkpoints/step-0000002 (a thesis inside); a user's file at
+    a future step-0000010 stopped the run only when it got there, after pruning had counted it as a checkpoint
+    kept and removed real ones."""
+    out = tmp_path / "run"
+    _run(out)
+    ours = sorted(p.name for p in (out / "checkpoints").iterdir())
+    thesis = out / "checkpoints" / "step-0000002" / "thesis.txt"
+    thesis.parent.mkdir()
+    thesis.write_text("precious")
+    with pytest.raises(UsageError, match="step-0000002: is not a checkpoint rmt wrote"):
+        _run(out, resume="auto", curriculum=[{"segments": 1, "steps": 5}])
+    assert thesis.read_text() == "precious"
+    thesis.unlink()
+    (out / "checkpoints" / "step-0000010").write_text("my notes")
+    with pytest.raises(UsageError, match="step-0000010: is not a checkpoint rmt wrote"):
+        _run(out, resume="auto", curriculum=[{"segments": 1, "steps": 12}])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted([*ours, "step-0000002", "step-0000010"])
+    # A prune leaves a user's folder of a step's name alone (here one added while the run trains)
+    from rmt_cli.commands.train import _prune
+
+    _prune(out / "checkpoints", keep=1)
+    assert (out / "checkpoints" / "step-0000010").read_text() == "my notes"

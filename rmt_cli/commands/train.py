@@ -130,10 +130,13 @@ def _stop_workers(batches) -> None:
         shutdown()
 
 
+STEP_NAME = r"step-([0-9]{1,12})"  # a step checkpoint's folder: ASCII digits (\d takes any script's)
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = []
     for p in (output_dir / CHECKPOINTS).glob("step-*"):
-        m = re.fullmatch(r"step-([0-9]{1,12})", p.name)  # ASCII digits (\d takes any script's)
+        m = re.fullmatch(STEP_NAME, p.name)
         if m and (p / "training_state.json").is_file():
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
@@ -331,6 +334,19 @@ def _check_fresh(output_dir: Path, stages: int, resuming: bool = False) -> None:
         if what:
             raise UsageError(f"output_dir {shown(output_dir)}: holds {shown(entry.name)}, {what}; a new run writes "
                              f"into a new or empty folder (or continue a run with resume=auto)")
+    _check_step_folders(output_dir / CHECKPOINTS)
+
+
+def _check_step_folders(folder: Path) -> None:
+    """Before any step is trained: no name a run would write its step checkpoints under holds anything but a
+    checkpoint rmt wrote (a user's file at step-0000010 stopped a run only when it reached step 10, hours on)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for entry in sorted(folder.iterdir()):
+        if re.fullmatch(STEP_NAME, entry.name) and not is_rmt_checkpoint(entry) and \
+                not (entry.is_dir() and not entry.is_symlink() and not any(True for _ in entry.iterdir())):
+            raise UsageError(f"{shown(entry)}: is not a checkpoint rmt wrote, where a run writes its step "
+                             f"checkpoints; remove it (or choose another output_dir)")
 
 
 def _rmt_metrics(path: Path) -> bool:
@@ -677,8 +693,10 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
 def _prune(folder: Path, keep: int) -> None:
     """The `keep` latest checkpoints stay; older ones go, and so do folders a killed run (kill -9) left half
     written or set aside (step-N.tmp, step-N.old): a checkpoint was just written whole, so none is in use."""
-    found = sorted(p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name))
-    left = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+\.(tmp|old)", p.name)]
+    # Only folders save_checkpoint wrote are counted and removed: a user's folder of that name stays (and a run
+    # refuses to start beside one, `_check_step_folders`)
+    found = sorted(p for p in folder.glob("step-*") if re.fullmatch(STEP_NAME, p.name) and is_rmt_checkpoint(p))
+    left = [p for p in folder.glob("step-*") if re.fullmatch(STEP_NAME + r"\.(tmp|old)", p.name)]
     for p in [*found[:-keep], *left]:
         shutil.rmtree(p, ignore_errors=True)
 
