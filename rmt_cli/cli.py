@@ -539,6 +539,8 @@ def ingest(
             check_job(job)
         processes = Processes()
         quiet = quiet or not processes.is_main
+    if force and append is None:  # it would do nothing, without a word
+        raise UsageError("--force accepts another model's memory file for --append; without --append there is none")
     if dtype is not None:
         _dtype(dtype)  # a name rmt knows, whatever else is wrong
     if append is not None:
@@ -561,11 +563,11 @@ def ingest(
         trace = output_target(trace, "--trace ")
         existing_folder(trace, "--trace ")
         if any(trace in job.files() for job in jobs):
-            raise UsageError(f"--trace {trace}: is an input or output of this ingest")
+            raise UsageError(f"--trace {shown(trace)}: is an input or output of this ingest")
         # Inside a folder being read, the trace (and its temporary file) would be read as part of the codebase
         folders = [Path(os.path.realpath(p)) for job in jobs for p in job.paths if p != "-" and os.path.isdir(p)]
         if any(folder in trace.parents for folder in folders):
-            raise UsageError(f"--trace {trace}: is inside a folder this ingest reads; write it elsewhere")
+            raise UsageError(f"--trace {shown(trace)}: is inside a folder this ingest reads; write it elsewhere")
         replaceable_target(trace, "--trace ", _is_trace, "a trace; rmt replaces only a trace it wrote (remove it "
                            "first, or name another file)")
     _outside_checkpoint([("-o ", job.output) for job in jobs] + ([("--trace ", trace)] if trace else []))
@@ -642,12 +644,12 @@ def ingest(
     failures = [r for r in results if r.error]
     for r in results:
         for w in r.warnings:
-            _say("warning", f"{r.output}: {w}")
+            _say("warning", f"{shown(r.output)}: {w}")
         if r.error:
             _say("error", r.error)
         elif len(results) == 1:
             held = f"; the file now holds {r.total_tokens:,} tokens" if r.total_tokens != r.tokens else ""
-            _say("done", f"{r.output}: {counted(r.tokens, 'token')}, {counted(r.segments, 'segment')} in {r.seconds:.1f} s "
+            _say("done", f"{shown(r.output)}: {counted(r.tokens, 'token')}, {counted(r.segments, 'segment')} in {r.seconds:.1f} s "
                  f"({r.tokens_per_second:,.0f} tokens/s){held}")
     if len(results) > 1:
         done = [r for r in results if not r.error]
@@ -903,6 +905,9 @@ def eval_command(
         stories_of = "the file's stories" if task == "babi" else f"--task {task}'s stories"
         raise UsageError(f"--facts {shown(facts)}: {stories_of} have a size of their own; --facts sets how many facts "
                          f"a story of {', '.join(SIZED_TASKS)} has")
+    if babi_split != "all" and babi is None:  # it splits a --babi file's stories; generated ones have no split
+        raise UsageError(f"--babi-split {shown(babi_split)}: splits the stories of a --babi file; give one, or drop "
+                         f"--babi-split")
     if babi_split not in ("all", "train", "valid"):
         raise UsageError(f"--babi-split {babi_split!r}: choose all, train or valid")
     if plot_file is not None:
@@ -913,9 +918,9 @@ def eval_command(
         try:
             stories = read_babi(babi, babi_split, "--babi")
         except OSError as e:
-            raise UsageError(f"--babi {babi}: {e.strerror or e}") from None
+            raise UsageError(f"--babi {shown(babi)}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise UsageError(f"--babi {babi}: {e}") from None
+            raise UsageError(f"--babi {shown(babi)}: {one_line(e)}") from None
     from .storage.assets import DEFAULT_NOISE_TEXT
 
     sentences = [s for _, text in read_texts(noise or [str(DEFAULT_NOISE_TEXT)]) for s in split_sentences(text)]
@@ -925,7 +930,7 @@ def eval_command(
     if loaded.cell.kind == "encoder":  # the tenth review: an evaluation it can never pass said 0% without a word
         from .data.tasks import answer_set, check_answerable
 
-        check_answerable(f"--babi {babi}" if babi else f"--task {source.name}", answer_set(source.name, stories),
+        check_answerable(f"--babi {shown(babi)}" if babi else f"--task {source.name}", answer_set(source.name, stories),
                          loaded.cell.answers)
     elif stories:  # a generator's answers are single words; a file's may not fit the room (the thirteenth review)
         from .commands.longeval import too_long_answers
@@ -975,19 +980,19 @@ def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)")
     if plot_file.suffix.lower() != ".png":
-        raise UsageError(f"--plot {plot_file}: the plot is a PNG file; name it NAME.png")
+        raise UsageError(f"--plot {shown(plot_file)}: the plot is a PNG file; name it NAME.png")
     from .atomic import existing_folder, output_target, plot_target
 
     target = output_target(plot_file, "--plot ")  # a regular file or a new path; a link: the file it names
     if target.suffix.lower() != ".png":  # a link named x.png onto notes.txt would overwrite the notes
-        raise UsageError(f"--plot {plot_file}: a link to {shown(target)}, which is not a PNG file")
+        raise UsageError(f"--plot {shown(plot_file)}: a link to {shown(target)}, which is not a PNG file")
     existing_folder(target, "--plot ")  # found now, not after the whole evaluation
     for given in inputs:
         if given == "-":
             continue
         source = Path(os.path.realpath(given))
         if source == target or source in target.parents:  # the sixth review: a text named t.png was replaced
-            raise UsageError(f"--plot {plot_file}: is an input of this command ({shown(given)}); write the plot "
+            raise UsageError(f"--plot {shown(plot_file)}: is an input of this command ({shown(given)}); write the plot "
                              f"elsewhere")
     plot_target(plot_file)  # never a file rmt did not write: found now, not after the scoring
 

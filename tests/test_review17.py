@@ -117,3 +117,81 @@ def test_pruning_never_removes_a_folder_rmt_did_not_write_and_a_squatter_is_refu
 
     _prune(out / "checkpoints", keep=1)
     assert (out / "checkpoints" / "step-0000010").read_text() == "my notes"
+
+
+def test_an_output_dir_with_a_newline_stays_one_line(tmp_path):
+    """output_dir "f\\nerror: forged" (a file there) printed a forged second error line, as did three other messages
+    of train and extend."""
+    (tmp_path / "f\nerror: forged").write_text("x")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "f\nerror: forged")}))
+    one_error_line(run(["train", tmp_path / "r.yaml"]), 2, "is a file, not a folder", "\\n")
+
+
+def test_save_memory_refuses_tail_tokens_that_are_not_ints(tmp_path, memfile):
+    """save_memory(…, tail_tokens=[1.5, 2.0]) wrote [1, 2] without a word."""
+    from dataclasses import replace
+
+    from rmt_cli import load_memory, save_memory
+
+    with pytest.raises(UsageError, match="tail_tokens are token ids"):
+        save_memory(tmp_path / "t.st", replace(load_memory(memfile), tail_tokens=[1.5, 2.0]))
+    assert not (tmp_path / "t.st").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["ingest", "DOC", "-o", "OUT", "--force"], "--force accepts another model's memory file for --append"),
+    (["eval", "--lengths", "200", "--samples", "1", "--babi-split", "valid", "--json"], "--babi-split valid: splits"),
+])
+def test_options_that_would_do_nothing_are_refused(tmp_path, args, says):
+    """`rmt ingest s.txt -o z.st --force` (no --append) and `rmt eval --babi-split valid` (no --babi) ran, the
+    option ignored without a word."""
+    (tmp_path / "doc.txt").write_text(TEXT)
+    args = [str(tmp_path / "doc.txt") if a == "DOC" else str(tmp_path / "z.st") if a == "OUT" else a for a in args]
+    one_error_line(run(args), 2, says)
+    assert not (tmp_path / "z.st").exists()
+
+
+def test_weights_given_other_storage_stamp_the_file_as_another_models(tmp_path, checkpoint):
+    """`w.data = w.data * 2` bumps no version counter and keeps the parameter: the file had the load's fingerprint."""
+    from rmt_cli import IngestJob, ingest, load_checkpoint, load_memory
+
+    (tmp_path / "s.txt").write_text(TEXT)
+    model = load_checkpoint(checkpoint)
+    [before] = ingest([IngestJob(str(tmp_path / "s.txt"), tmp_path / "a.st")], model)
+    weight = model.cell.model.get_input_embeddings().weight
+    weight.data = weight.data * 2
+    [after] = ingest([IngestJob(str(tmp_path / "s.txt"), tmp_path / "b.st")], model)
+    assert load_memory(tmp_path / "a.st").fingerprint != load_memory(tmp_path / "b.st").fingerprint
+
+
+def test_an_optimizer_state_edited_past_its_checks_is_refused_by_its_digest(tmp_path):
+    """One parameter's whole state removed, or a step count lowered, passed every check of the state and resumed a
+    run unlike the uninterrupted one; training_state.json now holds the digest of optimizer.safetensors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rmt_cli.commands.train import latest_checkpoint
+
+    out = tmp_path / "run"
+    _run(out, checkpoint={"every": 1, "keep": 3}, curriculum=[{"segments": 1, "steps": 3}])
+    step = latest_checkpoint(out)
+    for edit in (lambda t: [t.pop(k) for k in list(t) if k.startswith("state.5.")],
+                 lambda t: t.update({"state.3.step": torch.tensor(1.0)})):
+        tensors = load_file(str(step / "optimizer.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(step / "optimizer.safetensors"))
+        with pytest.raises(UsageError, match="does not match the digest training_state.json holds"):
+            _run(tmp_path / "resumed", resume=str(step), curriculum=[{"segments": 1, "steps": 4}])
+
+
+def test_a_stage_whose_facts_would_make_its_documents_far_longer_is_refused(tmp_path):
+    """task qa1 with curriculum.0.facts [1000, 1000] in one segment of 32 tokens passed the step bound (it counts
+    segments), and the first step grew to 15 GB."""
+    from rmt_cli.storage.recipe import validate_recipe
+    from test_train import tiny_recipe
+
+    with pytest.raises(UsageError, match="curriculum.0.facts: 1000 facts take about 6,000 tokens"):
+        validate_recipe(tiny_recipe(tmp_path, task={"name": "qa1"},
+                                    curriculum=[{"segments": 1, "steps": 1, "facts": [1000, 1000]}]))
+    validate_recipe(tiny_recipe(tmp_path, task={"name": "qa1"},
+                                curriculum=[{"segments": 1, "steps": 1, "facts": [20, 20]}]))  # 120 tokens: fine

@@ -90,7 +90,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     recipe = validate_recipe(data, recipe_label(recipe_path), overrides, problems)
     if Path(recipe.output_dir).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
         raise UsageError(f"{recipe_label(recipe_path)}: output_dir: extend writes a new run; choose a folder other "
-                         f"than the checkpoint's own ({recipe.output_dir})")
+                         f"than the checkpoint's own ({shown(recipe.output_dir)})")
     return recipe
 
 

@@ -194,7 +194,7 @@ def check_job(job: IngestJob) -> Document:
     document = open_document(job.paths)
     for item in document.items:
         if item.path is not None and item.path.resolve() == target:
-            raise UsageError(f"{job.output}: is also an input; writing the memory there would destroy it")
+            raise UsageError(f"{shown(job.output)}: is also an input; writing the memory there would destroy it")
     check_replaceable(job.output)
     return document
 
@@ -217,7 +217,7 @@ def check_plan(jobs: list[IngestJob]) -> None:
             file = (stat.st_dev, stat.st_ino)
         first_writer = outputs.get(target) or files.get(file)
         if first_writer is not None:
-            raise UsageError(f"{job.output}: written by job {first_writer} and job {n}"
+            raise UsageError(f"{shown(job.output)}: written by job {first_writer} and job {n}"
                              f"{'' if target in outputs else ' (two names of one file)'}; give each its own output")
         outputs[target] = n
         if file is not None:
@@ -398,7 +398,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     except KeyboardInterrupt:  # what finished is written and reported; the rest wrote nothing
         if finishing is not None and finishing[0] not in results and finishing[1].saved():
             results[finishing[0]] = finishing[1].result  # interrupted after its file was renamed into place
-        raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{job.output}: interrupted "
+        raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{shown(job.output)}: interrupted "
                                                                 "before its end; nothing written", exit_code=130)
                                  for i, job in enumerate(jobs)]) from None
     finally:

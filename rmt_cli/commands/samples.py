@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError, error_line, shown
+from ..errors import UsageError, error_line, one_line, shown
 from ..storage.recipe import MemorySpec, TaskSpec
 from ..core.segments import QUESTION_TEMPLATE, DocumentSample, answer_ids, qa_sample, question_ids
 from ..data.sources import read_texts
@@ -65,7 +65,7 @@ class TaskData:
         except OSError as e:
             raise UsageError(f"task.babi_path: {self.task.babi_path}: {e.strerror or e}") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise UsageError(f"task.babi_path: {e}") from None
+            raise UsageError(f"task.babi_path: {one_line(e)}") from None
 
     def _lm_texts(self) -> list[str]:
         texts = _texts_of_setting(self.task.lm_paths, "task.lm_paths")

@@ -470,9 +470,9 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
                  f"{workers}")
     output_dir = Path(recipe.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"output_dir {output_dir}: is a file, not a folder")
+        raise UsageError(f"output_dir {shown(output_dir)}: is a file, not a folder")
     if output_dir.is_symlink() and not output_dir.exists():
-        raise UsageError(f"output_dir {output_dir}: a symbolic link to a folder that does not exist")
+        raise UsageError(f"output_dir {shown(output_dir)}: a symbolic link to a folder that does not exist")
     check_folder(output_dir, f"output_dir {shown(output_dir)}")  # found now, not after building the model
     check_outside_checkpoints(output_dir, "output_dir ")  # `runs/x/final/sub`, as for every output of rmt
     if accelerator.is_main_process:  # one lock per run: its other processes write the same folder with it
@@ -491,7 +491,7 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         _check_own(output_dir / f"{stage_folder}.tmp", folder=True)  # found now, not when the stage ends
     resume_from = resolve_resume(recipe)
     if resume_from is None and latest_checkpoint(output_dir) is not None:
-        raise UsageError(f"output_dir {output_dir} already holds checkpoints of a run: continue it with "
+        raise UsageError(f"output_dir {shown(output_dir)} already holds checkpoints of a run: continue it with "
                          f"resume=auto, or choose another output_dir")
     if resume_from is None and recipe.resume == "auto":
         log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
@@ -683,7 +683,7 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         interrupted = interrupted or stop.stop
     if interrupted:
         path = save(step)
-        log.info(f"interrupted at step {step}; saved {path}; continue with resume=auto")
+        log.info(f"interrupted at step {step}; saved {shown(path)}; continue with resume=auto")
         return RunResult(output_dir, path or output_dir, evaluations, True, accelerator.is_main_process)
     final = save(step, "final") or output_dir / "final"
     accelerator.wait_for_everyone()

@@ -54,6 +54,8 @@ def _gitignore_spec(lines: list[str]):
 def path_list(paths) -> list[str]:
     """Paths given as a list, as strings; one path alone (a str or os.PathLike) is a list of one, never read as
     the list of its characters."""
+    if paths is None:  # no inputs, said as such by whoever needs some
+        return []
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not isinstance(paths, (list, tuple)):

@@ -41,7 +41,7 @@ from ..data.sources import missing_reason
 from .engine import NativeParts, native_parts, requested
 from .modeling import check_fits, load_tokenizer, make_cell, model_class, with_needed_tokens
 from .recipe import CODE_KEYS, MemorySpec, format_errors
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, tensors_digest
 from .training_state import optimizer_tensors
 
 RMT_JSON = "rmt.json"
@@ -83,8 +83,8 @@ class LoadedModel:
 
 def weights_signature(cell: MemorySlots) -> tuple:
     """Changes when a tensor of the cell is changed in place (an optimizer step, an edit under no_grad: each bumps
-    the tensor's version counter) or replaced by another."""
-    return tuple((name, id(t), t._version) for name, t in cell.state_dict(keep_vars=True).items())
+    the tensor's version counter), given other storage (`param.data = …`, which bumps nothing) or replaced."""
+    return tuple((name, id(t), t._version, t.data_ptr()) for name, t in cell.state_dict(keep_vars=True).items())
 
 
 def memory_tensors(cell: MemorySlots) -> dict[str, torch.Tensor]:
@@ -217,7 +217,10 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
             tensors["torch_rng"] = torch.get_rng_state()
             tensors.update(extra_tensors or {})
             save_file(tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json}, indent=2))
+            # The tensors' digest beside them: an edit of the optimizer state that its checks cannot see (a
+            # parameter's state removed, a step count lowered) would make a resume unlike the uninterrupted run.
+            (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json,
+                                                                 "optimizer_sha256": tensors_digest(tensors)}, indent=2))
 
 
 # A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one

@@ -67,3 +67,14 @@ def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
     h.update(json.dumps(settings).encode())
     h.update(json.dumps(architecture_settings(cell.model.config), sort_keys=True).encode())
     return h.hexdigest()[:32]
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a file's tensors as stored (a memory file's, a checkpoint's optimizer state): each one's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        # reshape first: a 0-dim tensor (a crafted file's) cannot be viewed as bytes
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -58,6 +58,7 @@ from ..atomic import atomic_path, replaceable_target
 from ..errors import RMTError, UsageError, error_line, json_loads, path_argument, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
+from .fingerprint import tensors_digest
 
 if TYPE_CHECKING:  # checkpoint imports this module
     from .checkpoint import LoadedModel
@@ -199,6 +200,8 @@ def _state_tensors(state: MemoryState) -> dict[str, torch.Tensor]:
     """The tensors of a memory file: the memory vectors, the tail's token ids; for the associative rules, the
     matrices and their norms as tensors of their own."""
     memory = state.memory.detach().to("cpu")
+    if not all(type(token) is int for token in state.tail_tokens):  # torch would cut 1.5 to 1 without a word
+        raise TypeError("tail_tokens are token ids (int)")
     tensors = {"tail_tokens": torch.tensor(state.tail_tokens, dtype=torch.int64)}
     if state.associative_shape is not None:
         matrices, norms = split_state(memory[state.num_mem_tokens :], *state.associative_shape)
@@ -235,17 +238,6 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     except (OSError, SafetensorError) as e:  # a full disk: safetensors raises its own error type, not OSError
         raise RMTError(f"{shown(path)}: cannot write the memory file: {write_failure(e)}") from None
     return path
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of a memory file's tensors as stored: each one's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
-        # reshape first: a 0-dim tensor (a crafted file's) cannot be viewed as bytes
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def _storable(tensor: torch.Tensor) -> bool:

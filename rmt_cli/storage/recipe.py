@@ -248,6 +248,11 @@ class OptimSpec(Section):
 # Tokens a training step reads (segments x segment_size x batch_size), whose activations backpropagation keeps:
 # 64 times the largest shipped recipe's step; past it a typo (segments: 1000000), not a run.
 MAX_STEP_TOKENS = 2**24
+# A story's facts take at least about this many tokens each ("Mary went to the kitchen."), and a stage's documents
+# grow to hold their story: by more than FACTS_ROOM times its segments, a typo (facts: [1000, 1000] in one segment
+# of 32 tokens grew a step to 15 GB), not a curriculum.
+FACT_TOKENS = 6
+FACTS_ROOM = 4
 
 
 class Stage(Section):
@@ -341,7 +346,15 @@ class Recipe(Section):
             if stage.task is not None and self.task.name not in GENERATED_TASKS:
                 raise ValueError(f"curriculum.{i}.task: a stage's own task stands in for a generated task; "
                                  f"task.name is {self.task.name}, whose samples are not stories made here")
-            tokens = stage.segments * self.memory.segment_size * self.batch_size
+            stated = stage.segments * self.memory.segment_size
+            if (stage.task or self.task.name) in SIZED_TASKS:
+                facts = (stage.facts or (self.task.min_facts, self.task.max_facts))[1]
+                if facts * FACT_TOKENS > FACTS_ROOM * stated:  # a document grows to hold its story
+                    raise ValueError(f"curriculum.{i}.facts: {facts} facts take about {facts * FACT_TOKENS:,} tokens, "
+                                     f"more than {FACTS_ROOM} times the stage's {stage.segments} segment(s) of "
+                                     f"{self.memory.segment_size} tokens: each document would grow to hold them (fewer "
+                                     f"facts, or more segments)")
+            tokens = stated * self.batch_size
             if tokens > MAX_STEP_TOKENS:  # each limit alone let 10^6 segments x 32 x 32 start, and grow to 18 GB
                 raise ValueError(f"curriculum.{i}: a step of {stage.segments:,} segments of {self.memory.segment_size} "
                                  f"tokens for batch_size {self.batch_size} reads {tokens:,} tokens; at most "
@@ -646,7 +659,7 @@ def read_recipe_data(path: str | Path) -> dict:
     if data is None or data == {}:  # one line, not the errors of every setting it lacks
         raise UsageError(f"{recipe_label(path)}: the recipe is empty")
     if not isinstance(data, dict):
-        raise UsageError(f"recipe {path}: the top level must be a mapping of keys to values")
+        raise UsageError(f"recipe {shown(path)}: the top level must be a mapping of keys to values")
     return data
 
 

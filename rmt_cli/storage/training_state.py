@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import UsageError, error_line, json_loads, shown
+from .fingerprint import tensors_digest
 
 
 def optimizer_tensors(optimizer) -> tuple[dict, dict]:
@@ -45,6 +46,15 @@ def read_training_state(path: Path) -> dict:
         raise UsageError(f"resume: {shown(path)}: training_state.json says step {state['step']}, the folder's name "
                          f"step {int(named.group(1))}; resume from another checkpoint")
     return state
+
+
+def check_digest(saved: dict, tensors: dict) -> None:
+    """optimizer.safetensors is the file written beside training_state.json (its `optimizer_sha256`; a checkpoint
+    of an rmt from before the digest has none). ValueError where it is not."""
+    digest = saved.get("optimizer_sha256")
+    if digest is not None and digest != tensors_digest(tensors):
+        raise ValueError("optimizer.safetensors does not match the digest training_state.json holds of it: it was "
+                         "changed or damaged after rmt wrote it")
 
 
 def _check_groups(saved, live: list[dict]) -> None:
@@ -147,6 +157,7 @@ def load_module_state(path: Path, prefix: str, module, optimizer) -> bool:
         return False
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
+        check_digest(saved, tensors)
         param = prefix + "param."
         params = {name[len(param):]: value for name, value in tensors.items() if name.startswith(param)}
         module.load_state_dict(params)
@@ -162,6 +173,7 @@ def load_optimizer_state(path: Path, optimizer) -> None:
     saved = read_training_state(path)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
+        check_digest(saved, tensors)
         _restore(optimizer, tensors, saved["optimizer"], saved["step"])
         torch.set_rng_state(tensors["torch_rng"])
     except Exception as e:  # safetensors, torch and a crafted file fail in many ways; all mean "cannot resume"
