@@ -398,8 +398,9 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     except KeyboardInterrupt:  # what finished is written and reported; the rest wrote nothing
         if finishing is not None and finishing[0] not in results and finishing[1].saved():
             results[finishing[0]] = finishing[1].result  # interrupted after its file was renamed into place
-        raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{shown(job.output)}: interrupted "
-                                                                "before its end; nothing written", exit_code=130)
+        unfinished = "interrupted before its end; nothing written"
+        raise IngestInterrupted([results.get(i) or IngestResult(str(job.output), error=f"{shown(job.output)}: "
+                                                                f"{unfinished}", exit_code=130)
                                  for i, job in enumerate(jobs)]) from None
     finally:
         for reader in active.values():
@@ -570,7 +571,8 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
         if parts[1].strip().endswith(("/", os.sep)):
             raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1].strip(), 60)} names a folder; a "
                              f"line names one memory file")
-        jobs.append(IngestJob([parts[0].strip()], Path(home_path(parts[1].strip())), origin=f"manifest {shown(path)}:{n}"))
+        jobs.append(IngestJob([parts[0].strip()], Path(home_path(parts[1].strip())),
+                              origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")
     return jobs

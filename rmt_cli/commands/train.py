@@ -27,7 +27,8 @@ from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matche
                                   replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, shown, stop_signals, write_failure
+from ..errors import (RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, shown, stop_signals,
+                      write_failure)
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell

@@ -219,8 +219,8 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             # The tensors' digest beside them: an edit of the optimizer state that its checks cannot see (a
             # parameter's state removed, a step count lowered) would make a resume unlike the uninterrupted run.
-            (tmp / "training_state.json").write_text(json.dumps({**training_state, "optimizer": state_json,
-                                                                 "optimizer_sha256": tensors_digest(tensors)}, indent=2))
+            state = {**training_state, "optimizer": state_json, "optimizer_sha256": tensors_digest(tensors)}
+            (tmp / "training_state.json").write_text(json.dumps(state, indent=2))
 
 
 # A checkpoint folder is untrusted input: each check below turns one way a folder can be broken or crafted into one

@@ -70,7 +70,8 @@ def fingerprint(cell: MemorySlots, tokenizer, memory: MemorySpec) -> str:
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of a file's tensors as stored (a memory file's, a checkpoint's optimizer state): each one's name, dtype, shape and bytes, in name order."""
+    """sha256 of a file's tensors as stored (a memory file's, a checkpoint's optimizer state): each one's name,
+    dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
