@@ -195,3 +195,52 @@ def test_a_stage_whose_facts_would_make_its_documents_far_longer_is_refused(tmp_
                                     curriculum=[{"segments": 1, "steps": 1, "facts": [1000, 1000]}]))
     validate_recipe(tiny_recipe(tmp_path, task={"name": "qa1"},
                                 curriculum=[{"segments": 1, "steps": 1, "facts": [20, 20]}]))  # 120 tokens: fine
+
+
+def test_a_stage_end_on_a_checkpoint_step_writes_its_checkpoint_once(tmp_path, monkeypatch):
+    """A stage ending on a step of checkpoint.every wrote that step's checkpoint twice (before and after its
+    evaluation): twice the writing, and on a nearly full disk a "cannot write" for a checkpoint whole on disk."""
+    import rmt_cli.commands.train as train_module
+
+    written = []
+    real = train_module.save_checkpoint
+
+    def counting(path, *args, **kwargs):
+        written.append(str(path).split("/")[-1])
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", counting)
+    _run(tmp_path / "run", checkpoint={"every": 1, "keep": 5}, curriculum=[{"segments": 1, "steps": 2}])
+    steps = [name for name in written if name.startswith("step-")]
+    assert steps == sorted(set(steps)) == ["step-0000001", "step-0000002"], written
+
+
+def test_the_api_train_refuses_a_console_or_init_from_of_the_wrong_type_before_it_writes(tmp_path):
+    """train(r, console="x") trained a stage and wrote it before an AttributeError; init_from=5 a TypeError."""
+    import copy
+
+    from rmt_cli.commands.train import train
+    from rmt_cli.storage.recipe import load_recipe, validate_recipe
+    from test_train import tiny_recipe
+
+    recipe = validate_recipe(copy.deepcopy(tiny_recipe(tmp_path / "run")))
+    with pytest.raises(UsageError, match="console: a rich Console"):
+        train(recipe, console="x", progress=False)
+    with pytest.raises(UsageError, match="init_from: a path"):
+        train(recipe, init_from=5, progress=False)
+    with pytest.raises(UsageError, match="train: a Recipe"):
+        train({"batch_size": 1}, progress=False)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(TINY_RECIPE))
+    with pytest.raises(UsageError, match="not bytes"):
+        load_recipe(tmp_path / "r.yaml", b"seed=1")
+
+
+@pytest.mark.parametrize("task, says", [({"name": "memorize", "max_facts": 50}, "task.min_facts, task.max_facts"),
+                                        ({"name": "qa1", "babi_split": "valid"}, "task.babi_split")])
+def test_task_settings_for_other_tasks_are_refused(tmp_path, task, says):
+    from rmt_cli.storage.recipe import validate_recipe
+    from test_train import tiny_recipe
+
+    with pytest.raises(UsageError, match=says):
+        validate_recipe(tiny_recipe(tmp_path, task=task))

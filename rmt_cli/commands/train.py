@@ -27,8 +27,8 @@ from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matche
                                   replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
 from .samples import TaskData
-from ..errors import (RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, shown, stop_signals,
-                      write_failure)
+from ..errors import (RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, path_argument, shown,
+                      stop_signals, write_failure)
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -409,7 +409,13 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
     """Run a recipe's whole curriculum. `init_from`: start from a trained checkpoint's weights (rmt extend)."""
     # Validated again: a caller of the API may have changed a field since (pydantic checks a model when it is made,
     # not when a field is assigned), and `batch_size = 0` would end in a traceback deep in training.
+    if not isinstance(recipe, Recipe):
+        raise UsageError(f"train: a Recipe (load_recipe), not {type(recipe).__name__}")
     recipe = validate_recipe(recipe.model_dump(mode="json"))
+    if init_from is not None:
+        path_argument(init_from, "init_from")
+    if console is not None and not callable(getattr(console, "print", None)):  # found at the first table, a stage on
+        raise UsageError(f"console: a rich Console (or None), not {type(console).__name__}")
     with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
         if not progress:
             held.enter_context(_no_library_bars())
@@ -662,9 +668,10 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
             score = f"ppl {math.exp(min(loss, 50)):.1f}" if accuracy is None else f"acc {accuracy:.0%}"
             bar.update(step, label=f"stage {stage_index} ({stage.segments} seg{', ' + stage.task if stage.task else ''})",
                        stats=f"loss {loss:.3f} {score} {speed:,.0f} tok/s")
-            if step % recipe.checkpoint.every == 0:
+            stage_ends = stage_at(stages, step)[0] != stage_index or step == total
+            if step % recipe.checkpoint.every == 0 and not stage_ends:  # a stage's end saves once, after its evaluation
                 save(step)
-            if stage_at(stages, step)[0] != stage_index or step == total:
+            if stage_ends:
                 if accelerator.is_main_process:  # first: a diverged model is saved neither as a checkpoint nor a stage
                     rows = evaluate(accelerator.unwrap_model(prepared), data, recipe.eval_lengths(),
                                     recipe.eval.samples, recipe.eval.batch_size, accelerator.device)

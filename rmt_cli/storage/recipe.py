@@ -368,6 +368,13 @@ class Recipe(Section):
                 raise ValueError(f"curriculum.{i}.mix_shorter: a stage of 1 segment has no shorter documents to mix "
                                  f"in (remove it)")
         tasks = {self.task.name, *(stage.task for stage in self.curriculum if stage.task)}
+        defaults = tuple(TaskSpec.model_fields[key].default for key in ("min_facts", "max_facts"))
+        if (self.task.min_facts, self.task.max_facts) != defaults and not tasks & set(SIZED_TASKS):
+            raise ValueError(f"task.min_facts, task.max_facts: set how many facts a story of {', '.join(SIZED_TASKS)} "
+                             f"has; task {self.task.name}'s stories have a size of their own (remove them)")
+        if self.task.babi_split != "all" and self.task.name != "babi":
+            raise ValueError(f"task.babi_split: splits the stories of task babi's file; task {self.task.name} has "
+                             f"none (remove it)")
         if self.task.questions > 1 and "qa1" not in tasks:  # only qa1's stories have more questions to ask
             raise ValueError(f"task.questions: {self.task.questions} questions a story are asked of qa1's stories "
                              f"only; task {self.task.name} asks one (set 1)")
@@ -697,6 +704,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path_argument(path, "load_recipe")
     if isinstance(overrides, str):  # one override, not its characters
         overrides = [overrides]
+    if isinstance(overrides, bytes):
+        raise UsageError("overrides: key=value texts (str), not bytes")
     bad = [o for o in overrides or [] if not isinstance(o, str)]
     if bad:
         raise UsageError(f"overrides: key=value texts, not {type(bad[0]).__name__} {shown(repr(bad[0]), 40)}")
