@@ -124,6 +124,11 @@ def _home(value):
     return None if value is None else type(value)(home_path(str(value)))
 
 
+def _path_option(*names: str, help: str):
+    """An option that names a file or folder (default none), its `~` expanded as a shell would (`_home`)."""
+    return typer.Option(None, *names, callback=_home, help=help)
+
+
 def _seed_in_range(value: int) -> int:
     # Checked here rather than with min/max, whose range the help would print as [0<=x<=9223372036854775807]
     if not 0 <= value <= SEED_MAX:
@@ -498,27 +503,23 @@ def _device() -> str:
 @command
 def ingest(
     paths: Optional[List[str]] = typer.Argument(None, help="Text files, folders, or - for stdin."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_home,
-                                         help="Memory file to write (or a folder, "
-                                              "existing or ending in /: one memory file per input)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home,
-                                         help="Checkpoint folder (default: the embedded "
-                                              "model, when the package ships one)."),
-    append: Optional[Path] = typer.Option(None, "--append", callback=_home,
-                                          help="Continue from this memory file; writes back "
-                                               "to it unless -o is given."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", callback=_home,
-                                            help="A file of input<TAB>output lines (relative "
-                                                 "paths from the current folder)."),
+    output: Optional[str] = _path_option("--output", "-o", help="Memory file to write (or a folder, "
+                                                                "existing or ending in /: one memory file per input)."),
+    model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
+                                                               "model, when the package ships one)."),
+    append: Optional[Path] = _path_option("--append", help="Continue from this memory file; writes back "
+                                                           "to it unless -o is given."),
+    manifest: Optional[Path] = _path_option("--manifest", help="A file of input<TAB>output lines (relative "
+                                                               "paths from the current folder)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "checkpoint is saved in; bfloat16 for the embedded model). --append keeps "
                                         "the memory file's."),
     force: bool = typer.Option(False, "--force", help="With --append: accept a memory file of another model (the "
                                "file then records the mix, and every later use needs --force)."),
-    trace: Optional[Path] = typer.Option(None, "--trace", callback=_home,
-                                         help="Write one JSON line per segment to this file: "
-                                              "how much the segment changed the memory (and the gate, if gated)."),
+    trace: Optional[Path] = _path_option("--trace", help="Write one JSON line per segment to this file: how "
+                                                         "much the segment changed the memory (and the gate, if "
+                                                         "gated)."),
     compile_step: bool = typer.Option(False, "--compile", help="torch.compile the segment step: faster on long "
                                  "inputs after a one-off compile (tens of seconds on a CPU); results agree with "
                                  "the default to float rounding."),
@@ -720,11 +721,9 @@ def ask(
     memory: Path = typer.Argument(..., callback=_home, help="A memory file written by rmt ingest."),
     questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line. "
                                                    "Answered in this order, then --file's."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home,
-                                         help="Checkpoint folder (default: the embedded "
-                                              "model, when the package ships one)."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", callback=_home,
-                                        help="Read questions from a file, one a line."),
+    model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
+                                                               "model, when the package ships one)."),
+    file: Optional[Path] = _path_option("--file", "-f", help="Read questions from a file, one a line."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1, help="Longest answer, in tokens (a causal "
                                        "LM's, and at most what the question's segment has room for; an encoder "
                                        "picks one of its answers)."),
@@ -802,17 +801,14 @@ def ask(
 @command
 def perplexity(
     paths: List[str] = typer.Argument(..., help="Text files, folders, or - for stdin."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home,
-                                         help="Checkpoint folder (default: the embedded "
-                                              "language-model RMT)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", callback=_home,
-                                            help="A second checkpoint scored on the same "
-                                                 "segments, e.g. the same model trained without memory."),
+    model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
+                                                               "language-model RMT)."),
+    baseline: Optional[Path] = _path_option("--baseline", help="A second checkpoint scored on the same "
+                                                               "segments, e.g. the same model trained without memory."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=2, help="Stop after this many tokens."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "model is saved in; the baseline runs in the model's)."),
-    plot_file: Optional[Path] = typer.Option(None, "--plot", callback=_home,
-                                             help="Draw loss by position to this PNG file."),
+    plot_file: Optional[Path] = _path_option("--plot", help="Draw loss by position to this PNG file."),
     json_out: bool = typer.Option(False, "--json", help="Print every series as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
@@ -856,18 +852,16 @@ def eval_command(
     noise: Optional[List[str]] = typer.Option(None, "--noise", "-n", help="Text files or folders the facts are "
                                               "hidden in (repeat the option for several; default: a public-domain "
                                               "text shipped with rmt, Blake's poems)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", callback=_home,
-                                         help="Checkpoint folder (default: the embedded "
-                                              "model)."),
+    model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
+                                                               "model)."),
     lengths: str = typer.Option("1k,4k,16k", "--lengths", "-l", help="Document lengths in tokens, e.g. "
                                 "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
     samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
                                 "length (100,100,20)."),
     task: Optional[str] = typer.Option(None, "--task", help="Story generator: qa1 (default), qa2, qa3, qa4, "
                                        "memorize, detect-and-memorize, reasoning."),
-    babi: Optional[Path] = typer.Option(None, "--babi", callback=_home,
-                                        help="Take the stories from this bAbI-format file "
-                                             "instead of a generator (--task babi, or no --task)."),
+    babi: Optional[Path] = _path_option("--babi", help="Take the stories from this bAbI-format file "
+                                                       "instead of a generator (--task babi, or no --task)."),
     babi_split: str = typer.Option("all", "--babi-split", help="all, train or valid: the stories of the file's "
                                    "split (by story, as training splits it)."),
     facts: Optional[str] = typer.Option(None, "--facts", help="MIN,MAX facts per generated story of qa1, qa2 or "
@@ -877,8 +871,7 @@ def eval_command(
                                         "checkpoint is saved in, as rmt ingest runs it)."),
     seed: int = typer.Option(0, "--seed", callback=_seed_in_range, help="Seed of the samples (0 "
                                  "to 2^63-1)."),
-    plot_file: Optional[Path] = typer.Option(None, "--plot", callback=_home,
-                                             help="Draw accuracy against length to this PNG."),
+    plot_file: Optional[Path] = _path_option("--plot", help="Draw accuracy against length to this PNG."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ):
