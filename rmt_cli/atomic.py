@@ -55,19 +55,22 @@ def output_target(path: str | Path, what: str = "") -> Path:
     return target
 
 
+def file_identity(path: str | Path | int) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` names (or a descriptor holds): two names of one file (a hard link, a
+    redirection) share it, and a file renamed into a path's place has another. None where there is none."""
+    try:
+        found = os.fstat(path) if isinstance(path, int) else os.stat(path)
+    except (OSError, ValueError):  # none there, a stream closed, a NUL in a name
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _standard_stream_of(target: Path) -> str | None:
     """"input", "output" or "error" where `target` is the file that standard stream reads or writes (/dev/stdout,
     /proc/self/fd/1, or the file a shell redirected it to), else None."""
-    try:
-        here = os.stat(target)
-    except OSError:
-        return None
+    here = file_identity(target)
     for fd, name in ((0, "input"), (1, "output"), (2, "error")):
-        try:
-            stream = os.fstat(fd)
-        except OSError:  # closed
-            continue
-        if (stream.st_dev, stream.st_ino) == (here.st_dev, here.st_ino):
+        if here is not None and file_identity(fd) == here:
             return name
     return None
 
@@ -198,10 +201,8 @@ def hold_lock(path: str | Path, busy: str, error: type[RMTError] = RMTError) -> 
 def _still_named(path: str | Path, fd: int) -> bool:
     """Whether `path` still names the file `fd` holds: a lock taken on a file that was then removed or renamed over
     guards nothing, and is taken again."""
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except OSError:
-        return False
+    named = file_identity(path)
+    return named is not None and named == file_identity(fd)
 
 
 def _clear_stale(folder: Path, prefix: str, suffix: str, cut: bool) -> None:

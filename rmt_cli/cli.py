@@ -363,15 +363,6 @@ def _utf8(obj):
     return str(obj).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _file_identity(path) -> tuple | None:
-    """What tells a file from the one written in its place (a rename gives a new inode), or None for none."""
-    try:
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
-
-
 class _TraceFailed(Exception):
     """The trace could not be written: neither an RMTError nor an OSError, which ingest records as one
     document's failure and goes on."""
@@ -583,7 +574,10 @@ def ingest(
         _say("warning", message)
 
     started = time.perf_counter()
-    outputs_before = [_file_identity(job.output) for job in jobs]  # to say which a failed trace left written
+    from .atomic import file_identity
+
+    # What each output is before the run: to say which a trace that failed left written (a rename: another file)
+    outputs_before = [file_identity(job.output) for job in jobs] if trace is not None else []
     try:
         with contextlib.ExitStack() as stack:
             record = None
@@ -629,7 +623,7 @@ def ingest(
                     raise typer.Exit(0 if not failed else 2 if all(r.exit_code == 2 for r in failed) else 1)
     except _TraceFailed as e:  # the whole ingest fails: not one document's failure, as a read error is
         written = [shown(job.output) for job, before in zip(jobs, outputs_before)
-                   if _file_identity(job.output) != before]
+                   if file_identity(job.output) != before]
         said = f"written before it failed: {', '.join(written)}" if written else "no memory file was written"
         raise RMTError(f"{e}; {said}") from None
     except IngestInterrupted as stop:  # say which memory files are written (a batch's finished documents)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown
+from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown, whole_number_argument
 from ..storage.memfile import MemoryState, check_compatible
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
                              split_document)
@@ -202,9 +202,7 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
     if not isinstance(state, MemoryState):
         raise UsageError(f"state: a MemoryState (load_memory), not {type(state).__name__}")
     check_compatible(state, model, force, name)
-    if type(max_new_tokens) is not int or max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens {shown(repr(max_new_tokens), 40)}: an answer has room for at least one "
-                         f"token (a whole number)")
+    whole_number_argument(max_new_tokens, "max_new_tokens")  # an answer has room for at least one token
     check_sampling(temperature, top_p)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise UsageError(f"generator: a torch.Generator or None, not {type(generator).__name__}")

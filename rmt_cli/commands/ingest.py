@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..atomic import existing_folder, hold_lock, output_target
+from ..atomic import existing_folder, file_identity, hold_lock, output_target
 from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import RMTError, UsageError, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
@@ -209,12 +209,7 @@ def check_plan(jobs: list[IngestJob]) -> None:
     files: dict[tuple[int, int], int] = {}  # an existing output's file: two names of one (hard links) are one output
     for n, job in enumerate(jobs, 1):
         target = os.path.realpath(job.output)  # realpath, unlike resolve(), never raises on a link loop
-        try:
-            stat = os.stat(target)
-        except (OSError, ValueError):
-            file = None
-        else:
-            file = (stat.st_dev, stat.st_ino)
+        file = file_identity(target)
         first_writer = outputs.get(target) or files.get(file)
         if first_writer is not None:
             raise UsageError(f"{shown(job.output)}: written by job {first_writer} and job {n}"

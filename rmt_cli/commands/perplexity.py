@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..atomic import save_figure
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import UsageError, shown
+from ..errors import UsageError, shown, whole_number_argument
 from ..core.segments import SegmentStream
 from ..data.sources import open_document
 from ..data.tokenstream import DocumentTokens
@@ -86,9 +86,8 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
                max_tokens: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 2):  # the first token is only read
-        raise UsageError(f"max_tokens {shown(max_tokens, 40)}: a whole number, at least 2 (the first token is scored "
-                         f"by none before it)")
+    if max_tokens is not None:  # at least 2: the first token is only read, scored by none before it
+        whole_number_argument(max_tokens, "max_tokens", 2)
     for loaded in (model, baseline):
         if loaded is not None:
             check_usable(loaded)

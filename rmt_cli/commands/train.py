@@ -25,7 +25,8 @@ import yaml
 from ..atomic import atomic_path, check_folder, hold_lock
 from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matches, is_rmt_checkpoint, load_checkpoint,
                                   replaceable_checkpoint, save_checkpoint)
-from ..storage.training_state import load_module_state, load_optimizer_state, module_tensors, read_training_state
+from ..storage.training_state import (STEP_NAME, load_module_state, load_optimizer_state, module_tensors,
+                                      read_training_state)
 from .samples import TaskData
 from ..errors import (RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, path_argument, shown,
                       stop_signals, write_failure)
@@ -129,9 +130,6 @@ def _stop_workers(batches) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)  # a DataLoader iterator's; the inline generator has none
     if shutdown is not None:
         shutdown()
-
-
-STEP_NAME = r"step-([0-9]{1,12})"  # a step checkpoint's folder: ASCII digits (\d takes any script's)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -219,7 +219,7 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
     check_replaceable(path)
     try:  # a field of another type (a list for the memory, pending_bytes as text) fails here first
         tensors = _state_tensors(state)
-        metadata = {**state.metadata(), "tensors_sha256": tensors_digest(tensors)}
+        metadata = state.metadata()
     except (AttributeError, TypeError, ValueError, RuntimeError) as e:
         raise UsageError(f"{shown(path)}: not written: a field of the MemoryState is not of its type "
                          f"({type(e).__name__}: {error_line(e)})") from None
@@ -231,6 +231,7 @@ def save_memory(path: str | Path, state: MemoryState) -> Path:
         _checked_state(tensors, metadata, shown(path))
     except UsageError as e:
         raise UsageError(f"not written, since it could not be read back: {e}") from None
+    metadata["tensors_sha256"] = tensors_digest(tensors)  # after the check, which would only compare it again
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

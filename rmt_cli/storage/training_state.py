@@ -15,6 +15,9 @@ from ..errors import UsageError, error_line, json_loads, shown
 from .fingerprint import tensors_digest
 
 
+STEP_NAME = r"step-([0-9]{1,12})"  # a run's step checkpoint folder: ASCII digits (\d takes any script's)
+
+
 def optimizer_tensors(optimizer) -> tuple[dict, dict]:
     state = optimizer.state_dict()
     tensors = {}
@@ -41,7 +44,7 @@ def read_training_state(path: Path) -> dict:
     if not ok:
         raise UsageError(f"resume: {shown(path)}: training_state.json lacks a step or the optimizer's settings; "
                          f"resume from another checkpoint")
-    named = re.fullmatch(r"step-([0-9]+)", path.name)  # a run's step-N folder holds the state of step N
+    named = re.fullmatch(STEP_NAME, path.name)  # a run's step-N folder holds the state of step N
     if named and int(named.group(1)) != state["step"]:
         raise UsageError(f"resume: {shown(path)}: training_state.json says step {state['step']}, the folder's name "
                          f"step {int(named.group(1))}; resume from another checkpoint")
