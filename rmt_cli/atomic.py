@@ -24,6 +24,23 @@ _TMP_NAME_BYTES = 120
 _TMP_SUFFIX_BYTES = 16
 
 
+CHECKPOINT_INFO = "rmt.json"  # the file that makes a folder an rmt checkpoint (storage/checkpoint.py)
+
+
+def check_outside_checkpoints(path: str | Path, what: str) -> None:
+    """Refuse an output (`what` starts the error: "output_dir ", "-o ") inside a checkpoint folder (one holding
+    rmt.json): a file or folder of its own there makes that folder one that training no longer replaces and a copy
+    no longer loads as it was (a checkpoint folder holds its own files only)."""
+    for folder in Path(os.path.realpath(path)).parents:
+        try:
+            inside = (folder / CHECKPOINT_INFO).is_file()
+        except OSError:  # a folder on the way that may not be searched: no checkpoint rmt could have written
+            continue
+        if inside:
+            raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(folder)}; write it "
+                             f"elsewhere")
+
+
 def output_target(path: str | Path, what: str = "") -> Path:
     """Where an output named `path` is written, checked before anything is read: a symbolic link is followed
     (the file it names is written, the link stays), and what is written must be a regular file or a new path
@@ -88,6 +105,11 @@ def existing_folder(path: str | Path, what: str) -> None:
         raise UsageError(f"{what}{shown(path)}: {e.strerror or e}") from None
     if not is_folder:
         raise UsageError(f"{what}{shown(path)}: {shown(parent)} is a file, not a folder")
+    if os.path.islink(path):  # the file written is the one the link names, in the link target's folder
+        target_folder = os.path.dirname(os.path.realpath(path))
+        if not os.path.isdir(target_folder):
+            raise UsageError(f"{what}{shown(path)}: a symbolic link to {shown(os.readlink(path))}, in a folder that "
+                             f"does not exist ({shown(target_folder)})")
 
 
 def check_folder(folder: Path, where: str) -> None:
@@ -182,10 +204,14 @@ def hold_lock(path: str | Path, busy: str, error: type[RMTError] = RMTError) -> 
     if fcntl is None:
         return None
     while True:
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        try:  # O_NONBLOCK: a FIFO put in an output's place meanwhile would block open() until a writer came
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         except OSError:  # not there (yet): a new output has nothing another run could lose
             return None
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+            os.close(fd)
+            raise UsageError(f"{shown(path)}: is not a regular file (a device, a FIFO or a socket) now; rmt writes "
+                             f"only regular files or new paths")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -124,9 +124,20 @@ def _home(value):
     return None if value is None else type(value)(home_path(str(value)))
 
 
+def _path(value: str | None) -> Path | None:
+    """A path argument or option as typed (typer's own Path conversion makes '' the current folder), `~` expanded
+    as a shell would (quoted, or after `--option=`, the shell left it); an empty one (an unset shell variable)
+    names nothing."""
+    if value is None:
+        return None
+    if value == "":
+        raise typer.BadParameter("an empty path ('') names no file or folder")
+    return Path(home_path(value))
+
+
 def _path_option(*names: str, help: str):
-    """An option that names a file or folder (default none), its `~` expanded as a shell would (`_home`)."""
-    return typer.Option(None, *names, callback=_home, help=help)
+    """An option that names a file or folder (default none): `_path`."""
+    return typer.Option(None, *names, parser=_path, metavar="<path>", help=help)
 
 
 def _seed_in_range(value: int) -> int:
@@ -263,7 +274,9 @@ def _run_command(func, args, kwargs):
         # Under torchrun every process checks the same input: one of them says what was wrong with it.
         rank = os.environ.get("RANK", "0").strip()
         if not (isinstance(e, UsageError) and rank.isascii() and rank.isdigit() and int(rank) != 0):
-            for line in str(e).splitlines() or [type(e).__name__]:
+            # A report of several recipe errors is one a line: cut at newlines only (splitlines() also cuts at a
+            # U+2028 or a \x1c in a quoted name, which _say escapes).
+            for line in [line for line in str(e).split("\n") if line.strip()] or [type(e).__name__]:
                 _say("error", line)
         else:  # the main process finds the same mistake: ended first, this one would have the launcher stop it
             ignore_stop_signals()  # (SIGTERM) before it says what the mistake was
@@ -283,8 +296,14 @@ def _run_command(func, args, kwargs):
     except MemoryError:
         _say("error", f"out of memory; try {_SMALLER.get(func.__name__, 'a smaller model')}")
         raise typer.Exit(1)
+    except ImportError as e:  # a library's shared object that cannot be mapped: memory limited (ulimit -v)
+        if "failed to map segment" not in str(e):
+            raise
+        _say("error", f"out of memory while loading a library ({str(e).splitlines()[0][:200]})")
+        raise typer.Exit(1)
     except RuntimeError as e:
-        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+        # oneDNN says "could not create a primitive" where an allocation of its own failed
+        if not any(words in str(e).lower() for words in OUT_OF_MEMORY_WORDS):
             raise  # a bug of ours: the traceback is the report
         _say("error", f"out of memory ({str(e).splitlines()[0][:200]}); try "
              f"{_SMALLER.get(func.__name__, 'a smaller model')}")
@@ -309,6 +328,9 @@ class _ClosedStdout:
 
     def isatty(self) -> bool:
         return False
+
+
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "out of memory", "could not create a primitive")
 
 
 def _say(kind: str, text: str) -> None:
@@ -387,7 +409,7 @@ def _stdout(text: str) -> None:
 )
 @command
 def train(
-    recipe: Path = typer.Argument(..., callback=_home, help="A YAML recipe (see recipes/); - reads it from stdin."),
+    recipe: Path = typer.Argument(..., parser=_path, help="A YAML recipe (see recipes/); - reads it from stdin."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings that replace the recipe's."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -423,8 +445,8 @@ def _finish_run(result, json_out: bool) -> None:
 )
 @command
 def extend(
-    checkpoint: Path = typer.Argument(..., callback=_home, help="A trained checkpoint folder (e.g. runs/NAME/final)."),
-    recipe: Path = typer.Argument(..., callback=_home, help="A YAML recipe whose curriculum lists the longer stages."),
+    checkpoint: Path = typer.Argument(..., parser=_path, help="A trained checkpoint folder (e.g. runs/NAME/final)."),
+    recipe: Path = typer.Argument(..., parser=_path, help="A YAML recipe whose curriculum lists the longer stages."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value settings that replace the recipe's."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -460,7 +482,7 @@ def _load_model(model: Optional[Path], dtype, hint: str = "", default: Optional[
 
 def _outside_checkpoint(outputs: list[tuple[str, Path]]) -> None:
     """Refuse an output inside a checkpoint folder (the one being read, or any other): `check_outside_checkpoints`."""
-    from .storage.checkpoint import check_outside_checkpoints
+    from .atomic import check_outside_checkpoints
 
     for what, path in outputs:
         check_outside_checkpoints(path, what)
@@ -494,8 +516,9 @@ def _device() -> str:
 @command
 def ingest(
     paths: Optional[List[str]] = typer.Argument(None, help="Text files, folders, or - for stdin."),
-    output: Optional[str] = _path_option("--output", "-o", help="Memory file to write (or a folder, "
-                                                                "existing or ending in /: one memory file per input)."),
+    # Typed str and kept as given: a trailing / asks for a folder ('' is said to name no output, in plan_jobs)
+    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_home, help="Memory file to write (or a "
+                                         "folder, existing or ending in /: one memory file per input)."),
     model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
                                                                "model, when the package ships one)."),
     append: Optional[Path] = _path_option("--append", help="Continue from this memory file; writes back "
@@ -712,7 +735,7 @@ ASK_BATCH = 64
 )
 @command
 def ask(
-    memory: Path = typer.Argument(..., callback=_home, help="A memory file written by rmt ingest."),
+    memory: Path = typer.Argument(..., parser=_path, help="A memory file written by rmt ingest."),
     questions: Optional[List[str]] = typer.Argument(None, help="Questions; - reads them from stdin, one a line. "
                                                    "Answered in this order, then --file's."),
     model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
@@ -1058,6 +1081,11 @@ def main() -> None:
         code = 130
     except SystemExit as e:
         code = e.code
+    except BrokenPipeError:  # `rmt --help | head -1`: the reader went away, no error of ours
+        sys.stderr.close()
+    except OSError as e:  # what no command wrote: `rmt train --help > /dev/full`
+        _say("error", f"cannot write standard output: {e.strerror or e}")
+        code = 1
     finally:
         ignore_stop_signals()
     end_launched_process(code)  # returns unless this process was one of several (torchrun, accelerate launch)

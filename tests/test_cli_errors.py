@@ -60,7 +60,7 @@ def test_help_shows_no_type_after_a_flag(command):
     r = run([command, "--help"])
     assert r.exit_code == 0 and "--help" in r.stdout
     assert "<bool>" not in r.stdout
-    assert "<path>" in r.stdout or "<int" in r.stdout or "<float" in r.stdout
+    assert "<path>" in r.stdout.lower() or "<int" in r.stdout or "<float" in r.stdout
 
 
 def test_version():

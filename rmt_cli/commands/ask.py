@@ -18,7 +18,7 @@ import torch
 
 from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown, whole_number_argument
-from ..storage.memfile import MemoryState, check_compatible
+from ..storage.memfile import MemoryState, check_compatible, check_state
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
                              split_document)
 from ..data.tokenstream import TokenStream
@@ -199,8 +199,7 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
     A memory of another model is refused (UsageError, `name` saying which), but with `force` where only the
     fingerprint differs, as `rmt ask --force`."""
     check_usable(model)
-    if not isinstance(state, MemoryState):
-        raise UsageError(f"state: a MemoryState (load_memory), not {type(state).__name__}")
+    check_state(state)  # edited in Python, it may hold what no memory file may (a negative token id)
     check_compatible(state, model, force, name)
     whole_number_argument(max_new_tokens, "max_new_tokens")  # an answer has room for at least one token
     check_sampling(temperature, top_p)

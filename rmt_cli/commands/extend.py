@@ -13,12 +13,13 @@ The run then starts from everything the checkpoint holds plus fresh matrices, of
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from ..core.rules import is_upgrade, upgrades_text
 from ..storage.checkpoint import check_recipe_matches, read_info
 from ..errors import UsageError, shown
-from ..data.sources import read_small_text
+from ..data.sources import home_path, read_small_text
 from ..storage.recipe import (Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, recipe_label,
                               validate_recipe, value_source)
 
@@ -43,8 +44,9 @@ def _set(data: dict, path: tuple, value) -> None:
     data[path[-1]] = value
 
 
-def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: list[str]) -> Recipe:
-    checkpoint = Path(checkpoint)
+def _trained(checkpoint: Path) -> tuple[dict, dict]:
+    """The recipe a checkpoint was trained with (as written), and its locked sections validated (as the saved
+    model's files describe them)."""
     read_info(checkpoint)  # a checkpoint folder, or one line saying what is wrong with it
     trained_path = checkpoint / "recipe.yaml"
     if not trained_path.is_file():  # the model, tokenizer and memory it was built with: nothing to continue without
@@ -53,12 +55,47 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     trained = load_yaml(read_small_text(trained_path, "the trained recipe"), str(trained_path))
     if not isinstance(trained, dict):
         raise UsageError(f"{trained_path}: the top level must be a mapping of keys to values")
+    base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
+    check_recipe_matches(checkpoint, base)  # the settings extend keeps are the saved model's, not an edited file's
+    return trained, base
+
+
+def check_extends(recipe: Recipe) -> None:
+    """A recipe naming `init_from` (an extend run's own recipe.yaml, given to `rmt train`) asks for the locked
+    settings of that checkpoint, as `rmt extend` would have made them; UsageError naming each that differs."""
+    checkpoint = Path(recipe.init_from)
+    _, base = _trained(checkpoint)
+    asked_all = recipe.model_dump(mode="json")
+    problems, upgraded = [], False
+    for path in LOCKED:
+        had, asked = _get(base, path)[0], _get(asked_all, path)[0]
+        if path == KEY_SIZE and upgraded:
+            continue
+        if path == UPDATE and is_upgrade(had, asked):
+            upgraded = True
+        elif asked != had:
+            problems.append(f"{'.'.join(path)}: the checkpoint init_from names ({shown(str(checkpoint))}) has "
+                            f"{had!r}, the recipe {asked!r}")
+    if problems:
+        raise UsageError("\n".join(problems))
+
+
+def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: list[str]) -> Recipe:
+    checkpoint = Path(checkpoint)
+    trained, base = _trained(checkpoint)
     problems: list[str] = []  # every one reported at once: malformed overrides, then the locked settings asked
     applied: list[str] = []  # a skipped override set nothing: never named as a setter
     data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
     overrides = applied
-    base = validate_recipe(_minimal(trained), str(trained_path)).model_dump(mode="json")
-    check_recipe_matches(checkpoint, base)  # the settings extend keeps are the saved model's, not an edited file's
+    # The run's recipe.yaml says what it started from: `rmt train RUN/recipe.yaml resume=auto` after a kill before
+    # the first checkpoint starts from it again (it began a model from scratch).
+    source = os.path.realpath(checkpoint)
+    given = data.get("init_from") if isinstance(data, dict) else None
+    if given is not None and (not isinstance(given, str) or os.path.realpath(home_path(given)) != source):
+        problems.append(f"{recipe_label(recipe_path)}: init_from: {shown(repr(given), 80)} is not the checkpoint "
+                        f"extend starts from ({shown(source)}); remove it")
+    elif isinstance(data, dict):
+        data["init_from"] = source
     upgraded = False  # the recipe upgrades the checkpoint's update rule
     for path in LOCKED:
         have, known = _get(trained, path)

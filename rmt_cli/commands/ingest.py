@@ -15,6 +15,7 @@ again from its memory. So the memory is the one-at-a-time path's, bit for bit, a
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from ..atomic import existing_folder, file_identity, hold_lock, output_target
+from ..atomic import check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target
 from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import RMTError, UsageError, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
@@ -116,6 +117,8 @@ class _Reader:
         # rename its result over this one's, and one of the two would be lost without a word.
         self.lock = hold_lock(job.output, f"{shown(job.output)}: another rmt is writing it (an ingest or --append); "
                                           f"try again when it ends")
+        # A new output has no file to lock: a second run writing it meanwhile is found when this one saves.
+        self.output_at_start = _file_identity(job.output)
         try:
             self._start(job, model, force)
         except BaseException:
@@ -154,7 +157,11 @@ class _Reader:
             self.forced_from, self.was_mixed = "", False
 
     def save(self, state: MemoryState) -> None:
-        self.output_before = _file_identity(self.job.output)
+        now = _file_identity(self.job.output)
+        if now is not None and now != self.output_at_start:
+            raise RMTError(f"{shown(self.job.output)}: written by another program while this ingest ran; this "
+                           f"document's memory is not written over it (run it again, or write it elsewhere)")
+        self.output_before = now
         save_memory(self.job.output, state)
 
     def saved(self) -> bool:
@@ -191,9 +198,10 @@ class _Reader:
 def check_job(job: IngestJob) -> Document:
     """Open a job's inputs (every path checked) and make sure writing its output destroys none of them."""
     target = output_target(job.output)
+    check_outside_checkpoints(job.output, "")  # the CLI says so before it loads the model
     document = open_document(job.paths)
     for item in document.items:
-        if item.path is not None and item.path.resolve() == target:
+        if not item.streamed and item.path.resolve() == target:
             raise UsageError(f"{shown(job.output)}: is also an input; writing the memory there would destroy it")
     check_replaceable(job.output)
     return document
@@ -226,14 +234,28 @@ def check_plan(jobs: list[IngestJob]) -> None:
             if parent == target:
                 break
             target = parent
+    streams: dict[object, int] = {}  # stdin and pipes named by path: each read by one job only
     for n, job in enumerate(jobs, 1):
         for p in job.paths:
+            stream = "-" if p == "-" else file_identity(p) if _is_pipe(p) else None
+            if stream is not None:
+                reader = streams.setdefault(stream, n)
+                if reader != n:
+                    what = "standard input (-)" if p == "-" else f"the pipe {shown(p)}"
+                    raise UsageError(f"{what}: read by job {reader} and job {n}; it can be read only once")
             if p == "-":
                 continue
             writer = next((w for w in writers.get(os.path.realpath(p), ()) if w != n), None)
             if writer is not None:
-                raise UsageError(f"{p}: read by job {n} and written by job {writer}; an output must not be another "
-                                 f"job's input")
+                raise UsageError(f"{shown(p)}: read by job {n} and written by job {writer}; an output must not be "
+                                 f"another job's input")
+
+
+def _is_pipe(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -282,7 +304,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     document read alone run side by side (module docstring); 1 runs them one at a time. The memory is the same.
     """
     check_usable(model)
-    jobs = list(jobs)  # any iterable of jobs: each is looked up by its index
+    jobs = [jobs] if isinstance(jobs, IngestJob) else list(jobs)  # one job, or any iterable of jobs
+    whole_number_argument(lookahead, "lookahead")  # 1 reads segments one at a time
     wrong = [job for job in jobs if not isinstance(job, IngestJob)]
     if wrong:
         raise UsageError(f"jobs: IngestJob(paths, output) each, not {type(wrong[0]).__name__}")
@@ -551,6 +574,7 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
     """`input<TAB>output` lines (LF or CRLF); blank lines and lines starting with # are skipped. Relative paths
     are read from the current folder, as on the command line, not from the manifest's."""
     path = Path(path)
+    read_from_stdin = file_identity(path) is not None and file_identity(path) == file_identity(0)
     text = read_small_text(path, "manifest").removeprefix("\ufeff")  # a BOM names no file
     jobs = []
     # Lines end at a newline (CRLF too) and nowhere else: str.splitlines() would also cut at a form feed, a vertical
@@ -563,11 +587,16 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
             raise UsageError(f"manifest {shown(path)}:{n}: expected input<TAB>output, got {shown(line, 60)}")
         if "\0" in line:  # no file name can hold one; the OS would refuse it with a ValueError
             raise UsageError(f"manifest {shown(path)}:{n}: a name holds a NUL character: {shown(line, 60)}")
-        if parts[1].strip().endswith(("/", os.sep)):
-            raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1].strip(), 60)} names a folder; a "
+        for part, role in zip(parts, ("input", "output")):
+            if part != part.strip():  # stripped, ` sp.txt` would name another file, read without a word
+                raise UsageError(f"manifest {shown(path)}:{n}: the {role} {shown(repr(part), 60)} begins or ends with "
+                                 f"white space; names are taken as written: remove it (or rename the file)")
+        if parts[1].endswith(("/", os.sep)):
+            raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1], 60)} names a folder; a "
                              f"line names one memory file")
-        jobs.append(IngestJob([parts[0].strip()], Path(home_path(parts[1].strip())),
-                              origin=f"manifest {shown(path)}:{n}"))
+        if parts[0] == "-" and read_from_stdin:
+            raise UsageError(f"manifest {shown(path)}:{n}: reads standard input (-), which holds the manifest itself")
+        jobs.append(IngestJob([parts[0]], Path(home_path(parts[1])), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")
     return jobs

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..atomic import atomic_path, check_folder, hold_lock
-from ..storage.checkpoint import (check_outside_checkpoints, check_recipe_matches, is_rmt_checkpoint, load_checkpoint,
+from ..atomic import atomic_path, check_folder, check_outside_checkpoints, hold_lock
+from ..storage.checkpoint import (check_recipe_matches, is_rmt_checkpoint, is_unfinished_checkpoint, load_checkpoint,
                                   replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import (STEP_NAME, load_module_state, load_optimizer_state, module_tensors,
                                       read_training_state)
@@ -141,6 +141,25 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _check_whole(checkpoint: Path, loaded_fingerprint: str) -> None:
+    """A checkpoint to resume is the one its run wrote: the fingerprint rmt.json holds was computed from its
+    weights, memory, tokenizer and settings as written, and load_checkpoint computes it anew from the files. A
+    file swapped in from another run (weights, memory.safetensors, tokenizer.json) resumed a hybrid without a
+    word; the optimizer state has its own digest (training_state.json)."""
+    try:
+        written = json_loads((checkpoint / "rmt.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):  # load_checkpoint read it a moment ago
+        written = None
+    if written is not None and written != loaded_fingerprint:
+        raise UsageError(f"resume: {shown(checkpoint)}: its weights, memory or tokenizer are not those its run wrote "
+                         f"(rmt.json's fingerprint {shown(written, 40)} differs from the files', "
+                         f"{loaded_fingerprint}): a file was replaced or changed; resume from another checkpoint")
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(re.fullmatch(STEP_NAME, checkpoint.name).group(1))
+
+
 def resolve_resume(recipe: Recipe) -> Path | None:
     if recipe.resume in (None, "", "no", "none"):
         return None
@@ -163,7 +182,7 @@ RESUME_FREE = {("memory", k) for k in ("bptt_depth", "gradient_checkpointing", "
 
 
 # What a resumed run may change without a word: where it writes and evaluates, not what it trains.
-RESUME_UNRECORDED = {("resume",), ("output_dir",), ("eval",), ("checkpoint",), ("data_workers",)}
+RESUME_UNRECORDED = {("resume",), ("output_dir",), ("eval",), ("checkpoint",), ("data_workers",), ("init_from",)}
 
 
 def _differences(had, wants, path: tuple = ()):
@@ -284,6 +303,10 @@ def _check_own(path: Path, folder: bool = False) -> None:
     (which would write elsewhere), a FIFO (which would hang training) or a device. The folders are a stage's
     NAME.tmp, written and then renamed (atomic.atomic_folder, which clears a folder a killed run left there): a
     file or link at that name would fail the run when the stage ends, after its work."""
+    if folder and path.is_dir() and not path.is_symlink() and not is_unfinished_checkpoint(path):
+        raise UsageError(f"output_dir {shown(path.parent)}: {path.name} holds what is not part of a checkpoint; rmt "
+                         f"writes a stage's folder under that name first, clearing what a killed run left: remove "
+                         f"it, or choose another output_dir")
     if not path.is_symlink() and (not path.exists() or (path.is_dir() if folder else path.is_file())):
         return
     if path.is_symlink():
@@ -498,8 +521,20 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
     if resume_from is None and latest_checkpoint(output_dir) is not None:
         raise UsageError(f"output_dir {shown(output_dir)} already holds checkpoints of a run: continue it with "
                          f"resume=auto, or choose another output_dir")
+    if resume_from is None and init_from is None and recipe.init_from is not None:
+        from .extend import check_extends
+
+        check_extends(recipe)
+        init_from = Path(recipe.init_from)
     if resume_from is None and recipe.resume == "auto":
-        log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run")
+        log.info(f"resume=auto: no checkpoint in {shown(output_dir)}; starting a new run"
+                 + (f" from {shown(init_from)}" if init_from is not None else ""))
+    later = latest_checkpoint(output_dir)
+    if resume_from is not None and later is not None and _step_of(later) > read_training_state(resume_from)["step"]:
+        # Its later checkpoints would outlive the new branch's in pruning, and resume=auto would go back to them.
+        raise UsageError(f"resume: {shown(resume_from)} is an earlier step than {shown(later)}, which output_dir "
+                         f"holds: resuming there would mix two histories in one run; remove the later checkpoints, "
+                         f"or resume into another output_dir")
     resume_changes = {}
     if resume_from is not None:
         was = _stored_recipe(resume_from, log)
@@ -522,6 +557,8 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         # From a trained model (extend), the recipe's rule may upgrade the checkpoint's (gated -> gated-associative:
         # fresh associative matrices that compute nothing yet); a resumed run is already what it was.
         loaded = load_checkpoint(resume_from or init_from, upgrade=None if resume_from is not None else recipe.memory)
+        if resume_from is not None:
+            _check_whole(resume_from, loaded.info["fingerprint"])
         cell, tokenizer = loaded.cell, loaded.tokenizer
         source = loaded.info.get("source", source)
         if cell.kind != recipe.model.kind:

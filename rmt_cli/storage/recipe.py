@@ -19,7 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError, field_validator,
                       model_validator)
 
-from ..errors import UsageError, error_line, path_argument, shown
+from ..errors import UsageError, error_line, one_line, path_argument, shown
 from ..data.sources import home_path, read_small_stdin, read_small_text
 from ..core.rules import UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, SIZED_TASKS, STORY_TASKS
@@ -130,6 +130,10 @@ class ModelSpec(Section):
     def _check(self) -> None:
         if self.gguf_file is not None and self.name_or_path is None:
             raise ValueError("gguf_file: names a file inside name_or_path's folder, and name_or_path is not set")
+        dtype = [key for key in ("dtype", "torch_dtype") if key in self.config]
+        if dtype:  # from_config builds the weights in it: float16 training diverged at its second step
+            raise ValueError(f"config.{dtype[0]}: rmt trains the weights in float32 (and runs them in the dtype "
+                             f"asked at load); for speed set mixed_precision: bf16, and remove {dtype[0]}")
         code = [key for key in CODE_KEYS if key in self.config]
         if code:  # the model would train, and every command would then refuse its checkpoint
             raise ValueError(f"config.{code[0]}: names Python code to run with the model; rmt never runs code shipped "
@@ -305,6 +309,9 @@ class Recipe(Section):
     # are a function of the step alone, so the weights do not depend on it.
     data_workers: int = Field(0, ge=0, le=64)
     resume: str | None = None  # "auto" or a checkpoint folder
+    # The trained checkpoint whose weights the run starts from (rmt extend writes it into the run's recipe.yaml, so
+    # that `rmt train RUN/recipe.yaml` starts there again, not from scratch); its locked settings are the recipe's.
+    init_from: str | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
     @field_validator("mixed_precision", "resume", mode="before")
@@ -313,7 +320,7 @@ class Recipe(Section):
         # `mixed_precision: no` (and `resume: no`) is YAML's false: the choice "no" meant, not a type to refuse.
         return "no" if value is False else value
 
-    @field_validator("output_dir", "resume")
+    @field_validator("output_dir", "resume", "init_from")
     @classmethod
     def _home(cls, value: str | None) -> str | None:
         # `~/runs/x` is the home folder's, as in a shell and as for inputs: not a folder named "~" here.
@@ -418,7 +425,7 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
         loc = tuple(e["loc"])
         if e["type"] == "invalid_key":  # pydantic names a `null:` key None, a `true:` key 1: say YAML's words
             loc = (*loc[:-1], json.dumps(e["input"]) if isinstance(e["input"], (bool, type(None))) else loc[-1])
-        path = ".".join(str(p) for p in loc)
+        path = one_line(".".join(str(p) for p in loc))  # a key may hold a newline: each error stays one line
         where = value_source(source, override_of(loc, overrides))
         if e["type"] == "extra_forbidden":
             names = _fields_of(Recipe, loc[:-1])
@@ -433,6 +440,7 @@ def format_errors(error: ValidationError, source: str, overrides: list[str] = ()
                 given = e.get("input")
                 if isinstance(given, (bool, str, int, float)) or type(given).__name__ in ("date", "datetime"):
                     msg += f", not {_as_yaml(given)}"
+            msg = one_line(msg)  # it may quote a value (a path) from the recipe
             lines.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
     return lines
 
@@ -479,7 +487,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise UsageError(f"override {text!r} is not key=value")
     what = f"override {text!r}" if len(text) <= 200 else f"override {text[:100]!r}…"  # a huge one, cut
-    return key.strip().split("."), load_yaml(value, what) if value.strip() else None
+    if not value.strip():
+        return key.strip().split("."), None
+    parsed = load_yaml(value, what)
+    # What YAML drops from a value typed on a command line, where nobody means it: `output_dir=runs/a #b` wrote
+    # into runs/a (" #b" is a comment), and a newline in a plain value is folded into a space (another path).
+    if value.count("#") > _count_in_strings(parsed, "#"):
+        raise UsageError(f"{what}: YAML reads the text from its '#' as a comment and drops it; quote the value "
+                         f"(key='\"a #b\"') or leave the comment out")
+    if isinstance(parsed, str) and "\n" in value and "\n" not in parsed:
+        raise UsageError(f"{what}: YAML folds the newline of a plain value into a space; quote the value with "
+                         f"\\n for a newline, or leave it out")
+    return key.strip().split("."), parsed
+
+
+def _count_in_strings(value: Any, char: str) -> int:
+    """How often `char` occurs in the strings of a loaded YAML value, keys included."""
+    if isinstance(value, str):
+        return value.count(char)
+    if isinstance(value, dict):
+        return sum(_count_in_strings(k, char) + _count_in_strings(v, char) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_count_in_strings(v, char) for v in value)
+    return 0
 
 
 def apply_overrides(data: dict, overrides: list[str], problems: list[str] | None = None,
