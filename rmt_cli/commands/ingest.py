@@ -237,7 +237,10 @@ def check_plan(jobs: list[IngestJob]) -> None:
     streams: dict[object, int] = {}  # stdin and pipes named by path: each read by one job only
     for n, job in enumerate(jobs, 1):
         for p in job.paths:
-            stream = "-" if p == "-" else file_identity(p) if _is_pipe(p) else None
+            if p == "-":  # stdin's pipe, when it is one: `/dev/stdin` in another job names the same
+                stream = file_identity(0) if _is_pipe(0) else "-"
+            else:
+                stream = file_identity(p) if _is_pipe(p) else None
             if stream is not None:
                 reader = streams.setdefault(stream, n)
                 if reader != n:
@@ -251,9 +254,9 @@ def check_plan(jobs: list[IngestJob]) -> None:
                                  f"another job's input")
 
 
-def _is_pipe(path: str) -> bool:
+def _is_pipe(path: str | int) -> bool:
     try:
-        return stat.S_ISFIFO(os.stat(path).st_mode)
+        return stat.S_ISFIFO(os.fstat(path).st_mode if isinstance(path, int) else os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
 
