@@ -53,7 +53,11 @@ def output_target(path: str | Path, what: str = "") -> Path:
     try:
         if target.is_dir():
             raise UsageError(f"{where}: is a folder; name a file to write")
-        if target.exists() and not target.is_file():
+        # The name as the system follows it too: /dev/stdout or >(cmd) lead to a pipe that has no path of its own
+        # (realpath makes it "/proc/…/pipe:[…]", a new path)
+        named = os.stat(path) if os.path.lexists(path) and os.path.exists(path) else None
+        if (target.exists() and not target.is_file()) or \
+                (named is not None and not stat.S_ISREG(named.st_mode) and not stat.S_ISDIR(named.st_mode)):
             raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket); rmt writes only "
                              f"regular files or new paths")
         if os.path.islink(path) and not target.exists() and os.path.lexists(target):
@@ -339,6 +343,23 @@ def plot_target(path: str | Path) -> Path:
     never another file, such as a photo that happens to be a PNG (the tenth review). Returns the target."""
     return replaceable_target(path, "--plot ", is_rmt_plot, "a plot rmt wrote; rmt replaces only its own plots "
                               "(remove it first, or name another file)")
+
+
+@contextlib.contextmanager
+def plain_pyplot():
+    """matplotlib's pyplot with matplotlib's own defaults, whatever a `matplotlibrc` (in the current folder, or
+    named by $MATPLOTLIBRC) says: `text.usetex: True` made a plot run `latex` on text that holds a model folder's
+    name, and a bad setting failed in a traceback after the whole evaluation. Drawn off screen (Agg)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        import matplotlib.pyplot as plt
+
+        yield plt
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:

@@ -18,7 +18,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .data.sources import home_path
+from .data.sources import editor_lines, home_path
 from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, json_loads, one_line,
                      shown, stop_like_ctrl_c)
 
@@ -272,8 +272,7 @@ def _run_command(func, args, kwargs):
         return func(*args, **kwargs)
     except RMTError as e:
         # Under torchrun every process checks the same input: one of them says what was wrong with it.
-        rank = os.environ.get("RANK", "0").strip()
-        if not (isinstance(e, UsageError) and rank.isascii() and rank.isdigit() and int(rank) != 0):
+        if not (isinstance(e, UsageError) and _other_launched_process()):
             # A report of several recipe errors is one a line: cut at newlines only (splitlines() also cuts at a
             # U+2028 or a \x1c in a quoted name, which _say escapes).
             for line in [line for line in str(e).split("\n") if line.strip()] or [type(e).__name__]:
@@ -333,6 +332,15 @@ class _ClosedStdout:
 OUT_OF_MEMORY_WORDS = ("can't allocate memory", "out of memory", "could not create a primitive")
 
 
+def _other_launched_process() -> bool:
+    """Whether this is one of several processes a launcher started, not the main one: a RANK above 0 under a
+    WORLD_SIZE above 1. A RANK alone (left in a SLURM or MPI job's environment, or inherited from a torchrun
+    worker that runs rmt) silenced every usage error."""
+    rank, world = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
+    counts = all(value.isascii() and value.isdigit() for value in (rank, world))
+    return counts and int(rank) != 0 and int(world) > 1
+
+
 def _say(kind: str, text: str) -> None:
     """One unwrapped line on stderr, so scripts can grep it (control characters from file text escaped)."""
     if sys.stderr is None:  # started with stderr closed: nowhere to say it; the exit code still tells
@@ -341,13 +349,24 @@ def _say(kind: str, text: str) -> None:
     sys.stderr.flush()
 
 
+def _argument_text(text: str) -> str:
+    """A command-line argument as the UTF-8 text it was typed as: under a locale that is not UTF-8 (LANG=C without
+    Python's UTF-8 mode), Python decodes argv's bytes to surrogates, and "Dániel" was refused as not UTF-8."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeDecodeError:  # bytes that are not UTF-8 either: said as such by check_question
+        return text
+
+
 def _question_lines(data: bytes, source: str) -> list[tuple[int, str]]:
     """The questions of a file or stdin, one a line, each with its line number."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"{source}: questions must be UTF-8 text ({e.reason} at byte {e.start})") from None
-    lines = text.removeprefix("\ufeff").splitlines()  # a BOM is no part of a question
+    lines = editor_lines(text)  # a BOM is no part of a question; a vertical tab does not end one
     while lines and not lines[-1].strip():  # blank lines at the end pair with no answer: nothing to say
         lines.pop()
     questions = [(n, q) for n, q in enumerate(lines, 1) if q.strip()]
@@ -524,7 +543,7 @@ def ingest(
     append: Optional[Path] = _path_option("--append", help="Continue from this memory file; writes back "
                                                            "to it unless -o is given."),
     manifest: Optional[Path] = _path_option("--manifest", help="A file of input<TAB>output lines (relative "
-                                                               "paths from the current folder)."),
+                                                               "paths from the current folder); - reads stdin."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Documents read side by side."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the dtype the "
                                         "checkpoint is saved in; bfloat16 for the embedded model). --append keeps "
@@ -758,12 +777,12 @@ def ask(
 
     import torch
 
-    from .commands.ask import QuestionError, ask_many, check_question, check_sampling
+    from .commands.ask import QuestionError, ask_many, check_question, check_question_lengths, check_sampling
     from .data.sources import read_small_file, read_small_stdin
     from .storage.memfile import DTYPES, load_memory
 
     check_sampling(temperature, top_p)
-    asked = list(questions or [])
+    asked = [_argument_text(q) for q in questions or []]
     if asked.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
     where: list[str | None] = [None] * len(asked)  # the line a question came from, if any: named in errors
@@ -772,6 +791,9 @@ def ask(
         lines = _question_lines(read_small_stdin("standard input"), "standard input")
         asked[at : at + 1] = [q for _, q in lines]
         where[at : at + 1] = [f"standard input:{n}" for n, _ in lines]
+    if file is not None and str(file) == "-":  # not "no such file": - is stdin elsewhere
+        raise UsageError("--file -: questions from standard input come from a - among the questions: "
+                         "rmt ask MEMORY - < questions.txt")
     if file is not None:
         lines = _question_lines(read_small_file(file, "--file"), f"--file {file}")
         asked += [q for _, q in lines]
@@ -786,6 +808,10 @@ def ask(
     state = load_memory(memory)
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     generator = torch.Generator().manual_seed(seed)
+    try:  # every question before any answer: exit 2 is "nothing done, fix the input"
+        check_question_lengths(loaded, asked)
+    except QuestionError as e:
+        raise UsageError(f"{where[e.index]}: {e}" if where[e.index] else str(e)) from None
 
     def answers():  # in batches: a long --file is neither held whole on the model nor printed only at the end
         for start in range(0, len(asked), ASK_BATCH):
@@ -846,14 +872,14 @@ def perplexity(
     result["model"] = str(loaded.path)
     if base is not None:
         result["baseline_model"] = str(base.path)
-    if plot_file is not None:
-        plot(result, str(plot_file))
     if json_out:
         _print_json(result)
     else:
         _stdout(f"{result['memory']['perplexity']:.4f}\n")
     if not quiet:
         _perplexity_table(result)
+    if plot_file is not None:  # after the results: a plot that cannot be written loses none of them
+        plot(result, str(plot_file))
 
 
 @app.command(
@@ -920,6 +946,9 @@ def eval_command(
         raise UsageError(f"--facts {facts!r}: need 1 <= MIN <= MAX <= {MAX_FACTS}")
     if task == "babi" and babi is None:
         raise UsageError("--task babi needs --babi FILE (a bAbI-format file of stories)")
+    if babi is not None and str(babi) == "-":  # not "no such file": - is stdin elsewhere
+        raise UsageError("--babi -: name a bAbI-format file; standard input is not read here (/dev/stdin names it "
+                         "as a file)")
     if babi is not None and task not in (None, "babi"):  # the file's stories are scored, never the generator's
         raise UsageError(f"--task {shown(task)} and --babi {shown(babi)}: --babi takes the stories from the file in "
                          f"place of a generator; give one of them")
@@ -985,14 +1014,14 @@ def eval_command(
                      f"({loaded.segment_size} tokens) is read in context, without the memory: memory and memory "
                      f"reset score alike")
     rows = [r.row() for r in results]
-    if plot_file is not None:
-        plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")
     if json_out:
         from .storage.memfile import dtype_name
 
         _print_json({"model": str(loaded.path), "dtype": dtype_name(loaded.cell.dtype), "rows": rows})
     if not quiet:
         _eval_table(rows)
+    if plot_file is not None:  # after the results: a plot that cannot be written loses none of them
+        plot_results(rows, str(plot_file), f"{loaded.path.name}: {'bAbI file' if babi else task}")
 
 
 def _check_plot_target(plot_file: Path, inputs: List[str]) -> None:
@@ -1074,8 +1103,13 @@ def main() -> None:
     from .distributed import end_launched_process
 
     code = 0
+    if sys.stdout is None:  # started with stdout closed (`>&-`): --help and --version have nowhere to go either
+        sys.stdout = _ClosedStdout()
     try:
         app()
+    except RMTError as e:  # what no command raised: help or the version written to a closed stdout
+        _say("error", str(e))
+        code = e.exit_code
     except KeyboardInterrupt:
         _say_interrupted()
         code = 130

@@ -149,6 +149,14 @@ def path_argument(value, what: str):
     return value
 
 
+def callback_argument(value, what: str):
+    """A callback the Python API was given: None or something callable, else a UsageError now (not a TypeError at
+    its first call, after work)."""
+    if value is not None and not callable(value):
+        raise UsageError(f"{what}: a function (or None), not {type(value).__name__}")
+    return value
+
+
 def whole_number_argument(value, what: str, low: int = 1) -> int:
     """A count the Python API was given: an int (not a bool, not 2.5) of at least `low`, else a UsageError."""
     if type(value) is not int or value < low:

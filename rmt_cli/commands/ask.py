@@ -216,9 +216,8 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
         for index, question in enumerate(questions):
             try:
                 finals.append(end.final(_question_tokens(model, question)))
-            except UsageError as e:  # which question, of a long list (the thirteenth review)
-                short = question if len(question) <= 60 else question[:59] + "…"
-                raise QuestionError(f"{e} (question {short!r})", index) from None
+            except UsageError as e:
+                raise _question_error(e, question, index) from None
         if temperature > 0:  # one question after another, so a question's sample does not depend on the others
             replies = [respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p, generator)[0]
                        for memory, final in finals]
@@ -226,6 +225,26 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
             memory = torch.cat([memory for memory, _ in finals])
             replies = respond(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
     return [Answer(**vars(reply), question=q) for q, reply in zip(questions, replies)]
+
+
+def check_question_lengths(model: LoadedModel, questions: list[str]) -> None:
+    """Each question fits the model's final segment beside the answer's room (QuestionError naming the first that
+    does not): found before any is answered, so that a long --file does not print answers and then fail as bad
+    input. Whether one fits depends on its tokens alone (an unfinished tail is written to memory first)."""
+    for index, question in enumerate(questions):
+        try:
+            try:
+                build_final_segment([], _question_tokens(model, question), [], model.segment_size)
+            except ValueError as e:
+                raise UsageError(f"question too long: {e}") from None
+        except UsageError as e:
+            raise _question_error(e, question, index) from None
+
+
+def _question_error(error: UsageError, question: str, index: int) -> QuestionError:
+    """The error, saying which question of a long list (the thirteenth review): its start, cut to 60 characters."""
+    short = question if len(question) <= 60 else question[:59] + "…"
+    return QuestionError(f"{error} (question {short!r})", index)
 
 
 def _question_tokens(model: LoadedModel, question: str) -> list[int]:

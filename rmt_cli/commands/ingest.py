@@ -25,11 +25,12 @@ import torch
 
 from ..atomic import check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import RMTError, UsageError, one_line, path_argument, shown, whole_number_argument
+from ..errors import RMTError, UsageError, callback_argument, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
-from ..data.sources import Document, home_path, open_document, path_list, read_small_text
+from ..data.sources import (Document, editor_lines, home_path, open_document, path_list, read_small_stdin,
+                            read_small_text)
 from ..data.tokenstream import DocumentTokens
 
 LOOKAHEAD = 32  # segments run side by side at most when reading ahead: past this the batch gains little on a CPU
@@ -309,6 +310,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     check_usable(model)
     jobs = [jobs] if isinstance(jobs, IngestJob) else list(jobs)  # one job, or any iterable of jobs
     whole_number_argument(lookahead, "lookahead")  # 1 reads segments one at a time
+    for callback, what in ((on_progress, "on_progress"), (on_trace, "on_trace"), (on_warning, "on_warning")):
+        callback_argument(callback, what)
     wrong = [job for job in jobs if not isinstance(job, IngestJob)]
     if wrong:
         raise UsageError(f"jobs: IngestJob(paths, output) each, not {type(wrong[0]).__name__}")
@@ -577,12 +580,18 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
     """`input<TAB>output` lines (LF or CRLF); blank lines and lines starting with # are skipped. Relative paths
     are read from the current folder, as on the command line, not from the manifest's."""
     path = Path(path)
-    read_from_stdin = file_identity(path) is not None and file_identity(path) == file_identity(0)
-    text = read_small_text(path, "manifest").removeprefix("\ufeff")  # a BOM names no file
+    if str(path) == "-":  # `… | rmt ingest --manifest -`
+        manifest_file = file_identity(0)
+        try:
+            text = read_small_stdin("manifest <stdin>").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"manifest <stdin>: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    else:
+        manifest_file = file_identity(path)
+        text = read_small_text(path, "manifest")
+    read_from_stdin = manifest_file is not None and manifest_file == file_identity(0)
     jobs = []
-    # Lines end at a newline (CRLF too) and nowhere else: str.splitlines() would also cut at a form feed, a vertical
-    # tab or U+2028, which a file name may hold, and number the lines unlike an editor.
-    for n, line in enumerate((line.removesuffix("\r") for line in text.split("\n")), 1):
+    for n, line in enumerate(editor_lines(text), 1):  # a BOM names no file
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")
@@ -597,8 +606,10 @@ def manifest_jobs(path: str | Path) -> list[IngestJob]:
         if parts[1].endswith(("/", os.sep)):
             raise UsageError(f"manifest {shown(path)}:{n}: the output {shown(parts[1], 60)} names a folder; a "
                              f"line names one memory file")
-        if parts[0] == "-" and read_from_stdin:
-            raise UsageError(f"manifest {shown(path)}:{n}: reads standard input (-), which holds the manifest itself")
+        if (parts[0] == "-" and read_from_stdin) or (manifest_file is not None and
+                                                     file_identity(home_path(parts[0])) == manifest_file):
+            what = "standard input (-)" if parts[0] == "-" else shown(parts[0], 60)
+            raise UsageError(f"manifest {shown(path)}:{n}: reads {what}, which holds the manifest itself")
         jobs.append(IngestJob([parts[0]], Path(home_path(parts[1])), origin=f"manifest {shown(path)}:{n}"))
     if not jobs:
         raise UsageError(f"manifest {shown(path)}: no jobs in it")

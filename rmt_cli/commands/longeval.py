@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..atomic import save_figure
+from ..atomic import plain_pyplot, save_figure
 from ..storage.checkpoint import LoadedModel
 from ..errors import UsageError
 from .ask import respond
@@ -258,11 +258,11 @@ def evaluate_lengths(model: LoadedModel, noise: NoiseCorpus, stories: StorySourc
 
 
 def plot_results(rows: list[dict], path: str, title: str = "") -> None:
-    import matplotlib
+    with plain_pyplot() as plt:
+        _draw_results(plt, rows, path, title)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _draw_results(plt, rows: list[dict], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [r["length"] for r in rows]
     for key, label, style in (("accuracy", "RMT with memory", "o-"), ("accuracy_reset", "memory reset", "s--"),

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..atomic import save_figure
+from ..atomic import plain_pyplot, save_figure
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import UsageError, shown, whole_number_argument
+from ..errors import NON_FINITE_SCORES, RMTError, UsageError, callback_argument, shown, whole_number_argument
 from ..core.segments import SegmentStream
 from ..data.sources import open_document
 from ..data.tokenstream import DocumentTokens
@@ -88,6 +88,8 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
     """Score the text of `paths` (files, folders, `-`) segment by segment. Returns every series."""
     if max_tokens is not None:  # at least 2: the first token is only read, scored by none before it
         whole_number_argument(max_tokens, "max_tokens", 2)
+    callback_argument(on_progress, "on_progress")
+    check_usable(model)  # None too: only the baseline is optional
     for loaded in (model, baseline):
         if loaded is not None:
             check_usable(loaded)
@@ -141,17 +143,19 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
               "segment_size": S, "memory": rmt.report(), "memory_reset": without.report()}
     if base is not None:
         result["baseline"] = base.report()
+    # A model whose numbers broke: an error whatever the output (it printed `nan` and exited 0 but for --json).
+    if not all(math.isfinite(result[key][value]) for key in ("memory", "memory_reset", "baseline") if key in result
+               for value in ("loss", "perplexity")):
+        raise RMTError(NON_FINITE_SCORES)
     return result
 
 
 def plot(result: dict, path: str) -> None:
-    try:
-        import matplotlib
+    with plain_pyplot() as plt:
+        _draw(plt, result, path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'rmt-cli[plot]' (or pip install matplotlib)") from None
+
+def _draw(plt, result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     series = [("memory", "RMT, with memory"), ("memory_reset", "same model, memory reset"),
               ("baseline", "baseline (no memory)")]

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from ..atomic import atomic_path, check_folder, check_outside_checkpoints, hold_lock
-from ..storage.checkpoint import (check_recipe_matches, is_rmt_checkpoint, is_unfinished_checkpoint, load_checkpoint,
-                                  replaceable_checkpoint, save_checkpoint)
+from ..storage.checkpoint import (LoadedModel, check_recipe_matches, is_rmt_checkpoint, is_unfinished_checkpoint,
+                                  load_checkpoint, replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import (STEP_NAME, load_module_state, load_optimizer_state, module_tensors,
                                       read_training_state)
 from .samples import TaskData
@@ -141,19 +141,31 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _check_whole(checkpoint: Path, loaded_fingerprint: str) -> None:
-    """A checkpoint to resume is the one its run wrote: the fingerprint rmt.json holds was computed from its
-    weights, memory, tokenizer and settings as written, and load_checkpoint computes it anew from the files. A
-    file swapped in from another run (weights, memory.safetensors, tokenizer.json) resumed a hybrid without a
-    word; the optimizer state has its own digest (training_state.json)."""
-    try:
-        written = json_loads((checkpoint / "rmt.json").read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError, AttributeError):  # load_checkpoint read it a moment ago
-        written = None
-    if written is not None and written != loaded_fingerprint:
-        raise UsageError(f"resume: {shown(checkpoint)}: its weights, memory or tokenizer are not those its run wrote "
-                         f"(rmt.json's fingerprint {shown(written, 40)} differs from the files', "
-                         f"{loaded_fingerprint}): a file was replaced or changed; resume from another checkpoint")
+def _check_whole(checkpoint: Path, loaded: LoadedModel, what: str, resuming: bool) -> None:
+    """A checkpoint a run starts from is as its run wrote it: the fingerprint rmt.json holds was computed from its
+    weights, memory, tokenizer and settings as written, and load_checkpoint computes it anew from the files; a
+    training checkpoint's training_state.json holds it too (its optimizer tensors have their own digest there).
+    Files swapped in from another run or another step resumed a hybrid without a word."""
+    def written(name: str) -> dict:
+        try:
+            found = json_loads((checkpoint / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # read and checked a moment ago (or absent: not a resume)
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    loaded_fingerprint = loaded.info["fingerprint"]
+    stored = written("rmt.json")
+    rule = (stored.get("memory") or {}).get("update", "replace") if isinstance(stored.get("memory"), dict) else None
+    info = stored.get("fingerprint") if rule == loaded.memory_settings.update else None  # else: an upgraded cell
+    if info is not None and info != loaded_fingerprint:
+        raise UsageError(f"{what}: {shown(checkpoint)}: its weights, memory or tokenizer are not those rmt.json was "
+                         f"written for (its fingerprint {shown(info, 40)} differs from the files', "
+                         f"{loaded_fingerprint}): a file was replaced or changed; use another checkpoint")
+    state = written("training_state.json").get("fingerprint") if resuming else None
+    if state is not None and state != loaded_fingerprint:
+        raise UsageError(f"{what}: {shown(checkpoint)}: its training_state.json and optimizer state belong to other "
+                         f"weights (fingerprint {shown(state, 40)}; the checkpoint's {loaded_fingerprint}): files "
+                         f"of two checkpoints were mixed; resume from another checkpoint")
 
 
 def _step_of(checkpoint: Path) -> int:
@@ -557,8 +569,8 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         # From a trained model (extend), the recipe's rule may upgrade the checkpoint's (gated -> gated-associative:
         # fresh associative matrices that compute nothing yet); a resumed run is already what it was.
         loaded = load_checkpoint(resume_from or init_from, upgrade=None if resume_from is not None else recipe.memory)
-        if resume_from is not None:
-            _check_whole(resume_from, loaded.info["fingerprint"])
+        _check_whole(resume_from or Path(init_from), loaded, "resume" if resume_from is not None else "init_from",
+                     resume_from is not None)
         cell, tokenizer = loaded.cell, loaded.tokenizer
         source = loaded.info.get("source", source)
         if cell.kind != recipe.model.kind:

@@ -64,6 +64,13 @@ def _gitignore_spec(lines: list[str], where: Path | None = None):
     return pathspec.GitIgnoreSpec.from_lines(good)
 
 
+def editor_lines(text: str) -> list[str]:
+    """A text's lines as an editor numbers them: cut at a newline (CRLF too) and nowhere else, a byte order mark
+    dropped. str.splitlines() also cuts at a vertical tab, a form feed, \\x1c-\\x1e, U+0085 and U+2028, which an
+    editor shows inside a line (and a file name may hold): questions would no longer pair with their lines."""
+    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
+
+
 def path_list(paths) -> list[str]:
     """Paths given as a list, as strings; one path alone (a str or os.PathLike) is a list of one, never read as
     the list of its characters."""

@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 
 from ..errors import UsageError
+from .sources import editor_lines
 
 PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
 PLACES = ["bathroom", "hallway", "garden", "office", "bedroom", "kitchen"]
@@ -221,11 +222,7 @@ def read_babi(path: str | Path, split: str = "all", what: str = "bAbI file") -> 
     except UnicodeDecodeError as e:  # named by line, as every other fault of the file is
         line_no = raw_bytes.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{path}:{line_no}: not UTF-8 text ({e.reason})") from None
-    text = text.removeprefix("\ufeff")  # a byte order mark (Windows editors write one) is no part of line 1
-    # Lines end at "\n" (and "\r\n") only: str.splitlines() also splits at U+2028, vertical tab and form feed,
-    # which an editor shows inside one line.
-    for line_no, raw in enumerate(text.split("\n"), 1):
-        raw = raw.removesuffix("\r")
+    for line_no, raw in enumerate(editor_lines(text), 1):  # a byte order mark (Windows editors write one) dropped
         if not raw.strip():
             continue
         head, _, rest = raw.partition(" ")

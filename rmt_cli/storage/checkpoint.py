@@ -195,7 +195,8 @@ def replaceable_checkpoint(folder: Path) -> bool:
 
 # How a tokenizer was loaded (from_pretrained's options), which save_pretrained writes back as settings: a resumed
 # run's checkpoints would differ from the uninterrupted run's, and `local_files_only` would follow the files around.
-LOADING_OPTIONS = ("is_local", "local_files_only")
+# A base model's `auto_map` too: its checkpoints would be refused by every command (the built-in class is used).
+LOADING_OPTIONS = ("is_local", "local_files_only", *CODE_KEYS)  # and a base model's auto_map: rmt runs no code
 
 
 def _drop_loading_options(config_path: Path) -> None:
@@ -235,7 +236,10 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             # The tensors' digest beside them: an edit of the optimizer state that its checks cannot see (a
             # parameter's state removed, a step count lowered) would make a resume unlike the uninterrupted run.
-            state = {**training_state, "optimizer": state_json, "optimizer_sha256": tensors_digest(tensors)}
+            # And the model's fingerprint: the state pairs with these weights (a pair swapped in from another
+            # checkpoint, optimizer state and step with it, resumed unlike either run).
+            state = {**training_state, "optimizer": state_json, "optimizer_sha256": tensors_digest(tensors),
+                     "fingerprint": info["fingerprint"]}
             (tmp / "training_state.json").write_text(json.dumps(state, indent=2))
 
 

@@ -14,10 +14,11 @@ from pathlib import Path  # noqa: E402
 from typing import Iterable, Iterator  # noqa: E402
 
 import torch  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 
-from ..data.sources import missing_reason  # noqa: E402
+from ..data.sources import missing_reason, read_small_file  # noqa: E402
 from ..data.tokenstream import MAX_CARRY_CHARS  # noqa: E402
-from ..errors import UsageError, error_line, shown  # noqa: E402
+from ..errors import UsageError, counted, error_line, json_loads, shown  # noqa: E402
 from .recipe import CODE_KEYS, MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 
@@ -110,6 +111,42 @@ def model_folder(name_or_path: str) -> str:
     return str(path)
 
 
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def check_model_folder(folder: Path, where: str) -> None:
+    """A local model folder, before transformers reads anything in it: only regular files and folders (a FIFO
+    named like a shard or a tokenizer file blocked the load for good, deaf to Ctrl-C and SIGTERM), and a shard
+    index that names safetensors files of this folder only (`../x` and absolute paths were read; a shard of junk
+    ended in a traceback)."""
+    try:
+        entries = list(folder.iterdir())
+        for entry in entries:
+            if os.path.exists(entry) and not (entry.is_file() or entry.is_dir()):
+                raise UsageError(f"{where}: {shown(entry.name)} is not a regular file (a device, a FIFO or a socket); "
+                                 f"a model folder holds files")
+        index = folder / SHARD_INDEX
+        if not index.is_file():
+            return
+        data = read_small_file(index, where)
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read the folder: {e.strerror or e}") from None
+    try:
+        shards = json_loads(data.decode("utf-8"))["weight_map"]
+        names = set(shards.values()) if isinstance(shards, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        names = None
+    if not names or not all(isinstance(name, str) for name in names):
+        raise UsageError(f"{where}: {SHARD_INDEX} has no weight_map of weight names to shard files")
+    for name in sorted(names):
+        if Path(name).name != name or name in (".", "..") or not name.endswith(".safetensors"):
+            raise UsageError(f"{where}: {SHARD_INDEX} names the shard {shown(name, 80)}; a shard is a .safetensors "
+                             f"file of the model's own folder")
+        if not (folder / name).is_file():
+            raise UsageError(f"{where}: {SHARD_INDEX} names the shard {shown(name, 80)}, which the folder does not "
+                             f"hold as a file")
+
+
 def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
     """Where `from_pretrained` reads a recipe's pretrained model: (folder or hub id, extra keyword arguments).
 
@@ -118,6 +155,10 @@ def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
     """
     source, gguf = model_folder(spec.name_or_path), spec.gguf_file
     path = Path(source)
+    if path.is_dir():
+        check_model_folder(path, f"model {shown(spec.name_or_path)}")
+    elif path.suffix == ".gguf" and os.path.exists(path) and not path.is_file():
+        raise UsageError(f"model {shown(spec.name_or_path)}: is not a regular file (a device, a FIFO or a socket)")
     if path.suffix == ".gguf" and path.is_file():
         source, gguf = str(path.parent), gguf or path.name
     elif gguf is None and path.is_dir() and not (path / "config.json").exists():
@@ -302,9 +343,7 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
     auto = model_class(spec.kind)
     if spec.name_or_path is None:
         config = scratch_config(spec, memory, tokenizer)
-        _check_settings_known(config, spec.config)
-        _check_vocabulary(config, tokenizer)
-        check_fits(config, memory, spec.kind)
+        _check_settings(config, spec.config, memory, tokenizer, spec.kind)
         check_buildable(config, spec.kind)
         torch.manual_seed(seed)
         try:  # some architectures check their settings only when the model is built
@@ -326,21 +365,24 @@ def build_model(spec: ModelSpec, memory: MemorySpec, tokenizer, seed: int = 0):
         published = set(config.to_dict())  # a model's own config.json may hold keys its class lacks
         for key, value in spec.config.items():
             setattr(config, key, value)
-        _check_settings_known(config, spec.config, published)
-        _check_vocabulary(config, tokenizer)
-        check_fits(config, memory, spec.kind)
+        _check_settings(config, spec.config, memory, tokenizer, spec.kind, published)
         check_buildable(config, spec.kind)
         # float32 whatever the checkpoint's own dtype: a bf16 checkpoint trained in pure bf16 under AdamW loses its
         # small updates; speed comes from mixed_precision (autocast) instead.
         with no_pickles(f"model {shown(spec.name_or_path)}"):
-            model = auto.from_pretrained(source, config=config, revision=spec.revision,
-                                         trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
-                                         **weights_format)
-    except (OSError, ValueError) as e:
+            model, report = auto.from_pretrained(source, config=config, revision=spec.revision,
+                                                 trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                                                 output_loading_info=True, **weights_format)
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file that is no safetensors
         unreachable = not_fetched(source, e)
         if unreachable:
             raise UsageError(f"cannot load model {unreachable}") from None
         raise UsageError(f"cannot load model {spec.name_or_path!r}: {error_line(e)}") from None
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:  # a config.json of more layers than the weights hold trained from partly random weights, unsaid
+        raise UsageError(f"model {shown(spec.name_or_path)}: its weights lack {counted(len(missing), 'weight')} its "
+                         f"config describes ({shown(', '.join(missing[:3]), 120)}{', …' if len(missing) > 3 else ''})"
+                         f"; is config.json the weights' own?")
     if source_options:
         _forget_gguf(model)
     if spec.config:  # a pretrained model as published runs; one with settings changed may not
@@ -364,6 +406,21 @@ def no_pickles(where: str):
         yield
     finally:
         torch.load = real_load
+
+
+def _check_settings(config, settings: dict, memory: MemorySpec, tokenizer, kind: str,
+                    published: set = frozenset()) -> None:
+    """The model's settings against the recipe's: keys the architecture has, an embedding row for every token,
+    positions for a segment and its memory; every problem at once, as the recipe's own errors are."""
+    problems = []
+    for check in (lambda: _check_settings_known(config, settings, published),
+                  lambda: _check_vocabulary(config, tokenizer), lambda: check_fits(config, memory, kind)):
+        try:
+            check()
+        except UsageError as e:
+            problems.append(str(e))
+    if problems:
+        raise UsageError("\n".join(problems))
 
 
 def _check_settings_known(config, settings: dict, published: set = frozenset()) -> None:
