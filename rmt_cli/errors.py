@@ -144,6 +144,8 @@ def path_argument(value, what: str):
     if not isinstance(value, (str, os.PathLike)):
         raise UsageError(f"{what}: a path (str or os.PathLike), not {type(value).__name__}")
     name = os.fspath(value)
+    if not name:  # Path("") is ".": the current folder, which nobody meant
+        raise UsageError(f"{what}: an empty path ('') names no file or folder")
     if ("\0" if isinstance(name, str) else b"\0") in name:  # the system would raise a ValueError
         raise UsageError(f"{what}: {shown(name, 80)}: holds a NUL character, which no file name can")
     return value

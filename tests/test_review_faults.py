@@ -676,7 +676,7 @@ def test_eleventh_review_messages(tmp_path, checkpoint, memfile):
     a checkpoint folder as output_dir is called one."""
     one_error(run(["ingest", "x.txt", "-o", "x.st", "--model"]), 2, "requires an argument", "see rmt ingest --help")
     one_error(run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--temperature", "nan"]), 2,
-              "nan: a finite number at least 0")
+              "nan: a finite number from 0 to 10000")
     one_error(run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--top-p", "nan"]), 2,
               "nan: a finite number from 0 to 1")
     one_error(run(["train", RECIPE, "optim.lr=1e400", f"output_dir={tmp_path / 'r'}"]), 2,

@@ -168,13 +168,15 @@ class _Choose:
         return chosen
 
 
+MAX_TEMPERATURE = 1e4  # far past noise already; 10**30 overflowed a float inside the sampler
+
+
 def check_sampling(temperature: float, top_p: float) -> None:
     """The sampling settings `ask` takes (`rmt ask` checks its options here, before anything is loaded): a
     temperature of infinity samples every token alike, noise for an answer; NaN is "a finite number" too."""
-    for name, value, high in (("temperature", temperature, math.inf), ("top_p", top_p, 1.0)):
+    for name, value, high in (("temperature", temperature, MAX_TEMPERATURE), ("top_p", top_p, 1.0)):
         if type(value) not in (int, float) or not (math.isfinite(value) and 0 <= value <= high):
-            bound = "at least 0" if math.isinf(high) else "from 0 to 1"
-            raise UsageError(f"{name} {value}: a finite number {bound}")
+            raise UsageError(f"{name} {shown(value, 40)}: a finite number from 0 to {high:g}")
 
 
 def check_question(question: str) -> None:

@@ -46,8 +46,9 @@ class IngestJob:
 
     def __post_init__(self):  # accept str and os.PathLike as well as Path, and one path as well as a list
         self.paths = path_list(self.paths)
-        if not str(path_argument(self.output, "output")):  # Path("") would be ".", "a folder" (the CLI's -o '', O15)
+        if isinstance(self.output, str) and not self.output:  # Path("") would be ".", "a folder" (the CLI's -o '')
             raise UsageError("no output given: name the memory file to write")
+        path_argument(self.output, "output")
         self.output = Path(self.output)
         self.append_from = None if self.append_from is None else Path(path_argument(self.append_from, "append_from"))
 
@@ -308,6 +309,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
     document read alone run side by side (module docstring); 1 runs them one at a time. The memory is the same.
     """
     check_usable(model)
+    if isinstance(jobs, (str, bytes, os.PathLike)) or not (isinstance(jobs, IngestJob) or hasattr(jobs, "__iter__")):
+        raise UsageError(f"jobs: an IngestJob or a list of them, not {type(jobs).__name__}")
     jobs = [jobs] if isinstance(jobs, IngestJob) else list(jobs)  # one job, or any iterable of jobs
     whole_number_argument(lookahead, "lookahead")  # 1 reads segments one at a time
     for callback, what in ((on_progress, "on_progress"), (on_trace, "on_trace"), (on_warning, "on_warning")):
@@ -499,6 +502,10 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         replaced = reader.document_tokens.utf8.replaced
         where = list(reader.document_tokens.replaced_in) or reader.job.paths
         res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(where)} were read as U+FFFD")
+    with_nul = [r for r in reader.document.records if r.nul_bytes]
+    if with_nul:  # the head was text (binary files are refused by theirs): said, as invalid UTF-8 is
+        res.warnings.append(f"{sum(r.nul_bytes for r in with_nul):,} NUL bytes in {_named([r.name for r in with_nul])}"
+                            f", read as text after a text beginning: is it binary data?")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:

@@ -104,6 +104,7 @@ class SourceRecord:
     size: int = 0
     sha256: str = ""
     replaced_bytes: int = 0  # invalid UTF-8 sequences decoded as U+FFFD
+    nul_bytes: int = 0  # past the first block, which would have been refused as binary for one
     size_when_opened: int | None = None  # a file's size at open (None: stdin); differs from `size` if it changed
 
     @property
@@ -319,6 +320,7 @@ class Document:
                         if reason is not None:
                             raise UsageError(f"{item.name}: looks like binary data ({reason}); rmt reads text")
                     digest.update(block)
+                    record.nul_bytes += block.count(b"\0")  # a text head, then zeros (a preallocated file)
                     record.size += len(block)
                     yield block
             finally:

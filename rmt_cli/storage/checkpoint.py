@@ -275,7 +275,7 @@ class CheckpointInfo(BaseModel):
     format_version: int
     memory: MemorySpec
     source: str | None = None
-    fingerprint: str | None = None
+    fingerprint: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")  # what fingerprint() computes
     rmt_version: str | None = None
     kind: Literal["causal", "encoder"] = "causal"  # absent in checkpoints from before encoders: causal
     answers: list[Annotated[str, Field(min_length=1, max_length=MAX_ANSWER_CHARS)]] | None = \
@@ -583,8 +583,11 @@ def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec, fresh: tuple
         if not saved[name].is_floating_point():  # as for the model's weights (`_stored_shapes`)
             raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds {str(saved[name].dtype).removeprefix('torch.')} "
                              f"values; the memory's tensors are floating point")
-        if not torch.isfinite(saved[name]).all():
-            raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds values that are not finite numbers")
+        # Finite, and within what a memory file may hold (float16's range): an initial memory of 1e30 loaded,
+        # and every ingest then failed blaming the config
+        if not (saved[name].float().abs() <= torch.finfo(torch.float16).max).all():
+            raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds values that are not finite numbers or beyond "
+                             f"±{torch.finfo(torch.float16).max:g}")
     with torch.no_grad():
         for name, param in cell.named_parameters():
             if name in expected:
@@ -665,6 +668,8 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     """
     dtype, device = _checked_placement(dtype, device)
     path = Path(path_argument(path, "load_checkpoint"))
+    if upgrade is not None and not isinstance(upgrade, MemorySpec):
+        raise UsageError(f"upgrade: memory settings (a MemorySpec) or None, not {type(upgrade).__name__}")
     info = read_info(path)
     stored = MemorySpec(**info["memory"])
     memory = upgraded_memory(stored, upgrade, _where(path))

@@ -1,0 +1,97 @@
+"""The twenty-second review (untuned, session 15: a crafted set of memory files and checkpoint folders, and the
+Python API): each test holds a fault it found, reproduced as it was found."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conftest import MEMFILE_TEXT, run_cli as run
+from rmt_cli.errors import UsageError
+
+
+def test_a_bf16_memory_beyond_the_float16_range_is_refused(memfile, tmp_path):
+    """A bf16 memory of 65536 (65504 rounds up in bf16) passed the ±65504 check, made in bf16 where 65504 itself
+    is 65536; `rmt ask` then failed with exit 1, blaming the model's config."""
+    from rmt_cli import load_memory
+
+    with safe_open(str(memfile), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(memfile)
+    tensors["memory"] = torch.full_like(tensors["memory"], 65536.0).to(torch.bfloat16)
+    metadata = {**metadata, "dtype": "bfloat16"}
+    metadata.pop("tensors_sha256", None)
+    save_file(tensors, tmp_path / "big.st", metadata=metadata)
+    with pytest.raises(UsageError, match=r"tensor memory.*beyond ±65504"):
+        load_memory(tmp_path / "big.st")
+
+
+def test_a_checkpoint_whose_initial_memory_is_beyond_the_float16_range_is_refused_at_load(tmp_path, checkpoint):
+    """An initial memory of 1e30 loaded; every ingest then failed (exit 1) blaming the model's config."""
+    from rmt_cli import load_checkpoint
+
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    tensors = load_file(copy / "memory.safetensors")
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], 1e30)
+    save_file(tensors, copy / "memory.safetensors")
+    with pytest.raises(UsageError, match=f"memory.safetensors: {name} holds values that are not finite numbers or "
+                                         f"beyond ±65504"):
+        load_checkpoint(copy)
+
+
+def test_a_fingerprint_in_rmt_json_that_is_no_fingerprint_is_refused(tmp_path, checkpoint):
+    """`"fingerprint": "zz"` in rmt.json was accepted without a word."""
+    from rmt_cli import load_checkpoint
+
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    info = json.loads((copy / "rmt.json").read_text())
+    (copy / "rmt.json").write_text(json.dumps({**info, "fingerprint": "zz"}))
+    with pytest.raises(UsageError, match="fingerprint"):
+        load_checkpoint(copy)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m, st, t: __import__("rmt_cli").ask(m, st, "Where is Mary?", temperature=10**30),
+     "temperature 1000000000000000000000000000000: a finite number from 0 to 10000"),
+    (lambda m, st, t: __import__("rmt_cli").save_checkpoint("", m.cell, m.tokenizer, m.memory_settings, "x"),
+     "save_checkpoint: an empty path"),
+    (lambda m, st, t: __import__("rmt_cli").ingest(None, m), "jobs: an IngestJob or a list of them, not NoneType"),
+    (lambda m, st, t: __import__("rmt_cli").ingest("", m), "jobs: an IngestJob or a list of them, not str"),
+    (lambda m, st, t: __import__("rmt_cli").ingest(t, m), "jobs: an IngestJob or a list of them, not PosixPath"),
+    (lambda m, st, t: __import__("rmt_cli").load_checkpoint(m.path, upgrade="x"),
+     "upgrade: memory settings (a MemorySpec) or None, not str"),
+])
+def test_the_api_refuses_these_arguments_in_one_usage_error(memfile, checkpoint, tmp_path, call, says):
+    """A raw OverflowError, ValueError, TypeError or AttributeError from deep inside; `ingest('', m)` did nothing
+    without a word."""
+    from rmt_cli import load_checkpoint, load_memory
+
+    (tmp_path / "s.txt").write_text(MEMFILE_TEXT)
+    with pytest.raises(UsageError, match=__import__("re").escape(says)):
+        call(load_checkpoint(checkpoint), load_memory(memfile), tmp_path / "s.txt")
+    assert not any(tmp_path.glob("*.st"))
+
+
+def test_a_temperature_within_the_bound_still_samples(memfile, checkpoint):
+    r = run(["ask", memfile, "Where is Mary?", "--model", checkpoint, "--temperature", "10000", "--seed", "1"])
+    assert r.exit_code == 0, r.stderr
+
+
+def test_nul_bytes_after_a_text_beginning_are_said(tmp_path, checkpoint):
+    """20 KB of text, then zeros (a preallocated file, a text header on binary data): ingested without a word, each
+    NUL a token; NUL bytes at the start are refused as binary."""
+    data = (MEMFILE_TEXT * 40).encode()  # past the 8 KiB head the binary check reads
+    (tmp_path / "padded.txt").write_bytes(data + b"\0" * 500)
+    r = run(["ingest", tmp_path / "padded.txt", "-o", tmp_path / "p.st", "--model", checkpoint, "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["warnings"] == [
+        f"500 NUL bytes in {tmp_path / 'padded.txt'}, read as text after a text beginning: is it binary data?"]
+    (tmp_path / "plain.txt").write_bytes(data)
+    r = run(["ingest", tmp_path / "plain.txt", "-o", tmp_path / "q.st", "--model", checkpoint, "--json", "-q"])
+    assert json.loads(r.stdout)["warnings"] == []
