@@ -95,3 +95,27 @@ def test_nul_bytes_after_a_text_beginning_are_said(tmp_path, checkpoint):
     (tmp_path / "plain.txt").write_bytes(data)
     r = run(["ingest", tmp_path / "plain.txt", "-o", tmp_path / "q.st", "--model", checkpoint, "--json", "-q"])
     assert json.loads(r.stdout)["warnings"] == []
+
+
+@pytest.mark.parametrize("engine", ["auto", "transformers"])
+@pytest.mark.parametrize("damage, says", [
+    ("weight", "holds values beyond ±65504, which no trained weight reaches"),
+    ("epsilon", "config.json: rms_norm_eps 1e+300; a norm's epsilon is a small number from 0 to 1"),
+])
+def test_a_checkpoint_of_finite_but_absurd_values_is_refused_at_load(tmp_path, damage, says, engine):
+    """A weight of 1e30, or `rms_norm_eps: 1e300`: loaded, and every answer was "" with exit 0."""
+    from rmt_cli import load_checkpoint
+    from rmt_cli.storage.assets import DEFAULT_MODEL_DIR
+
+    copy = tmp_path / "ck"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    if damage == "weight":
+        weights = load_file(copy / "model.safetensors")
+        name = next(k for k in weights if "norm" in k)
+        weights[name] = torch.full_like(weights[name], 1e30)
+        save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    else:
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e300}))
+    with pytest.raises(UsageError, match=__import__("re").escape(says)):
+        load_checkpoint(copy, engine=engine)

@@ -266,6 +266,8 @@ STORED_MEMORY_KEYS = ("num_mem_tokens", "segment_size")
 
 MAX_ANSWERS = 10_000  # a classifier over more answers than this is a crafted file, not a task
 MAX_ANSWER_CHARS = 200
+MAX_WEIGHT = torch.finfo(torch.float16).max
+NORM_EPSILONS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps")
 
 
 class CheckpointInfo(BaseModel):
@@ -536,6 +538,17 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
     broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if broken is not None:
         raise UsageError(f"{where}: {MODEL_FILE}: {shown(broken)} holds values that are not finite numbers")
+    # Finite but absurd (a weight of 1e30): the model answered "" with exit 0. Trained weights are far inside
+    # float16's range, which a model run in float16 needs anyway.
+    huge = next((name for name, p in model.named_parameters() if not (p.float().abs() <= MAX_WEIGHT).all()), None)
+    if huge is not None:
+        raise UsageError(f"{where}: {MODEL_FILE}: {shown(huge)} holds values beyond ±{MAX_WEIGHT:g}, which no trained "
+                         f"weight reaches")
+    for name in NORM_EPSILONS:  # rms_norm_eps 1e300 made every hidden state 0 (NaN is C27's: a run-time failure)
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and (value < 0 or value > 1):
+            raise UsageError(f"{where}: {CONFIG_FILE}: {name} {value:g}; a norm's epsilon is a small number from "
+                             f"0 to 1")
     return model
 
 
