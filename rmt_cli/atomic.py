@@ -55,7 +55,7 @@ def output_target(path: str | Path, what: str = "") -> Path:
             raise UsageError(f"{where}: is a folder; name a file to write")
         # The name as the system follows it too: /dev/stdout or >(cmd) lead to a pipe that has no path of its own
         # (realpath makes it "/proc/…/pipe:[…]", a new path)
-        named = os.stat(path) if os.path.lexists(path) and os.path.exists(path) else None
+        named = os.stat(path) if os.path.exists(path) else None
         if (target.exists() and not target.is_file()) or \
                 (named is not None and not stat.S_ISREG(named.st_mode) and not stat.S_ISDIR(named.st_mode)):
             raise UsageError(f"{where}: is not a regular file (a device, a FIFO or a socket); rmt writes only "
@@ -79,11 +79,22 @@ def output_target(path: str | Path, what: str = "") -> Path:
 def file_identity(path: str | Path | int) -> tuple[int, int] | None:
     """(device, inode) of the file `path` names (or a descriptor holds): two names of one file (a hard link, a
     redirection) share it, and a file renamed into a path's place has another. None where there is none."""
+    found = _stat(path)
+    return None if found is None else (found.st_dev, found.st_ino)
+
+
+def pipe_identity(path: str | Path | int) -> tuple[int, int] | None:
+    """`file_identity` of a pipe (a FIFO, `<(cmd)`'s /dev/fd/N, a piped stdin), None for anything else: a pipe is
+    read once, so two readers of one are found by it."""
+    found = _stat(path)
+    return (found.st_dev, found.st_ino) if found is not None and stat.S_ISFIFO(found.st_mode) else None
+
+
+def _stat(path: str | Path | int) -> os.stat_result | None:
     try:
-        found = os.fstat(path) if isinstance(path, int) else os.stat(path)
+        return os.fstat(path) if isinstance(path, int) else os.stat(path)
     except (OSError, ValueError):  # none there, a stream closed, a NUL in a name
         return None
-    return found.st_dev, found.st_ino
 
 
 def _standard_stream_of(target: Path) -> str | None:
@@ -212,7 +223,8 @@ def hold_lock(path: str | Path, busy: str, error: type[RMTError] = RMTError) -> 
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         except OSError:  # not there (yet): a new output has nothing another run could lose
             return None
-        if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISDIR(os.fstat(fd).st_mode)):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             os.close(fd)
             raise UsageError(f"{shown(path)}: is not a regular file (a device, a FIFO or a socket) now; rmt writes "
                              f"only regular files or new paths")

@@ -15,7 +15,6 @@ again from its memory. So the memory is the one-at-a-time path's, bit for bit, a
 from __future__ import annotations
 
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from ..atomic import check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target
+from ..atomic import (check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target,
+                      pipe_identity)
 from ..storage.checkpoint import LoadedModel, check_usable
 from ..errors import RMTError, UsageError, callback_argument, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
@@ -239,10 +239,8 @@ def check_plan(jobs: list[IngestJob]) -> None:
     streams: dict[object, int] = {}  # stdin and pipes named by path: each read by one job only
     for n, job in enumerate(jobs, 1):
         for p in job.paths:
-            if p == "-":  # stdin's pipe, when it is one: `/dev/stdin` in another job names the same
-                stream = file_identity(0) if _is_pipe(0) else "-"
-            else:
-                stream = file_identity(p) if _is_pipe(p) else None
+            # stdin is its pipe, when it is one: `/dev/stdin` in another job names the same
+            stream = (pipe_identity(0) or "-") if p == "-" else pipe_identity(p)
             if stream is not None:
                 reader = streams.setdefault(stream, n)
                 if reader != n:
@@ -254,13 +252,6 @@ def check_plan(jobs: list[IngestJob]) -> None:
             if writer is not None:
                 raise UsageError(f"{shown(p)}: read by job {n} and written by job {writer}; an output must not be "
                                  f"another job's input")
-
-
-def _is_pipe(path: str | int) -> bool:
-    try:
-        return stat.S_ISFIFO(os.fstat(path).st_mode if isinstance(path, int) else os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass

@@ -135,9 +135,8 @@ def _stop_workers(batches) -> None:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = []
     for p in (output_dir / CHECKPOINTS).glob("step-*"):
-        m = re.fullmatch(STEP_NAME, p.name)
-        if m and (p / "training_state.json").is_file():
-            found.append((int(m.group(1)), p))
+        if re.fullmatch(STEP_NAME, p.name) and (p / "training_state.json").is_file():
+            found.append((_step_of(p), p))
     return max(found)[1] if found else None
 
 
@@ -155,7 +154,8 @@ def _check_whole(checkpoint: Path, loaded: LoadedModel, what: str, resuming: boo
 
     loaded_fingerprint = loaded.info["fingerprint"]
     stored = written("rmt.json")
-    rule = (stored.get("memory") or {}).get("update", "replace") if isinstance(stored.get("memory"), dict) else None
+    memory = stored.get("memory")
+    rule = memory.get("update", "replace") if isinstance(memory, dict) else None
     info = stored.get("fingerprint") if rule == loaded.memory_settings.update else None  # else: an upgraded cell
     if info is not None and info != loaded_fingerprint:
         raise UsageError(f"{what}: {shown(checkpoint)}: its weights, memory or tokenizer are not those rmt.json was "
@@ -169,6 +169,7 @@ def _check_whole(checkpoint: Path, loaded: LoadedModel, what: str, resuming: boo
 
 
 def _step_of(checkpoint: Path) -> int:
+    """The step of a checkpoint folder named as STEP_NAME."""
     return int(re.fullmatch(STEP_NAME, checkpoint.name).group(1))
 
 

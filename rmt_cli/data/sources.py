@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..atomic import pipe_identity
 from ..errors import UsageError, path_argument, shown
 
 CHUNK_BYTES = 1 << 16
@@ -371,13 +372,13 @@ def open_document(paths: list[str], allow_stdin: bool = True) -> Document:
                 continue
             if not path.exists():
                 raise UsageError(f"{shown(raw)}: {missing_reason(path)}")
-            if path.is_fifo():  # `rmt ingest <(zcat book.gz)`: read as a stream, like -
+            pipe = pipe_identity(path)
+            if pipe is not None:  # `rmt ingest <(zcat book.gz)`: read as a stream, like -
                 if not allow_stdin:
                     raise UsageError(f"{shown(raw)}: a pipe; name a regular file here")
-                st = path.stat()
-                if (st.st_dev, st.st_ino) in pipes:
+                if pipe in pipes:
                     raise UsageError(f"{shown(raw)}: the same pipe is named twice; a pipe can be read only once")
-                pipes.add((st.st_dev, st.st_ino))
+                pipes.add(pipe)
                 if not os.access(path, os.R_OK):
                     raise UsageError(f"{shown(raw)}: permission denied")
                 items.append(_Item(path, raw, pipe=True))
