@@ -119,3 +119,25 @@ def test_a_checkpoint_of_finite_but_absurd_values_is_refused_at_load(tmp_path, d
         (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e300}))
     with pytest.raises(UsageError, match=__import__("re").escape(says)):
         load_checkpoint(copy, engine=engine)
+
+
+@pytest.mark.parametrize("head, loads", [("other", False), ("same", True)])
+def test_a_head_of_its_own_beside_a_tied_embedding_is_refused(tmp_path, checkpoint, head, loads):
+    """model.safetensors with an `lm_head.weight` of other values beside an embedding that config.json ties it
+    to: transformers left the two apart (a warning), and the model answered "" with exit 0. A head equal to the
+    embedding, as some savers write it, is tied and loads."""
+    from rmt_cli import load_checkpoint
+
+    copy = tmp_path / "ck"
+    shutil.copytree(checkpoint, copy)
+    assert json.loads((copy / "config.json").read_text()).get("tie_word_embeddings", True)
+    tensors = load_file(copy / "model.safetensors")
+    [embedding] = [name for name in tensors if name.endswith("wte.weight")]
+    tensors["lm_head.weight"] = tensors[embedding].clone() if head == "same" else torch.zeros_like(tensors[embedding])
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    if loads:
+        model = load_checkpoint(copy)
+        assert model.cell.model.get_output_embeddings().weight is model.cell.model.get_input_embeddings().weight
+    else:
+        with pytest.raises(UsageError, match="LM head with values of its own.*tie_word_embeddings"):
+            load_checkpoint(copy)

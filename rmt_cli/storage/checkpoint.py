@@ -535,6 +535,7 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
                 *(f"{name} is not a weight of this model" for name in sorted(report["unexpected_keys"]))]
     if problems:
         raise _problems_line(where, [f"{MODEL_FILE} does not fit {CONFIG_FILE}: {problems[0]}", *problems[1:]])
+    _check_tied_head(where, model, config)
     broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if broken is not None:
         raise UsageError(f"{where}: {MODEL_FILE}: {shown(broken)} holds values that are not finite numbers")
@@ -550,6 +551,18 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
             raise UsageError(f"{where}: {CONFIG_FILE}: {name} {value:g}; a norm's epsilon is a small number from "
                              f"0 to 1")
     return model
+
+
+def _check_tied_head(where: str, model, config) -> None:
+    """A config that ties the LM head to the embedding, over a file holding a head of other values: transformers
+    then leaves the two apart with a warning, and the model answered "" with exit 0 (the twenty-third review).
+    A head equal to the embedding is tied as usual."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embedding is None or not getattr(config, "tie_word_embeddings", False):
+        return
+    if head.weight is not embedding.weight:
+        raise UsageError(f"{where}: {MODEL_FILE} holds an LM head with values of its own, but {CONFIG_FILE} ties it "
+                         f"to the embedding (tie_word_embeddings: true); set it false to use that head")
 
 
 def _load_tokenizer(path: Path, model, encoder: bool, native=None):
