@@ -141,3 +141,31 @@ def test_a_head_of_its_own_beside_a_tied_embedding_is_refused(tmp_path, checkpoi
     else:
         with pytest.raises(UsageError, match="LM head with values of its own.*tie_word_embeddings"):
             load_checkpoint(copy)
+
+
+def test_default_model_given_an_empty_dtype_refuses_it():
+    """`default_model('')` loaded the model in bfloat16 as if no dtype were given ('' is falsy)."""
+    from rmt_cli import default_model
+
+    with pytest.raises(UsageError, match="dtype '': a floating-point torch dtype"):
+        default_model("")
+
+
+def test_the_api_refuses_a_memory_whose_dtype_is_not_the_one_its_fingerprint_was_made_in(memfile, checkpoint,
+                                                                                         tmp_path):
+    """A memory file of a float32 model relabelled bfloat16 (its fingerprint kept): `rmt ask` loads the model in
+    bfloat16 and refuses the fingerprint, but the API's `ask` with the float32 model took it. `force` still does."""
+    from rmt_cli import ask, load_checkpoint, load_memory
+
+    with safe_open(str(memfile), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["dtype"] == "float32"
+    tensors = load_file(memfile)
+    tensors["memory"] = tensors["memory"].to(torch.bfloat16)
+    metadata = {**metadata, "dtype": "bfloat16"}
+    metadata.pop("tensors_sha256", None)
+    save_file(tensors, tmp_path / "relabelled.st", metadata=metadata)
+    model, state = load_checkpoint(checkpoint), load_memory(tmp_path / "relabelled.st")
+    with pytest.raises(UsageError, match=r"made by another model or setting .* in bfloat16; this model .* in float32"):
+        ask(model, state, "Where is Mary?")
+    assert ask(model, state, "Where is Mary?", force=True).tokens > 0

@@ -32,7 +32,7 @@ def load_for_inference(model: str | Path | None = None, dtype=None, device="cpu"
     from .checkpoint import load_checkpoint, saved_dtype
 
     path = resolve_model_path(model, hint, default)
-    return load_checkpoint(path, dtype=dtype or saved_dtype(path), device=device, engine="auto")
+    return load_checkpoint(path, dtype=saved_dtype(path) if dtype is None else dtype, device=device, engine="auto")
 
 
 def default_model(dtype=None):

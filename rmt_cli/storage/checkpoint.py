@@ -654,7 +654,7 @@ def _checked_placement(dtype, device) -> tuple[torch.dtype | None, torch.device]
     """load_checkpoint's dtype and device, refused in one line where no model can run so: a dtype that is not a
     floating-point torch dtype, a device torch does not know, the meta device (shapes only), CUDA without one."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise UsageError(f"dtype {shown(dtype, 40)}: a floating-point torch dtype (torch.float32, torch.bfloat16, "
+        raise UsageError(f"dtype {shown(repr(dtype), 40)}: a floating-point torch dtype (torch.float32, torch.bfloat16, "
                          f"torch.float16), or None for the dtype the weights are saved in")
     try:
         device = torch.device(device)

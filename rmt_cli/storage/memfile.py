@@ -169,7 +169,8 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
             f"by {shown(state.model_hint or 'an unknown model')}, fingerprint {state.fingerprint}); use --force to "
             f"read it anyway, or ingest the whole text again with one model"
         )
-    if state.fingerprint != expected and not force:
+    # the dtype named beside the fingerprint too: `rmt ask` loads the model in it, the API's caller may not have
+    if (state.fingerprint != expected or state.dtype != dtype_name(model.cell.dtype)) and not force:
         raise UsageError(
             f"{where}: made by another model or setting (file fingerprint {state.fingerprint}, made with "
             f"{shown(state.model_hint or 'an unknown model')} in {state.dtype}; this model {expected}, "
