@@ -131,6 +131,25 @@ def json_loads(text: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
+def json_object(raw: bytes, where: str, name: str) -> dict:
+    """The JSON object a settings file `name` (config.json, rmt.json, ...) holds, or a UsageError line saying why
+    it holds none."""
+    import json
+
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: {name} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{where}: {name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: {name} is nested too deeply to be a setting") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {name} must hold a JSON object {{...}} at the top level, not a "
+                         f"{type(data).__name__}")
+    return data
+
+
 def counted(number: int, noun: str) -> str:
     """"1 segment", "2,048 segments": a count and its noun, in the plural unless the count is one."""
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import MEMFILE_TEXT, run_cli as run
+from conftest import MEMFILE_TEXT, one_error_line, run_cli as run
 from rmt_cli.errors import UsageError
 
 
@@ -169,3 +169,15 @@ def test_the_api_refuses_a_memory_whose_dtype_is_not_the_one_its_fingerprint_was
     with pytest.raises(UsageError, match=r"made by another model or setting .* in bfloat16; this model .* in float32"):
         ask(model, state, "Where is Mary?")
     assert ask(model, state, "Where is Mary?", force=True).tokens > 0
+
+
+@pytest.mark.parametrize("config, says", [("[1, 2]", "config.json must hold a JSON object {...} at the top level, not a "
+                                                      "list"),
+                                          ("{oops", "config.json is not valid JSON (line 1, column 2")])
+def test_a_base_models_config_json_that_is_no_object_is_named(tmp_path, checkpoint, config, says):
+    """A base model's config.json holding a list was reported as "cannot load the tokenizer of …"."""
+    from test_review18 import _base_model_folder, _base_model_recipe
+
+    folder = _base_model_folder(tmp_path, checkpoint, "base")
+    (folder / "config.json").write_text(config)
+    one_error_line(run(["train", _base_model_recipe(tmp_path, folder)]), 2, says)

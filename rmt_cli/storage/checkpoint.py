@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..atomic import CHECKPOINT_INFO as RMT_JSON, atomic_folder
-from ..errors import RMTError, UsageError, error_line, path_argument, shown, write_failure
+from ..errors import RMTError, UsageError, error_line, json_object, path_argument, shown, write_failure
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
 from ..core.rules import has_matrices, is_upgrade, upgrades_text
@@ -309,21 +309,11 @@ def _read_json_object(path: Path, name: str) -> dict:
     try:
         with open(file, "rb") as f:  # read_info checked it is a regular file; at most the cap, whatever it is
             raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise UsageError(f"{where}: {name} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UsageError(f"{where}: {name} is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{where}: {name} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise UsageError(f"{where}: {name} is nested too deeply to be a setting") from None
     except OSError as e:
         raise UsageError(f"{where}: {name} cannot be read: {shown(e.strerror or e)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{where}: {name} must hold a JSON object {{...}} at the top level, not a "
-                         f"{type(data).__name__}")
-    return data
+    if len(raw) > MAX_JSON_BYTES:
+        raise UsageError(f"{where}: {name} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+    return json_object(raw, where, name)
 
 
 def _check_files_are_regular(path: Path) -> None:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError  # noqa: E402
 
 from ..data.sources import missing_reason, read_small_file  # noqa: E402
 from ..data.tokenstream import MAX_CARRY_CHARS  # noqa: E402
-from ..errors import UsageError, counted, error_line, json_loads, shown  # noqa: E402
+from ..errors import UsageError, counted, error_line, json_loads, json_object, shown  # noqa: E402
 from .recipe import CODE_KEYS, MemorySpec, ModelSpec, TokenizerSpec  # noqa: E402
 
 
@@ -125,6 +125,9 @@ def check_model_folder(folder: Path, where: str) -> None:
             if os.path.exists(entry) and not (entry.is_file() or entry.is_dir()):
                 raise UsageError(f"{where}: {shown(entry.name)} is not a regular file (a device, a FIFO or a socket); "
                                  f"a model folder holds files")
+        config = folder / "config.json"
+        if config.is_file():  # transformers reads it first for the tokenizer, whose error then blamed the tokenizer
+            json_object(read_small_file(config, where), where, "config.json")
         index = folder / SHARD_INDEX
         if not index.is_file():
             return
