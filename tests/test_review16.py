@@ -115,7 +115,7 @@ def test_a_model_changed_after_loading_stamps_its_memory_files_as_changed(tmp_pa
     (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, device="bogus"), "device 'bogus'"),
     (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, device="meta"), "device meta"),
     (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, dtype=torch.int8), "dtype torch.int8"),
-    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, dtype="float32"), "dtype float32"),
+    (lambda m, s, p: __import__("rmt_cli").load_checkpoint(p, dtype="float32"), "dtype 'float32'"),
     (lambda m, s, p: __import__("rmt_cli").perplexity([s], m, max_tokens=2.5), "max_tokens 2.5"),
     (lambda m, s, p: __import__("rmt_cli").perplexity([s], _with_segment(m, 100_000)), "needs 100004 positions"),
     (lambda m, s, p: __import__("rmt_cli").ingest([], "not a model"), "a LoadedModel"),

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -181,3 +182,19 @@ def test_a_base_models_config_json_that_is_no_object_is_named(tmp_path, checkpoi
     folder = _base_model_folder(tmp_path, checkpoint, "base")
     (folder / "config.json").write_text(config)
     one_error_line(run(["train", _base_model_recipe(tmp_path, folder)]), 2, says)
+
+
+def test_a_non_finite_recipe_value_is_reported_with_the_recipes_other_errors(tmp_path):
+    """`seed=.inf` was the only error said, hiding the recipe's others (a second round for each); the value a
+    non-finite number or a NUL stood in for is not reported again as of the wrong type."""
+    from conftest import TINY_RECIPE
+    from rmt_cli import load_recipe
+
+    recipe = {**TINY_RECIPE, "task": {"name": "bogus"}, "seed": float("nan")}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UsageError) as raised:
+        load_recipe(tmp_path / "r.yaml", ["curriculum.0.steps=.inf", 'output_dir="a\\0b"'])
+    lines = str(raised.value).splitlines()
+    assert sorted(line.split(": ")[1] for line in lines) == ["curriculum.0.steps", "output_dir", "seed", "task.name"]
+    assert sum("finite number" in line for line in lines) == 2 and sum("NUL" in line for line in lines) == 1
+    assert not any("valid integer" in line or "valid string" in line for line in lines)

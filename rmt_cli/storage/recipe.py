@@ -417,12 +417,14 @@ def _fields_of(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
-def format_errors(error: ValidationError, source: str, overrides: list[str] = ()) -> list[str]:
+def format_errors(error: ValidationError, source: str, overrides: list[str] = (), skip: list[tuple] = ()) -> list[str]:
     """One line per error: where (the source, and the override that set the value, if one did), the field's path
-    (none for an error of the whole), what is wrong."""
-    lines = []
+    (none for an error of the whole), what is wrong. None for an error at or inside a path of `skip`."""
+    lines, skipped = [], [tuple(map(str, path)) for path in skip]
     for e in error.errors():
         loc = tuple(e["loc"])
+        if any(tuple(map(str, loc))[:len(path)] == path for path in skipped):
+            continue
         if e["type"] == "invalid_key":  # pydantic names a `null:` key None, a `true:` key 1: say YAML's words
             loc = (*loc[:-1], json.dumps(e["input"]) if isinstance(e["input"], (bool, type(None))) else loc[-1])
         path = one_line(".".join(str(p) for p in loc))  # a key may hold a newline: each error stays one line
@@ -629,21 +631,28 @@ def _expanded_size(data: Any, limit: int, what: str = "recipe") -> int:
     return count
 
 
-def _bad_value(data: Any, path: str = "") -> tuple[str, str] | None:
-    """The path of the first value no setting takes in `data` (model.config included), and why; or None: a NaN or
+def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
+    """Each value no setting takes in `data` (model.config included), as (its path, why), in path order, and
+    `data` with each of them None (so that validation reports the recipe's other errors beside them): a NaN or
     infinite number, or text holding a NUL character (which no file name holds: the OS refuses it)."""
-    stack = [(data, path)]
-    while stack:
-        item, where = stack.pop()
+    found = []
+
+    def cleaned(item: Any, path: tuple) -> Any:
         if isinstance(item, float) and not math.isfinite(item):
-            return where or "(recipe)", "must be a finite number, not NaN or infinity"
+            found.append((path, "must be a finite number, not NaN or infinity"))
+            return None
         if isinstance(item, str) and "\0" in item:
-            return where or "(recipe)", "holds a NUL character (\\x00), which no name or setting may hold"
+            found.append((path, "holds a NUL character (\\x00), which no name or setting may hold"))
+            return None
         if isinstance(item, dict):
-            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
-    return None
+            return {k: cleaned(v, (*path, k)) for k, v in item.items()}
+        if isinstance(item, list):
+            return [cleaned(v, (*path, i)) for i, v in enumerate(item)]
+        return item
+
+    # the nesting is bounded (load_yaml, _expanded_size) before this recursion
+    data = cleaned(data, ())
+    return sorted(found, key=lambda bad: [str(p) for p in bad[0]]), data
 
 
 def _int_forms(data: Any) -> list[str]:
@@ -705,16 +714,19 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
     """`data` as a Recipe, or a UsageError listing every problem. `overrides`: the key=value texts applied to
     `data`, so that an error in a value one of them set names it. `problems`: found before (malformed
     overrides), reported first, with the recipe's own."""
-    bad = _bad_value(data)
-    if bad is not None:
-        setters = override_of(tuple(bad[0].split(".")), overrides)
-        raise UsageError("\n".join([*problems, f"{value_source(source, setters)}: {bad[0]}: {bad[1]}"]))
     if _expanded_size(data, MAX_YAML_NODES, source) > MAX_YAML_NODES:  # overrides can nest too
         raise UsageError("\n".join([*problems, f"{source}: more than {MAX_YAML_NODES:,} values"]))
+    bad, data = _bad_values(data)
+    problems = [*problems, *(f"{value_source(source, override_of(path, overrides))}: "
+                             f"{one_line('.'.join(map(str, path))) or '(recipe)'}: {why}" for path, why in bad)]
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise UsageError("\n".join([*problems, *format_errors(e, source, overrides)])) from None
+        # a value refused above is None now, which its field may refuse again
+        others = format_errors(e, source, overrides, skip=[path for path, _ in bad])
+        if others:
+            raise UsageError("\n".join([*problems, *others])) from None
+        recipe = None
     if problems:
         raise UsageError("\n".join(problems))
     return recipe
