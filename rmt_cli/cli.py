@@ -18,7 +18,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .data.sources import editor_lines, home_path
+from .data.sources import editor_lines, head_binary_reason, home_path
 from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, json_loads, one_line,
                      shown, stop_like_ctrl_c)
 
@@ -362,6 +362,9 @@ def _argument_text(text: str) -> str:
 
 def _question_lines(data: bytes, source: str) -> list[tuple[int, str]]:
     """The questions of a file or stdin, one a line, each with its line number."""
+    binary = head_binary_reason(data)  # --file given the wrong file: answers to its bytes helped no one
+    if binary is not None:
+        raise UsageError(f"{source}: looks like binary data ({binary}); questions are lines of text")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -898,7 +901,7 @@ def eval_command(
     model: Optional[Path] = _path_option("--model", "-m", help="Checkpoint folder (default: the embedded "
                                                                "model)."),
     lengths: str = typer.Option("1k,4k,16k", "--lengths", "-l", help="Document lengths in tokens, e.g. "
-                                "1k,16k,128k,1M (k = 1,000, M = 1,000,000)."),
+                                "1k,16k,128k,1M (k = 1,000, M = 1,000,000, G = 1,000,000,000)."),
     samples: str = typer.Option("100", "--samples", "-s", help="Samples per length: one number, or one per "
                                 "length (100,100,20)."),
     task: Optional[str] = typer.Option(None, "--task", help="Story generator: qa1 (default), qa2, qa3, qa4, "

@@ -25,7 +25,7 @@ import torch
 from ..atomic import (check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target,
                       pipe_identity)
 from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import RMTError, UsageError, callback_argument, one_line, path_argument, shown, whole_number_argument
+from ..errors import RMTError, UsageError, callback_argument, counted, one_line, path_argument, shown, whole_number_argument
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -487,7 +487,7 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     res = reader.result
     res.total_tokens, res.total_segments = state.tokens, state.segments
     res.tokens, res.segments = state.tokens - reader.tokens_before, state.segments - reader.segments_before
-    res.bytes = reader.document_tokens.bytes_read
+    res.bytes = sum(record.size for record in reader.document.records)  # the inputs' own, not a folder's headers
     res.seconds = time.perf_counter() - reader.started
     if reader.document_tokens.utf8.replaced:
         replaced = reader.document_tokens.utf8.replaced
@@ -495,8 +495,9 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(where)} were read as U+FFFD")
     with_nul = [r for r in reader.document.records if r.nul_bytes]
     if with_nul:  # the head was text (binary files are refused by theirs): said, as invalid UTF-8 is
-        res.warnings.append(f"{sum(r.nul_bytes for r in with_nul):,} NUL bytes in {_named([r.name for r in with_nul])}"
-                            f", read as text after a text beginning: is it binary data?")
+        res.warnings.append(f"{counted(sum(r.nul_bytes for r in with_nul), 'NUL byte')} in "
+                            f"{_named([r.name for r in with_nul])}, read as text after a text beginning: is it binary "
+                            f"data?")
     if state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
@@ -560,8 +561,11 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     if "-" in paths:
         raise UsageError("stdin (-) has no name for its file in FOLDER/; give it its own -o file")
     stems = [Path(_given_name(p)).stem for p in paths]
-    if len(set(stems)) != len(stems):
-        raise UsageError("two inputs would write the same FOLDER/NAME.st; use --manifest to name each output")
+    for index, stem in enumerate(stems):
+        if stem in stems[:index]:  # with a glob of hundreds, which two
+            first = paths[stems.index(stem)]
+            raise UsageError(f"{shown(first)} and {shown(paths[index])} would both write {shown(folder / (stem + '.st'))}"
+                             f"; use --manifest to name each output")
     return [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
 
 

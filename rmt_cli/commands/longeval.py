@@ -31,17 +31,17 @@ from .ask import respond
 from ..core.segments import ANSWER_ROOM, SegmentStream, answer_ids, build_final_segment, pad_rows, question_ids
 from ..data.tasks import STORY_TASKS, Story, default_placement, make_story, rng_for
 
-_LENGTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*$", re.ASCII)  # ASCII digits only: "٣k" is no length
+_LENGTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)\s*$", re.ASCII)  # ASCII digits only: "٣k" is no length
 
 
 def parse_lengths(text: str) -> list[int]:
-    """'1k,16k,128k,1M' -> [1000, 16000, 128000, 1000000] (k = 1,000 and M = 1,000,000 tokens)."""
+    """'1k,16k,128k,1M' -> [1000, 16000, 128000, 1000000] (k = 1,000, M = 1,000,000 and G = 10**9 tokens)."""
     lengths = []
     for part in text.split(","):
         m = _LENGTH.match(part)
         if not m:
             raise UsageError(f"--lengths: {part.strip()!r} is not a length such as 4000, 16k or 1M")
-        value = float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+        value = float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000, "g": 10**9}[m.group(2).lower()]
         if value < 1 or value > 1e10:
             raise UsageError(f"--lengths: {part.strip()!r} is out of range (1 token to 10G tokens)")
         lengths.append(int(value))
