@@ -336,9 +336,11 @@ def _other_launched_process() -> bool:
     """Whether this is one of several processes a launcher started, not the main one: a RANK above 0 under a
     WORLD_SIZE above 1. A RANK alone (left in a SLURM or MPI job's environment, or inherited from a torchrun
     worker that runs rmt) silenced every usage error."""
-    rank, world = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
-    counts = all(value.isascii() and value.isdigit() for value in (rank, world))
-    return counts and int(rank) != 0 and int(world) > 1
+    from .distributed import launched_by_a_launcher
+
+    rank = os.environ.get("RANK", "0").strip()
+    # WORLD_SIZE=2 RANK=1 without MASTER_ADDR (no launcher) runs alone, and was silent about its refusal
+    return launched_by_a_launcher() and rank.isascii() and rank.isdigit() and int(rank) != 0
 
 
 def _say(kind: str, text: str) -> None:

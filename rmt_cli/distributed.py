@@ -42,6 +42,16 @@ def on_cpu() -> bool:
 
 
 LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun and accelerate launch set beside it
+JOIN_SECONDS = 300.0  # how long a launched process waits for the others to join (RMT_JOIN_TIMEOUT overrides)
+
+
+def launched_by_a_launcher() -> bool:
+    """Whether WORLD_SIZE above 1 comes with the launcher's other variables: several processes really started
+    together (else check_launch refuses, and this process, alone, says why)."""
+    try:
+        return launched_processes() > 1 and all(os.environ.get(name) for name in LAUNCHER_VARIABLES)
+    except RMTError:
+        return False
 
 
 def check_launch() -> None:
@@ -59,7 +69,84 @@ def check_launch() -> None:
             if raw is not None and not _COUNT.fullmatch(raw):
                 raise UsageError(f"{name}={shown(raw, 40)} is not a number: it is set by torchrun or accelerate "
                                  f"launch, which start several processes")
+    rank = os.environ.get("RANK", "")
+    if rank.strip() and _COUNT.fullmatch(rank) and int(rank) >= world:  # WORLD_SIZE=1 RANK=5 ran as if alone
+        raise UsageError(f"RANK={int(rank)} is not below WORLD_SIZE={world}: a process's rank counts from 0; unset "
+                         f"RANK, or start several processes with torchrun or accelerate launch")
     check_one_gpu_each()
+    join_timeout()
+
+
+def join_timeout() -> float:
+    """Seconds a launched process waits for the others: RMT_JOIN_TIMEOUT, or JOIN_SECONDS."""
+    raw = os.environ.get("RMT_JOIN_TIMEOUT", "")
+    if not raw.strip():
+        return JOIN_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 86400:  # NaN fails too
+        raise UsageError(f"RMT_JOIN_TIMEOUT={shown(raw, 40)}: seconds to wait for the launched processes, above 0 "
+                         f"and at most 86400")
+    return seconds
+
+
+def join_processes(cpu: bool):
+    """accelerate's PartialState of this process, once every launched process has joined. torch waits for them
+    inside C++, for half an hour and deaf to Ctrl-C and SIGTERM (a process started alone with RANK=1 waited for
+    a main process that never came): here the wait ends after join_timeout() seconds (exit 1) or at a stop
+    signal (exit 130), each with its line."""
+    from accelerate import PartialState
+
+    if launched_processes() < 2:
+        return PartialState(cpu=cpu)
+    with _bounded_wait(join_timeout()):
+        return PartialState(cpu=cpu)
+
+
+@contextlib.contextmanager
+def _bounded_wait(seconds: float):
+    """A deadline and the stop signals watched by a thread of their own while the main thread is inside a C++ call
+    that Python's handlers cannot interrupt. Python's C-level handler, whichever thread the signal lands on, writes
+    its number to the wakeup fd: a pipe the watcher waits on, with the deadline, and to which the main thread
+    writes 0 ("joined") when the call returns."""
+    import select
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    before = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+    def watch() -> None:
+        ready, _, _ = select.select([readable], [], [], seconds)
+        said = os.read(readable, 64) if ready else b""
+        if b"\0" in said:  # joined (a stop signal with it is the main thread's to handle, as ever)
+            return
+        message = "interrupted" if said else (
+            f"error: process {os.environ.get('RANK', '?')} of {launched_processes()}: the launched processes did not "
+            f"all join at {shown(where, 80)} within {seconds:g} s (RMT_JOIN_TIMEOUT); start them together with "
+            f"torchrun or accelerate launch")
+        with contextlib.suppress(Exception):
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+        os._exit(130 if said else 1)
+
+    watcher = threading.Thread(target=watch, name="rmt-join-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(before)
+        os.write(writable, b"\0")
+        watcher.join()
+        os.close(readable)
+        os.close(writable)
 
 
 def check_one_gpu_each() -> None:
@@ -82,10 +169,8 @@ class Processes:
     """This process's place among the launched ones (CPU: gloo; CUDA: one GPU per process)."""
 
     def __init__(self):
-        from accelerate import PartialState
-
         check_launch()
-        self._state = PartialState(cpu=on_cpu())
+        self._state = join_processes(on_cpu())
         self.rank, self.world = self._state.process_index, self._state.num_processes
         self.device = self._state.device
         self.is_main = self._state.is_main_process

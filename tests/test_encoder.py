@@ -172,7 +172,7 @@ def test_checkpoint_keeps_the_classifier_and_marks_the_encoder(tmp_path, word_to
     cell = encoder_cell(word_tokenizer, "gated")
     with torch.no_grad():
         cell.head.weight.add_(0.5)  # not what a fresh cell would get
-    memory = MemorySpec(num_mem_tokens=M, segment_size=SEGMENT, update="gated")
+    memory = MemorySpec(num_mem_tokens=M, segment_size=SEGMENT, update="gated", gate_floor=cell.gate_floor)
     path = save_checkpoint(tmp_path / "ckpt", cell, word_tokenizer, memory, "test")
     info = read_info(path)
     assert info["kind"] == "encoder" and info["answers"] == list(PLACES)

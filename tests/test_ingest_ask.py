@@ -290,7 +290,7 @@ def test_output_folder_named_with_a_slash_is_created_and_stems_must_differ(tmp_p
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "mems").iterdir()) == ["a.st", "b.st"]
     r = run(["ingest", tmp_path / "a.txt", tmp_path / "a.md", "-o", out, "--model", checkpoint, "-q"])
-    assert r.exit_code == 2 and "same" in r.stderr
+    assert r.exit_code == 2 and "would both write" in r.stderr
 
 
 def test_an_output_under_a_file_stops_the_whole_plan(tmp_path, checkpoint):

@@ -68,7 +68,8 @@ def _extended(path, tokenizer, make_model, folder):
     else:
         base = load_recipe(base_path)
     cell = MemoryCell(make_model("gpt2", n_positions=2 * base.memory.num_mem_tokens + base.memory.segment_size),
-                      base.memory.num_mem_tokens)
+                      base.memory.num_mem_tokens, base.memory.update, base.memory.gate_floor,
+                      base.memory.associative_key_size)
     ckpt = save_checkpoint(folder / base_path.stem / "final", cell, tokenizer, base.memory, "test",
                            dump_recipe(base))
     # The folder holds a tiny stand-in for the recipe's model: its recipe.yaml describes another model than its

@@ -192,7 +192,7 @@ def test_save_checkpoint_writes_nothing_load_checkpoint_would_refuse(tmp_path, c
     model = load_checkpoint(checkpoint)
     good = save_checkpoint(tmp_path / "good", model.cell, model.tokenizer, model.memory_settings, "test")
     before = sorted((p.name, p.read_bytes()) for p in good.iterdir())
-    for kwargs, says in [({"memory": model.memory_settings.model_copy(update={"num_mem_tokens": 9})}, "9 memory tokens"),
+    for kwargs, says in [({"memory": model.memory_settings.model_copy(update={"num_mem_tokens": 9})}, "num_mem_tokens 9, the cell has 2"),
                          ({"memory": model.memory_settings.model_copy(update={"segment_size": 1000})}, "positions"),
                          ({"extra": {"format_version": 99}}, "rmt.json's own format_version"),
                          ({"recipe_yaml": "!!python/object:os.system [x]"}, "not valid YAML")]:

@@ -172,8 +172,8 @@ def test_the_api_refuses_a_memory_whose_dtype_is_not_the_one_its_fingerprint_was
     assert ask(model, state, "Where is Mary?", force=True).tokens > 0
 
 
-@pytest.mark.parametrize("config, says", [("[1, 2]", "config.json must hold a JSON object {...} at the top level, not a "
-                                                      "list"),
+@pytest.mark.parametrize("config, says", [("[1, 2]", "config.json must hold a JSON object {...} at the top level, "
+                                                      "not a list"),
                                           ("{oops", "config.json is not valid JSON (line 1, column 2")])
 def test_a_base_models_config_json_that_is_no_object_is_named(tmp_path, checkpoint, config, says):
     """A base model's config.json holding a list was reported as "cannot load the tokenizer of …"."""

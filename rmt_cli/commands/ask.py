@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..storage.checkpoint import LoadedModel, check_usable
+from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError, shown, whole_number_argument
 from ..storage.memfile import MemoryState, check_compatible, check_state
 from ..core.segments import (ANSWER_ROOM, FinalSegment, build_final_segment, pad_rows, question_ids, question_text,
@@ -194,6 +194,7 @@ def check_question(question: str) -> None:
                          f"{e.start})") from None
 
 
+@in_eval_mode
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
              force: bool = False, name: str = "the memory") -> list[Answer]:

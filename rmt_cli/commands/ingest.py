@@ -24,8 +24,9 @@ import torch
 
 from ..atomic import (check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target,
                       pipe_identity)
-from ..storage.checkpoint import LoadedModel, check_usable
-from ..errors import RMTError, UsageError, callback_argument, counted, one_line, path_argument, shown, whole_number_argument
+from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
+from ..errors import (RMTError, UsageError, callback_argument, counted, one_line, path_argument, shown,
+                      whole_number_argument)
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -288,6 +289,7 @@ class _SegmentStep:
 
 
 @torch.inference_mode()
+@in_eval_mode
 def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force: bool = False,
            on_progress: Callable[[Progress], None] | None = None,
            on_trace: Callable[[TraceRecord], None] | None = None, compile_step: bool = False,
@@ -564,8 +566,9 @@ def plan_jobs(paths: list[str], output: str | os.PathLike | None = None, append:
     for index, stem in enumerate(stems):
         if stem in stems[:index]:  # with a glob of hundreds, which two
             first = paths[stems.index(stem)]
-            raise UsageError(f"{shown(first)} and {shown(paths[index])} would both write {shown(folder / (stem + '.st'))}"
-                             f"; use --manifest to name each output")
+            output = folder / f"{stem}.st"
+            raise UsageError(f"{shown(first)} and {shown(paths[index])} would both write {shown(output)}; use "
+                             f"--manifest to name each output")
     return [IngestJob([p], folder / f"{stem}.st") for p, stem in zip(paths, stems)]
 
 

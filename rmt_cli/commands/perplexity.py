@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import plain_pyplot, save_figure
-from ..storage.checkpoint import LoadedModel, check_usable
+from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
 from ..errors import NON_FINITE_SCORES, RMTError, UsageError, callback_argument, shown, whole_number_argument
 from ..core.segments import SegmentStream
 from ..data.sources import open_document
@@ -82,6 +82,7 @@ def _segment_losses(model: LoadedModel, memory, ids: torch.Tensor):
 
 
 @torch.inference_mode()
+@in_eval_mode
 def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | None = None,
                max_tokens: int | None = None,
                on_progress: Callable[[int, int], None] | None = None) -> dict:

@@ -24,7 +24,7 @@ import yaml
 
 from ..atomic import atomic_path, check_folder, check_outside_checkpoints, hold_lock
 from ..storage.checkpoint import (LoadedModel, check_recipe_matches, is_rmt_checkpoint, is_unfinished_checkpoint,
-                                  load_checkpoint, replaceable_checkpoint, save_checkpoint)
+                                  load_checkpoint, no_library_bars, replaceable_checkpoint, save_checkpoint)
 from ..storage.training_state import (STEP_NAME, load_module_state, load_optimizer_state, module_tensors,
                                       read_training_state)
 from .samples import TaskData
@@ -38,7 +38,7 @@ from ..data.sources import read_small_text
 from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
 from ..core.segments import collate
 from ..data.tasks import BINDING_COUNTS, rng_for
-from ..distributed import check_launch, on_cpu
+from ..distributed import check_launch, join_processes, on_cpu
 
 CHECKPOINTS = "checkpoints"
 
@@ -452,23 +452,8 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         raise UsageError(f"console: a rich Console (or None), not {type(console).__name__}")
     with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
         if not progress:
-            held.enter_context(_no_library_bars())
+            held.enter_context(no_library_bars())
         return _train(recipe, init_from, console, progress, held)
-
-
-@contextlib.contextmanager
-def _no_library_bars():
-    """transformers' own bars ("Loading weights", "Writing model shards") off for a run asked to show none, and
-    back as they were after it."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -492,6 +477,7 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         raise UsageError(f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS={shown(accumulation, 40)}: rmt train takes one "
                          f"optimizer step a batch (a larger batch_size is the recipe's way); unset it")
     try:
+        join_processes(on_cpu())  # the processes' wait for each other bounded, and open to Ctrl-C
         accelerator = Accelerator(cpu=on_cpu(), mixed_precision=recipe.mixed_precision)
     except ValueError as e:  # accelerate reads its ACCELERATE_* and the launcher's variables, and raises on a bad one
         raise UsageError(f"accelerate refuses this environment: {error_line(e)} (check the ACCELERATE_* and "

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .memory import MemorySlots, UnsupportedModelError, real_positions
-from .rules import has_matrices
+from .rules import GATE_FLOOR, has_matrices
 
 HEAD_INIT_STD = 0.02  # BERT's initializer_range: a fresh classifier starts near uniform over the answers
 
@@ -36,7 +36,7 @@ class EncoderMemoryCell(MemorySlots):
     kind = "encoder"
 
     def __init__(self, model: nn.Module, num_mem_tokens: int, answers: list[str], cls_token_id: int,
-                 sep_token_id: int, update: str = "replace", gate_floor: float = 0.0):
+                 sep_token_id: int, update: str = "replace", gate_floor: float = GATE_FLOOR):
         if has_matrices(update):
             raise UsageError(f"memory.update {update}: the associative matrices hook into decoder layers; an "
                              f"encoder takes replace or gated")

@@ -54,7 +54,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UsageError, shown
 from .associative import KEY_SIZE, AssociativeMemory
-from .rules import UPDATE_RULES, has_gates, has_matrices, is_routed
+from .rules import GATE_FLOOR, UPDATE_RULES, has_gates, has_matrices, is_routed
 
 IGNORE_INDEX = -100
 
@@ -116,7 +116,7 @@ class MemorySlots(nn.Module):
 
     kind = ""  # "causal" or "encoder": what a checkpoint records and the fingerprint marks
 
-    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0,
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = GATE_FLOOR,
                  associative_key_size: int = KEY_SIZE):
         super().__init__()
         if update not in UPDATE_RULES:
@@ -221,7 +221,7 @@ class MemoryCell(MemorySlots):
 
     kind = "causal"
 
-    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = 0.0,
+    def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = GATE_FLOOR,
                  associative_key_size: int = KEY_SIZE):
         super().__init__(model, num_mem_tokens, update, gate_floor, associative_key_size)
         config = getattr(model, "config", None)

@@ -13,6 +13,10 @@ already exist needs no code of its own.
 
 from __future__ import annotations
 
+# A gate below this keeps the old memory bit for bit (the recipes' default, and a hand-built cell's: a cell saved
+# with settings of another floor loaded as another model)
+GATE_FLOOR = 0.001
+
 UPDATE_RULES = ("replace", "gated", "associative", "gated-associative", "routed")
 GATED_RULES = frozenset({"gated", "gated-associative", "routed"})  # a gate per memory slot, a floor, gate supervision
 ROUTED_RULES = frozenset({"routed"})  # the gates are one softmax over the slots and "keep"

@@ -29,10 +29,10 @@ def load_for_inference(model: str | Path | None = None, dtype=None, device="cpu"
                        default: Path = DEFAULT_MODEL_DIR):
     """A checkpoint (`resolve_model_path`) loaded as the commands load it: on the native engine where it qualifies
     (storage/engine.py), in `dtype`, or (None) in the dtype its weights are saved in."""
-    from .checkpoint import load_checkpoint, saved_dtype
+    from .checkpoint import load_checkpoint
 
     path = resolve_model_path(model, hint, default)
-    return load_checkpoint(path, dtype=saved_dtype(path) if dtype is None else dtype, device=device, engine="auto")
+    return load_checkpoint(path, dtype=dtype, device=device, engine="auto")  # None: the dtype it is saved in
 
 
 def default_model(dtype=None):

@@ -19,6 +19,8 @@ for shipping) and `assets` (the models and text shipped in the package).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -32,11 +34,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..atomic import CHECKPOINT_INFO as RMT_JSON, atomic_folder
+from ..atomic import CHECKPOINT_INFO as RMT_JSON, atomic_folder, check_outside_checkpoints
 from ..errors import RMTError, UsageError, error_line, json_object, path_argument, shown, write_failure
 from ..core.memory import MemorySlots
 from ..core.native_llama import NativeLlama, load_weights
-from ..core.rules import has_matrices, is_upgrade, upgrades_text
+from ..core.rules import has_gates, has_matrices, is_upgrade, upgrades_text
 from ..data.sources import missing_reason
 from .engine import NativeParts, native_parts, requested
 from .modeling import check_fits, load_tokenizer, make_cell, model_class, no_pickles, with_needed_tokens
@@ -106,7 +108,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
     """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors). `path` is replaced
     only where `replaceable_checkpoint` allows it (UsageError otherwise)."""
     final = Path(path_argument(path, "save_checkpoint"))
-    _check_savable(final, cell, memory, recipe_yaml, extra)
+    _check_savable(final, cell, tokenizer, memory, recipe_yaml, extra)
     # The swap moves what is at `path` aside to `path`.old and removes both (atomic.atomic_folder): each must be
     # rmt's to remove (the thirteenth review: a folder of the user's there was deleted without a word).
     for folder in (final, final.with_name(final.name + ".old")):
@@ -131,7 +133,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
 OWN_INFO_KEYS = ("format_version", "rmt_version", "memory", "source", "fingerprint", "kind", "answers")
 
 
-def _check_savable(final: Path, cell: MemorySlots, memory: MemorySpec, recipe_yaml, extra) -> None:
+def _check_savable(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, recipe_yaml, extra) -> None:
     """Nothing is written that load_checkpoint would refuse (the API can hand save_checkpoint anything): memory
     settings of the cell's memory size that fit its positions, a memory that is finite, an `extra` that leaves
     rmt.json's own keys alone, a recipe.yaml that a recipe loader reads. UsageError, "not written: …"."""
@@ -140,18 +142,41 @@ def _check_savable(final: Path, cell: MemorySlots, memory: MemorySpec, recipe_ya
 
     if not isinstance(memory, MemorySpec):
         raise refuse("memory settings are a MemorySpec")
-    if memory.num_mem_tokens != cell.num_mem_tokens:
-        raise refuse(f"the memory settings say {memory.num_mem_tokens} memory tokens, the cell has "
-                     f"{cell.num_mem_tokens}")
+    try:  # model_copy(update=...) and attribute edits skip validation: segment_size=-3 was written
+        MemorySpec.model_validate(memory.model_dump())
+    except ValidationError as e:
+        raise refuse("; ".join(format_errors(e, "memory settings"))) from None
+    # the settings rmt.json records are those the cell computes with (a gated cell saved as 'replace' was written)
+    compared = ["num_mem_tokens", "update", *(["gate_floor"] if has_gates(memory.update) else []),
+                *(["associative_key_size"] if has_matrices(memory.update) else [])]
+    for name in compared:
+        if getattr(memory, name) != getattr(cell, name, None):
+            raise refuse(f"the memory settings say {name} {getattr(memory, name)!r}, the cell has "
+                         f"{getattr(cell, name, None)!r}")
+    if not hasattr(cell.model, "save_pretrained"):
+        raise refuse("the native engine's model is for inference; load the checkpoint with engine=\"transformers\" "
+                     "to save it")
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise refuse(f"tokenizer: the model's transformers tokenizer, not {type(tokenizer).__name__}")
     try:
         check_fits(cell.model.config, memory, cell.kind)
     except UsageError as e:
         raise refuse(str(e)) from None
     if not all(bool(torch.isfinite(t).all()) for t in memory_tensors(cell).values() if t.is_floating_point()):
         raise refuse("the cell's memory holds values that are not finite numbers")
+    unusable = unusable_weight(cell.model)
+    if unusable is not None:
+        raise refuse(f"the model's weight {unusable}")
+    if extra is not None and not isinstance(extra, dict):
+        raise refuse(f"extra is a dict of rmt.json keys, not {type(extra).__name__}")
     taken = sorted(set(extra or {}) & set(OWN_INFO_KEYS))
     if taken:
         raise refuse(f"extra may not set rmt.json's own {', '.join(taken)}")
+    try:  # strict JSON: NaN was written as NaN, which jq and JavaScript refuse
+        json.dumps(extra or {}, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise refuse(f"extra: {error_line(e)}") from None
+    check_outside_checkpoints(final, "")  # a checkpoint inside another left the outer one no longer replaceable
     if recipe_yaml is not None:
         from .recipe import load_yaml
 
@@ -212,7 +237,7 @@ def _write_checkpoint(final: Path, cell: MemorySlots, tokenizer, memory: MemoryS
                       recipe_yaml: str | None, training_state: dict | None,
                       optimizer: torch.optim.Optimizer | None, extra: dict | None,
                       extra_tensors: dict | None = None) -> None:
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final) as tmp, no_library_bars():  # "Writing model shards" says nothing rmt's output does not
         cell.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _drop_loading_options(tmp / "tokenizer_config.json")
@@ -526,21 +551,28 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
     if problems:
         raise _problems_line(where, [f"{MODEL_FILE} does not fit {CONFIG_FILE}: {problems[0]}", *problems[1:]])
     _check_tied_head(where, model, config)
-    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-    if broken is not None:
-        raise UsageError(f"{where}: {MODEL_FILE}: {shown(broken)} holds values that are not finite numbers")
-    # Finite but absurd (a weight of 1e30): the model answered "" with exit 0. Trained weights are far inside
-    # float16's range, which a model run in float16 needs anyway.
-    huge = next((name for name, p in model.named_parameters() if not (p.float().abs() <= MAX_WEIGHT).all()), None)
-    if huge is not None:
-        raise UsageError(f"{where}: {MODEL_FILE}: {shown(huge)} holds values beyond ±{MAX_WEIGHT:g}, which no trained "
-                         f"weight reaches")
+    unusable = unusable_weight(model)
+    if unusable is not None:
+        raise UsageError(f"{where}: {MODEL_FILE}: {unusable}")
     for name in NORM_EPSILONS:  # rms_norm_eps 1e300 made every hidden state 0 (NaN is C27's: a run-time failure)
         value = getattr(config, name, None)
         if isinstance(value, (int, float)) and (value < 0 or value > 1):
             raise UsageError(f"{where}: {CONFIG_FILE}: {name} {value:g}; a norm's epsilon is a small number from "
                              f"0 to 1")
     return model
+
+
+def unusable_weight(model) -> str | None:
+    """"NAME holds …" for the first weight no model can run with, or None: values that are not finite, or finite
+    but absurd (a weight of 1e30 made every answer "" with exit 0). Trained weights are far inside float16's range,
+    which a model run in float16 needs anyway."""
+    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None:
+        return f"{shown(broken)} holds values that are not finite numbers"
+    huge = next((name for name, p in model.named_parameters() if not (p.float().abs() <= MAX_WEIGHT).all()), None)
+    if huge is not None:
+        return f"{shown(huge)} holds values beyond ±{MAX_WEIGHT:g}, which no trained weight reaches"
+    return None
 
 
 def _check_tied_head(where: str, model, config) -> None:
@@ -644,8 +676,8 @@ def _checked_placement(dtype, device) -> tuple[torch.dtype | None, torch.device]
     """load_checkpoint's dtype and device, refused in one line where no model can run so: a dtype that is not a
     floating-point torch dtype, a device torch does not know, the meta device (shapes only), CUDA without one."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise UsageError(f"dtype {shown(repr(dtype), 40)}: a floating-point torch dtype (torch.float32, torch.bfloat16, "
-                         f"torch.float16), or None for the dtype the weights are saved in")
+        raise UsageError(f"dtype {shown(repr(dtype), 40)}: a floating-point torch dtype (torch.float32, "
+                         f"torch.bfloat16, torch.float16), or None for the default")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -667,6 +699,38 @@ def check_usable(model: LoadedModel) -> None:
     check_fits(model.cell.model.config, model.memory_settings, model.cell.kind)
 
 
+@contextlib.contextmanager
+def no_library_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off, and back as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def in_eval_mode(function):
+    """`function`, run with the cells of the LoadedModels among its arguments in eval mode (dropout off), as the
+    commands run them, and each left in the mode it was in: a model left in training mode gave answers and memory
+    files that changed from call to call, under the fingerprint of the model that gives one."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        cells = [a.cell for a in (*args, *kwargs.values()) if isinstance(a, LoadedModel)]
+        modes = [cell.training for cell in cells]
+        for cell in cells:
+            cell.eval()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for cell, training in zip(cells, modes):
+                cell.train(training)
+    return run
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     engine: str = "transformers", upgrade: MemorySpec | None = None) -> LoadedModel:
     """Load a checkpoint folder for training, ingesting or asking (safetensors only).
@@ -678,6 +742,9 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     native engine where the checkpoint qualifies, RMT_ENGINE deciding when set; see storage/engine.py) or
     "native" (an error where it does not qualify).
 
+    `dtype` None: float32 on "transformers" (training); for inference ("auto", "native"), the dtype the weights are
+    saved in, as the commands load them (so that memory files and perplexities are theirs).
+
     `upgrade` (rmt extend): memory settings whose rule may upgrade the checkpoint's (`upgraded_memory`); the
     upgraded cell gets everything the checkpoint holds and fresh associative projections (seeded, read scale 0), and
     `memory_settings` are the upgraded ones. An upgrade always runs on transformers (training does).
@@ -686,7 +753,9 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     path = Path(path_argument(path, "load_checkpoint"))
     if upgrade is not None and not isinstance(upgrade, MemorySpec):
         raise UsageError(f"upgrade: memory settings (a MemorySpec) or None, not {type(upgrade).__name__}")
-    info = read_info(path)
+    info = read_info(path)  # its files checked regular first: reading a FIFO would wait for ever
+    if dtype is None and engine != "transformers":
+        dtype = saved_dtype(path)
     stored = MemorySpec(**info["memory"])
     memory = upgraded_memory(stored, upgrade, _where(path))
     refuse_remote_code(path)

@@ -65,7 +65,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, encoder: bool = False):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_bounded_words(texts), trainer)
     extra = dict(cls_token=CLS, sep_token=SEP) if encoder else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, **extra)
+    return reading_plain_text(PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, **extra))
 
 
 def _bounded_words(texts: Iterable[str]) -> Iterator[str]:
@@ -243,6 +243,17 @@ def with_needed_tokens(tok, name_or_path: str, encoder: bool = False):
         raise UsageError(f"the tokenizer of {name_or_path!r} has no end token; answers could not stop")
     if tok.pad_token_id is None:
         tok.pad_token = tok.sep_token if encoder else tok.eos_token
+    return reading_plain_text(tok)
+
+
+def reading_plain_text(tok):
+    """`tok`, set to read "<|endoftext|>" or "[SEP]" in a text as those characters, never as the control token:
+    rmt's own source holds the first, any paper on BERT the second, and a document or question ended or reshaped
+    the segments where it spelled one. rmt places its special tokens by id."""
+    if hasattr(tok, "split_special_tokens"):  # transformers' tokenizers set their backend's flag on each call
+        tok.split_special_tokens = True
+    else:  # storage.native_tokenizer's
+        tok.backend_tokenizer.encode_special_tokens = True
     return tok
 
 

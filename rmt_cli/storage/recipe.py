@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
 
 from ..errors import UsageError, error_line, one_line, path_argument, shown
 from ..data.sources import home_path, read_small_stdin, read_small_text
-from ..core.rules import UPDATE_RULES, has_matrices, is_routed
+from ..core.rules import GATE_FLOOR, UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, SIZED_TASKS, STORY_TASKS
 
 
@@ -167,7 +167,7 @@ class MemorySpec(Section):
     # gated-associative: gated, plus the matrices of associative. routed: gated, with the slots' gates one softmax
     # over the slots and "keep" (core/rules.py).
     update: Literal[UPDATE_RULES] = "replace"  # type: ignore[valid-type]
-    gate_floor: float = Field(0.001, ge=0, lt=1)
+    gate_floor: float = Field(GATE_FLOOR, ge=0, lt=1)
     # Associative rules: the size of the keys and queries before the feature map (6x as many features). The
     # default is core.associative.KEY_SIZE, written out: recipes are read without importing torch.
     associative_key_size: int = Field(16, ge=1, le=1024)
@@ -741,6 +741,8 @@ def _stdin_text() -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe at `path` (a YAML file, or "-" for standard input) with `overrides` ("key=value" texts, or one)
+    applied, validated: a Recipe, or one UsageError listing every problem, each with its path."""
     problems: list[str] = []
     applied: list[str] = []
     path_argument(path, "load_recipe")
@@ -748,10 +750,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         overrides = [overrides]
     if isinstance(overrides, bytes):
         raise UsageError("overrides: key=value texts (str), not bytes")
-    bad = [o for o in overrides or [] if not isinstance(o, str)]
+    try:
+        overrides = list(overrides or [])  # once: a generator read by the check below was empty after it
+    except TypeError:
+        raise UsageError(f"overrides: a list of key=value texts, not {type(overrides).__name__}") from None
+    bad = [o for o in overrides if not isinstance(o, str)]
     if bad:
         raise UsageError(f"overrides: key=value texts, not {type(bad[0]).__name__} {shown(repr(bad[0]), 40)}")
-    data = apply_overrides(read_recipe_data(path), list(overrides or []), problems, applied)
+    data = apply_overrides(read_recipe_data(path), overrides, problems, applied)
     try:
         return validate_recipe(data, recipe_label(path), applied, problems)
     except UsageError as e:

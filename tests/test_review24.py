@@ -1,0 +1,71 @@
+"""The twenty-fourth review (untuned, session 16: real models offline, training and its launchers, eval and
+perplexity): each test holds a fault it found, reproduced as it was found."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ctrl_c_as_under_a_terminal
+
+TRAIN = ["train", "recipes/memorize-tiny.yaml", "curriculum=[{segments: 1, steps: 1}]"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rmt(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "rmt_cli", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, **kwargs)
+
+
+def _lines(stderr: str) -> list[str]:
+    """stderr without accelerate's warning about thread counts (two lines, said by every launched process)."""
+    return [line for line in stderr.splitlines() if "OMP_NUM_THREADS" not in line and "warnings.warn" not in line]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_launched_process_whose_peers_never_join_stops_after_the_join_timeout(tmp_path, rank):
+    """`WORLD_SIZE=2 RANK=1 MASTER_ADDR=… MASTER_PORT=… rmt train …` alone waited in torch for half an hour, deaf to
+    SIGTERM and SIGINT, and printed a C++ stack."""
+    env = {"WORLD_SIZE": "2", "RANK": rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "RMT_JOIN_TIMEOUT": "3"}
+    started = time.monotonic()
+    process = _rmt([*TRAIN, f"output_dir={tmp_path / 'run'}"], env)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 1 and time.monotonic() - started < 60
+    [line] = _lines(stderr)
+    assert line.startswith(f"error: process {rank} of 2: the launched processes did not all join at 127.0.0.1:")
+    assert "within 3 s (RMT_JOIN_TIMEOUT)" in line
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_the_wait_for_the_other_processes(tmp_path, stop):
+    env = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "RMT_JOIN_TIMEOUT": "120"}
+    process = _rmt([*TRAIN, f"output_dir={tmp_path / 'run'}"], env, preexec_fn=ctrl_c_as_under_a_terminal)
+    time.sleep(8)  # into the wait: the imports and the recipe take a few seconds
+    process.send_signal(stop)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130 and _lines(stderr) == ["interrupted"]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE=2 is set, but not MASTER_ADDR, MASTER_PORT"),
+    ({"WORLD_SIZE": "1", "RANK": "5"}, "RANK=5 is not below WORLD_SIZE=1"),
+    ({"RMT_JOIN_TIMEOUT": "soon"}, "RMT_JOIN_TIMEOUT=soon: seconds to wait"),
+])
+def test_a_launch_environment_no_launcher_made_is_said(tmp_path, env, says):
+    """`WORLD_SIZE=2 RANK=1` without a launcher's address: exit 2 with nothing said (a process other than the main
+    one stays silent, but this one ran alone); `WORLD_SIZE=1 RANK=5` trained as if alone."""
+    process = _rmt([*TRAIN, f"output_dir={tmp_path / 'run'}"], {"WORLD_SIZE": "", "RANK": "", **env})
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 2 and _lines(stderr) == [line for line in _lines(stderr) if says in line] != []
+    assert not (tmp_path / "run").exists()
