@@ -69,3 +69,25 @@ def test_a_launch_environment_no_launcher_made_is_said(tmp_path, env, says):
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 2 and _lines(stderr) == [line for line in _lines(stderr) if says in line] != []
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("gguf", ["../../../../etc/passwd", "/tmp/elsewhere.gguf", "", "a\\\\..\\\\b.gguf"])
+def test_a_gguf_file_outside_the_model_folder_is_refused(tmp_path, gguf):
+    """`model.gguf_file: ../../etc/passwd` (or an absolute path) was opened, outside name_or_path's folder."""
+    from rmt_cli import load_recipe
+    from rmt_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="gguf_file: .* is not a file inside name_or_path's folder"):
+        load_recipe("recipes/memorize-tiny.yaml", [f"model.name_or_path={tmp_path}", f"model.gguf_file='{gguf}'"])
+
+
+def test_a_gguf_that_cannot_be_read_is_named(tmp_path):
+    """A corrupt GGUF was "cannot load the tokenizer of 'FOLDER'", naming the folder, not the file."""
+    pytest.importorskip("gguf")
+    from conftest import one_error_line, run_cli
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "corrupt.gguf").write_bytes(b"GGUF" + os.urandom(3000))
+    r = run_cli(["train", "recipes/memorize-tiny.yaml", f"model.name_or_path={tmp_path / 'model'}",
+                 "tokenizer.kind=model", f"output_dir={tmp_path / 'run'}"])
+    one_error_line(r, 2, f"the GGUF file {tmp_path / 'model' / 'corrupt.gguf'}")

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import MEMFILE_TEXT
+from test_encoder import word_tokenizer  # noqa: F401 - the fixture
 from rmt_cli.errors import UsageError
 
 
@@ -162,3 +163,51 @@ def test_load_checkpoint_for_inference_loads_the_dtype_the_commands_load(tmp_pat
     ingest([IngestJob([str(tmp_path / "t.txt")], tmp_path / "api.st")], model)
     assert load_memory(tmp_path / "api.st").fingerprint == load_memory(tmp_path / "cli.st").fingerprint
     assert ask(model, load_memory(tmp_path / "cli.st"), "Where is Mary?").tokens > 0
+
+
+def test_a_missing_append_from_stops_the_plan_before_anything_is_written(checkpoint, tmp_path):
+    """A typo in one job's `append_from` let the other documents be written and failed that one alone, where a
+    typo in an input stops the batch first."""
+    from rmt_cli import IngestJob, ingest, load_checkpoint
+
+    (tmp_path / "t.txt").write_text(MEMFILE_TEXT)
+    jobs = [IngestJob([str(tmp_path / "t.txt")], tmp_path / "g1.st"),
+            IngestJob([str(tmp_path / "t.txt")], tmp_path / "g2.st", append_from=tmp_path / "typo.st")]
+    with pytest.raises(UsageError, match="typo.st"):
+        ingest(jobs, load_checkpoint(checkpoint))
+    assert not (tmp_path / "g1.st").exists()
+
+
+def test_an_encoders_answers_edited_after_loading_change_its_fingerprint(tmp_path, word_tokenizer):
+    """Reversing a loaded encoder's answers kept its fingerprint: its old memories were read with the labels
+    swapped; fewer answers than the classifier scores were taken too."""
+    from test_encoder import M, SEGMENT, encoder_cell
+
+    from rmt_cli import IngestJob, ask, ingest, load_checkpoint, load_memory, save_checkpoint
+    from rmt_cli.storage.recipe import MemorySpec
+
+    cell = encoder_cell(word_tokenizer)
+    save_checkpoint(tmp_path / "enc", cell, word_tokenizer, MemorySpec(num_mem_tokens=M, segment_size=SEGMENT), "t")
+    model = load_checkpoint(tmp_path / "enc")
+    (tmp_path / "t.txt").write_text("daniel went back to the hallway . " * 4)
+    ingest([IngestJob([str(tmp_path / "t.txt")], tmp_path / "m.st")], model)
+    state = load_memory(tmp_path / "m.st")
+    assert ask(model, state, "where is daniel ?").answer in model.cell.answers
+    model.cell.answers.reverse()
+    with pytest.raises(UsageError, match="made by another model or setting"):
+        ask(model, state, "where is daniel ?")
+    del model.cell.answers[1:]
+    with pytest.raises(UsageError, match="the encoder's answers: 1 names for the"):
+        ask(model, state, "where is daniel ?", force=True)
+
+
+@pytest.mark.parametrize("field, value", [("segment_size", "24"), ("num_mem_tokens", "2")])
+def test_a_state_field_of_another_type_is_named(memfile, checkpoint, field, value):
+    """`dataclasses.replace(state, segment_size="128")`: "made for segments of 128 tokens; this model reads 128"."""
+    import dataclasses
+
+    from rmt_cli import ask, load_checkpoint, load_memory
+
+    state = dataclasses.replace(load_memory(memfile), **{field: value})
+    with pytest.raises(UsageError, match=f"{field} is .*, not of its type"):
+        ask(load_checkpoint(checkpoint), state, "Where is Mary?")

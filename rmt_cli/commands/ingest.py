@@ -202,6 +202,8 @@ def check_job(job: IngestJob) -> Document:
     """Open a job's inputs (every path checked) and make sure writing its output destroys none of them."""
     target = output_target(job.output)
     check_outside_checkpoints(job.output, "")  # the CLI says so before it loads the model
+    if job.append_from is not None:  # a typo there stops the plan too, as one in an input does
+        load_memory(job.append_from)
     document = open_document(job.paths)
     for item in document.items:
         if not item.streamed and item.path.resolve() == target:

@@ -59,7 +59,7 @@ class LoadedModel:
     memory_settings: MemorySpec  # memory tokens, segment size, update rule
     info: dict  # rmt.json
     path: Path
-    # What info["fingerprint"] was computed for (`weights_signature` and the memory settings): see fingerprint_now
+    # What info["fingerprint"] was computed for (`model_signature`): see fingerprint_now
     signature: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -70,7 +70,8 @@ class LoadedModel:
         """The fingerprint of the model as it is now. The one computed at load stands while no weight has been
         changed or replaced and the memory settings are the same; otherwise (the API lets a caller train or edit
         the model) it is computed anew, so that a memory file says which weights made it."""
-        signature = (weights_signature(self.cell), self.memory_settings)
+        # an encoder's answers too: edited, they relabelled the memories of the model they were
+        signature = model_signature(self.cell, self.memory_settings)
         if signature != self.signature or "fingerprint" not in self.info:
             self.info = {**self.info, "fingerprint": fingerprint(self.cell, self.tokenizer, self.memory_settings)}
             self.signature = signature
@@ -80,6 +81,12 @@ class LoadedModel:
     def engine(self) -> str:
         """What runs the model: "native" (core.native_llama, see storage/engine.py) or "transformers"."""
         return getattr(self.cell.model, "engine", "transformers")
+
+
+def model_signature(cell: MemorySlots, memory: MemorySpec) -> tuple:
+    """What the fingerprint depends on that the API lets a caller change: the weights, the memory settings and an
+    encoder's answers (edited, they relabelled the memories of the model they were)."""
+    return weights_signature(cell), memory, tuple(getattr(cell, "answers", ()))
 
 
 def weights_signature(cell: MemorySlots) -> tuple:
@@ -697,6 +704,10 @@ def check_usable(model: LoadedModel) -> None:
     if not isinstance(model.memory_settings, MemorySpec):
         raise UsageError("the model's memory_settings are not memory settings (a MemorySpec)")
     check_fits(model.cell.model.config, model.memory_settings, model.cell.kind)
+    head = getattr(model.cell, "head", None)
+    if model.cell.kind == "encoder" and head is not None and len(model.cell.answers) != head.out_features:
+        raise UsageError(f"the encoder's answers: {len(model.cell.answers)} names for the {head.out_features} its "
+                         f"classifier scores")
 
 
 @contextlib.contextmanager
@@ -777,4 +788,4 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype | None = None, device: 
     info = {**info, "fingerprint": fingerprint(cell, tokenizer, memory)}
     cell.to(device=device, dtype=dtype or torch.float32)
     cell.eval()
-    return LoadedModel(cell, tokenizer, memory, info, path, (weights_signature(cell), memory))
+    return LoadedModel(cell, tokenizer, memory, info, path, model_signature(cell, memory))

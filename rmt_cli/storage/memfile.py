@@ -258,7 +258,15 @@ def _file_contents(state: MemoryState, where: str) -> tuple[dict[str, torch.Tens
     if not all(_storable(t) for name, t in tensors.items() if name != "tail_tokens"):
         raise RMTError(f"{where}: the memory holds values that are not finite (NaN or infinity) or beyond "
                        f"±{MAX_MEMORY_VALUE:g}, as a model whose config is unsound makes")
-    _checked_state(tensors, metadata, where)  # nor anything else load_memory would refuse
+    checked = _checked_state(tensors, metadata, where)  # nor anything else load_memory would refuse
+    # The metadata are text: segment_size "128" passed as 128, and was then no size the model reads ("made for
+    # segments of 128 tokens; this model reads 128"). Each field is of the type load_memory gives it.
+    for name in ("fingerprint", "dtype", "segment_size", "num_mem_tokens", "model_hint", "tokens", "segments",
+                 "carry_text", "sources_omitted", "created", "rmt_version", "associative_shape", "forced_from"):
+        given, read = getattr(state, name), getattr(checked, name)
+        if type(given) is not type(read):
+            raise UsageError(f"{where}: {name} is {shown(repr(given), 60)}, not of its type "
+                             f"({type(read).__name__})")
     return tensors, metadata
 
 

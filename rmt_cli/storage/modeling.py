@@ -226,11 +226,18 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
         unreachable = not_fetched(name_or_path, e)
         if unreachable:
             raise UsageError(f"cannot load the tokenizer of {unreachable}") from None
-        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {error_line(e)}") from None
+        raise UsageError(f"cannot load the tokenizer of {_tokenizer_source(name_or_path, source_options)}: "
+                         f"{error_line(e)}") from None
     except Exception as e:  # malformed tokenizer files raise KeyError, TypeError, AttributeError, ... as well
-        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: its files are malformed "
-                         f"({type(e).__name__}: {error_line(e)})") from None
+        raise UsageError(f"cannot load the tokenizer of {_tokenizer_source(name_or_path, source_options)}: its files "
+                         f"are malformed ({type(e).__name__}: {error_line(e)})") from None
     return with_needed_tokens(tok, name_or_path, encoder)
+
+
+def _tokenizer_source(name_or_path: str, source_options: dict) -> str:
+    """What a tokenizer was read from, for its errors: a GGUF file by its path (the folder alone named no file)."""
+    gguf = source_options.get("gguf_file")
+    return f"the GGUF file {shown(str(Path(name_or_path) / gguf))}" if gguf else repr(name_or_path)
 
 
 def with_needed_tokens(tok, name_or_path: str, encoder: bool = False):

@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -130,6 +130,12 @@ class ModelSpec(Section):
     def _check(self) -> None:
         if self.gguf_file is not None and self.name_or_path is None:
             raise ValueError("gguf_file: names a file inside name_or_path's folder, and name_or_path is not set")
+        gguf = None if self.gguf_file is None else PurePosixPath(self.gguf_file)
+        if gguf is not None and (not self.gguf_file.strip() or gguf.is_absolute() or ".." in gguf.parts
+                                 or "\\" in self.gguf_file):
+            # "../../etc/passwd" was opened: the file is the model folder's, as `package:` folders are the package's
+            raise ValueError(f"gguf_file: {one_line(repr(self.gguf_file))} is not a file inside name_or_path's folder "
+                             f"(no .. and no leading /)")
         dtype = [key for key in ("dtype", "torch_dtype") if key in self.config]
         if dtype:  # from_config builds the weights in it: float16 training diverged at its second step
             raise ValueError(f"config.{dtype[0]}: rmt trains the weights in float32 (and runs them in the dtype "
