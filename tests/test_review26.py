@@ -211,3 +211,44 @@ def test_a_state_field_of_another_type_is_named(memfile, checkpoint, field, valu
     state = dataclasses.replace(load_memory(memfile), **{field: value})
     with pytest.raises(UsageError, match=f"{field} is .*, not of its type"):
         ask(load_checkpoint(checkpoint), state, "Where is Mary?")
+
+
+def test_force_is_a_bool_and_a_memory_file_is_no_folder(memfile, checkpoint, tmp_path):
+    """`ask(..., force="no")` and `ingest(..., force="x")` forced; `save_memory("dir/", s)` wrote a file named dir."""
+    from rmt_cli import IngestJob, ask, ingest, load_checkpoint, load_memory, save_memory
+
+    model, state = load_checkpoint(checkpoint), load_memory(memfile)
+    with pytest.raises(UsageError, match="force: True or False, not str"):
+        ask(model, state, "Where is Mary?", force="no")
+    with pytest.raises(UsageError, match="force: True or False, not str"):
+        ingest([IngestJob([str(memfile)], tmp_path / "x.st")], model, force="x")
+    with pytest.raises(UsageError, match="names a folder"):
+        save_memory(f"{tmp_path}/dir/", state)
+    assert not (tmp_path / "dir").exists()
+
+
+def test_the_api_documents_what_it_exports():
+    import rmt_cli
+
+    for name in ("ask", "load_recipe", "IngestJob", "LoadedModel", "MemoryState", "Recipe"):
+        doc = getattr(rmt_cli, name).__doc__ or ""
+        assert doc and not doc.startswith(("A base class", f"{name}(")), name
+
+
+def test_no_false_warning_of_a_text_longer_than_the_model_reads(tokenizer, capfd, caplog):
+    """The API's ingest on an encoder printed transformers' "Token indices sequence length is longer than the
+    specified maximum sequence length" for a book, which rmt cuts into segments itself."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    from rmt_cli.storage.modeling import reading_plain_text
+
+    fresh = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, model_max_length=16)
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # as a library user's program has it (the tests quiet transformers)
+    try:
+        capfd.readouterr()
+        reading_plain_text(fresh).encode(MEMFILE_TEXT * 5, add_special_tokens=False)
+        assert "Token indices sequence length" not in capfd.readouterr().err + caplog.text
+    finally:
+        hf_logging.set_verbosity(was)

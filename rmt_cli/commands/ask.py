@@ -307,6 +307,10 @@ def respond(model: LoadedModel, memory: torch.Tensor, prompts: list[list[int]], 
 
 def ask(model: LoadedModel, state: MemoryState, question: str, max_new_tokens: int = 16, temperature: float = 0.0,
         top_p: float = 1.0, generator: torch.Generator | None = None, force: bool = False) -> Answer:
+    """The answer to `question` from the memory `state` (load_memory) holds, as `rmt ask` gives it: greedy, or
+    sampled at `temperature` > 0 within `top_p` (from `generator`, for a seeded draw); at most `max_new_tokens`
+    tokens. An Answer: `answer` (the text), `logprob`, `tokens`, and an encoder's `runner_up`. A memory of another
+    model is refused (UsageError), but with `force` where only the fingerprint differs, as `--force`."""
     [answer] = ask_many(model, state, [question], max_new_tokens, temperature, top_p, generator, force)
     return answer
 

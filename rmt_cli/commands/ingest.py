@@ -40,6 +40,9 @@ UNSURE = 0.5  # a gate above this share of the floor may be on either side of it
 
 @dataclass
 class IngestJob:
+    """One document to ingest: `paths` read in order as one text (files, folders read as a codebase, "-" for
+    standard input), its memory written to `output`; continuing the memory file `append_from` where given."""
+
     paths: list[str]
     output: Path
     append_from: Path | None = None
@@ -308,6 +311,8 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         raise UsageError(f"jobs: an IngestJob or a list of them, not {type(jobs).__name__}")
     jobs = [jobs] if isinstance(jobs, IngestJob) else list(jobs)  # one job, or any iterable of jobs
     whole_number_argument(lookahead, "lookahead")  # 1 reads segments one at a time
+    if not isinstance(force, bool):  # force="no" forced
+        raise UsageError(f"force: True or False, not {type(force).__name__}")
     for callback, what in ((on_progress, "on_progress"), (on_trace, "on_trace"), (on_warning, "on_warning")):
         callback_argument(callback, what)
     wrong = [job for job in jobs if not isinstance(job, IngestJob)]

@@ -54,6 +54,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class LoadedModel:
+    """A checkpoint as load_checkpoint (or default_model) gives it: what ingest, ask and perplexity take."""
+
     cell: MemorySlots  # a causal LM's MemoryCell, or an EncoderMemoryCell (cell.kind says which)
     tokenizer: object
     memory_settings: MemorySpec  # memory tokens, segment size, update rule

@@ -94,6 +94,10 @@ def memory_fingerprint(model_fingerprint: str, dtype: torch.dtype) -> str:
 
 @dataclass
 class MemoryState:
+    """What a memory file holds (load_memory reads one, save_memory writes one; the fields are the file's, see the
+    top of this module): the memory after the last segment, the tokens and text not yet in a segment, and which
+    model wrote it."""
+
     memory: torch.Tensor
     tail_tokens: list[int]
     fingerprint: str
@@ -161,6 +165,8 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
     --force skips the fingerprint (and the mix) only: a fingerprint is easily copied, so what keeps the model from
     reading out of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's
     dtype) is checked always."""
+    if not isinstance(force, bool):  # force="no" forced
+        raise UsageError(f"force: True or False, not {type(force).__name__}")
     expected = memory_fingerprint(model.fingerprint_now(), model.cell.dtype)
     where = shown(name)
     if state.forced_from and not force:  # whichever model reads it: it holds another's memory
@@ -220,7 +226,10 @@ def _state_tensors(state: MemoryState) -> dict[str, torch.Tensor]:
 
 def save_memory(path: str | Path, state: MemoryState) -> Path:
     """Write a memory file whole or not at all; a failed write is one line (RMTError) and leaves any old file."""
+    given = path
     path = Path(path_argument(path, "save_memory"))
+    if str(given).endswith(("/", os.sep)):  # Path() drops the slash: "dir/" wrote a file named dir
+        raise UsageError(f"save_memory: {shown(given)} names a folder; name the memory file (FOLDER/NAME.st)")
     if not isinstance(state, MemoryState):
         raise UsageError(f"save_memory: a MemoryState, not {type(state).__name__}")
     check_replaceable(path)

@@ -259,6 +259,9 @@ def reading_plain_text(tok):
     the segments where it spelled one. rmt places its special tokens by id."""
     if hasattr(tok, "split_special_tokens"):  # transformers' tokenizers set their backend's flag on each call
         tok.split_special_tokens = True
+        # and rmt cuts the text into segments itself: transformers' warning that a text is longer than the model
+        # reads (said once per tokenizer) would be false, so it is marked as said
+        getattr(tok, "deprecation_warnings", {})["sequence-length-is-longer-than-the-specified-maximum"] = True
     else:  # storage.native_tokenizer's
         tok.backend_tokenizer.encode_special_tokens = True
     return tok

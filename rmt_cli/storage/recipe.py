@@ -299,6 +299,9 @@ class CheckpointSpec(Section):
 
 
 class Recipe(Section):
+    """A training recipe (recipes/*.yaml; load_recipe reads one with every error at once): the model, tokenizer,
+    memory, task, curriculum of stages, optimizer, evaluation and output folder of one run. `train` takes it."""
+
     seed: int = Field(0, ge=0, le=2**63 - 1)  # what torch.manual_seed takes
     output_dir: str = "runs/rmt"
     model: ModelSpec = Field(default_factory=ModelSpec)
