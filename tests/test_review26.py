@@ -252,3 +252,33 @@ def test_no_false_warning_of_a_text_longer_than_the_model_reads(tokenizer, capfd
         assert "Token indices sequence length" not in capfd.readouterr().err + caplog.text
     finally:
         hf_logging.set_verbosity(was)
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ({"num_mem_tokens": -1}, "num_mem_tokens: a whole number from 0 to 4096, not -1"),
+    ({"num_mem_tokens": 2.5}, "num_mem_tokens: a whole number"),
+    ({"gate_floor": 2.0, "update": "gated"}, "gate_floor: a number from 0 up to"),
+    ({"gate_floor": float("nan"), "update": "gated"}, "gate_floor: a number from 0 up to"),
+    ({"associative_key_size": 0, "update": "associative"}, "associative_key_size: a whole number of at least 1"),
+    ({"update": "bogus"}, "unknown memory update rule 'bogus'"),
+    ({"model": None}, "model: a transformers model"),
+])
+def test_the_exported_cell_checks_its_arguments(make_model, arguments, says):
+    """`MemoryCell(hf, -1)`: RuntimeError "negative dimension"; `gate_floor=2.0` (a memory frozen for ever) and NaN
+    were taken; `update="bogus"` a ValueError; `MemoryCell(None, 2)` an AttributeError."""
+    from rmt_cli import MemoryCell
+
+    given = {"model": make_model("gpt2"), "num_mem_tokens": 2, **arguments}
+    with pytest.raises(UsageError, match=says):
+        MemoryCell(**given)
+
+
+@pytest.mark.parametrize("arguments, says", [({"segment_size": 0}, "segment_size: a whole number of at least 1"),
+                                             ({"bptt_depth": -1}, "bptt_depth: a whole number of at least 0"),
+                                             ({"cell": "cell"}, "cell: a MemoryCell")])
+def test_the_exported_recurrence_checks_its_arguments(make_model, arguments, says):
+    from rmt_cli import MemoryCell, RecurrentMemoryModel
+
+    given = {"cell": MemoryCell(make_model("gpt2"), 2), "segment_size": 16, **arguments}
+    with pytest.raises(UsageError, match=says):
+        RecurrentMemoryModel(**given)

@@ -108,6 +108,20 @@ def _neutral(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and float(value) == 1.0)
 
 
+def _check_cell_arguments(model, num_mem_tokens, update, gate_floor, associative_key_size) -> None:
+    """A cell's arguments, as the recipe checks them (the exported classes are built by hand too): UsageError."""
+    if update not in UPDATE_RULES:
+        raise UsageError(f"unknown memory update rule {update!r}; known: {', '.join(UPDATE_RULES)}")
+    if not (type(num_mem_tokens) is int and 0 <= num_mem_tokens <= 4096):
+        raise UsageError(f"num_mem_tokens: a whole number from 0 to 4096, not {num_mem_tokens!r}")
+    if not (isinstance(gate_floor, (int, float)) and not isinstance(gate_floor, bool) and 0 <= gate_floor < 1):
+        raise UsageError(f"gate_floor: a number from 0 up to (not including) 1, not {gate_floor!r}")
+    if not (type(associative_key_size) is int and associative_key_size >= 1):
+        raise UsageError(f"associative_key_size: a whole number of at least 1, not {associative_key_size!r}")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model: a transformers model (nn.Module), not {type(model).__name__}")
+
+
 class MemorySlots(nn.Module):
     """What every memory cell has, whatever model it wraps: the learned initial memory, the update rule (and its
     gate), and the streaming calls ingest, ask and eval use. A cell of a kind says how a segment is laid out around
@@ -119,8 +133,7 @@ class MemorySlots(nn.Module):
     def __init__(self, model: nn.Module, num_mem_tokens: int, update: str = "replace", gate_floor: float = GATE_FLOOR,
                  associative_key_size: int = KEY_SIZE):
         super().__init__()
-        if update not in UPDATE_RULES:
-            raise ValueError(f"unknown memory update rule {update!r}; known: {', '.join(UPDATE_RULES)}")
+        _check_cell_arguments(model, num_mem_tokens, update, gate_floor, associative_key_size)
         if has_matrices(update) and num_mem_tokens < 1:
             raise UsageError(f"the {update} update rule needs memory tokens to write its associative matrices with: "
                              f"num_mem_tokens >= 1")
@@ -404,6 +417,11 @@ class RecurrentMemoryModel(nn.Module):
                  gate_supervision_open: bool = True, route_balance: float = 0.0,
                  binding_supervision: float = 0.0, binding_count: int = 0):
         super().__init__()
+        if not isinstance(cell, MemorySlots):
+            raise UsageError(f"cell: a MemoryCell or EncoderMemoryCell, not {type(cell).__name__}")
+        for value, name, least in ((segment_size, "segment_size", 1), (bptt_depth, "bptt_depth", 0)):
+            if value is not None and not (type(value) is int and value >= least):  # None: bptt_depth's "all"
+                raise UsageError(f"{name}: a whole number of at least {least}, not {value!r}")
         self.cell = cell
         self.segment_size = segment_size
         self.bptt_depth = bptt_depth
