@@ -1097,10 +1097,9 @@ def _perplexity_table(result: dict) -> None:
         if key not in result:
             continue
         r = result[key]
-        curve = [v for v in r["loss_by_position"] if v is not None]
-        k = max(1, len(curve) // 10)
-        table.add_row(label, f"{r['perplexity']:.2f}", f"{r['loss']:.3f}", f"{r['flatness']:+.3f}",
-                      f"{sum(curve[:k]) / k:.3f}", f"{sum(curve[-k:]) / k:.3f}")
+        shown_if = lambda value, form: "–" if value is None else format(value, form)  # noqa: E731 - too few positions
+        table.add_row(label, f"{r['perplexity']:.2f}", f"{r['loss']:.3f}", shown_if(r["flatness"], "+.3f"),
+                      shown_if(r["first_tenth"], ".3f"), shown_if(r["last_tenth"], ".3f"))
     _print_table(table)
 
 

@@ -91,3 +91,29 @@ def test_a_gguf_that_cannot_be_read_is_named(tmp_path):
     r = run_cli(["train", "recipes/memorize-tiny.yaml", f"model.name_or_path={tmp_path / 'model'}",
                  "tokenizer.kind=model", f"output_dir={tmp_path / 'run'}"])
     one_error_line(r, 2, f"the GGUF file {tmp_path / 'model' / 'corrupt.gguf'}")
+
+
+def test_an_output_dir_that_cannot_be_made_is_the_recipes_error():
+    """`output_dir=/proc/x`: exit 1 with the bare "/proc/x: No such file or directory"."""
+    from conftest import one_error_line, run_cli
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    r = run_cli(["train", "recipes/memorize-tiny.yaml", "output_dir=/proc/x"])
+    one_error_line(r, 2, "output_dir /proc/x: cannot be made: No such file or directory")
+
+
+def test_a_text_too_short_for_a_flatness_figure_gives_none(checkpoint, tmp_path):
+    """A two-token file printed a "flatness" of +0.699: one token's loss against another's."""
+    import json
+
+    from conftest import run_cli
+
+    (tmp_path / "two.txt").write_text("Mary went")
+    r = run_cli(["perplexity", tmp_path / "two.txt", "--model", checkpoint, "--json"])
+    assert r.exit_code == 0, r.stderr
+    memory = json.loads(r.stdout)["memory"]
+    assert memory["flatness"] is None and memory["first_tenth"] is None
+    (tmp_path / "long.txt").write_text("Mary went to the kitchen. Daniel moved to the garden. " * 20)
+    memory = json.loads(run_cli(["perplexity", tmp_path / "long.txt", "--model", checkpoint, "--json"]).stdout)["memory"]
+    assert memory["flatness"] == pytest.approx(memory["first_tenth"] - memory["last_tenth"])

@@ -61,18 +61,28 @@ class Scores:
     def position_curve(self) -> list[float | None]:
         return [s / c if c else None for s, c in zip(self.loss_by_position, self.count_by_position)]
 
-    @property
-    def flatness(self) -> float:
+    def tenths(self) -> tuple[float, float] | None:
+        """Mean loss over the first and the last tenth of the positions scored; None for fewer than
+        MIN_FLATNESS_POSITIONS (a two-token text gave a "flatness" of one token's loss against another's)."""
         curve = [v for v in self.position_curve() if v is not None]
-        if len(curve) < 2:
-            return 0.0
-        k = max(1, len(curve) // 10)
-        return sum(curve[:k]) / k - sum(curve[-k:]) / k
+        if len(curve) < MIN_FLATNESS_POSITIONS:
+            return None
+        k = len(curve) // 10
+        return sum(curve[:k]) / k, sum(curve[-k:]) / k
+
+    @property
+    def flatness(self) -> float | None:
+        tenths = self.tenths()
+        return None if tenths is None else tenths[0] - tenths[1]
 
     def report(self) -> dict:
+        tenths = self.tenths() or (None, None)
         return {"perplexity": self.perplexity, "loss": self.mean_loss, "tokens": self.tokens,
-                "flatness": self.flatness, "loss_by_position": self.position_curve(),
-                "loss_by_segment": self.loss_by_segment}
+                "flatness": self.flatness, "first_tenth": tenths[0], "last_tenth": tenths[1],
+                "loss_by_position": self.position_curve(), "loss_by_segment": self.loss_by_segment}
+
+
+MIN_FLATNESS_POSITIONS = 10  # a tenth of the positions is then at least one
 
 
 def _segment_losses(model: LoadedModel, memory, ids: torch.Tensor):
@@ -91,11 +101,11 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
         whole_number_argument(max_tokens, "max_tokens", 2)
     callback_argument(on_progress, "on_progress")
     check_usable(model)  # None too: only the baseline is optional
-    for loaded in (model, baseline):
+    for loaded, role in ((model, "the model"), (baseline, "the baseline")):
         if loaded is not None:
             check_usable(loaded)
         if loaded is not None and loaded.cell.kind == "encoder":
-            raise UsageError(f"{shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
+            raise UsageError(f"{role} {shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
                              f"next token, so it has no perplexity; rmt perplexity needs a causal language model")
     if baseline is not None and baseline.segment_size != model.segment_size:
         raise UsageError(f"--baseline has segments of {baseline.segment_size} tokens, the model "

@@ -506,7 +506,10 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
         # Held for the run's life, before anything in output_dir is checked: a second run there would replace
         # final/ and mix its lines into metrics.jsonl. A flock dies with its process, so a killed run leaves none.
         if not output_dir.exists():  # made for the lock: gone again if the run stops before writing in it
-            output_dir.mkdir(parents=True)
+            try:
+                output_dir.mkdir(parents=True)
+            except OSError as e:  # /proc/x, a read-only place: the recipe's setting, said as such (exit 2)
+                raise UsageError(f"output_dir {shown(output_dir)}: cannot be made: {e.strerror or e}") from None
             held.callback(_remove_if_empty, output_dir)
         run_lock = hold_lock(output_dir, f"output_dir {shown(output_dir)}: another rmt run is writing it; wait for "
                                          f"it to end, or choose another output_dir", UsageError)
