@@ -333,14 +333,14 @@ OUT_OF_MEMORY_WORDS = ("can't allocate memory", "out of memory", "could not crea
 
 
 def _other_launched_process() -> bool:
-    """Whether this is one of several processes a launcher started, not the main one: a RANK above 0 under a
-    WORLD_SIZE above 1. A RANK alone (left in a SLURM or MPI job's environment, or inherited from a torchrun
-    worker that runs rmt) silenced every usage error."""
-    from .distributed import launched_by_a_launcher
+    """Whether this is one of several processes torchrun started, not the main one: a RANK above 0 under a
+    WORLD_SIZE above 1, in torchrun's environment. A RANK alone (left in a SLURM or MPI job's environment, or
+    inherited from a torchrun worker that runs rmt) silenced every usage error."""
+    from .distributed import launched_by_torchrun
 
     rank = os.environ.get("RANK", "0").strip()
-    # WORLD_SIZE=2 RANK=1 without MASTER_ADDR (no launcher) runs alone, and was silent about its refusal
-    return launched_by_a_launcher() and rank.isascii() and rank.isdigit() and int(rank) != 0
+    # WORLD_SIZE=2 RANK=1 set by hand (no launcher) may run alone, and was silent about its refusal
+    return launched_by_torchrun() and rank.isascii() and rank.isdigit() and int(rank) != 0
 
 
 def _say(kind: str, text: str) -> None:

@@ -45,11 +45,12 @@ LAUNCHER_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun and
 JOIN_SECONDS = 300.0  # how long a launched process waits for the others to join (RMT_JOIN_TIMEOUT overrides)
 
 
-def launched_by_a_launcher() -> bool:
-    """Whether WORLD_SIZE above 1 comes with the launcher's other variables: several processes really started
-    together (else check_launch refuses, and this process, alone, says why)."""
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or accelerate launch, which runs it) started this process among several: its main process
+    then says what all of them find wrong. A process given the variables by hand (WORLD_SIZE=2 RANK=1 alone) may
+    be the only one there is, and says it itself."""
     try:
-        return launched_processes() > 1 and all(os.environ.get(name) for name in LAUNCHER_VARIABLES)
+        return launched_processes() > 1 and bool(os.environ.get("TORCHELASTIC_RUN_ID"))
     except RMTError:
         return False
 
@@ -97,11 +98,15 @@ def join_processes(cpu: bool):
     inside C++, for half an hour and deaf to Ctrl-C and SIGTERM (a process started alone with RANK=1 waited for
     a main process that never came): here the wait ends after join_timeout() seconds (exit 1) or at a stop
     signal (exit 130), each with its line."""
+    import warnings
+
     from accelerate import PartialState
 
     if launched_processes() < 2:
         return PartialState(cpu=cpu)
-    with _bounded_wait(join_timeout()):
+    with _bounded_wait(join_timeout()), warnings.catch_warnings():
+        # rmt sets its threads itself (recipe `threads`): accelerate's note on OMP_NUM_THREADS says nothing
+        warnings.filterwarnings("ignore", message=".*OMP_NUM_THREADS")
         return PartialState(cpu=cpu)
 
 
@@ -110,7 +115,8 @@ def _bounded_wait(seconds: float):
     """A deadline and the stop signals watched by a thread of their own while the main thread is inside a C++ call
     that Python's handlers cannot interrupt. Python's C-level handler, whichever thread the signal lands on, writes
     its number to the wakeup fd: a pipe the watcher waits on, with the deadline, and to which the main thread
-    writes 0 ("joined") when the call returns."""
+    writes 0 ("joined") when the call returns. The main thread blocks the stop signals meanwhile (the watcher
+    takes them): one landing there broke torch's connect with a C++ stack on stderr."""
     import select
     import signal
     import threading
@@ -118,12 +124,15 @@ def _bounded_wait(seconds: float):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stops = {signal.SIGINT, signal.SIGTERM}
     readable, writable = os.pipe()
     os.set_blocking(writable, False)
     before = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
 
     def watch() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # started with the main thread's mask
         ready, _, _ = select.select([readable], [], [], seconds)
         said = os.read(readable, 64) if ready else b""
         if b"\0" in said:  # joined (a stop signal with it is the main thread's to handle, as ever)
@@ -142,9 +151,10 @@ def _bounded_wait(seconds: float):
     try:
         yield
     finally:
-        signal.set_wakeup_fd(before)
         os.write(writable, b"\0")
         watcher.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop signal pending meanwhile now reaches Python
+        signal.set_wakeup_fd(before)
         os.close(readable)
         os.close(writable)
 

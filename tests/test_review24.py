@@ -57,8 +57,15 @@ def test_a_stop_signal_ends_the_wait_for_the_other_processes(tmp_path, stop):
     assert process.returncode == 130 and _lines(stderr) == ["interrupted"]
 
 
+LONE = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
 @pytest.mark.parametrize("env, says", [
     ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE=2 is set, but not MASTER_ADDR, MASTER_PORT"),
+    # the twenty-seventh review: a process given a launcher's variables by hand, alone, was silent too
+    ({**LONE, "RMT_JOIN_TIMEOUT": "0"}, "RMT_JOIN_TIMEOUT=0: seconds to wait"),
+    ({**LONE, "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+    ({**LONE, "MASTER_PORT": "notaport"}, "MASTER_PORT=notaport is not a number"),
     ({"WORLD_SIZE": "1", "RANK": "5"}, "RANK=5 is not below WORLD_SIZE=1"),
     ({"RMT_JOIN_TIMEOUT": "soon"}, "RMT_JOIN_TIMEOUT=soon: seconds to wait"),
 ])
@@ -79,6 +86,20 @@ def test_a_gguf_file_outside_the_model_folder_is_refused(tmp_path, gguf):
 
     with pytest.raises(UsageError, match="gguf_file: .* is not a file inside name_or_path's folder"):
         load_recipe("recipes/memorize-tiny.yaml", [f"model.name_or_path={tmp_path}", f"model.gguf_file='{gguf}'"])
+
+
+def test_a_gguf_file_linked_from_outside_the_model_folder_is_refused(tmp_path):
+    """`model.gguf_file: evil.gguf`, a link in the folder to a file elsewhere, was opened (the twenty-seventh
+    review)."""
+    pytest.importorskip("gguf")
+    from conftest import one_error_line, run_cli
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "elsewhere.gguf").write_bytes(b"GGUF" + bytes(100))
+    (tmp_path / "model" / "evil.gguf").symlink_to(tmp_path / "elsewhere.gguf")
+    r = run_cli(["train", "recipes/memorize-tiny.yaml", f"model.name_or_path={tmp_path / 'model'}",
+                 "model.gguf_file=evil.gguf", "tokenizer.kind=model", f"output_dir={tmp_path / 'run'}"])
+    one_error_line(r, 2, "model.gguf_file evil.gguf: a link to a file outside")
 
 
 def test_a_gguf_that_cannot_be_read_is_named(tmp_path):

@@ -101,6 +101,8 @@ def gated(tmp_path, tokenizer, make_model):
     ("extra nan", "extra: Out of range float values are not JSON compliant"),
     ("extra object", "extra: Object of type object is not JSON serializable"),
     ("inside a checkpoint", "is inside the checkpoint folder"),
+    ("huge memory", "the cell's memory holds values that are not finite numbers or beyond ±65504"),
+    ("source", "source: a text saying where the model came from, not int"),
 ])
 def test_save_checkpoint_writes_nothing_its_loader_refuses(gated, tmp_path, change, says):
     """save_checkpoint wrote NaN weights, a rule or gate floor other than the cell's, a segment size of -3, an
@@ -131,11 +133,15 @@ def test_save_checkpoint_writes_nothing_its_loader_refuses(gated, tmp_path, chan
         extra = {"a": float("nan")}
     elif change == "extra object":
         extra = {"a": object()}
+    elif change == "huge memory":  # the twenty-seventh review: 1e30 or 70000 in the initial memory was written
+        with torch.no_grad():
+            cell.memory.view(-1)[0] = 70000.0
     else:
         save_checkpoint(tmp_path / "outer", cell, tokenizer, memory, "test")
         target = tmp_path / "outer" / "sub"
+    source = 5 if change == "source" else "test"
     with pytest.raises(UsageError, match=f"not written: .*{says}" if change != "inside a checkpoint" else says):
-        save_checkpoint(target, cell, tokenizer, memory, "test", extra=extra)
+        save_checkpoint(target, cell, tokenizer, memory, source, extra=extra)
     assert not target.exists() and not target.with_name("ck.tmp").exists()
 
 
@@ -262,6 +268,7 @@ def test_no_false_warning_of_a_text_longer_than_the_model_reads(tokenizer, capfd
     ({"associative_key_size": 0, "update": "associative"}, "associative_key_size: a whole number of at least 1"),
     ({"update": "bogus"}, "unknown memory update rule 'bogus'"),
     ({"model": None}, "model: a transformers model"),
+    ({"model": __import__("torch").nn.Linear(2, 2)}, "model: a transformers model"),
 ])
 def test_the_exported_cell_checks_its_arguments(make_model, arguments, says):
     """`MemoryCell(hf, -1)`: RuntimeError "negative dimension"; `gate_floor=2.0` (a memory frozen for ever) and NaN
@@ -275,6 +282,9 @@ def test_the_exported_cell_checks_its_arguments(make_model, arguments, says):
 
 @pytest.mark.parametrize("arguments, says", [({"segment_size": 0}, "segment_size: a whole number of at least 1"),
                                              ({"bptt_depth": -1}, "bptt_depth: a whole number of at least 0"),
+                                             ({"binding_count": -1}, "binding_count: a whole number"),
+                                             ({"gate_supervision": float("nan")}, "gate_supervision: a weight"),
+                                             ({"route_balance": -1}, "route_balance: a weight of 0 or more"),
                                              ({"cell": "cell"}, "cell: a MemoryCell")])
 def test_the_exported_recurrence_checks_its_arguments(make_model, arguments, says):
     from rmt_cli import MemoryCell, RecurrentMemoryModel

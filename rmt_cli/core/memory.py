@@ -118,8 +118,8 @@ def _check_cell_arguments(model, num_mem_tokens, update, gate_floor, associative
         raise UsageError(f"gate_floor: a number from 0 up to (not including) 1, not {gate_floor!r}")
     if not (type(associative_key_size) is int and associative_key_size >= 1):
         raise UsageError(f"associative_key_size: a whole number of at least 1, not {associative_key_size!r}")
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"model: a transformers model (nn.Module), not {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
+        raise UsageError(f"model: a transformers model (with input embeddings), not {type(model).__name__}")
 
 
 class MemorySlots(nn.Module):
@@ -419,9 +419,14 @@ class RecurrentMemoryModel(nn.Module):
         super().__init__()
         if not isinstance(cell, MemorySlots):
             raise UsageError(f"cell: a MemoryCell or EncoderMemoryCell, not {type(cell).__name__}")
-        for value, name, least in ((segment_size, "segment_size", 1), (bptt_depth, "bptt_depth", 0)):
+        for value, name, least in ((segment_size, "segment_size", 1), (bptt_depth, "bptt_depth", 0),
+                                   (binding_count, "binding_count", 0)):
             if value is not None and not (type(value) is int and value >= least):  # None: bptt_depth's "all"
                 raise UsageError(f"{name}: a whole number of at least {least}, not {value!r}")
+        for value, name in ((gate_supervision, "gate_supervision"), (route_balance, "route_balance"),
+                            (binding_supervision, "binding_supervision")):  # loss weights
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+                raise UsageError(f"{name}: a weight of 0 or more, not {value!r}")
         self.cell = cell
         self.segment_size = segment_size
         self.bptt_depth = bptt_depth

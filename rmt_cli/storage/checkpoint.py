@@ -117,7 +117,7 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
     """`extra_tensors`: training state beside the optimizer's (training_state.module_tensors). `path` is replaced
     only where `replaceable_checkpoint` allows it (UsageError otherwise)."""
     final = Path(path_argument(path, "save_checkpoint"))
-    _check_savable(final, cell, tokenizer, memory, recipe_yaml, extra)
+    _check_savable(final, cell, tokenizer, memory, source, recipe_yaml, extra)
     # The swap moves what is at `path` aside to `path`.old and removes both (atomic.atomic_folder): each must be
     # rmt's to remove (the thirteenth review: a folder of the user's there was deleted without a word).
     for folder in (final, final.with_name(final.name + ".old")):
@@ -142,7 +142,8 @@ def save_checkpoint(path: str | Path, cell: MemorySlots, tokenizer, memory: Memo
 OWN_INFO_KEYS = ("format_version", "rmt_version", "memory", "source", "fingerprint", "kind", "answers")
 
 
-def _check_savable(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, recipe_yaml, extra) -> None:
+def _check_savable(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec, source, recipe_yaml,
+                   extra) -> None:
     """Nothing is written that load_checkpoint would refuse (the API can hand save_checkpoint anything): memory
     settings of the cell's memory size that fit its positions, a memory that is finite, an `extra` that leaves
     rmt.json's own keys alone, a recipe.yaml that a recipe loader reads. UsageError, "not written: …"."""
@@ -171,8 +172,10 @@ def _check_savable(final: Path, cell: MemorySlots, tokenizer, memory: MemorySpec
         check_fits(cell.model.config, memory, cell.kind)
     except UsageError as e:
         raise refuse(str(e)) from None
-    if not all(bool(torch.isfinite(t).all()) for t in memory_tensors(cell).values() if t.is_floating_point()):
-        raise refuse("the cell's memory holds values that are not finite numbers")
+    if not all(_storable_memory(t) for t in memory_tensors(cell).values() if t.is_floating_point()):
+        raise refuse(f"the cell's memory holds values that are not finite numbers or beyond ±{MAX_WEIGHT:g}")
+    if not isinstance(source, str):
+        raise refuse(f"source: a text saying where the model came from, not {type(source).__name__}")
     unusable = unusable_weight(cell.model)
     if unusable is not None:
         raise refuse(f"the model's weight {unusable}")
@@ -543,7 +546,7 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
             model = NativeLlama(config)
             report = load_weights(model, load_file(str(path / MODEL_FILE)))
         else:
-            with no_pickles(where):
+            with no_pickles(where), no_library_bars():  # the commands show none either
                 model, report = model_class(kind).from_pretrained(
                     path, config=config, use_safetensors=True, dtype=torch.float32, trust_remote_code=False,
                     output_loading_info=True, ignore_mismatched_sizes=True)
@@ -569,6 +572,11 @@ def _load_model(path: Path, config, kind: str, native: bool = False):
             raise UsageError(f"{where}: {CONFIG_FILE}: {name} {value:g}; a norm's epsilon is a small number from "
                              f"0 to 1")
     return model
+
+
+def _storable_memory(tensor: torch.Tensor) -> bool:
+    """Finite, and within float16's range (MAX_WEIGHT), as a checkpoint's memory tensors must be."""
+    return bool((tensor.float().abs() <= MAX_WEIGHT).all())  # NaN compares false
 
 
 def unusable_weight(model) -> str | None:
@@ -642,9 +650,9 @@ def _load_memory(path: Path, cell: MemorySlots, memory: MemorySpec, fresh: tuple
                              f"values; the memory's tensors are floating point")
         # Finite, and within what a memory file may hold (float16's range): an initial memory of 1e30 loaded,
         # and every ingest then failed blaming the config
-        if not (saved[name].float().abs() <= torch.finfo(torch.float16).max).all():
+        if not _storable_memory(saved[name]):
             raise UsageError(f"{where}: {MEMORY_FILE}: {name} holds values that are not finite numbers or beyond "
-                             f"±{torch.finfo(torch.float16).max:g}")
+                             f"±{MAX_WEIGHT:g}")
     with torch.no_grad():
         for name, param in cell.named_parameters():
             if name in expected:

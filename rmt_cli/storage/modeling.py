@@ -174,6 +174,10 @@ def pretrained_source(spec: ModelSpec) -> tuple[str, dict]:
         return source, {}
     if not (Path(source) / gguf).is_file():
         raise UsageError(f"model.gguf_file {gguf!r}: no such file in {source}")
+    real_folder = Path(os.path.realpath(source))
+    if real_folder not in Path(os.path.realpath(Path(source) / gguf)).parents:  # a link out of the folder
+        raise UsageError(f"model.gguf_file {shown(gguf)}: a link to a file outside {shown(source)}; name the file "
+                         f"where it is (model.name_or_path)")
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
