@@ -1014,7 +1014,9 @@ def eval_command(
             if per_document > n:  # the story alone is longer: no room for noise (the fifth review)
                 _say("warning", f"--lengths {format_length(n)}: the stories alone are about {per_document:,.0f} tokens "
                      f"long, so these documents hold the story and no noise")
-            if n <= loaded.segment_size:  # the whole document sits in the final segment with the question
+            # the whole document sits in the final segment with the question (a document of the story's own length,
+            # longer than asked, may not: the twenty-eighth review)
+            if max(n, per_document) <= loaded.segment_size:
                 _say("warning", f"--lengths {format_length(n)}: a document of at most one segment "
                      f"({loaded.segment_size} tokens) is read in context, without the memory: memory and memory "
                      f"reset score alike")
@@ -1022,7 +1024,11 @@ def eval_command(
     if json_out:
         from .storage.memfile import dtype_name
 
-        _print_json({"model": str(loaded.path), "dtype": dtype_name(loaded.cell.dtype), "rows": rows})
+        # what was evaluated, so that two runs' results say how they differ (a qa1 run and a bAbI file's looked alike)
+        _print_json({"model": str(loaded.path), "dtype": dtype_name(loaded.cell.dtype), "task": task,
+                     "babi": str(babi) if babi is not None else None, "babi_split": babi_split if babi else None,
+                     "noise": [str(path) for path in noise] if noise else "shipped", "facts": facts, "seed": seed,
+                     "rows": rows})
     if not quiet:
         _eval_table(rows)
     if plot_file is not None:  # after the results: a plot that cannot be written loses none of them

@@ -388,6 +388,13 @@ class Recipe(Section):
         if (self.task.min_facts, self.task.max_facts) != defaults and not tasks & set(SIZED_TASKS):
             raise ValueError(f"task.min_facts, task.max_facts: set how many facts a story of {', '.join(SIZED_TASKS)} "
                              f"has; task {self.task.name}'s stories have a size of their own (remove them)")
+        # a data path no task of the run reads trained without a word on the generated stories (the 28th review)
+        if self.task.babi_path and "babi" not in tasks:
+            raise ValueError(f"task.babi_path: the stories of task babi; task {self.task.name} does not read it (set "
+                             f"task.name: babi, or remove it)")
+        if (self.task.lm_paths or self.task.lm_dataset) and "lm" not in tasks:
+            raise ValueError(f"task.lm_paths, task.lm_dataset: the texts of task lm; task {self.task.name} does not "
+                             f"read them (set task.name: lm, or remove them)")
         if self.task.babi_split != "all" and self.task.name != "babi":
             raise ValueError(f"task.babi_split: splits the stories of task babi's file; task {self.task.name} has "
                              f"none (remove it)")
