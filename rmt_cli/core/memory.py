@@ -118,6 +118,9 @@ def _check_cell_arguments(model, num_mem_tokens, update, gate_floor, associative
         raise UsageError(f"gate_floor: a number from 0 up to (not including) 1, not {gate_floor!r}")
     if not (type(associative_key_size) is int and associative_key_size >= 1):
         raise UsageError(f"associative_key_size: a whole number of at least 1, not {associative_key_size!r}")
+    if has_matrices(update) and num_mem_tokens < 1:
+        raise UsageError(f"the {update} update rule needs memory tokens to write its associative matrices with: "
+                         f"num_mem_tokens >= 1")
     if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
         raise UsageError(f"model: a transformers model (with input embeddings), not {type(model).__name__}")
 
@@ -134,9 +137,6 @@ class MemorySlots(nn.Module):
                  associative_key_size: int = KEY_SIZE):
         super().__init__()
         _check_cell_arguments(model, num_mem_tokens, update, gate_floor, associative_key_size)
-        if has_matrices(update) and num_mem_tokens < 1:
-            raise UsageError(f"the {update} update rule needs memory tokens to write its associative matrices with: "
-                             f"num_mem_tokens >= 1")
         self.model = model
         self.num_mem_tokens = num_mem_tokens
         self.update = update
