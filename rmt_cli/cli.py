@@ -788,6 +788,13 @@ def ask(
 
     check_sampling(temperature, top_p)
     asked = [_argument_text(q) for q in questions or []]
+    from .storage.memfile import is_memory_file
+
+    # `rmt ask mems/*.st "Q"` asked the other memory files' names as questions of the first, exit 0 (the 29th review)
+    given_file = next((q for q in asked if q != "-" and os.path.isfile(q) and is_memory_file(q)), None)
+    if given_file is not None:
+        raise UsageError(f"{shown(given_file)} is a memory file, given as a question: rmt ask reads one memory file; "
+                         f"ask each in turn (for m in *.st; do rmt ask \"$m\" QUESTION; done)")
     if asked.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
     where: list[str | None] = [None] * len(asked)  # the line a question came from, if any: named in errors
@@ -810,6 +817,9 @@ def ask(
             check_question(question)
         except UsageError as e:
             raise UsageError(f"{line}: {e}" if line else str(e)) from None
+    if str(memory) == "-" and not os.path.exists("-"):  # "-: no such memory file" misled: - is stdin elsewhere
+        raise UsageError("memory -: a memory file is read from its path (standard input may hold the questions: "
+                         "rmt ask MEMORY - < questions.txt)")
     state = load_memory(memory)
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     generator = torch.Generator().manual_seed(seed)

@@ -245,14 +245,18 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
                 pass
 
         def ignored(p: Path, is_dir: bool) -> bool:
+            # As git: the deepest .gitignore with a line that matches decides (specs run root first), so that
+            # `!x.tmp` in a/.gitignore keeps a/x.tmp though the root's `*.tmp` ignores it (the 29th review)
+            verdict = False
             for base, spec in specs:
                 try:
                     rel = p.relative_to(base).as_posix()
                 except ValueError:
                     continue
-                if spec.match_file(rel + ("/" if is_dir else "")):
-                    return True
-            return False
+                include = spec.check_file(rel + ("/" if is_dir else "")).include
+                if include is not None:
+                    verdict = include
+            return verdict
 
         keep_dirs = []
         for d in sorted(dirnames):
