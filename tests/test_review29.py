@@ -45,3 +45,18 @@ def test_a_deeper_gitignore_can_keep_what_a_higher_one_ignores(tmp_path):
     by_git = sorted(name for name in listed if not name.split("/")[-1].startswith("."))
     read = sorted(item.header.decode().split("file: ")[1].split(" >>>")[0] for item in open_document([str(repo)]).items)
     assert read == by_git and "a/x.tmp" in read and "top.tmp" not in read
+
+
+def test_a_sampled_answer_does_not_depend_on_the_questions_before_it(checkpoint, memfile):
+    """With `--temperature 5 --seed 3`, "Where is Mary?" asked before "Where is Daniel?" got the answer Daniel gets
+    alone: one generator, drawn in order."""
+    import json
+
+    def answers(*questions):
+        r = run(["ask", memfile, *questions, "--model", checkpoint, "--temperature", "5", "--seed", "3", "--json"])
+        assert r.exit_code == 0, r.stderr
+        return [json.loads(line)["answer"] for line in r.stdout.splitlines()]
+
+    alone = answers("Where is Mary?") + answers("Where is Daniel?")
+    assert answers("Where is Mary?", "Where is Daniel?") == alone
+    assert answers("Where is Daniel?", "Where is Mary?") == alone[::-1]

@@ -198,7 +198,8 @@ def check_question(question: str) -> None:
 def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_new_tokens: int = 16,
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
              force: bool = False, name: str = "the memory") -> list[Answer]:
-    """Answers to `questions`, in order, each as if asked alone (sampling draws from `generator` in order).
+    """Answers to `questions`, in order, each as if asked alone (a sampled one draws from `generator` as it was when
+    called; after the call the generator is where one question would have left it).
     A memory of another model is refused (UsageError, `name` saying which), but with `force` where only the
     fingerprint differs, as `rmt ask --force`."""
     check_usable(model)
@@ -221,9 +222,15 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
                 finals.append(end.final(_question_tokens(model, question)))
             except UsageError as e:
                 raise _question_error(e, question, index) from None
-        if temperature > 0:  # one question after another, so a question's sample does not depend on the others
-            replies = [respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p, generator)[0]
-                       for memory, final in finals]
+        if temperature > 0:  # one question after another, each from the generator as the call found it: a
+            # question's sample depended on the questions drawn before it (the twenty-ninth review)
+            start = (generator or torch.default_generator).get_state()
+            replies = []
+            for memory, final in finals:
+                drawn = torch.Generator().set_state(start)
+                replies.append(respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p,
+                                       drawn)[0])
+            (generator or torch.default_generator).set_state(drawn.get_state())  # on, as after one question
         else:
             memory = torch.cat([memory for memory, _ in finals])
             replies = respond(model, memory, [final.input_ids for _, final in finals], max_new_tokens)
