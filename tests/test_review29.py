@@ -60,3 +60,21 @@ def test_a_sampled_answer_does_not_depend_on_the_questions_before_it(checkpoint,
     alone = answers("Where is Mary?") + answers("Where is Daniel?")
     assert answers("Where is Mary?", "Where is Daniel?") == alone
     assert answers("Where is Daniel?", "Where is Mary?") == alone[::-1]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_the_allow_list_gitignore_idiom_keeps_subfolders(tmp_path):
+    """`*`, `!*/`, `!*.py`: git reads every .py file at any depth; rmt read top.py only, every subfolder lost."""
+    from rmt_cli.data.sources import open_document
+
+    repo = tmp_path / "repo"
+    for name in ("top.py", "notes.txt", "src/a.py", "src/b.txt", "src/deep/c.py", "build/out.txt"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("*\n!*/\n!*.py\n!.gitignore\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard"], check=True,
+                            capture_output=True, text=True).stdout.split()
+    by_git = sorted(name for name in listed if not name.split("/")[-1].startswith("."))
+    read = sorted(item.header.decode().split("file: ")[1].split(" >>>")[0] for item in open_document([str(repo)]).items)
+    assert read == by_git == ["src/a.py", "src/deep/c.py", "top.py"]

@@ -221,6 +221,17 @@ def _links_outside(path: Path, real_root: Path) -> bool:
     return target != real_root and real_root not in target.parents
 
 
+def _folder_verdict(spec, folder: str) -> bool | None:
+    """Whether a .gitignore ignores `folder` ("a/b/"): its last line that matches decides, as in git. pathspec's
+    GitIgnoreSpec lets `*` win over a later `!*/` for a folder, and the allow-list idiom (`*`, `!*/`, `!*.py`) lost
+    every subfolder (the twenty-ninth review); files keep its rules, which git's own match."""
+    verdict = None
+    for pattern in spec.patterns:
+        if pattern.include is not None and pattern.match_file(folder) is not None:
+            verdict = pattern.include
+    return verdict
+
+
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     """Files of a folder in sorted order, with .gitignore honoured. Returns (items, what was skipped: paths
     relative to the folder, a folder's with a trailing /)."""
@@ -253,7 +264,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
                     rel = p.relative_to(base).as_posix()
                 except ValueError:
                     continue
-                include = spec.check_file(rel + ("/" if is_dir else "")).include
+                include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include
                 if include is not None:
                     verdict = include
             return verdict
