@@ -784,12 +784,10 @@ def ask(
 
     from .commands.ask import QuestionError, ask_many, check_question, check_question_lengths, check_sampling
     from .data.sources import read_small_file, read_small_stdin
-    from .storage.memfile import DTYPES, load_memory
+    from .storage.memfile import DTYPES, is_memory_file, load_memory
 
     check_sampling(temperature, top_p)
     asked = [_argument_text(q) for q in questions or []]
-    from .storage.memfile import is_memory_file
-
     # `rmt ask mems/*.st "Q"` asked the other memory files' names as questions of the first, exit 0 (the 29th review)
     given_file = next((q for q in asked if q != "-" and os.path.isfile(q) and is_memory_file(q)), None)
     if given_file is not None:

@@ -178,6 +178,13 @@ def callback_argument(value, what: str):
     return value
 
 
+def bool_argument(value, what: str) -> bool:
+    """A switch the Python API was given: True or False (force="no" forced), else a UsageError."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{what}: True or False, not {type(value).__name__}")
+    return value
+
+
 def whole_number_argument(value, what: str, low: int = 1) -> int:
     """A count the Python API was given: an int (not a bool, not 2.5) of at least `low`, else a UsageError."""
     if type(value) is not int or value < low:

@@ -224,13 +224,13 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
                 raise _question_error(e, question, index) from None
         if temperature > 0:  # one question after another, each from the generator as the call found it: a
             # question's sample depended on the questions drawn before it (the twenty-ninth review)
-            start = (generator or torch.default_generator).get_state()
-            replies = []
+            source = generator or torch.default_generator
+            start, replies = source.get_state(), []
             for memory, final in finals:
                 drawn = torch.Generator().set_state(start)
                 replies.append(respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p,
                                        drawn)[0])
-            (generator or torch.default_generator).set_state(drawn.get_state())  # on, as after one question
+                source.set_state(drawn.get_state())  # on, as after one question
         else:
             memory = torch.cat([memory for memory, _ in finals])
             replies = respond(model, memory, [final.input_ids for _, final in finals], max_new_tokens)

@@ -25,8 +25,8 @@ import torch
 from ..atomic import (check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target,
                       pipe_identity)
 from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
-from ..errors import (RMTError, UsageError, callback_argument, counted, one_line, path_argument, shown,
-                      whole_number_argument)
+from ..errors import (RMTError, UsageError, bool_argument, callback_argument, counted, one_line, path_argument,
+                      shown, whole_number_argument)
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -311,8 +311,7 @@ def ingest(jobs: list[IngestJob], model: LoadedModel, batch_size: int = 8, force
         raise UsageError(f"jobs: an IngestJob or a list of them, not {type(jobs).__name__}")
     jobs = [jobs] if isinstance(jobs, IngestJob) else list(jobs)  # one job, or any iterable of jobs
     whole_number_argument(lookahead, "lookahead")  # 1 reads segments one at a time
-    if not isinstance(force, bool):  # force="no" forced
-        raise UsageError(f"force: True or False, not {type(force).__name__}")
+    bool_argument(force, "force")
     for callback, what in ((on_progress, "on_progress"), (on_trace, "on_trace"), (on_warning, "on_warning")):
         callback_argument(callback, what)
     wrong = [job for job in jobs if not isinstance(job, IngestJob)]

@@ -55,7 +55,7 @@ from safetensors.torch import load as load_safetensors, save_file
 
 from .. import __version__
 from ..atomic import atomic_path, check_outside_checkpoints, replaceable_target
-from ..errors import RMTError, UsageError, error_line, json_loads, path_argument, shown, write_failure
+from ..errors import RMTError, UsageError, bool_argument, error_line, json_loads, path_argument, shown, write_failure
 from ..core.associative import join_state, split_state
 from ..data.tokenstream import MAX_CARRY_CHARS
 from .fingerprint import tensors_digest
@@ -165,8 +165,7 @@ def check_compatible(state: MemoryState, model: LoadedModel, force: bool, name: 
     --force skips the fingerprint (and the mix) only: a fingerprint is easily copied, so what keeps the model from
     reading out of bounds (shapes, segment size, token ids) or computing on what it cannot represent (the memory's
     dtype) is checked always."""
-    if not isinstance(force, bool):  # force="no" forced
-        raise UsageError(f"force: True or False, not {type(force).__name__}")
+    bool_argument(force, "force")
     expected = memory_fingerprint(model.fingerprint_now(), model.cell.dtype)
     where = shown(name)
     if state.forced_from and not force:  # whichever model reads it: it holds another's memory
