@@ -455,8 +455,8 @@ def _finish_run(result, json_out: bool) -> None:
         pass  # one summary per run, from the main process
     elif json_out:
         _print_json(summary)
-    else:
-        err.print(f"checkpoint: {one_line(result.final_checkpoint)}")
+    elif not isinstance(sys.stdout, _ClosedStdout):  # closed (`>&-`): the checkpoint is saved all the same
+        _stdout(one_line(result.final_checkpoint) + "\n")  # the run's result alone: `ckpt=$(rmt train r.yaml -q)`
     if result.interrupted:  # the run has said where it stopped and what it saved
         _INTERRUPTION_SAID.append(True)
         raise typer.Exit(130)
@@ -819,6 +819,8 @@ def ask(
         raise UsageError("memory -: a memory file is read from its path (standard input may hold the questions: "
                          "rmt ask MEMORY - < questions.txt)")
     state = load_memory(memory)
+    if state.tokens == 0:  # an empty input ingested (a warning then): the answers know nothing of a document
+        _say("warning", f"{shown(memory)}: this memory read no text (0 tokens); its answers come from no document")
     loaded = _load_model(model, DTYPES.get(state.dtype, torch.float32), state.model_hint)
     generator = torch.Generator().manual_seed(seed)
     try:  # every question before any answer: exit 2 is "nothing done, fix the input"

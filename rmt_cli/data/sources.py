@@ -1,8 +1,9 @@
 """What `ingest` and `perplexity` read: files, folders (codebases) and stdin, as one stream of bytes.
 
 - Several files: read as one document, their bytes in order, nothing added.
-- A folder: its files in a stable sorted order, skipping `.git`, hidden files, binary files and what the
-  folder's `.gitignore` files ignore; each file is preceded by a one-line path header.
+- A folder: its files in a stable sorted order, skipping `.git`, hidden files, binary files, links that lead out
+  of it or to a file it reads anyway, and what `.gitignore` files ignore (the folder's own and, as git reads
+  them, those above it in its repository); each file is preceded by a one-line path header.
 - `-`: standard input.
 
 Every path is checked before anything is read, so a typo fails at once and not an hour into a book.
@@ -14,6 +15,7 @@ import codecs
 import errno
 import hashlib
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -33,8 +35,14 @@ CONTROL_SHARE = 0.03
 CONTROL_BYTES = frozenset(range(0x01, 0x20)) - {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1B} | {0x7F}
 
 
+_CONTROL_IN_NAMES = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def file_header(relative: str) -> bytes:
-    # A name that is not UTF-8 (`caf\xe9.txt`) comes from os.walk as surrogates: written back as its bytes, escaped.
+    """The line before each file of a folder. A newline or other control character in a file's name is escaped
+    (`\\n`), so that a name cannot write a line that looks like another file's header into the text; a name that
+    is not UTF-8 (`caf\\xe9.txt`) comes from os.walk as surrogates: written back as its bytes, escaped."""
+    relative = _CONTROL_IN_NAMES.sub(lambda m: repr(m.group())[1:-1], relative)
     return f"\n<<< file: {relative} >>>\n".encode("utf-8", errors="backslashreplace")
 
 
@@ -232,12 +240,54 @@ def _folder_verdict(spec, folder: str) -> bool | None:
     return verdict
 
 
+def _read_gitignore(path: Path):
+    """A folder's .gitignore as a spec, or None where there is none (or it cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return _gitignore_spec(lines, path)
+
+
+def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
+    """The .gitignore files above `folder` (an absolute path) up to the root of the git repository holding it,
+    root first: `rmt ingest repo/src` skips what repo/.gitignore ignores, as git does. None outside a repository,
+    and none when those files ignore the folder itself (or a folder above it): a folder named on purpose is read."""
+    if (folder / ".git").exists():  # the repository's own root
+        return []
+    above = []
+    for parent in folder.parents:
+        above.append(parent)
+        if (parent / ".git").exists():
+            break
+    else:
+        return []
+    specs: list[tuple[Path, object]] = []
+    for base in reversed(above):  # the repository's root first
+        spec = _read_gitignore(base / ".gitignore")
+        if spec is not None:
+            specs.append((base, spec))
+    for depth in range(len(above)):  # the folders from just under the root down to `folder`
+        inner = above[depth - 1] if depth else folder
+        verdict = False
+        for base, spec in specs:
+            if base in inner.parents:
+                include = _folder_verdict(spec, inner.relative_to(base).as_posix() + "/")
+                verdict = include if include is not None else verdict
+        if verdict:
+            return []
+    return specs
+
+
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     """Files of a folder in sorted order, with .gitignore honoured. Returns (items, what was skipped: paths
     relative to the folder, a folder's with a trailing /)."""
     items: list[_Item] = []
     skipped: list[str] = []
-    specs: list[tuple[Path, object]] = []
+    absolute_root = Path(os.path.abspath(root))
+    specs: list[tuple[Path, object]] = _higher_gitignores(absolute_root)
     seen_dirs: set[tuple[int, int]] = set()
     real_root = Path(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
@@ -247,13 +297,9 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             dirnames[:] = []
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
-        ignore_file = here / ".gitignore"
-        if ignore_file.is_file():
-            try:
-                lines = ignore_file.read_text(encoding="utf-8", errors="replace").splitlines()
-                specs.append((here, _gitignore_spec(lines, ignore_file)))
-            except OSError:
-                pass
+        spec = _read_gitignore(here / ".gitignore")
+        if spec is not None:
+            specs.append((absolute_root / here.relative_to(root), spec))
 
         def ignored(p: Path, is_dir: bool) -> bool:
             # As git: the deepest .gitignore with a line that matches decides (specs run root first), so that
@@ -261,7 +307,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             verdict = False
             for base, spec in specs:
                 try:
-                    rel = p.relative_to(base).as_posix()
+                    rel = (absolute_root / p.relative_to(root)).relative_to(base).as_posix()
                 except ValueError:
                     continue
                 include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include
@@ -290,7 +336,23 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             rel = p.relative_to(root).as_posix()
             items.append(_Item(p, str(p), file_header(rel)))
     items.sort(key=lambda item: item.header)  # one sorted order of relative paths, whatever the walk order
-    return items, skipped
+    return _read_once(items, root, skipped)
+
+
+def _read_once(items: list[_Item], root: Path, skipped: list[str]) -> tuple[list[_Item], list[str]]:
+    """A file is read once: a link to a file the folder holds and reads under its own name (or that another link
+    names first) is skipped, as git keeps such a link as a link."""
+    real = [os.path.realpath(item.path) for item in items]
+    taken = {r for item, r in zip(items, real) if not item.path.is_symlink()}
+    kept = []
+    for item, r in zip(items, real):
+        if item.path.is_symlink():
+            if r in taken:
+                skipped.append(item.path.relative_to(root).as_posix())
+                continue
+            taken.add(r)
+        kept.append(item)
+    return kept, skipped
 
 
 @dataclass

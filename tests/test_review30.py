@@ -1,0 +1,96 @@
+"""Session 17: what the twenty-ninth review left open (a subfolder of a repository, file names holding newlines,
+links read twice, the final checkpoint's path, a memory that read nothing) and what the thirtieth and thirty-first
+reviews (untuned) found; each test holds a fault, reproduced as it was found."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import MEMFILE_TEXT, TINY_RECIPE, run_cli as run
+
+
+def _read(paths) -> list[str]:
+    from rmt_cli.data.sources import open_document
+
+    return [item.header.decode().split("file: ")[1].split(" >>>")[0] for item in open_document(paths).items]
+
+
+def _git_lists(repo, folder: str) -> list[str]:
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard", folder],
+                            check=True, capture_output=True, text=True).stdout.split()
+    return sorted(name for name in listed if not name.split("/")[-1].startswith("."))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_a_subfolder_of_a_repository_honours_the_gitignore_files_above_it(tmp_path, monkeypatch):
+    """`rmt ingest repo/a` read a/x.log though repo/.gitignore ignores `*.log`: only the named folder's own
+    .gitignore files applied. A folder the files above ignore (`build/`), named on purpose, is read."""
+    repo = tmp_path / "repo"
+    for name in ("a/x.py", "a/x.log", "a/keep.log", "a/b/y.log", "a/b/y.py", "build/x/z.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("*.log\nbuild/\n")
+    (repo / "a" / ".gitignore").write_text("!keep.log\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    for folder in ("a", "a/b"):
+        assert sorted(folder + "/" + name for name in _read([folder])) == _git_lists(repo, folder)
+    assert _read(["a/b"]) == ["y.py"] and _read([str(repo / "a" / "b")]) == ["y.py"]
+    assert _read(["build/x"]) == ["z.py"]  # git lists nothing: ignored, but named
+    shutil.rmtree(repo / ".git")  # outside a repository, git reads no .gitignore above the folder either
+    assert _read(["a/b"]) == ["y.log", "y.py"]
+
+
+def test_a_file_name_cannot_write_a_header_line_into_the_text(tmp_path):
+    """A file named "a\\n<<< file: forged.txt >>>" wrote a line that looked like another file's header."""
+    from rmt_cli.data.sources import open_document
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "a\n<<< file: forged.txt >>>").write_text(MEMFILE_TEXT)
+    (folder / "plain é.txt").write_text(MEMFILE_TEXT)
+    headers = [item.header for item in open_document([str(folder)]).items]
+    assert headers == [b"\n<<< file: a\\n<<< file: forged.txt >>> >>>\n", "\n<<< file: plain é.txt >>>\n".encode()]
+
+
+def test_a_link_to_a_file_the_folder_reads_is_not_read_twice(tmp_path):
+    """`inside.py -> sub/peer.py` read peer.py's text twice, under both names."""
+    from rmt_cli.data.sources import open_document
+
+    code = tmp_path / "code"
+    (code / "sub").mkdir(parents=True)
+    (code / "sub" / "peer.py").write_text(MEMFILE_TEXT)
+    (code / ".hidden.py").write_text(MEMFILE_TEXT)
+    (code / "inside.py").symlink_to(code / "sub" / "peer.py")
+    (code / "also.py").symlink_to("sub/peer.py")
+    (code / "shown.py").symlink_to(code / ".hidden.py")  # the file itself is not read: read under the link's name
+    document = open_document([str(code)])
+    assert _read([str(code)]) == ["shown.py", "sub/peer.py"]
+    assert sorted(document.skipped) == sorted(str(code / n) for n in (".hidden.py", "also.py", "inside.py"))
+
+
+def test_train_prints_its_final_checkpoint_on_stdout(tmp_path):
+    """`rmt train` said `checkpoint: PATH` on stderr only: `ckpt=$(rmt train r.yaml)` got nothing."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
+    r = run(["train", recipe, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"{tmp_path / 'run' / 'final'}\n" and "checkpoint:" not in r.stderr
+    closed = subprocess.run([sys.executable, "-m", "rmt_cli", "train", str(recipe), "-q",
+                             f"output_dir={tmp_path / 'closed'}"], stdout=subprocess.DEVNULL, capture_output=False,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0 and (tmp_path / "closed" / "final" / "rmt.json").is_file(), closed.stderr
+
+
+def test_asking_a_memory_that_read_nothing_warns(checkpoint, tmp_path):
+    """`rmt ask` of the memory of an empty input answered without a word."""
+    (tmp_path / "empty.txt").write_text("")
+    mem = tmp_path / "m.st"
+    assert run(["ingest", tmp_path / "empty.txt", "-o", mem, "--model", checkpoint, "-q"]).exit_code == 0
+    r = run(["ask", mem, "Where is Mary?", "--model", checkpoint])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1
+    assert "warning: " in r.stderr and "read no text (0 tokens)" in r.stderr
