@@ -94,3 +94,17 @@ def test_asking_a_memory_that_read_nothing_warns(checkpoint, tmp_path):
     r = run(["ask", mem, "Where is Mary?", "--model", checkpoint])
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1
     assert "warning: " in r.stderr and "read no text (0 tokens)" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+@pytest.mark.parametrize("lines", ["*/\n!a/\n", "**/\n!a/\n", "a/*\n!a/b/\n", "a/**\n!a/b/\n", "b\n!a/c/b/\n"])
+def test_a_folder_is_judged_by_the_lines_that_name_it_not_a_folder_above(tmp_path, lines):
+    """`*/` then `!a/`: git ignores a/b/ (`!a/` names the folder a alone); rmt read a/b/y.py, as pathspec matches
+    `!a/` against everything under a."""
+    repo = tmp_path / "repo"
+    for name in ("top.py", "a/x.py", "a/b/y.py", "a/b/c/z.py", "a/c/b/m.py", "b/q.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text(lines)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert sorted(_read([str(repo)])) == _git_lists(repo, ".")

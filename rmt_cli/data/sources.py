@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -235,9 +236,24 @@ def _folder_verdict(spec, folder: str) -> bool | None:
     every subfolder (the twenty-ninth review); files keep its rules, which git's own match."""
     verdict = None
     for pattern in spec.patterns:
-        if pattern.include is not None and pattern.match_file(folder) is not None:
+        if pattern.include is not None and _names_folder(pattern, folder):
             verdict = pattern.include
     return verdict
+
+
+@functools.lru_cache(maxsize=4096)
+def _ending_at_the_end(regex: str) -> re.Pattern:
+    return re.compile(f"(?:{regex})$")
+
+
+def _names_folder(pattern, folder: str) -> bool:
+    """Whether a line matches the folder itself ("a/b/"), not only a folder above it: pathspec's `!a/` matches
+    "a/b/" as a path inside a, and `*/` then `!a/` kept a/b/, which git ignores (`!a/` names a alone). A folder
+    above is judged first, and never entered if ignored. `a/**` matches everything under a, folders too."""
+    if pattern.match_file(folder) is None:
+        return False
+    regex = pattern.regex.pattern
+    return regex.endswith("/") or _ending_at_the_end(regex).search(folder) is not None
 
 
 def _read_gitignore(path: Path):
