@@ -108,3 +108,17 @@ def test_a_folder_is_judged_by_the_lines_that_name_it_not_a_folder_above(tmp_pat
     (repo / ".gitignore").write_text(lines)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
+
+
+def test_the_exported_final_segment_builder_raises_usage_errors():
+    """`build_final_segment(..., 0)` raised a bare ValueError, where the rest of the API raises UsageError (left open
+    by the thirteenth review); a segment size of "3" was compared with ints."""
+    from rmt_cli import UsageError, build_final_segment
+
+    for size in (0, -2, "3", 2.0):
+        with pytest.raises(UsageError, match="segment_size"):
+            build_final_segment([], [1], [], size)
+    with pytest.raises(UsageError, match="question takes 50 tokens"):
+        build_final_segment([], [1] * 50, [], 10)
+    with pytest.raises(ValueError):  # still the ValueError it was
+        build_final_segment([], [1] * 50, [], 10)

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..errors import UsageError, shown
 from .memory import IGNORE_INDEX, SegmentBatch, WriteStep
 
 QUESTION_TEMPLATE = "\nQuestion: {question}\nAnswer:"
@@ -94,16 +95,23 @@ class FinalSegment:
     labels: list[int]
 
 
+class SegmentError(UsageError, ValueError):
+    """What does not fit a final segment: bad input (exit 2) to the commands and the API, and still the ValueError
+    it was (the package exports build_final_segment)."""
+
+
 def build_final_segment(tail: list[int], question: list[int], answer: list[int], segment_size: int) -> FinalSegment:
     """[memory] + unfinished tail + question + answer. The answer may be empty (asking).
 
     Whether the tail is flushed first depends on the tail and the question only (plus the fixed answer room),
     never on the answer, so training and asking take the same decision.
     """
+    if type(segment_size) is not int or segment_size < 1:
+        raise SegmentError(f"segment_size {shown(repr(segment_size))}: a whole number of tokens, at least 1")
     if len(answer) > ANSWER_ROOM:
-        raise ValueError(f"the answer takes {len(answer)} tokens; at most {ANSWER_ROOM} fit the answer room")
+        raise SegmentError(f"the answer takes {len(answer)} tokens; at most {ANSWER_ROOM} fit the answer room")
     if len(question) + ANSWER_ROOM > segment_size:
-        raise ValueError(
+        raise SegmentError(
             f"the question takes {len(question)} tokens; with the {ANSWER_ROOM} the final segment keeps free after "
             f"it (an answer's room) that is more than a segment ({segment_size} tokens)"
         )
