@@ -122,3 +122,24 @@ def test_the_exported_final_segment_builder_raises_usage_errors():
         build_final_segment([], [1] * 50, [], 10)
     with pytest.raises(ValueError):  # still the ValueError it was
         build_final_segment([], [1] * 50, [], 10)
+
+
+@pytest.mark.parametrize("setting, words", [({"dtype": "bogus"}, "config.json: dtype 'bogus' is not a torch dtype"),
+                                            ({"torch_dtype": 3}, "config.json: torch_dtype 3 is not a torch dtype"),
+                                            ({"pad_token_id": 5000}, "Padding_idx must be within num_embeddings")])
+def test_the_native_engine_runs_no_config_transformers_refuses(tmp_path, setting, words):
+    """The embedded model's config.json with `dtype: "bogus"` or `pad_token_id: 5000` (past its vocabulary of
+    1,024) ingested on the native engine, exit 0, where transformers refuses both (left open by the twenty-third
+    review)."""
+    import json
+
+    from conftest import one_error_line
+    from rmt_cli.storage.assets import DEFAULT_MODEL_DIR
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **setting}))
+    (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
+    one_error_line(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", folder, "-q"]), 2, words)
+    assert not (tmp_path / "m.st").exists()

@@ -41,7 +41,9 @@ DEFAULTS = {
 }
 # Keys that say nothing about the computation (where the file came from, which dtype wrote it, runtime switches at
 # their defaults), with what they may hold (`matches`): allowed, and kept out of the model.
-BOOKKEEPING = {"_name_or_path": (str,), "transformers_version": (str,), "torch_dtype": (str,), "dtype": (str,),
+_DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+BOOKKEEPING = {"_name_or_path": (str,), "transformers_version": (str,), "torch_dtype": _DTYPE_NAMES,
+               "dtype": _DTYPE_NAMES,
                "architectures": (list,), "output_attentions": (False,), "output_hidden_states": (False,),
                "return_dict": (True,)}
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -72,6 +74,10 @@ def unsupported(config: dict) -> str | None:
         if not _plain_value(key, value):
             return f"{key} is {value!r}"
     settings = {**DEFAULTS, **config}
+    # A padding id past the vocabulary is one transformers refuses (its embedding's padding_idx): the checkpoint goes
+    # there to be refused, in transformers' words (a native load had run it)
+    if settings["pad_token_id"] is not None and settings["pad_token_id"] >= settings["vocab_size"]:
+        return f"pad_token_id {settings['pad_token_id']} is past the vocabulary of {settings['vocab_size']}"
     heads = settings["num_attention_heads"]
     kv_heads = settings["num_key_value_heads"] or heads
     if settings["hidden_size"] % heads or heads % kv_heads:

@@ -459,11 +459,20 @@ def read_config(path: Path):
     import transformers
     from transformers import CONFIG_MAPPING, AutoConfig
 
+    import torch
+
     where = _where(path)
-    model_type = _read_json_object(path, CONFIG_FILE).get("model_type")
+    config = _read_json_object(path, CONFIG_FILE)
+    model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise UsageError(f"{where}: {CONFIG_FILE}: model_type {shown(repr(model_type), 60)} is not an architecture "
                          f"transformers {transformers.__version__} knows")
+    for key in ("dtype", "torch_dtype"):  # transformers' own words were "module 'torch' has no attribute 'bogus'"
+        name = config.get(key)
+        if name is not None and not (name == "auto" or isinstance(name, str) and
+                                     isinstance(getattr(torch, name, None), torch.dtype)):
+            raise UsageError(f"{where}: {CONFIG_FILE}: {key} {shown(repr(name), 60)} is not a torch dtype (such as "
+                             f"float32 or bfloat16)")
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # a crafted value fails in transformers' own ways (IndexError, ZeroDivisionError, ...)
