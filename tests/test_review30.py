@@ -143,3 +143,18 @@ def test_the_native_engine_runs_no_config_transformers_refuses(tmp_path, setting
     (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
     one_error_line(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", folder, "-q"]), 2, words)
     assert not (tmp_path / "m.st").exists()
+
+
+def test_the_hub_librarys_retries_are_not_said_while_a_dataset_loads(capfd):
+    """Offline without HF_DATASETS_OFFLINE, `task.noise.kind: dataset` printed a dozen lines of the hub library's
+    retries ("... thrown while requesting HEAD ...", "Retrying in 1s [Retry 1/5].") before rmt's one error line."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    from rmt_cli.commands.samples import _hub_retries_unsaid
+
+    retrying = hub_logging.get_logger("huggingface_hub.utils._http")
+    with _hub_retries_unsaid():
+        retrying.warning("Retrying in 1s [Retry 1/5].")
+    assert "Retrying" not in capfd.readouterr().err
+    retrying.warning("Retrying in 2s [Retry 2/5].")  # the library's own level again after it
+    assert "Retrying in 2s" in capfd.readouterr().err

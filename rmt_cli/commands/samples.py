@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import UsageError, error_line, one_line, shown
@@ -15,12 +16,28 @@ from ..data.tasks import (NoiseSource, answer_set, build_marked_haystack, check_
                           make_story, read_babi, rng_for, split_sentences)
 
 
+@contextlib.contextmanager
+def _hub_retries_unsaid():
+    """Offline, the hub library logs each of its retries ("... thrown while requesting HEAD ...", "Retrying in 1s",
+    a dozen lines) before the one error line rmt writes: kept to its errors while a dataset loads."""
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
+
+
 def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
     try:
         import datasets
 
         datasets.disable_progress_bars()  # "Generating train split" bars, even under -q: rmt's own bars say enough
-        ds = datasets.load_dataset(name, split=split)
+        with _hub_retries_unsaid():
+            ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises many kinds; all mean "cannot load this"
         raise UsageError(f"cannot load dataset {shown(repr(name))} (split {shown(repr(split))}): "
                          f"{error_line(e)}") from None
