@@ -20,7 +20,7 @@ from rich.console import Console
 
 from .data.sources import editor_lines, head_binary_reason, home_path
 from .errors import (NON_FINITE_SCORES, RMTError, UsageError, counted, ignore_stop_signals, json_loads, one_line,
-                     shown, stop_like_ctrl_c)
+                     shown, stop_like_ctrl_c, unicode_text)
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
     """Usage mistakes (an unknown option, a value out of range) as one `error:` line, not a framed box."""
@@ -396,17 +396,15 @@ def _print_json(obj) -> None:
 
 
 def _utf8(obj):
-    """`obj` with every string valid Unicode: a byte of a name that is not UTF-8 (`o\\xe9.st`, held by Python as the
-    surrogate U+DCE9) is written as the text `\\udce9`, as error lines write it; JSON's own `\\udce9` escape would be
-    a lone surrogate, which strict parsers refuse (the thirteenth review). Other values as JSON writes them, or as
-    text (a Path)."""
+    """`obj` with every string valid Unicode (`unicode_text`); other values as JSON writes them, or as text (a
+    Path)."""
     if isinstance(obj, dict):
         return {_utf8(key): _utf8(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_utf8(value) for value in obj]
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj
-    return str(obj).encode("utf-8", "backslashreplace").decode("utf-8")
+    return unicode_text(obj)
 
 
 class _TraceFailed(Exception):
@@ -774,8 +772,9 @@ def ask(
                                  "2^63-1)."),
     force: bool = typer.Option(False, "--force", help="Use a memory file made by another model or setting, or "
                                "mixing models (a forced --append)."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per question: question, answer, logprob "
-                                  "(an encoder adds the answer's probability and the runner-up with its own)."),
+    json_out: bool = typer.Option(False, "--json", help="JSON Lines, one object per question: question, answer, "
+                                  "logprob (an encoder adds the answer's probability and the runner-up with its "
+                                  "own)."),
 ):
     """Answer questions from a memory file: answers alone on stdout, one line per question."""
     import math

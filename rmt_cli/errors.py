@@ -102,6 +102,13 @@ def shown(text: object, limit: int = 200) -> str:
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
+def unicode_text(text: object) -> str:
+    """`text` as valid Unicode: a byte of a file name that is not UTF-8 (`o\\xe9.st`, which Python holds as the lone
+    surrogate U+DCE9) becomes the text `\\udce9`, as error lines write it; JSON's own `\\udce9` escape would be a lone
+    surrogate, which strict parsers refuse (the thirteenth review)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def one_line(text: object) -> str:
     """A whole message on one terminal line: control characters escaped, nothing cut."""
     return shown(text, limit=1_000_000)

@@ -2,15 +2,17 @@
 links read twice, the final checkpoint's path, a memory that read nothing) and what the thirtieth and thirty-first
 reviews (untuned) found; each test holds a fault, reproduced as it was found."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import MEMFILE_TEXT, TINY_RECIPE, run_cli as run
+from conftest import MEMFILE_TEXT, TINY_RECIPE, one_error_line, run_cli as run
 
 
 def _read(paths) -> list[str]:
@@ -133,7 +135,6 @@ def test_the_native_engine_runs_no_config_transformers_refuses(tmp_path, setting
     review)."""
     import json
 
-    from conftest import one_error_line
     from rmt_cli.storage.assets import DEFAULT_MODEL_DIR
 
     folder = tmp_path / "model"
@@ -145,7 +146,7 @@ def test_the_native_engine_runs_no_config_transformers_refuses(tmp_path, setting
     assert not (tmp_path / "m.st").exists()
 
 
-def test_the_hub_librarys_retries_are_not_said_while_a_dataset_loads(capfd):
+def test_the_hub_librarys_retries_are_not_said_while_a_dataset_loads(caplog):
     """Offline without HF_DATASETS_OFFLINE, `task.noise.kind: dataset` printed a dozen lines of the hub library's
     retries ("... thrown while requesting HEAD ...", "Retrying in 1s [Retry 1/5].") before rmt's one error line."""
     from huggingface_hub.utils import logging as hub_logging
@@ -153,8 +154,85 @@ def test_the_hub_librarys_retries_are_not_said_while_a_dataset_loads(capfd):
     from rmt_cli.commands.samples import _hub_retries_unsaid
 
     retrying = hub_logging.get_logger("huggingface_hub.utils._http")
-    with _hub_retries_unsaid():
-        retrying.warning("Retrying in 1s [Retry 1/5].")
-    assert "Retrying" not in capfd.readouterr().err
-    retrying.warning("Retrying in 2s [Retry 2/5].")  # the library's own level again after it
-    assert "Retrying in 2s" in capfd.readouterr().err
+    hub_logging.set_verbosity_warning()  # the library's default, whatever an earlier test left
+    with caplog.at_level("WARNING"):
+        with _hub_retries_unsaid():
+            retrying.warning("Retrying in 1s [Retry 1/5].")
+        retrying.warning("Retrying in 2s [Retry 2/5].")  # the library's own level again after it
+    assert [r.getMessage() for r in caplog.records] == ["Retrying in 2s [Retry 2/5]."]
+
+
+# --- the thirtieth review (a shell user's and an input attacker's pass: codebases, pipelines, ask) ----------------
+
+
+def test_an_unreadable_subfolder_is_said_and_an_unreadable_gitignore_refused(tmp_path, checkpoint, monkeypatch):
+    """A `chmod 000` subfolder was dropped without a word (exit 0, no warning); an unreadable .gitignore was dropped
+    too, so the secret file it ignores was read into the memory. (Permission is denied here by the functions that
+    meet it, so that the test holds when run as root, who may read anything.)"""
+    code = tmp_path / "code"
+    (code / "sub").mkdir(parents=True)
+    (code / "ok.txt").write_text(MEMFILE_TEXT)
+    (code / "sub" / "f.txt").write_text(MEMFILE_TEXT)
+    scandir, read_text = os.scandir, Path.read_text
+
+    def unlistable(path="."):
+        if os.fspath(path) == str(code / "sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    def unreadable(self, *args, **kwargs):
+        if self.name == ".gitignore":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", unlistable)
+    r = run(["ingest", code, "-o", tmp_path / "m.st", "--model", checkpoint, "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["skipped"] == [str(code / "sub") + "/"] and "code/sub/" in summary["warnings"][0]
+    (code / ".gitignore").write_text("*.secret\n")
+    (code / "a.secret").write_text("API_KEY=hunter2")
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    r = run(["ingest", code, "-o", tmp_path / "n.st", "--model", checkpoint, "-q"])
+    one_error_line(r, 2, f"{code / '.gitignore'}: cannot read it (Permission denied)")
+    assert not (tmp_path / "n.st").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+@pytest.mark.parametrize("lines", ["nested/**\n!nested/ok.txt\n", "\ufeff*.log\n", "a/**\n!a/b/\n!a/b/**\n"])
+def test_what_is_inside_a_folder_can_be_kept_and_a_byte_order_mark_is_no_rule(tmp_path, lines):
+    """`nested/**` then `!nested/ok.txt`: git keeps nested/ok.txt (`nested/**` names what is inside, not the
+    folder), rmt dropped the folder; a .gitignore starting with a byte order mark lost its first rule."""
+    repo = tmp_path / "repo"
+    for name in ("top.txt", "a.log", "nested/ok.txt", "nested/no.txt", "a/x.py", "a/b/y.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text(lines)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
+
+
+def test_a_name_that_is_not_utf8_is_valid_unicode_in_the_memory_files_sources(tmp_path, checkpoint):
+    """A file named `x\\xe9.txt` was written into the memory file's `sources` as JSON's lone-surrogate escape
+    (which jq reads as U+FFFD and strict parsers refuse), where --json writes the text `\\udce9`."""
+    from rmt_cli import load_memory
+
+    name = os.fsdecode(b"x\xe9.txt")
+    (tmp_path / name).write_text(MEMFILE_TEXT)
+    mem = tmp_path / "m.st"
+    r = run(["ingest", tmp_path / name, "-o", mem, "--model", checkpoint, "-q"])
+    assert r.exit_code == 0, r.stderr
+    [source] = load_memory(mem).sources
+    assert source["name"] == str(tmp_path / "x\\udce9.txt")
+    source["name"].encode("utf-8")  # valid Unicode: no lone surrogate
+
+
+def test_an_input_ending_inside_a_character_is_not_called_empty(tmp_path, checkpoint):
+    """`printf '\\xe2\\x82'`: "the input is empty" beside `bytes: 2`."""
+    (tmp_path / "partial.txt").write_bytes(b"\xe2\x82")
+    r = run(["ingest", tmp_path / "partial.txt", "-o", tmp_path / "p.st", "--model", checkpoint, "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    [warning] = json.loads(r.stdout)["warnings"]
+    assert warning.startswith("the input ends inside a UTF-8 character (2 bytes kept for an --append to finish)")
+    assert run(["ingest", "--append", tmp_path / "p.st", "-", "--model", checkpoint, "-q"],
+               input=b"\xac is a euro sign.").exit_code == 0

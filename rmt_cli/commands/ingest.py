@@ -26,7 +26,7 @@ from ..atomic import (check_outside_checkpoints, existing_folder, file_identity,
                       pipe_identity)
 from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
 from ..errors import (RMTError, UsageError, bool_argument, callback_argument, counted, one_line, path_argument,
-                      shown, whole_number_argument)
+                      shown, unicode_text, whole_number_argument)
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -76,6 +76,7 @@ class IngestResult:
     # What the memory file holds in all: more than this run's tokens and segments after an --append.
     total_tokens: int = 0
     total_segments: int = 0
+    skipped: list[str] = field(default_factory=list)  # what a folder held and was not read (every one)
 
     @property
     def tokens_per_second(self) -> float:
@@ -85,7 +86,7 @@ class IngestResult:
         return {"output": self.output, "tokens": self.tokens, "segments": self.segments, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "tokens_per_second": round(self.tokens_per_second, 1),
                 "total_tokens": self.total_tokens, "total_segments": self.total_segments,
-                "error": self.error, "warnings": self.warnings}
+                "error": self.error, "warnings": self.warnings, "skipped": self.skipped}
 
 
 class IngestInterrupted(KeyboardInterrupt):
@@ -190,7 +191,8 @@ class _Reader:
     def state(self, model: LoadedModel) -> MemoryState:
         tail = self.segment_stream.tail
         tokens = self.segments * model.segment_size + len(tail) + len(self.document_tokens.rest())
-        records = [{"name": r.name, "size": r.size, "sha256": r.sha256} for r in self.document.records]
+        # a name's bytes that are not UTF-8 as the text `\udce9`, as --json writes them (valid Unicode, as JSON wants)
+        records = [{"name": unicode_text(r.name), "size": r.size, "sha256": r.sha256} for r in self.document.records]
         return MemoryState(
             memory=self.memory, tail_tokens=tail, fingerprint=self.fingerprint, dtype=dtype_name(model.cell.dtype),
             segment_size=model.segment_size, num_mem_tokens=model.memory_settings.num_mem_tokens,
@@ -506,12 +508,16 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         res.warnings.append(f"{counted(sum(r.nul_bytes for r in with_nul), 'NUL byte')} in "
                             f"{_named([r.name for r in with_nul])}, read as text after a text beginning: is it binary "
                             f"data?")
-    if state.tokens == 0:
+    if state.tokens == 0 and state.pending_bytes:  # `printf '\xe2\x82'`: 2 bytes read, no character yet
+        res.warnings.append(f"the input ends inside a UTF-8 character ({counted(len(state.pending_bytes), 'byte')} "
+                            f"kept for an --append to finish) and holds no other text: the memory file holds the "
+                            f"initial memory")
+    elif state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
-        skipped = sorted(reader.document.skipped)
-        res.warnings.append(f"{len(skipped)} hidden, ignored, binary or unreadable files (FIFOs, broken links) "
-                            f"skipped: {_named(skipped)}")
+        res.skipped = sorted(reader.document.skipped)
+        res.warnings.append(f"{len(res.skipped)} hidden, ignored, binary or unreadable files or folders (links out "
+                            f"of the folder or to folders, FIFOs) skipped: {_named(res.skipped)}")
     for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "

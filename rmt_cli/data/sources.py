@@ -249,11 +249,13 @@ def _ending_at_the_end(regex: str) -> re.Pattern:
 def _names_folder(pattern, folder: str) -> bool:
     """Whether a line matches the folder itself ("a/b/"), not only a folder above it: pathspec's `!a/` matches
     "a/b/" as a path inside a, and `*/` then `!a/` kept a/b/, which git ignores (`!a/` names a alone). A folder
-    above is judged first, and never entered if ignored. `a/**` matches everything under a, folders too."""
+    above is judged first, and never entered if ignored. `a/**` matches every folder under a, not a itself."""
     if pattern.match_file(folder) is None:
         return False
     regex = pattern.regex.pattern
-    return regex.endswith("/") or _ending_at_the_end(regex).search(folder) is not None
+    if regex.endswith("/"):  # `a/**`: what is inside a, not a itself (`a/**` then `!a/ok.txt` keeps a/ok.txt)
+        return re.search(regex, folder[:-1]) is not None
+    return _ending_at_the_end(regex).search(folder) is not None
 
 
 def _read_gitignore(path: Path):
@@ -261,10 +263,11 @@ def _read_gitignore(path: Path):
     if not path.is_file():
         return None
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    return _gitignore_spec(lines, path)
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:  # git warns and goes on; here the files it hides (secrets, say) would be read unsaid
+        raise UsageError(f"{shown(path)}: cannot read it ({e.strerror or e}), so what it ignores cannot be "
+                         f"skipped; make it readable, or name the files to read") from None
+    return _gitignore_spec(text.removeprefix("\ufeff").splitlines(), path)  # a Windows editor's byte order mark
 
 
 def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
@@ -306,7 +309,12 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     specs: list[tuple[Path, object]] = _higher_gitignores(absolute_root)
     seen_dirs: set[tuple[int, int]] = set()
     real_root = Path(os.path.realpath(root))
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+    def unlistable(error: OSError) -> None:  # a folder that cannot be listed (chmod 000): said, not dropped
+        if error.filename is None or os.path.abspath(error.filename) == str(absolute_root):
+            raise _open_error(str(root), error)
+        skipped.append(Path(error.filename).relative_to(root).as_posix() + "/")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unlistable):
         here = Path(dirpath)
         st = here.stat()
         if (st.st_dev, st.st_ino) in seen_dirs:  # a loop through bind mounts or the like
