@@ -236,3 +236,25 @@ def test_an_input_ending_inside_a_character_is_not_called_empty(tmp_path, checkp
     assert warning.startswith("the input ends inside a UTF-8 character (2 bytes kept for an --append to finish)")
     assert run(["ingest", "--append", tmp_path / "p.st", "-", "--model", checkpoint, "-q"],
                input=b"\xac is a euro sign.").exit_code == 0
+
+
+# --- the thirty-first review (the Python API, checkpoints, recipes, training, eval) --------------------------------
+
+
+@pytest.mark.parametrize("file, setting, words", [
+    ("config.json", {"activation_function": "bogus"},
+     "cannot load the model: config.json holds 'bogus', a name transformers has no entry for"),
+    ("config.json", {"n_head": 0}, "(a size or count of 0 in config.json?)"),
+    ("tokenizer_config.json", {"eos_token": "<nonexistent>"},
+     "could not be looked up: '<nonexistent>'; a special token that tokenizer_config.json names and tokenizer.json "
+     "lacks is added past the vocabulary"),
+])
+def test_a_checkpoint_error_says_which_setting_is_likely_wrong(tmp_path, checkpoint, file, setting, words):
+    """Raw library text that named no setting: "cannot load the model: 'bogus'", "integer division or modulo by
+    zero", "the tokenizer has ids up to 512, but the model's embedding has 512 rows" (why not said)."""
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    values = json.loads((folder / file).read_text())
+    (folder / file).write_text(json.dumps({**values, **setting}))
+    (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
+    one_error_line(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", folder, "-q"]), 2, words)

@@ -485,8 +485,14 @@ def _unreadable(path: Path, name: str, error: Exception) -> UsageError:
 
 
 def _cannot_build(path: Path, error: Exception) -> UsageError:
-    # An untrusted config.json can fail in any of transformers' own ways (ValueError, ZeroDivisionError, ...).
-    return UsageError(f"{_where(path)}: cannot load the model: {error_line(error)}")
+    # An untrusted config.json can fail in any of transformers' own ways (ValueError, ZeroDivisionError, ...); the
+    # two that say least are given the likely reason
+    why = error_line(error)
+    if isinstance(error, KeyError):  # `activation_function: bogus` failed as "'bogus'"
+        why = f"config.json holds {why}, a name transformers has no entry for"
+    elif isinstance(error, ZeroDivisionError):  # `n_head: 0`
+        why += " (a size or count of 0 in config.json?)"
+    return UsageError(f"{_where(path)}: cannot load the model: {why}")
 
 
 # safetensors' names of the floating-point dtypes that torch reads (weights are loaded as float32 from any of them)
@@ -628,8 +634,11 @@ def _load_tokenizer(path: Path, model, encoder: bool, native=None):
         raise UsageError(f"{where}: the tokenizer has {len(ids)} entries; a real one has at least {MIN_VOCAB}")
     rows = model.get_input_embeddings().num_embeddings
     if max(ids) >= rows:
+        beyond = sorted((i, token) for token, i in tokenizer.get_vocab().items() if i >= rows)
+        named = ", ".join(shown(repr(token), 40) for _, token in beyond[:3]) + (" …" if len(beyond) > 3 else "")
         raise UsageError(f"{where}: the tokenizer has ids up to {max(ids)}, but the model's embedding has {rows} "
-                         f"rows (ids from {rows} up could not be looked up)")
+                         f"rows (ids from {rows} up could not be looked up: {named}; a special token that "
+                         f"tokenizer_config.json names and tokenizer.json lacks is added past the vocabulary)")
     return tokenizer
 
 
