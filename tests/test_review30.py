@@ -99,7 +99,8 @@ def test_asking_a_memory_that_read_nothing_warns(checkpoint, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
-@pytest.mark.parametrize("lines", ["*/\n!a/\n", "**/\n!a/\n", "a/*\n!a/b/\n", "a/**\n!a/b/\n", "b\n!a/c/b/\n"])
+@pytest.mark.parametrize("lines", ["*/\n!a/\n", "**/\n!a/\n", "a/*\n!a/b/\n", "a/**\n!a/b/\n", "b\n!a/c/b/\n",
+                                   "a/**/\n", "a/**/\n!a/b/\n"])
 def test_a_folder_is_judged_by_the_lines_that_name_it_not_a_folder_above(tmp_path, lines):
     """`*/` then `!a/`: git ignores a/b/ (`!a/` names the folder a alone); rmt read a/b/y.py, as pathspec matches
     `!a/` against everything under a."""

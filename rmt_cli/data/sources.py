@@ -66,6 +66,8 @@ def _gitignore_spec(lines: list[str], where: Path | None = None):
                              f"name; rmt matches at most {MAX_STARS_IN_A_NAME} (the work grows as a name's length "
                              f"to their power): simplify the line")
     for line in lines:
+        if line.endswith("/**/"):  # every folder under a, at any depth: pathspec reads `a/**/` as `a/` (a itself),
+            line += "*/"  # and `a/**/*/` as git reads `a/**/`
         try:
             pathspec.GitIgnoreSpec.from_lines([line])
         except Exception:  # pathspec raises several kinds (GitWildMatchPatternError, ValueError, re.error)
