@@ -259,3 +259,19 @@ def test_a_checkpoint_error_says_which_setting_is_likely_wrong(tmp_path, checkpo
     (folder / file).write_text(json.dumps({**values, **setting}))
     (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
     one_error_line(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", folder, "-q"]), 2, words)
+
+
+def test_nul_bytes_in_noise_and_training_text_are_said(tmp_path):
+    """NUL bytes after a text beginning in `--noise` or a recipe's text files were read without a word, where ingest
+    warns of them (left open by the twenty-third review)."""
+    noisy = tmp_path / "noise.txt"
+    noisy.write_bytes(("The sun rose over the hills. " * 400).encode() + b"\0" * 3 + b" More text follows here.")
+    r = run(["eval", "--noise", noisy, "--lengths", "200", "--samples", "2", "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: --noise: 3 NUL bytes in {noisy}, read as text after a text beginning" in r.stderr
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run"),
+                                      "task": {"noise": {"kind": "files", "paths": [str(noisy)]}}}))
+    r = run(["train", recipe, "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: task.noise.paths: 3 NUL bytes in {noisy}" in r.stderr

@@ -52,11 +52,11 @@ def load_dataset_texts(name: str, split: str, field: str) -> list[str]:
     return [t for t in texts if t]
 
 
-def _texts_of_setting(paths: list[str], setting: str) -> list[str]:
+def _texts_of_setting(paths: list[str], setting: str, warnings: list[str]) -> list[str]:
     """The texts of a recipe's data paths; an error names the setting (relative paths are from the current
-    folder, not the recipe's: the usual surprise)."""
+    folder, not the recipe's: the usual surprise), and so does a warning added to `warnings`."""
     try:
-        return [t for _, t in read_texts(paths)]
+        return [t for _, t in read_texts(paths, lambda message: warnings.append(f"{setting}: {message}"))]
     except UsageError as e:
         relative = any(not os.path.isabs(p) and not os.path.exists(p) for p in paths)
         raise UsageError(f"{setting}: {e}" + (" (relative paths are read from the current folder)" if relative
@@ -69,6 +69,7 @@ class TaskData:
         self.segment_size = memory.segment_size
         self.with_bindings = bool(memory.binding_supervision)  # samples carry their stories' bindings
         self.seed = seed
+        self.warnings: list[str] = []  # about the data read (NUL bytes in a text file), for the run to say
         self.babi = self._babi() if task.name == "babi" else None
         self.noise_sentences = self._noise_sentences()
         self.lm_texts = self._lm_texts() if task.name == "lm" else None
@@ -85,7 +86,7 @@ class TaskData:
             raise UsageError(f"task.babi_path: {one_line(e)}") from None
 
     def _lm_texts(self) -> list[str]:
-        texts = _texts_of_setting(self.task.lm_paths, "task.lm_paths")
+        texts = _texts_of_setting(self.task.lm_paths, "task.lm_paths", self.warnings)
         spec = self.task.lm_dataset
         if spec is not None:
             texts += load_dataset_texts(spec.name, spec.split, spec.text_field)
@@ -96,7 +97,7 @@ class TaskData:
     def _noise_sentences(self) -> list[str] | None:
         noise = self.task.noise
         if noise.kind == "files":
-            texts = _texts_of_setting(noise.paths, "task.noise.paths")
+            texts = _texts_of_setting(noise.paths, "task.noise.paths", self.warnings)
         elif noise.kind == "dataset":
             texts = load_dataset_texts(noise.dataset, noise.split, noise.text_field)
         else:

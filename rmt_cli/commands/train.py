@@ -554,6 +554,8 @@ def _train(recipe: Recipe, init_from: str | Path | None, console, progress: bool
     _check_fresh(output_dir, len(recipe.curriculum), resuming=own_checkpoint)
 
     data = TaskData(recipe.task, recipe.memory, recipe.seed)
+    for warning in data.warnings:
+        log.info(f"warning: {warning}")
     source = _source_name(recipe)
     if resume_from is not None or init_from is not None:
         # From a trained model (extend), the recipe's rule may upgrade the checkpoint's (gated -> gated-associative:

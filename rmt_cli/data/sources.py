@@ -21,10 +21,10 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..atomic import pipe_identity
-from ..errors import UsageError, path_argument, shown
+from ..errors import UsageError, counted, path_argument, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192
@@ -507,12 +507,14 @@ def home_path(raw: str) -> str:
     return os.path.expanduser(raw) if raw.startswith("~") else raw
 
 
-def read_texts(paths: list[str]) -> list[tuple[str, str]]:
+def read_texts(paths: list[str], warn: Callable[[str], None] | None = None) -> list[tuple[str, str]]:
     """(name, text) of each file the paths name, for training and evaluation text (noise, LM text).
 
     The same walk and the same decoding as `ingest`: folders in sorted order with .gitignore honoured and
     hidden or binary files skipped; UTF-8 with invalid bytes read as U+FFFD. A model is then trained on text
     decoded exactly as the text it will ingest. Unlike ingest, each file stays its own text (no path headers).
+    `warn` is told of NUL bytes after a text beginning (a file with one in its first block is binary: skipped or
+    refused), as ingest warns of them.
     """
     texts: list[tuple[str, str]] = []
     if not paths:  # training text may come from a dataset alone
@@ -524,6 +526,9 @@ def read_texts(paths: list[str]) -> list[tuple[str, str]]:
             raise _open_error(item.name, e) from None
         decoder = Utf8Stream()
         texts.append((item.name, decoder.decode(raw) + decoder.finish()))
+        if warn is not None and b"\0" in raw:
+            warn(f"{counted(raw.count(bytes(1)), 'NUL byte')} in {shown(item.name)}, read as text after a text "
+                 f"beginning: is it binary data?")
     return texts
 
 
