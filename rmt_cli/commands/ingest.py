@@ -508,10 +508,10 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         res.warnings.append(f"{counted(sum(r.nul_bytes for r in with_nul), 'NUL byte')} in "
                             f"{_named([r.name for r in with_nul])}, read as text after a text beginning: is it binary "
                             f"data?")
-    if state.tokens == 0 and state.pending_bytes:  # `printf '\xe2\x82'`: 2 bytes read, no character yet
+    if state.pending_bytes:  # `printf 'abc\xe2\x82'` (a cut download, say): bytes no answer sees, unless appended to
         res.warnings.append(f"the input ends inside a UTF-8 character ({counted(len(state.pending_bytes), 'byte')} "
-                            f"kept for an --append to finish) and holds no other text: the memory file holds the "
-                            f"initial memory")
+                            f"kept for an --append to finish)" + (" and holds no other text: the memory file holds "
+                                                                  "the initial memory" if state.tokens == 0 else ""))
     elif state.tokens == 0:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:

@@ -36,14 +36,15 @@ CONTROL_SHARE = 0.03
 CONTROL_BYTES = frozenset(range(0x01, 0x20)) - {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1B} | {0x7F}
 
 
-_CONTROL_IN_NAMES = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPED_IN_NAMES = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def file_header(relative: str) -> bytes:
-    """The line before each file of a folder. A newline or other control character in a file's name is escaped
-    (`\\n`), so that a name cannot write a line that looks like another file's header into the text; a name that
-    is not UTF-8 (`caf\\xe9.txt`) comes from os.walk as surrogates: written back as its bytes, escaped."""
-    relative = _CONTROL_IN_NAMES.sub(lambda m: repr(m.group())[1:-1], relative)
+    """The line before each file of a folder. A newline, another control character or a Unicode line break in a
+    file's name is escaped (`\\n`), and so is a backslash (`\\\\`), so that a name cannot write a line that looks
+    like another file's header into the text, nor read as another name; a byte of a name that is not UTF-8
+    (`caf\\xe9.txt`, which os.walk gives as a surrogate) is written as `\\udce9`, as --json writes it."""
+    relative = _ESCAPED_IN_NAMES.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), relative)
     return f"\n<<< file: {relative} >>>\n".encode("utf-8", errors="backslashreplace")
 
 
@@ -272,10 +273,17 @@ def _read_gitignore(path: Path):
     return _gitignore_spec(text.removeprefix("\ufeff").splitlines(), path)  # a Windows editor's byte order mark
 
 
+def _exclude_spec(repository: Path):
+    """A repository's own ignore list, .git/info/exclude, which git reads below every .gitignore; None where there
+    is none (or .git is a file, a submodule's or a worktree's, whose folder is elsewhere)."""
+    return _read_gitignore(repository / ".git" / "info" / "exclude")
+
+
 def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
-    """The .gitignore files above `folder` (an absolute path) up to the root of the git repository holding it,
-    root first: `rmt ingest repo/src` skips what repo/.gitignore ignores, as git does. None outside a repository,
-    and none when those files ignore the folder itself (or a folder above it): a folder named on purpose is read."""
+    """What ignores files above `folder` (a real path: `rmt ingest link-to-src` is src) up to the root of the git
+    repository holding it, root first: .git/info/exclude, then the .gitignore files: `rmt ingest repo/src` skips
+    what repo/.gitignore ignores, as git does. None outside a repository, and none when those files ignore the
+    folder itself (or a folder above it): a folder named on purpose is read."""
     if (folder / ".git").exists():  # the repository's own root
         return []
     above = []
@@ -286,8 +294,8 @@ def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
     else:
         return []
     specs: list[tuple[Path, object]] = []
-    for base in reversed(above):  # the repository's root first
-        spec = _read_gitignore(base / ".gitignore")
+    for base, spec in [(above[-1], _exclude_spec(above[-1]))] + \
+            [(base, _read_gitignore(base / ".gitignore")) for base in reversed(above)]:  # the root first
         if spec is not None:
             specs.append((base, spec))
     for depth in range(len(above)):  # the folders from just under the root down to `folder`
@@ -303,37 +311,54 @@ def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
-    """Files of a folder in sorted order, with .gitignore honoured. Returns (items, what was skipped: paths
-    relative to the folder, a folder's with a trailing /)."""
+    """Files of a folder in sorted order, with .gitignore honoured as git honours it (a repository inside the folder
+    by its own files, not those above it). Returns (items, what was skipped: paths relative to the folder, a
+    folder's with a trailing /)."""
     items: list[_Item] = []
     skipped: list[str] = []
-    absolute_root = Path(os.path.abspath(root))
-    specs: list[tuple[Path, object]] = _higher_gitignores(absolute_root)
-    seen_dirs: set[tuple[int, int]] = set()
     real_root = Path(os.path.realpath(root))
+    specs: list[tuple[Path, object]] = _higher_gitignores(real_root)
+    # per folder walked, the repository inside the named folder it belongs to (None: the named folder's own), whose
+    # root is as high as its ignore files reach
+    repository_of: dict[Path, Path | None] = {}
+    seen_dirs: set[tuple[int, int]] = set()
+
     def unlistable(error: OSError) -> None:  # a folder that cannot be listed (chmod 000): said, not dropped
-        if error.filename is None or os.path.abspath(error.filename) == str(absolute_root):
+        if error.filename is None or os.path.realpath(error.filename) == str(real_root):
             raise _open_error(str(root), error)
         skipped.append(Path(error.filename).relative_to(root).as_posix() + "/")
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unlistable):
         here = Path(dirpath)
-        st = here.stat()
-        if (st.st_dev, st.st_ino) in seen_dirs:  # a loop through bind mounts or the like
+        real_here = real_root / here.relative_to(root)
+        try:
+            st = here.stat()
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a loop through bind mounts or the like
+                dirnames[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            nested = here != root and (here / ".git").exists()
+            own = [_exclude_spec(real_here) if nested or here == root else None, _read_gitignore(here / ".gitignore")]
+        except PermissionError as e:  # listed but not entered (mode 644): its files cannot even be looked at
+            if here == root:
+                raise _open_error(str(root), e) from None
+            skipped.append(here.relative_to(root).as_posix() + "/")
             dirnames[:] = []
             continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        spec = _read_gitignore(here / ".gitignore")
-        if spec is not None:
-            specs.append((absolute_root / here.relative_to(root), spec))
+        repository = real_here if nested else repository_of.get(here.parent) if here != root else None
+        repository_of[here] = repository
+        specs += [(real_here, spec) for spec in own if spec is not None]
+        # a repository inside the folder is read by its own ignore files alone, as git reads it
+        in_force = [(base, spec) for base, spec in specs
+                    if repository is None or base == repository or repository in base.parents]
 
         def ignored(p: Path, is_dir: bool) -> bool:
             # As git: the deepest .gitignore with a line that matches decides (specs run root first), so that
             # `!x.tmp` in a/.gitignore keeps a/x.tmp though the root's `*.tmp` ignores it (the 29th review)
             verdict = False
-            for base, spec in specs:
+            for base, spec in in_force:
                 try:
-                    rel = (absolute_root / p.relative_to(root)).relative_to(base).as_posix()
+                    rel = (real_root / p.relative_to(root)).relative_to(base).as_posix()
                 except ValueError:
                     continue
                 include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include

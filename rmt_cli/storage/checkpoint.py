@@ -476,7 +476,7 @@ def read_config(path: Path):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # a crafted value fails in transformers' own ways (IndexError, ZeroDivisionError, ...)
-        raise UsageError(f"{where}: {CONFIG_FILE}: {error_line(e)}") from None
+        raise UsageError(f"{where}: {CONFIG_FILE}: {_config_failure(e).removeprefix('config.json ')}") from None
 
 
 def _unreadable(path: Path, name: str, error: Exception) -> UsageError:
@@ -485,14 +485,19 @@ def _unreadable(path: Path, name: str, error: Exception) -> UsageError:
 
 
 def _cannot_build(path: Path, error: Exception) -> UsageError:
-    # An untrusted config.json can fail in any of transformers' own ways (ValueError, ZeroDivisionError, ...); the
-    # two that say least are given the likely reason
+    # An untrusted config.json can fail in any of transformers' own ways (ValueError, ZeroDivisionError, ...)
+    return UsageError(f"{_where(path)}: cannot load the model: {_config_failure(error)}")
+
+
+def _config_failure(error: Exception) -> str:
+    """Why transformers failed on a config.json, on one line; the two errors that say least given the likely
+    reason."""
     why = error_line(error)
     if isinstance(error, KeyError):  # `activation_function: bogus` failed as "'bogus'"
-        why = f"config.json holds {why}, a name transformers has no entry for"
-    elif isinstance(error, ZeroDivisionError):  # `n_head: 0`
-        why += " (a size or count of 0 in config.json?)"
-    return UsageError(f"{_where(path)}: cannot load the model: {why}")
+        return f"config.json holds {why}, a name transformers has no entry for"
+    if isinstance(error, ZeroDivisionError):  # `n_head: 0`
+        return f"{why} (a size or count of 0 in config.json?)"
+    return why
 
 
 # safetensors' names of the floating-point dtypes that torch reads (weights are loaded as float32 from any of them)

@@ -252,6 +252,10 @@ def with_needed_tokens(tok, name_or_path: str, encoder: bool = False):
                          f"are [CLS] memory [SEP] tokens [SEP]")
     if not encoder and tok.eos_token_id is None:
         raise UsageError(f"the tokenizer of {name_or_path!r} has no end token; answers could not stop")
+    limit = getattr(tok, "model_max_length", None)  # compared with every text's length: 'x' failed there
+    if limit is not None and (type(limit) is bool or not isinstance(limit, (int, float))):
+        raise UsageError(f"the tokenizer of {name_or_path!r}: tokenizer_config.json: model_max_length "
+                         f"{shown(repr(limit), 40)} is not a number")
     if tok.pad_token_id is None:
         tok.pad_token = tok.sep_token if encoder else tok.eos_token
     return reading_plain_text(tok)
