@@ -290,14 +290,14 @@ def test_integers_in_yaml_1_1_forms_are_refused_not_misread(tmp_path, text):
     with pytest.raises(UsageError) as caught:
         load_recipe(path)
     (line,) = str(caught.value).splitlines()
-    assert line.startswith(f"recipe {path}: memory.segment_size: ") and INT_FORMS[text] in line
+    assert line.startswith(f"{path}: memory.segment_size: ") and INT_FORMS[text] in line
     assert f" {read}: write {read}" in line
     with pytest.raises(UsageError) as caught:
         load_recipe(write(tmp_path, MINIMAL, "plain.yaml"), [f"batch_size={text}", "seed=x"])
     lines = str(caught.value).splitlines()  # reported with the recipe's other problems
     assert lines[0] == f"override 'batch_size={text}': {line.split(': ', 2)[2]}" and "seed" in lines[1]
     path = write(tmp_path, f"model: {{architecture: gpt2, config: {{n_layer: {text}}}}}\n", "config.yaml")
-    with pytest.raises(UsageError, match=f"^recipe {re.escape(str(path))}: model.config.n_layer: .*{INT_FORMS[text]}"):
+    with pytest.raises(UsageError, match=f"^{re.escape(str(path))}: model.config.n_layer: .*{INT_FORMS[text]}"):
         load_recipe(path)
 
 

@@ -384,3 +384,25 @@ def test_no_attention_heads_is_said_with_its_likely_reason(tmp_path):
     (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
     one_error_line(run(["ingest", tmp_path / "doc.txt", "-o", tmp_path / "m.st", "--model", folder, "-q"]), 2,
                    "config.json: integer modulo by zero (a size or count of 0 in config.json?)")
+
+
+# --- the thirty-third review (a new user's pass over the README, then a pipeline author's) --------------------------
+
+
+def test_a_recipes_number_forms_are_reported_with_its_other_errors(tmp_path):
+    """`seed: 010`, `memory.segment_size: 1:00`, a misspelt key and a bad task name: the three numbers were said
+    first, the misspelt key and the task only once they were fixed."""
+    from rmt_cli import UsageError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 010\nbatch_sise: 4\ntask: {name: bogus}\ntokenizer: {kind: bpe}\n"
+                      "memory: {segment_size: 1:00}\n010: x\ncurriculum: [{segments: 1, steps: 5}]\n")
+    with pytest.raises(UsageError) as caught:
+        load_recipe(recipe)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 5 and all(line.startswith(f"{recipe}: ") for line in lines)
+    said = "\n".join(lines)
+    for words in ("seed: a leading 0 makes YAML read 010 as octal 8", "memory.segment_size: YAML reads 1:00 as a "
+                  "base-60 number, 60", "010: (a key) a leading 0", "task.name: Input should be",
+                  "batch_sise: unknown key; did you mean 'batch_size'?"):
+        assert words in said, said

@@ -601,6 +601,9 @@ class _IntForm:
     def __init__(self, text: str, value: int):
         self.text, self.value = text, value
 
+    def __repr__(self) -> str:  # as the recipe wrote it, where a message quotes the value
+        return self.text
+
     def hint(self) -> str:
         digits = self.text.lstrip("+-").lower()
         if digits.startswith(("0b", "0x")):
@@ -650,10 +653,14 @@ def _expanded_size(data: Any, limit: int, what: str = "recipe") -> int:
 def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
     """Each value no setting takes in `data` (model.config included), as (its path, why), in path order, and
     `data` with each of them None (so that validation reports the recipe's other errors beside them): a NaN or
-    infinite number, or text holding a NUL character (which no file name holds: the OS refuses it)."""
+    infinite number, text holding a NUL character (which no file name holds: the OS refuses it), or an integer
+    in a form other than plain decimal (`load_yaml(..., int_forms="keep")`; a key of that form is dropped)."""
     found = []
 
     def cleaned(item: Any, path: tuple) -> Any:
+        if isinstance(item, _IntForm):
+            found.append((path, item.hint()))
+            return None
         if isinstance(item, float) and not math.isfinite(item):
             found.append((path, "must be a finite number, not NaN or infinity"))
             return None
@@ -661,7 +668,9 @@ def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
             found.append((path, "holds a NUL character (\\x00), which no name or setting may hold"))
             return None
         if isinstance(item, dict):
-            return {k: cleaned(v, (*path, k)) for k, v in item.items()}
+            for key in [k for k in item if isinstance(k, _IntForm)]:
+                found.append(((*path, key.text), f"(a key) {key.hint()}"))
+            return {k: cleaned(v, (*path, k)) for k, v in item.items() if not isinstance(k, _IntForm)}
         if isinstance(item, list):
             return [cleaned(v, (*path, i)) for i, v in enumerate(item)]
         return item
@@ -687,9 +696,10 @@ def _int_forms(data: Any) -> list[str]:
     return sorted(found)
 
 
-def load_yaml(text: str, what: str) -> Any:
+def load_yaml(text: str, what: str, int_forms: str = "refuse") -> Any:
     """Parse recipe YAML strictly: safe types only, no duplicate keys, no alias bombs, integers in plain decimal.
-    Errors are one line each."""
+    Errors are one line each. `int_forms="keep"` leaves an integer of another form in the data as an _IntForm, for
+    `validate_recipe` to report with the recipe's other errors."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
@@ -701,7 +711,7 @@ def load_yaml(text: str, what: str) -> Any:
         raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep") from None
     if _expanded_size(data, MAX_YAML_NODES, what) > MAX_YAML_NODES:
         raise UsageError(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases")
-    forms = _int_forms(data)
+    forms = _int_forms(data) if int_forms == "refuse" else []
     if forms:
         raise UsageError("\n".join(f"{what}: {form}" for form in forms))
     return data
@@ -717,7 +727,7 @@ def read_recipe_data(path: str | Path) -> dict:
         text = _stdin_text()
     else:
         text = read_small_text(Path(path), "recipe")  # a regular file or a pipe (`rmt train <(...)`), UTF-8
-    data = load_yaml(text, f"recipe {recipe_label(path)}")
+    data = load_yaml(text, f"recipe {recipe_label(path)}", int_forms="keep")  # said with the recipe's other errors
     if data is None or data == {}:  # one line, not the errors of every setting it lacks
         raise UsageError(f"{recipe_label(path)}: the recipe is empty")
     if not isinstance(data, dict):
