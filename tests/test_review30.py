@@ -27,6 +27,16 @@ def _git_lists(repo, folder: str) -> list[str]:
     return sorted(name for name in listed if not name.split("/")[-1].startswith("."))
 
 
+def _reads_what_git_lists(repo: Path, names: tuple, gitignore: str) -> None:
+    """A repository of `names` with one .gitignore: rmt reads the files git lists."""
+    for name in names:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text(gitignore)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
 def test_a_subfolder_of_a_repository_honours_the_gitignore_files_above_it(tmp_path, monkeypatch):
     """`rmt ingest repo/a` read a/x.log though repo/.gitignore ignores `*.log`: only the named folder's own
@@ -104,13 +114,8 @@ def test_asking_a_memory_that_read_nothing_warns(checkpoint, tmp_path):
 def test_a_folder_is_judged_by_the_lines_that_name_it_not_a_folder_above(tmp_path, lines):
     """`*/` then `!a/`: git ignores a/b/ (`!a/` names the folder a alone); rmt read a/b/y.py, as pathspec matches
     `!a/` against everything under a."""
-    repo = tmp_path / "repo"
-    for name in ("top.py", "a/x.py", "a/b/y.py", "a/b/c/z.py", "a/c/b/m.py", "b/q.py"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text(lines)
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
+    _reads_what_git_lists(tmp_path / "repo", ("top.py", "a/x.py", "a/b/y.py", "a/b/c/z.py", "a/c/b/m.py", "b/q.py"),
+                          lines)
 
 
 def test_the_exported_final_segment_builder_raises_usage_errors():
@@ -205,13 +210,8 @@ def test_an_unreadable_subfolder_is_said_and_an_unreadable_gitignore_refused(tmp
 def test_what_is_inside_a_folder_can_be_kept_and_a_byte_order_mark_is_no_rule(tmp_path, lines):
     """`nested/**` then `!nested/ok.txt`: git keeps nested/ok.txt (`nested/**` names what is inside, not the
     folder), rmt dropped the folder; a .gitignore starting with a byte order mark lost its first rule."""
-    repo = tmp_path / "repo"
-    for name in ("top.txt", "a.log", "nested/ok.txt", "nested/no.txt", "a/x.py", "a/b/y.py"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text(lines)
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
+    _reads_what_git_lists(tmp_path / "repo", ("top.txt", "a.log", "nested/ok.txt", "nested/no.txt", "a/x.py",
+                                              "a/b/y.py"), lines)
 
 
 def test_a_name_that_is_not_utf8_is_valid_unicode_in_the_memory_files_sources(tmp_path, checkpoint):
