@@ -262,7 +262,8 @@ def _names_folder(pattern, folder: str) -> bool:
 
 
 def _read_gitignore(path: Path):
-    """A folder's .gitignore as a spec, or None where there is none (or it cannot be read)."""
+    """A folder's .gitignore (or a repository's info/exclude) as a spec, or None where there is none; one that
+    cannot be read is a UsageError, and a folder that cannot be entered a PermissionError (its caller skips it)."""
     if not path.is_file():
         return None
     try:

@@ -459,8 +459,6 @@ def read_config(path: Path):
     import transformers
     from transformers import CONFIG_MAPPING, AutoConfig
 
-    import torch
-
     where = _where(path)
     config = _read_json_object(path, CONFIG_FILE)
     model_type = config.get("model_type")
