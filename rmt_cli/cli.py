@@ -989,7 +989,10 @@ def eval_command(
             raise UsageError(f"--babi {shown(babi)}: {one_line(e)}") from None
     from .storage.assets import DEFAULT_NOISE_TEXT
 
-    texts = read_texts(noise or [str(DEFAULT_NOISE_TEXT)], lambda message: _say("warning", f"--noise: {message}"))
+    try:
+        texts = read_texts(noise or [str(DEFAULT_NOISE_TEXT)], lambda message: _say("warning", f"--noise: {message}"))
+    except UsageError as e:  # named as its warnings are
+        raise UsageError(f"--noise: {e}") from None
     sentences = [s for _, text in texts for s in split_sentences(text)]
     loaded = _load_model(model, _dtype(dtype) if dtype else None)
     corpus = NoiseCorpus(loaded.tokenizer, sentences)

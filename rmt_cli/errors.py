@@ -109,6 +109,12 @@ def unicode_text(text: object) -> str:
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def named_paths(paths: list[str], most: int = 3) -> str:
+    """A few paths for a one-line message: the first `most`, then how many more."""
+    named = ", ".join(shown(p, 120) for p in paths[:most])
+    return named + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def one_line(text: object) -> str:
     """A whole message on one terminal line: control characters escaped, nothing cut."""
     return shown(text, limit=1_000_000)

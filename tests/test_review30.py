@@ -1,9 +1,10 @@
 """Session 17: what the twenty-ninth review left open (a subfolder of a repository, file names holding newlines,
-links read twice, the final checkpoint's path, a memory that read nothing) and what the thirtieth and thirty-first
+links read twice, the final checkpoint's path, a memory that read nothing) and what the thirtieth to thirty-fifth
 reviews (untuned) found; each test holds a fault, reproduced as it was found."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 import yaml
 
 from conftest import MEMFILE_TEXT, TINY_RECIPE, one_error_line, run_cli as run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _read(paths) -> list[str]:
@@ -406,3 +409,79 @@ def test_a_recipes_number_forms_are_reported_with_its_other_errors(tmp_path):
                   "base-60 number, 60", "010: (a key) a leading 0", "task.name: Input should be",
                   "batch_sise: unknown key; did you mean 'batch_size'?"):
         assert words in said, said
+
+
+# --- the thirty-fifth review (recipes, training's output, the API, kill and resume) --------------------------------
+
+
+@pytest.mark.parametrize("text, words", [("1:30.5", "YAML reads 1:30.5 as a base-60 number, 90.5: write 90.5"),
+                                         ("1_0.5", "YAML drops the underscores of 1_0.5 and reads 10.5")])
+def test_floats_in_yaml_1_1_forms_are_refused_not_misread(tmp_path, text, words):
+    """`lr: 1:30.5` trained at a rate of 90.5 (and diverged); `weight_decay=1_0.5` trained with 10.5, exit 0."""
+    from rmt_cli import UsageError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"tokenizer: {{kind: bpe}}\noptim: {{lr: {text}}}\ncurriculum: [{{segments: 1, steps: 5}}]\n")
+    with pytest.raises(UsageError, match=re.escape(f"{recipe}: optim.lr: {words}")):
+        load_recipe(recipe)
+    with pytest.raises(UsageError, match=re.escape(f"override 'optim.weight_decay={text}': {words}")):
+        load_recipe(recipe, ["optim.lr=3.0e-4", f"optim.weight_decay={text}"])
+    assert load_recipe(recipe, ["optim.lr=3.0e-4", "optim.weight_decay=.5"]).optim.weight_decay == 0.5
+
+
+@pytest.mark.parametrize("override", ["curriculum.01.steps=3", "curriculum.\u00b2.steps=3", "eval.segments.9=3"])
+def test_a_list_item_is_named_in_plain_decimal(override):
+    """`curriculum.01.steps=3` set stage 1 without a word (where 010 is refused); `curriculum.².steps` passed
+    str.isdigit() and would have failed in int()."""
+    from rmt_cli import UsageError, load_recipe
+
+    with pytest.raises(UsageError) as caught:
+        load_recipe(ROOT / "recipes" / "memorize-tiny.yaml", [override])
+    path = override.split("=")[0].rsplit(".", 1)[0] if "steps" in override else override.split("=")[0]
+    assert f"{path} is not an item of the list (0 to " in str(caught.value)
+
+
+def test_the_final_segment_builder_checks_its_token_lists():
+    """`build_final_segment(None, ...)` raised a bare TypeError; a string, floats or a tensor were taken as ids."""
+    import torch
+
+    from rmt_cli import UsageError, build_final_segment
+
+    for args, name in ((None, [1], [2]), "tail"), (([1], 5, [2]), "question"), (([1], [2], None), "answer"), \
+                      (("abc", [1], [2]), "tail"), (([1.5], [1], [2]), "tail"), ((torch.tensor([1]), [1], [2]), "tail"):
+        with pytest.raises(UsageError, match=f"^{name}: a list of token ids"):
+            build_final_segment(*args, 32)
+    assert build_final_segment((1, 2), [3], [4], 32).input_ids == [1, 2, 3, 4]
+
+
+def test_the_api_names_the_model_argument_and_takes_progress_as_a_bool(checkpoint, tmp_path):
+    """`perplexity(..., baseline="x")` said "a LoadedModel ... is needed, not str" without naming the argument;
+    `train(recipe, progress="no")` showed the bars."""
+    from rmt_cli import UsageError, load_checkpoint, load_recipe, perplexity, train
+
+    (tmp_path / "doc.txt").write_text(MEMFILE_TEXT)
+    model = load_checkpoint(checkpoint)
+    with pytest.raises(UsageError, match="^baseline: a LoadedModel"):
+        perplexity([tmp_path / "doc.txt"], model, baseline="x")
+    with pytest.raises(UsageError, match="^model: a LoadedModel"):
+        perplexity([tmp_path / "doc.txt"], None)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "output_dir": str(tmp_path / "run")}))
+    with pytest.raises(UsageError, match="^progress: True or False, not str"):
+        train(load_recipe(recipe), progress="no")
+    assert not (tmp_path / "run").exists()
+
+
+def test_binary_files_skipped_in_a_noise_folder_are_said(tmp_path):
+    """A binary file in a `task.noise.paths` folder was skipped without a word (ingest names what it skips); `rmt eval
+    --noise` of a binary file said its error without the `--noise:` its warnings carry."""
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "a.txt").write_text("The sun rose over the hills. " * 100)
+    (noise / "b.bin").write_bytes(b"a\0b text\n")
+    r = run(["eval", "--noise", noise, "--lengths", "200", "--samples", "2", "--json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: --noise: 1 hidden, ignored, binary or unreadable files or folders skipped: {noise / 'b.bin'}" \
+        in r.stderr
+    one_error_line(run(["eval", "--noise", noise / "b.bin", "--lengths", "200", "--samples", "2", "--json", "-q"]), 2,
+                   f"--noise: {noise / 'b.bin'}: looks like a binary file")

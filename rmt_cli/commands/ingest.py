@@ -25,8 +25,8 @@ import torch
 from ..atomic import (check_outside_checkpoints, existing_folder, file_identity, hold_lock, output_target,
                       pipe_identity)
 from ..storage.checkpoint import LoadedModel, check_usable, in_eval_mode
-from ..errors import (RMTError, UsageError, bool_argument, callback_argument, counted, one_line, path_argument,
-                      shown, unicode_text, whole_number_argument)
+from ..errors import (RMTError, UsageError, bool_argument, callback_argument, counted, named_paths, one_line,
+                      path_argument, shown, unicode_text, whole_number_argument)
 from ..storage.memfile import (DTYPES, MemoryState, check_compatible, check_replaceable, dtype_name, load_memory,
                                memory_fingerprint, save_memory)
 from ..core.segments import SegmentStream
@@ -476,12 +476,6 @@ def _relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return (new - old).float().norm(dim=(-2, -1)) / old.float().norm(dim=(-2, -1)).clamp(min=1e-12)
 
 
-def _named(paths: list[str], most: int = 3) -> str:
-    """A few paths for a one-line message: the first `most`, then how many more."""
-    named = ", ".join(shown(p, 120) for p in paths[:most])
-    return named + (f" and {len(paths) - most} more" if len(paths) > most else "")
-
-
 def _file_identity(path: Path) -> tuple | None:
     """What changes when a file is replaced (a rename brings another inode), or None where there is none."""
     try:
@@ -502,12 +496,12 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     if reader.document_tokens.utf8.replaced:
         replaced = reader.document_tokens.utf8.replaced
         where = list(reader.document_tokens.replaced_in) or reader.job.paths
-        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {_named(where)} were read as U+FFFD")
+        res.warnings.append(f"{replaced} invalid UTF-8 byte sequences in {named_paths(where)} were read as U+FFFD")
     with_nul = [r for r in reader.document.records if r.nul_bytes]
     if with_nul:  # the head was text (binary files are refused by theirs): said, as invalid UTF-8 is
         res.warnings.append(f"{counted(sum(r.nul_bytes for r in with_nul), 'NUL byte')} in "
-                            f"{_named([r.name for r in with_nul])}, read as text after a text beginning: is it binary "
-                            f"data?")
+                            f"{named_paths([r.name for r in with_nul])}, read as text after a text beginning: is it "
+                            f"binary data?")
     if state.pending_bytes:  # `printf 'abc\xe2\x82'` (a cut download, say): bytes no answer sees, unless appended to
         res.warnings.append(f"the input ends inside a UTF-8 character ({counted(len(state.pending_bytes), 'byte')} "
                             f"kept for an --append to finish)" + (" and holds no other text: the memory file holds "
@@ -517,7 +511,7 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
     if reader.document.skipped:
         res.skipped = sorted(reader.document.skipped)
         res.warnings.append(f"{len(res.skipped)} hidden, ignored, binary or unreadable files or folders (links out "
-                            f"of the folder or to folders, FIFOs) skipped: {_named(res.skipped)}")
+                            f"of the folder or to folders, FIFOs) skipped: {named_paths(res.skipped)}")
     for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "

@@ -103,7 +103,7 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
     check_usable(model)  # None too: only the baseline is optional
     for loaded, role in ((model, "the model"), (baseline, "the baseline")):
         if loaded is not None:
-            check_usable(loaded)
+            check_usable(loaded, role.removeprefix("the "))
         if loaded is not None and loaded.cell.kind == "encoder":
             raise UsageError(f"{role} {shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
                              f"next token, so it has no perplexity; rmt perplexity needs a causal language model")

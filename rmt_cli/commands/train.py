@@ -28,8 +28,8 @@ from ..storage.checkpoint import (LoadedModel, check_recipe_matches, is_rmt_chec
 from ..storage.training_state import (STEP_NAME, load_module_state, load_optimizer_state, module_tensors,
                                       read_training_state)
 from .samples import TaskData
-from ..errors import (RMTError, StopFlag, UsageError, counted, error_line, json_loads, one_line, path_argument, shown,
-                      stop_signals, write_failure)
+from ..errors import (RMTError, StopFlag, UsageError, bool_argument, counted, error_line, json_loads, one_line,
+                      path_argument, shown, stop_signals, write_failure)
 from .evaluate import evaluate
 from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
@@ -450,6 +450,7 @@ def train(recipe: Recipe, init_from: str | Path | None = None, console=None, pro
         path_argument(init_from, "init_from")
     if console is not None and not callable(getattr(console, "print", None)):  # found at the first table, a stage on
         raise UsageError(f"console: a rich Console (or None), not {type(console).__name__}")
+    bool_argument(progress, "progress")  # progress="no" showed the bars
     with contextlib.ExitStack() as held:  # output_dir's lock, released when the run ends (a second run may follow)
         if not progress:
             held.enter_context(no_library_bars())

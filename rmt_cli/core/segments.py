@@ -108,6 +108,9 @@ def build_final_segment(tail: list[int], question: list[int], answer: list[int],
     """
     if type(segment_size) is not int or segment_size < 1:
         raise SegmentError(f"segment_size {shown(repr(segment_size))}: a whole number of tokens, at least 1")
+    for name, ids in (("tail", tail), ("question", question), ("answer", answer)):
+        if not isinstance(ids, (list, tuple)) or not all(type(i) is int and i >= 0 for i in ids):
+            raise SegmentError(f"{name}: a list of token ids (whole numbers from 0), not {shown(repr(ids), 60)}")
     if len(answer) > ANSWER_ROOM:
         raise SegmentError(f"the answer takes {len(answer)} tokens; at most {ANSWER_ROOM} fit the answer room")
     if len(question) + ANSWER_ROOM > segment_size:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from ..atomic import pipe_identity
-from ..errors import UsageError, counted, path_argument, shown
+from ..errors import UsageError, counted, named_paths, path_argument, shown
 
 CHUNK_BYTES = 1 << 16
 BINARY_SNIFF_BYTES = 8192
@@ -545,7 +545,11 @@ def read_texts(paths: list[str], warn: Callable[[str], None] | None = None) -> l
     texts: list[tuple[str, str]] = []
     if not paths:  # training text may come from a dataset alone
         return texts
-    for item in open_document(paths, allow_stdin=False).items:
+    document = open_document(paths, allow_stdin=False)
+    if warn is not None and document.skipped:  # a binary file in a folder of noise, said as ingest says it
+        warn(f"{len(document.skipped)} hidden, ignored, binary or unreadable files or folders skipped: "
+             f"{named_paths(sorted(document.skipped))}")
+    for item in document.items:
         try:
             raw = item.path.read_bytes()
         except OSError as e:

@@ -727,11 +727,13 @@ def _checked_placement(dtype, device) -> tuple[torch.dtype | None, torch.device]
     return dtype, device
 
 
-def check_usable(model: LoadedModel) -> None:
+def check_usable(model: LoadedModel, argument: str = "model") -> None:
     """What ingest, ask and perplexity need of a model the API hands them (it may have been changed since it was
-    loaded): a LoadedModel whose segment and memory fit the model's positions. UsageError naming what does not."""
+    loaded): a LoadedModel whose segment and memory fit the model's positions. UsageError naming what does not
+    (`argument`: the parameter that gave it)."""
     if not isinstance(model, LoadedModel):
-        raise UsageError(f"a LoadedModel (load_checkpoint, default_model) is needed, not {type(model).__name__}")
+        raise UsageError(f"{argument}: a LoadedModel (load_checkpoint, default_model) is needed, not "
+                         f"{type(model).__name__}")
     if not isinstance(model.memory_settings, MemorySpec):
         raise UsageError("the model's memory_settings are not memory settings (a MemorySpec)")
     check_fits(model.cell.model.config, model.memory_settings, model.cell.kind)

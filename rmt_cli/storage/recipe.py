@@ -553,9 +553,7 @@ def _apply_override(data: dict, text: str) -> None:
     node: Any = data
     for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} is not an item of the list")
-            node = node[int(part)]
+            node = node[_list_index(text, path[:i + 1], len(node))]
         else:
             if node.get(part) is None:
                 node[part] = {}
@@ -564,11 +562,19 @@ def _apply_override(data: dict, text: str) -> None:
                 raise UsageError(f"override {text!r}: {'.'.join(path[:i + 1])} holds a value, not a section")
     last = path[-1]
     if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise UsageError(f"override {text!r}: {last} is not an item of the list")
-        node[int(last)] = value
+        node[_list_index(text, path, len(node))] = value
     else:
         node[last] = value
+
+
+def _list_index(text: str, path: list[str], length: int) -> int:
+    """The item of a list an override's path names by its last part: a whole number in plain decimal below
+    `length` (`curriculum.01` is refused as `010` is, and `²`, which str.isdigit() takes, is no index)."""
+    part = path[-1]
+    if not re.fullmatch(r"0|[1-9][0-9]*", part) or int(part) >= length:
+        items = f"0 to {length - 1}" if length else "it is empty"
+        raise UsageError(f"override {text!r}: {'.'.join(path)} is not an item of the list ({items})")
+    return int(part)
 
 
 # A recipe is a few hundred values; a document that expands past this through aliases is an attack or a mistake.
@@ -595,8 +601,9 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 class _IntForm:
-    """An integer YAML 1.1 reads from a form other than plain decimal (010 octal, 0x10, 0b10, 1:00 base 60, 3_2):
-    `load_yaml` refuses it, so that a zero-padded number never trains another model without a word."""
+    """A number YAML 1.1 reads from a form other than plain decimal (010 octal, 0x10, 0b10, 1:00 and 1:30.5 base
+    60, 3_2 and 1_0.5): `load_yaml` refuses it, so that a zero-padded number never trains another model (nor
+    `lr: 1:30.5` one at a rate of 90.5) without a word."""
 
     def __init__(self, text: str, value: int):
         self.text, self.value = text, value
@@ -606,6 +613,8 @@ class _IntForm:
 
     def hint(self) -> str:
         digits = self.text.lstrip("+-").lower()
+        if isinstance(self.value, float) and ":" not in digits:
+            return f"YAML drops the underscores of {self.text} and reads {self.value}: write {self.value}"
         if digits.startswith(("0b", "0x")):
             return f"YAML reads {self.text} as {'binary' if digits[1] == 'b' else 'hexadecimal'} {self.value}: " \
                    f"write {self.value}"
@@ -624,7 +633,14 @@ def _construct_int(loader: _StrictLoader, node) -> int | _IntForm:
     return value if re.fullmatch(r"[-+]?(?:0|[1-9][0-9]*)", text) else _IntForm(text, value)
 
 
+def _construct_float(loader: _StrictLoader, node) -> float | _IntForm:
+    value = loader.construct_yaml_float(node)
+    text = loader.construct_scalar(node)
+    return _IntForm(text, value) if ":" in text or "_" in text else value
+
+
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                     re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                                     list("-+0123456789."))
