@@ -72,20 +72,27 @@ def test_a_file_name_cannot_write_a_header_line_into_the_text(tmp_path):
     assert headers == [b"\n<<< file: a\\n<<< file: forged.txt >>> >>>\n", "\n<<< file: plain é.txt >>>\n".encode()]
 
 
-def test_a_link_to_a_file_the_folder_reads_is_not_read_twice(tmp_path):
-    """`inside.py -> sub/peer.py` read peer.py's text twice, under both names."""
+def test_a_link_to_a_file_is_not_read(tmp_path):
+    """`inside.py -> sub/peer.py` read peer.py's text twice, under both names (the twenty-ninth review); then, read
+    once, `env.txt -> .env` and `key.txt -> secrets/key.txt` (with `secrets/` ignored) put a hidden and an ignored
+    file's secrets into the memory under the links' names (the thirty-fourth). Links are not followed: git keeps
+    a link as a link."""
     from rmt_cli.data.sources import open_document
 
     code = tmp_path / "code"
     (code / "sub").mkdir(parents=True)
+    (code / "secrets").mkdir()
     (code / "sub" / "peer.py").write_text(MEMFILE_TEXT)
-    (code / ".hidden.py").write_text(MEMFILE_TEXT)
+    (code / ".env").write_text("API_KEY=hunter2")
+    (code / "secrets" / "key.txt").write_text("API_KEY=hunter2")
+    (code / ".gitignore").write_text("secrets/\n")
     (code / "inside.py").symlink_to(code / "sub" / "peer.py")
     (code / "also.py").symlink_to("sub/peer.py")
-    (code / "shown.py").symlink_to(code / ".hidden.py")  # the file itself is not read: read under the link's name
+    (code / "env.txt").symlink_to(code / ".env")
+    (code / "key.txt").symlink_to("secrets/key.txt")
     document = open_document([str(code)])
-    assert _read([str(code)]) == ["shown.py", "sub/peer.py"]
-    assert sorted(document.skipped) == sorted(str(code / n) for n in (".hidden.py", "also.py", "inside.py"))
+    assert _read([str(code)]) == ["sub/peer.py"]
+    assert {str(code / n) for n in ("also.py", "env.txt", "inside.py", "key.txt")} <= set(document.skipped)
 
 
 def test_train_prints_its_final_checkpoint_on_stdout(tmp_path):
@@ -182,17 +189,17 @@ def test_an_unreadable_subfolder_is_said_and_an_unreadable_gitignore_refused(tmp
     (code / "sub").mkdir(parents=True)
     (code / "ok.txt").write_text(MEMFILE_TEXT)
     (code / "sub" / "f.txt").write_text(MEMFILE_TEXT)
-    scandir, read_text = os.scandir, Path.read_text
+    scandir, read_bytes = os.scandir, Path.read_bytes
 
     def unlistable(path="."):
         if os.fspath(path) == str(code / "sub"):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return scandir(path)
 
-    def unreadable(self, *args, **kwargs):
+    def unreadable(self):
         if self.name == ".gitignore":
             raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self)
 
     monkeypatch.setattr(os, "scandir", unlistable)
     r = run(["ingest", code, "-o", tmp_path / "m.st", "--model", checkpoint, "--json", "-q"])
@@ -201,7 +208,7 @@ def test_an_unreadable_subfolder_is_said_and_an_unreadable_gitignore_refused(tmp
     assert summary["skipped"] == [str(code / "sub") + "/"] and "code/sub/" in summary["warnings"][0]
     (code / ".gitignore").write_text("*.secret\n")
     (code / "a.secret").write_text("API_KEY=hunter2")
-    monkeypatch.setattr(Path, "read_text", unreadable)
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
     r = run(["ingest", code, "-o", tmp_path / "n.st", "--model", checkpoint, "-q"])
     one_error_line(r, 2, f"{code / '.gitignore'}: cannot read it (Permission denied)")
     assert not (tmp_path / "n.st").exists()
@@ -485,3 +492,56 @@ def test_binary_files_skipped_in_a_noise_folder_are_said(tmp_path):
         in r.stderr
     one_error_line(run(["eval", "--noise", noise / "b.bin", "--lengths", "200", "--samples", "2", "--json", "-q"]), 2,
                    f"--noise: {noise / 'b.bin'}: looks like a binary file")
+
+
+# --- the thirty-fourth review (the folder walk against git, crafted checkpoint files) ------------------------------
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_an_empty_git_folder_or_a_dangling_git_file_makes_no_repository(tmp_path):
+    """An empty `vendor/.git` folder, or a `.git` file naming no folder, turned off the outer .gitignore below it:
+    vendor/prod.env, which git ignores, was read."""
+    repo = tmp_path / "repo"
+    for name in ("a.txt", "vendor/lib.txt", "vendor/prod.env", "other/x.txt", "other/y.env"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("*.env\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "vendor" / ".git").mkdir()
+    (repo / "other" / ".git").write_text("gitdir: ../nowhere\n")
+    assert _read([str(repo)]) == ["a.txt", "other/x.txt", "vendor/lib.txt"]
+    assert _read([str(repo / "vendor")]) == ["lib.txt"]
+
+
+def test_a_gitignore_line_is_cut_at_newlines_alone_and_matches_names_that_are_not_utf8(tmp_path):
+    """`n\\x85*.txt` (U+0085 inside a line, as git reads it) was cut into `n` and `*.txt`, which skipped every .txt
+    file; a line of bytes that are not UTF-8 (`caf\\xe9.txt`) never matched its file."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    for name in ("a.txt", "n", os.fsdecode(b"caf\xe9.txt")):
+        (folder / name).write_text(MEMFILE_TEXT)
+    (folder / ".gitignore").write_bytes("n\u0085*.txt\n".encode() + b"caf\xe9.txt\n")
+    assert _read([str(folder)]) == ["a.txt", "n"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_a_folder_named_on_purpose_keeps_the_repositorys_other_lines(tmp_path):
+    """`rmt ingest repo/build` (build/ ignored, so named on purpose) read build/db.secret though `*.secret` ignores
+    it: every line above was dropped, not only the one that ignores the folder."""
+    repo = tmp_path / "repo"
+    for name in ("build/out.txt", "build/db.secret", "build/sub/more.txt"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("build/\n*.secret\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert _read([str(repo / "build")]) == ["out.txt", "sub/more.txt"]
+
+
+def test_a_gitignore_that_is_a_link_is_not_followed(tmp_path):
+    """A .gitignore that is a link was read (git does not follow one; it may name any file)."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "a.txt").write_text(MEMFILE_TEXT)
+    (tmp_path / "elsewhere").write_text("*.txt\n")
+    (folder / ".gitignore").symlink_to(tmp_path / "elsewhere")
+    assert _read([str(folder)]) == ["a.txt"]

@@ -1,9 +1,9 @@
 """What `ingest` and `perplexity` read: files, folders (codebases) and stdin, as one stream of bytes.
 
 - Several files: read as one document, their bytes in order, nothing added.
-- A folder: its files in a stable sorted order, skipping `.git`, hidden files, binary files, links that lead out
-  of it or to a file it reads anyway, and what `.gitignore` files ignore (the folder's own and, as git reads
-  them, those above it in its repository); each file is preceded by a one-line path header.
+- A folder: its files in a stable sorted order, skipping `.git`, hidden files, binary files, links, and what
+  `.gitignore` files ignore (the folder's own and, as git reads them, those above it in its repository); each file
+  is preceded by a one-line path header.
 - `-`: standard input.
 
 Every path is checked before anything is read, so a typo fails at once and not an hour into a book.
@@ -224,15 +224,6 @@ def read_small_text(path: Path, what: str, limit: int = SMALL_FILE_LIMIT) -> str
         raise UsageError(f"{what} {shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _links_outside(path: Path, real_root: Path) -> bool:
-    """A symbolic link to a file outside the folder being read (`secrets -> /etc/...`): a codebase is what is in
-    it, so such a link is skipped like a hidden file, never read."""
-    if not path.is_symlink():
-        return False
-    target = Path(os.path.realpath(path))
-    return target != real_root and real_root not in target.parents
-
-
 def _folder_verdict(spec, folder: str) -> bool | None:
     """Whether a .gitignore ignores `folder` ("a/b/"): its last line that matches decides, as in git. pathspec's
     GitIgnoreSpec lets `*` win over a later `!*/` for a folder, and the allow-list idiom (`*`, `!*/`, `!*.py`) lost
@@ -262,16 +253,38 @@ def _names_folder(pattern, folder: str) -> bool:
 
 
 def _read_gitignore(path: Path):
-    """A folder's .gitignore (or a repository's info/exclude) as a spec, or None where there is none; one that
-    cannot be read is a UsageError, and a folder that cannot be entered a PermissionError (its caller skips it)."""
-    if not path.is_file():
+    """A folder's .gitignore (or a repository's info/exclude) as a spec, or None where there is none. A link is
+    none, as git does not follow it (it could name any file); one that cannot be read is a UsageError, and a folder
+    that cannot be entered a PermissionError (its caller skips it). Lines are cut at newlines alone, as git cuts
+    them (U+0085 or U+2028 inside a line is part of it), and a name's bytes that are not UTF-8 match as os.walk gives
+    them."""
+    if path.is_symlink() or not path.is_file():
         return None
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     except OSError as e:  # git warns and goes on; here the files it hides (secrets, say) would be read unsaid
         raise UsageError(f"{shown(path)}: cannot read it ({e.strerror or e}), so what it ignores cannot be "
                          f"skipped; make it readable, or name the files to read") from None
-    return _gitignore_spec(text.removeprefix("\ufeff").splitlines(), path)  # a Windows editor's byte order mark
+    return _gitignore_spec(editor_lines(text), path)  # a Windows editor's byte order mark dropped, CRLF too
+
+
+def _is_repository(folder: Path) -> bool:
+    """Whether `folder` is a git repository's root: a .git folder holding HEAD, or a .git file (a submodule's, a
+    worktree's) naming a folder that exists. An empty .git, or one that cannot be read, makes none: the rules
+    above it still apply."""
+    marker = folder / ".git"
+    try:
+        if marker.is_dir():
+            return (marker / "HEAD").is_file()
+        if marker.is_file() and not marker.is_symlink():
+            with open(marker, "rb") as f:
+                line = f.read(4096).split(b"\n")[0].strip()
+            if line.startswith(b"gitdir:"):
+                target = Path(os.fsdecode(line[len(b"gitdir:"):].strip()))
+                return (folder / target).is_dir()
+    except OSError:
+        pass
+    return False
 
 
 def _exclude_spec(repository: Path):
@@ -280,17 +293,27 @@ def _exclude_spec(repository: Path):
     return _read_gitignore(repository / ".git" / "info" / "exclude")
 
 
+def _without_lines_naming(spec, base: Path, folders: list[Path]):
+    """`spec` without the lines that ignore one of `folders` (below `base`) as a folder: a folder named on purpose
+    is read, and by the repository's other lines (`*.secret` still skips build/db.secret in `rmt ingest build`)."""
+    import pathspec
+
+    names = [folder.relative_to(base).as_posix() + "/" for folder in folders if base in folder.parents]
+    kept = [p for p in spec.patterns if not (p.include and any(_names_folder(p, name) for name in names))]
+    return spec if len(kept) == len(spec.patterns) else pathspec.GitIgnoreSpec(kept)
+
+
 def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
     """What ignores files above `folder` (a real path: `rmt ingest link-to-src` is src) up to the root of the git
     repository holding it, root first: .git/info/exclude, then the .gitignore files: `rmt ingest repo/src` skips
-    what repo/.gitignore ignores, as git does. None outside a repository, and none when those files ignore the
-    folder itself (or a folder above it): a folder named on purpose is read."""
-    if (folder / ".git").exists():  # the repository's own root
+    what repo/.gitignore ignores, as git does. None outside a repository; the lines that ignore the folder itself
+    (or a folder above it) are left out: a folder named on purpose is read."""
+    if _is_repository(folder):  # the repository's own root
         return []
     above = []
     for parent in folder.parents:
         above.append(parent)
-        if (parent / ".git").exists():
+        if _is_repository(parent):
             break
     else:
         return []
@@ -299,16 +322,8 @@ def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
             [(base, _read_gitignore(base / ".gitignore")) for base in reversed(above)]:  # the root first
         if spec is not None:
             specs.append((base, spec))
-    for depth in range(len(above)):  # the folders from just under the root down to `folder`
-        inner = above[depth - 1] if depth else folder
-        verdict = False
-        for base, spec in specs:
-            if base in inner.parents:
-                include = _folder_verdict(spec, inner.relative_to(base).as_posix() + "/")
-                verdict = include if include is not None else verdict
-        if verdict:
-            return []
-    return specs
+    named = [folder, *above[:-1]]  # the folder and those between it and the repository's root
+    return [(base, _without_lines_naming(spec, base, named)) for base, spec in specs]
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:
@@ -318,10 +333,9 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
     items: list[_Item] = []
     skipped: list[str] = []
     real_root = Path(os.path.realpath(root))
-    specs: list[tuple[Path, object]] = _higher_gitignores(real_root)
-    # per folder walked, the repository inside the named folder it belongs to (None: the named folder's own), whose
-    # root is as high as its ignore files reach
-    repository_of: dict[Path, Path | None] = {}
+    # per folder walked, the ignore files that judge what it holds, root first: those of the folders above it (up to
+    # a repository's root), so that a check costs the depth, not every .gitignore of the walk
+    rules_of: dict[Path, list[tuple[Path, object]]] = {}
     seen_dirs: set[tuple[int, int]] = set()
 
     def unlistable(error: OSError) -> None:  # a folder that cannot be listed (chmod 000): said, not dropped
@@ -338,30 +352,28 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
                 dirnames[:] = []
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            nested = here != root and (here / ".git").exists()
-            own = [_exclude_spec(real_here) if nested or here == root else None, _read_gitignore(here / ".gitignore")]
+            if here == root:
+                rules = _higher_gitignores(real_root)
+                own = [_exclude_spec(real_here)]
+            elif _is_repository(here):  # a repository inside the folder: its own rules alone, as git reads it
+                rules, own = [], [_exclude_spec(real_here)]
+            else:
+                rules, own = rules_of[here.parent], []
+            own.append(_read_gitignore(here / ".gitignore"))
         except PermissionError as e:  # listed but not entered (mode 644): its files cannot even be looked at
             if here == root:
-                raise _open_error(str(root), e) from None
+                raise _open_error(e.filename or str(root), e) from None
             skipped.append(here.relative_to(root).as_posix() + "/")
             dirnames[:] = []
             continue
-        repository = real_here if nested else repository_of.get(here.parent) if here != root else None
-        repository_of[here] = repository
-        specs += [(real_here, spec) for spec in own if spec is not None]
-        # a repository inside the folder is read by its own ignore files alone, as git reads it
-        in_force = [(base, spec) for base, spec in specs
-                    if repository is None or base == repository or repository in base.parents]
+        rules = rules_of[here] = rules + [(real_here, spec) for spec in own if spec is not None]
 
         def ignored(p: Path, is_dir: bool) -> bool:
-            # As git: the deepest .gitignore with a line that matches decides (specs run root first), so that
+            # As git: the deepest .gitignore with a line that matches decides (rules run root first), so that
             # `!x.tmp` in a/.gitignore keeps a/x.tmp though the root's `*.tmp` ignores it (the 29th review)
             verdict = False
-            for base, spec in in_force:
-                try:
-                    rel = (real_root / p.relative_to(root)).relative_to(base).as_posix()
-                except ValueError:
-                    continue
+            for base, spec in rules:
+                rel = (real_root / p.relative_to(root)).relative_to(base).as_posix()
                 include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include
                 if include is not None:
                     verdict = include
@@ -378,8 +390,9 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
         for name in sorted(filenames):
             p = here / name
             try:
-                if name.startswith(".") or ignored(p, False) or _links_outside(p, real_root) or \
-                        not p.is_file() or looks_binary(p):  # hidden, ignored, broken links, sockets, binaries
+                # hidden, ignored, links (git keeps a link as a link: read, one could show a hidden or ignored
+                # file, or one outside the folder), sockets, binaries
+                if name.startswith(".") or p.is_symlink() or ignored(p, False) or not p.is_file() or looks_binary(p):
                     skipped.append(p.relative_to(root).as_posix())
                     continue
             except OSError:
@@ -388,23 +401,7 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             rel = p.relative_to(root).as_posix()
             items.append(_Item(p, str(p), file_header(rel)))
     items.sort(key=lambda item: item.header)  # one sorted order of relative paths, whatever the walk order
-    return _read_once(items, root, skipped)
-
-
-def _read_once(items: list[_Item], root: Path, skipped: list[str]) -> tuple[list[_Item], list[str]]:
-    """A file is read once: a link to a file the folder holds and reads under its own name (or that another link
-    names first) is skipped, as git keeps such a link as a link."""
-    real = [os.path.realpath(item.path) for item in items]
-    taken = {r for item, r in zip(items, real) if not item.path.is_symlink()}
-    kept = []
-    for item, r in zip(items, real):
-        if item.path.is_symlink():
-            if r in taken:
-                skipped.append(item.path.relative_to(root).as_posix())
-                continue
-            taken.add(r)
-        kept.append(item)
-    return kept, skipped
+    return items, skipped
 
 
 @dataclass
