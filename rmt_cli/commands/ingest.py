@@ -510,8 +510,8 @@ def _finish(reader: _Reader, model: LoadedModel) -> None:
         res.warnings.append("the input is empty: the memory file holds the initial memory (a valid, empty memory)")
     if reader.document.skipped:
         res.skipped = sorted(reader.document.skipped)
-        res.warnings.append(f"{len(res.skipped)} hidden, ignored, binary or unreadable files or folders (links out "
-                            f"of the folder or to folders, FIFOs) skipped: {named_paths(res.skipped)}")
+        res.warnings.append(f"{len(res.skipped)} hidden, ignored, binary or unreadable files or folders (links, "
+                            f"FIFOs) skipped: {named_paths(res.skipped)}")
     for record in reader.document.records:  # e.g. a log still being written, or a file cut short meanwhile
         if record.changed_while_read:
             res.warnings.append(f"{shown(record.name)} changed while it was read: {record.size:,} bytes read, "
