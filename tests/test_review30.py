@@ -545,3 +545,19 @@ def test_a_gitignore_that_is_a_link_is_not_followed(tmp_path):
     (tmp_path / "elsewhere").write_text("*.txt\n")
     (folder / ".gitignore").symlink_to(tmp_path / "elsewhere")
     assert _read([str(folder)]) == ["a.txt"]
+
+
+def test_missing_data_files_and_unknown_model_settings_are_said_with_the_recipes_errors(tmp_path):
+    """`seed: 010` beside `task.lm_paths=[nope.txt]` and `model.config.n_embdd=64`: three rounds (the number, then
+    the file, then the model's key), the later ones naming neither the file nor the override."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "recipes" / "memorize-tiny.yaml").read_text().replace("seed: 0", "seed: 010"))
+    r = run(["train", recipe, f"output_dir={tmp_path / 'run'}", "task.name=lm", "task.lm_paths=[nope.txt]",
+             "model.config.n_embdd=64", "-q"])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 3, r.stderr
+    assert f"error: {recipe} (override task.lm_paths=[nope.txt]): task.lm_paths.0: nope.txt: no such file or " \
+           f"folder (relative paths are read from the current folder)" in lines
+    assert any(line.startswith(f"error: {recipe} (override model.config.n_embdd=64): model.config.n_embdd: not a "
+                               f"setting of gpt2 models") for line in lines)
+    assert any("seed: a leading 0" in line for line in lines) and not (tmp_path / "run").exists()

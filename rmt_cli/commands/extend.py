@@ -21,7 +21,7 @@ from ..storage.checkpoint import check_recipe_matches, read_info
 from ..errors import UsageError, shown
 from ..data.sources import home_path, read_small_text
 from ..storage.recipe import (Recipe, apply_overrides, load_yaml, override_of, read_recipe_data, recipe_label,
-                              validate_recipe, value_source)
+                              run_input_problems, validate_recipe, value_source)
 
 UPDATE, KEY_SIZE = ("memory", "update"), ("memory", "associative_key_size")
 LOCKED = [("model",), ("tokenizer",), ("memory", "num_mem_tokens"), ("memory", "segment_size"), UPDATE,
@@ -87,6 +87,8 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     applied: list[str] = []  # a skipped override set nothing: never named as a setter
     data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
     overrides = applied
+    if isinstance(data, dict):  # its data paths (the model is the checkpoint's), with the recipe's other errors
+        problems += run_input_problems({"task": data.get("task")}, recipe_label(recipe_path), overrides)
     # The run's recipe.yaml says what it started from: `rmt train RUN/recipe.yaml resume=auto` after a kill before
     # the first checkpoint starts from it again (it began a model from scratch).
     source = os.path.realpath(checkpoint)

@@ -460,23 +460,45 @@ def _check_settings_known(config, settings: dict, published: set = frozenset()) 
     it as a bare attribute that it writes to config.json and reads nowhere, and the run trains the model without
     it. A key the config class takes and turns into another (llama's rope_theta, attn_implementation) is no such
     attribute afterwards, and passes."""
+    errors = [line for _, line in unknown_settings(config, settings, published)]
+    if errors:  # every unknown key at once, as the recipe's other errors
+        raise UsageError("\n".join(errors))
+
+
+def unknown_settings(config, settings: dict, published: set = frozenset()) -> list[tuple[str, str]]:
+    """(key, error line) for each model.config key `config`'s architecture does not have (`_check_settings_known`)."""
     try:
         known = set(type(config)().to_dict())
     except Exception:  # a config class that cannot be made without arguments: judged by what it holds
         known = set()
     known |= set(getattr(config, "attribute_map", {}) or {})
     if not known:
-        return
+        return []
     held = config.to_dict()
     errors = []
     for key in settings:
         if key in held and key not in known and key not in published:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            errors.append(f"model.config.{shown(key)}: not a setting of {config.model_type} models (transformers "
-                          f"would write it into config.json and read it nowhere){hint}")
-    if errors:  # every unknown key at once, as the recipe's other errors
-        raise UsageError("\n".join(errors))
+            errors.append((key, f"model.config.{shown(key)}: not a setting of {config.model_type} models "
+                                f"(transformers would write it into config.json and read it nowhere){hint}"))
+    return errors
+
+
+def scratch_unknown_settings(architecture: str, settings: dict) -> list[tuple[str, str]]:
+    """`unknown_settings` of a recipe's model built from scratch, read from the recipe alone (no tokenizer yet), so
+    that they are said with the recipe's other errors; none where the settings do not make a config at all (the
+    build says why)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    config_class = {"gpt2": GPT2Config, "bert": BertConfig, "llama": LlamaConfig}.get(architecture)
+    if config_class is None or not all(isinstance(key, str) for key in settings):
+        return []
+    try:
+        config = config_class(**settings)
+    except Exception:  # any of transformers' own errors: the build reports it
+        return []
+    return unknown_settings(config, settings)
 
 
 def _check_vocabulary(config, tokenizer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -774,6 +775,39 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
     return recipe
 
 
+DATA_PATHS = (("task", "noise", "paths"), ("task", "lm_paths"), ("task", "babi_path"))
+
+
+def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> list[str]:
+    """What a run would refuse once it starts, read from the recipe's data alone, so that it is said with the
+    recipe's other errors and not in a round of its own: a data path that names nothing, and a model.config key
+    that a model built from scratch does not have. Each line names the file or the override that set the value."""
+    problems = []
+    for path in DATA_PATHS:
+        value = _at_path(data, path)
+        for index, given in ([(None, value)] if isinstance(value, str) else
+                             enumerate(value) if isinstance(value, list) else []):
+            if isinstance(given, str) and given and "\0" not in given and not os.path.lexists(home_path(given)):
+                where = (*path, index) if index is not None else path
+                relative = "" if os.path.isabs(home_path(given)) else " (relative paths are read from the current folder)"
+                problems.append(f"{value_source(source, override_of(where, overrides))}: "
+                                f"{'.'.join(map(str, where))}: {shown(given)}: no such file or folder{relative}")
+    model = _at_path(data, ("model",))
+    if isinstance(model, dict) and isinstance(model.get("config"), dict) and model["config"] and \
+            model.get("name_or_path") is None and isinstance(model.get("architecture", "gpt2"), str):
+        from .modeling import scratch_unknown_settings
+
+        for key, line in scratch_unknown_settings(model.get("architecture", "gpt2"), model["config"]):
+            problems.append(f"{value_source(source, override_of(('model', 'config', key), overrides))}: {line}")
+    return problems
+
+
+def _at_path(data: Any, path: tuple) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
 def _stdin_text() -> str:
     raw = read_small_stdin("recipe <stdin>", hint="is it a recipe?")
     try:
@@ -782,9 +816,11 @@ def _stdin_text() -> str:
         raise UsageError(f"recipe <stdin>: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_inputs: bool = True) -> Recipe:
     """The recipe at `path` (a YAML file, or "-" for standard input) with `overrides` ("key=value" texts, or one)
-    applied, validated: a Recipe, or one UsageError listing every problem, each with its path."""
+    applied, validated: a Recipe, or one UsageError listing every problem, each with its path. `check_inputs`:
+    also what a run would refuse of its data paths and model settings (`run_input_problems`), said with the rest;
+    off for a finished run's own recipe, read to be compared with."""
     problems: list[str] = []
     applied: list[str] = []
     path_argument(path, "load_recipe")
@@ -800,6 +836,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if bad:
         raise UsageError(f"overrides: key=value texts, not {type(bad[0]).__name__} {shown(repr(bad[0]), 40)}")
     data = apply_overrides(read_recipe_data(path), overrides, problems, applied)
+    if check_inputs:
+        problems += run_input_problems(data, recipe_label(path), applied)
     try:
         return validate_recipe(data, recipe_label(path), applied, problems)
     except UsageError as e:
