@@ -561,3 +561,72 @@ def test_missing_data_files_and_unknown_model_settings_are_said_with_the_recipes
     assert any(line.startswith(f"error: {recipe} (override model.config.n_embdd=64): model.config.n_embdd: not a "
                                f"setting of gpt2 models") for line in lines)
     assert any("seed: a leading 0" in line for line in lines) and not (tmp_path / "run").exists()
+
+
+# --- the thirty-sixth review (the last fixes, as an attacker tries them) --------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_a_subfolder_named_under_the_allow_list_idiom_reads_what_git_lists(tmp_path):
+    """`*`, `!*/`, `!*.py` at the root and `rmt ingest A/src`: `*` names src/ too, and dropping it (as a line that
+    ignores the named folder) read src/secret.env; `!*/` means git never ignores src/."""
+    repo = tmp_path / "A"
+    for name in ("src/app.py", "src/secret.env", "top.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("*\n!*/\n!*.py\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert _read([str(repo / "src")]) == ["app.py"] == [n.split("/", 1)[1] for n in _git_lists(repo, "src")]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+@pytest.mark.parametrize("fake", ["gitdir: .\n", "head only"])
+def test_a_fake_git_makes_no_repository(tmp_path, fake):
+    """A `.git` file saying `gitdir: .`, or a `.git/` holding only HEAD, made a repository of its folder: the
+    parent's `*.key` stopped applying and sub/id.key was read."""
+    repo = tmp_path / "repo"
+    for name in ("a.txt", "sub/b.txt", "sub/id.key"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(MEMFILE_TEXT)
+    (repo / ".gitignore").write_text("*.key\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    if fake == "head only":
+        (repo / "sub" / ".git").mkdir()
+        (repo / "sub" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    else:
+        (repo / "sub" / ".git").write_text(fake)
+    assert _read([str(repo)]) == ["a.txt", "sub/b.txt"]
+    assert _read([str(repo / "sub")]) == ["b.txt"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="compares with git")
+def test_a_worktree_reads_its_repositorys_exclude_list(tmp_path):
+    """A worktree's `.git` file names a folder under the main repository's .git; git reads the main repository's
+    info/exclude there, rmt read none (Cwt/secret.txt ingested)."""
+    main = tmp_path / "main"
+    main.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(main)]
+    subprocess.run(["git", "init", "-q", str(main)], check=True)
+    (main / "kept.txt").write_text(MEMFILE_TEXT)
+    subprocess.run([*git, "add", "kept.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    subprocess.run([*git, "worktree", "add", "-q", str(tmp_path / "wt")], check=True)
+    (main / ".git" / "info").mkdir(exist_ok=True)
+    (main / ".git" / "info" / "exclude").write_text("secret.txt\n")
+    (tmp_path / "wt" / "secret.txt").write_text("API_KEY=hunter2")
+    (tmp_path / "wt" / "new.txt").write_text(MEMFILE_TEXT)
+    assert _git_lists(tmp_path / "wt", ".") == ["new.txt"]
+    assert _read([str(tmp_path / "wt")]) == ["kept.txt", "new.txt"]
+
+
+def test_data_paths_a_run_does_not_read_are_not_checked(tmp_path):
+    """`rmt train recipes/qa1-books.yaml task.noise.kind=synthetic` was refused for the seven book paths that
+    synthetic noise never reads; a data path that is a broken link was missed by the check."""
+    from rmt_cli import UsageError, load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "qa1-books.yaml", ["task.noise.kind=synthetic"])
+    assert recipe.task.noise.kind == "synthetic"
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="task.noise.paths.0: .*broken: a broken symbolic link"):
+        load_recipe(ROOT / "recipes" / "memorize-tiny.yaml", ["task.noise.kind=files",
+                                                              f"task.noise.paths=[{tmp_path / 'broken'}]"])

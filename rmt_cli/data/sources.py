@@ -268,29 +268,46 @@ def _read_gitignore(path: Path):
     return _gitignore_spec(editor_lines(text), path)  # a Windows editor's byte order mark dropped, CRLF too
 
 
-def _is_repository(folder: Path) -> bool:
-    """Whether `folder` is a git repository's root: a .git folder holding HEAD, or a .git file (a submodule's, a
-    worktree's) naming a folder that exists. An empty .git, or one that cannot be read, makes none: the rules
-    above it still apply."""
+def _git_folder(folder: Path) -> tuple[Path, Path] | None:
+    """(the git directory, the common one: a worktree's is its main repository's) when `folder` is a git
+    repository's root: a .git folder, or a .git file (a submodule's, a worktree's) whose `gitdir:` names one, that
+    git would take for a repository (HEAD, and objects/ and refs/ in the common directory). None otherwise: an empty
+    or fake .git, or one that cannot be read, makes none, and the rules above it still apply."""
     marker = folder / ".git"
     try:
+        if marker.is_symlink():
+            return None
         if marker.is_dir():
-            return (marker / "HEAD").is_file()
-        if marker.is_file() and not marker.is_symlink():
+            git_dir = marker
+        elif marker.is_file():
             with open(marker, "rb") as f:
                 line = f.read(4096).split(b"\n")[0].strip()
-            if line.startswith(b"gitdir:"):
-                target = Path(os.fsdecode(line[len(b"gitdir:"):].strip()))
-                return (folder / target).is_dir()
+            if not line.startswith(b"gitdir:"):
+                return None
+            git_dir = folder / os.fsdecode(line[len(b"gitdir:"):].strip())
+            if Path(os.path.realpath(git_dir)) == Path(os.path.realpath(folder)):  # `gitdir: .`
+                return None
+        else:
+            return None
+        common = git_dir
+        if (git_dir / "commondir").is_file():
+            common = git_dir / (git_dir / "commondir").read_text(encoding="utf-8", errors="replace").strip()
+        if (git_dir / "HEAD").is_file() and (common / "objects").is_dir() and (common / "refs").is_dir():
+            return git_dir, common
     except OSError:
         pass
-    return False
+    return None
+
+
+def _is_repository(folder: Path) -> bool:
+    return _git_folder(folder) is not None
 
 
 def _exclude_spec(repository: Path):
-    """A repository's own ignore list, .git/info/exclude, which git reads below every .gitignore; None where there
-    is none (or .git is a file, a submodule's or a worktree's, whose folder is elsewhere)."""
-    return _read_gitignore(repository / ".git" / "info" / "exclude")
+    """A repository's own ignore list, info/exclude in its (common) git directory, which git reads below every
+    .gitignore; None where there is none."""
+    found = _git_folder(repository)
+    return None if found is None else _read_gitignore(found[1] / "info" / "exclude")
 
 
 def _without_lines_naming(spec, base: Path, folders: list[Path]):
@@ -305,9 +322,9 @@ def _without_lines_naming(spec, base: Path, folders: list[Path]):
 
 def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
     """What ignores files above `folder` (a real path: `rmt ingest link-to-src` is src) up to the root of the git
-    repository holding it, root first: .git/info/exclude, then the .gitignore files: `rmt ingest repo/src` skips
-    what repo/.gitignore ignores, as git does. None outside a repository; the lines that ignore the folder itself
-    (or a folder above it) are left out: a folder named on purpose is read."""
+    repository holding it, root first: info/exclude, then the .gitignore files: `rmt ingest repo/src` skips what
+    repo/.gitignore ignores, as git does. None outside a repository. Where those files ignore the folder itself (or
+    a folder above it), the lines that do are left out: a folder named on purpose is read, by the others."""
     if _is_repository(folder):  # the repository's own root
         return []
     above = []
@@ -322,8 +339,16 @@ def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
             [(base, _read_gitignore(base / ".gitignore")) for base in reversed(above)]:  # the root first
         if spec is not None:
             specs.append((base, spec))
-    named = [folder, *above[:-1]]  # the folder and those between it and the repository's root
-    return [(base, _without_lines_naming(spec, base, named)) for base, spec in specs]
+    ignored = []  # the folders from just under the root down to `folder` that git would not enter
+    for inner in reversed([folder, *above[:-1]]):
+        verdict = False
+        for base, spec in specs:
+            if base in inner.parents:
+                include = _folder_verdict(spec, inner.relative_to(base).as_posix() + "/")
+                verdict = include if include is not None else verdict
+        if verdict:
+            ignored.append(inner)
+    return [(base, _without_lines_naming(spec, base, ignored)) for base, spec in specs] if ignored else specs
 
 
 def _walk_folder(root: Path) -> tuple[list[_Item], int]:

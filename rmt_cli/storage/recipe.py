@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, Validatio
                       model_validator)
 
 from ..errors import UsageError, error_line, one_line, path_argument, shown
-from ..data.sources import home_path, read_small_stdin, read_small_text
+from ..data.sources import home_path, missing_reason, read_small_stdin, read_small_text
 from ..core.rules import GATE_FLOOR, UPDATE_RULES, has_matrices, is_routed
 from ..data.tasks import GENERATED_TASKS, SIZED_TASKS, STORY_TASKS
 
@@ -775,7 +775,10 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
     return recipe
 
 
-DATA_PATHS = (("task", "noise", "paths"), ("task", "lm_paths"), ("task", "babi_path"))
+# The data paths a run reads, and when it reads them: noise files for noise.kind files, texts for task lm, stories
+# for task babi (a path the task does not read is refused by the recipe's own check)
+DATA_PATHS = ((("task", "noise", "paths"), ("task", "noise", "kind"), "files"),
+              (("task", "lm_paths"), ("task", "name"), "lm"), (("task", "babi_path"), ("task", "name"), "babi"))
 
 
 def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> list[str]:
@@ -783,15 +786,15 @@ def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> lis
     recipe's other errors and not in a round of its own: a data path that names nothing, and a model.config key
     that a model built from scratch does not have. Each line names the file or the override that set the value."""
     problems = []
-    for path in DATA_PATHS:
-        value = _at_path(data, path)
+    for path, switch, reads in DATA_PATHS:
+        value = _at_path(data, path) if _at_path(data, switch) == reads else None
         for index, given in ([(None, value)] if isinstance(value, str) else
                              enumerate(value) if isinstance(value, list) else []):
-            if isinstance(given, str) and given and "\0" not in given and not os.path.lexists(home_path(given)):
+            if isinstance(given, str) and given and "\0" not in given and not os.path.exists(home_path(given)):
                 where = (*path, index) if index is not None else path
                 relative = "" if os.path.isabs(home_path(given)) else " (relative paths are read from the current folder)"
-                problems.append(f"{value_source(source, override_of(where, overrides))}: "
-                                f"{'.'.join(map(str, where))}: {shown(given)}: no such file or folder{relative}")
+                problems.append(f"{value_source(source, override_of(where, overrides))}: {'.'.join(map(str, where))}: "
+                                f"{shown(given)}: {missing_reason(Path(home_path(given)))}{relative}")
     model = _at_path(data, ("model",))
     if isinstance(model, dict) and isinstance(model.get("config"), dict) and model["config"] and \
             model.get("name_or_path") is None and isinstance(model.get("architecture", "gpt2"), str):
