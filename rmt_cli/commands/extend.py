@@ -88,7 +88,7 @@ def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: li
     data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
     overrides = applied
     if isinstance(data, dict):  # its data paths (the model is the checkpoint's), with the recipe's other errors
-        problems += run_input_problems({"task": data.get("task")}, recipe_label(recipe_path), overrides)
+        problems += run_input_problems({"task": data.get("task")}, recipe_label(recipe_path), overrides)[0]
     # The run's recipe.yaml says what it started from: `rmt train RUN/recipe.yaml resume=auto` after a kill before
     # the first checkpoint starts from it again (it began a model from scratch).
     source = os.path.realpath(checkpoint)

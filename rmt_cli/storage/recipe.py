@@ -781,11 +781,11 @@ DATA_PATHS = ((("task", "noise", "paths"), ("task", "noise", "kind"), "files"),
               (("task", "lm_paths"), ("task", "name"), "lm"), (("task", "babi_path"), ("task", "name"), "babi"))
 
 
-def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> list[str]:
-    """What a run would refuse once it starts, read from the recipe's data alone, so that it is said with the
-    recipe's other errors and not in a round of its own: a data path that names nothing, and a model.config key
-    that a model built from scratch does not have. Each line names the file or the override that set the value."""
-    problems = []
+def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> tuple[list[str], list[str]]:
+    """What a run would refuse once it starts, read from the recipe's data alone, so that it can be said with the
+    recipe's other errors and not in a round of its own: (the data paths that name nothing, the model.config keys
+    a model built from scratch does not have). Each line names the file or the override that set the value."""
+    problems, settings = [], []
     for path, switch, reads in DATA_PATHS:
         value = _at_path(data, path) if _at_path(data, switch) == reads else None
         for index, given in ([(None, value)] if isinstance(value, str) else
@@ -801,8 +801,8 @@ def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> lis
         from .modeling import scratch_unknown_settings
 
         for key, line in scratch_unknown_settings(model.get("architecture", "gpt2"), model["config"]):
-            problems.append(f"{value_source(source, override_of(('model', 'config', key), overrides))}: {line}")
-    return problems
+            settings.append(f"{value_source(source, override_of(('model', 'config', key), overrides))}: {line}")
+    return problems, settings
 
 
 def _at_path(data: Any, path: tuple) -> Any:
@@ -839,15 +839,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_inpu
     if bad:
         raise UsageError(f"overrides: key=value texts, not {type(bad[0]).__name__} {shown(repr(bad[0]), 40)}")
     data = apply_overrides(read_recipe_data(path), overrides, problems, applied)
-    if check_inputs:
-        problems += run_input_problems(data, recipe_label(path), applied)
+    files, settings = run_input_problems(data, recipe_label(path), applied) if check_inputs else ([], [])
     try:
-        return validate_recipe(data, recipe_label(path), applied, problems)
+        return validate_recipe(data, recipe_label(path), applied, problems + files)
     except UsageError as e:
+        # The model's settings join the recipe's errors; alone, they are said when the model is built, with the
+        # problems only a built model shows (the vocabulary, the positions), all at once
+        said = "\n".join([str(e), *settings])
         if "model" in data or "has no tokenizer of its own" not in str(e):
-            raise
+            raise UsageError(said) from None
         # An -extend recipe has no model: it continues a checkpoint's (the eleventh review: its errors misled)
-        raise UsageError(f"{e}\n{recipe_label(path)}: no model section; a recipe that continues a trained "
+        raise UsageError(f"{said}\n{recipe_label(path)}: no model section; a recipe that continues a trained "
                          f"model runs with rmt extend CHECKPOINT RECIPE") from None
 
 
