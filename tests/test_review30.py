@@ -30,13 +30,18 @@ def _git_lists(repo, folder: str) -> list[str]:
     return sorted(name for name in listed if not name.split("/")[-1].startswith("."))
 
 
-def _reads_what_git_lists(repo: Path, names: tuple, gitignore: str) -> None:
-    """A repository of `names` with one .gitignore: rmt reads the files git lists."""
+def _make_repository(repo: Path, names: tuple, gitignore: str) -> None:
+    """A git repository of files `names` (each a short text) with one .gitignore at its root."""
     for name in names:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(MEMFILE_TEXT)
     (repo / ".gitignore").write_text(gitignore)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
+
+
+def _reads_what_git_lists(repo: Path, names: tuple, gitignore: str) -> None:
+    """A repository of `names` with one .gitignore: rmt reads the files git lists."""
+    _make_repository(repo, names, gitignore)
     assert sorted(_read([str(repo)])) == _git_lists(repo, ".")
 
 
@@ -502,11 +507,7 @@ def test_an_empty_git_folder_or_a_dangling_git_file_makes_no_repository(tmp_path
     """An empty `vendor/.git` folder, or a `.git` file naming no folder, turned off the outer .gitignore below it:
     vendor/prod.env, which git ignores, was read."""
     repo = tmp_path / "repo"
-    for name in ("a.txt", "vendor/lib.txt", "vendor/prod.env", "other/x.txt", "other/y.env"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text("*.env\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    _make_repository(repo, ("a.txt", "vendor/lib.txt", "vendor/prod.env", "other/x.txt", "other/y.env"), "*.env\n")
     (repo / "vendor" / ".git").mkdir()
     (repo / "other" / ".git").write_text("gitdir: ../nowhere\n")
     assert _read([str(repo)]) == ["a.txt", "other/x.txt", "vendor/lib.txt"]
@@ -529,11 +530,7 @@ def test_a_folder_named_on_purpose_keeps_the_repositorys_other_lines(tmp_path):
     """`rmt ingest repo/build` (build/ ignored, so named on purpose) read build/db.secret though `*.secret` ignores
     it: every line above was dropped, not only the one that ignores the folder."""
     repo = tmp_path / "repo"
-    for name in ("build/out.txt", "build/db.secret", "build/sub/more.txt"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text("build/\n*.secret\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    _make_repository(repo, ("build/out.txt", "build/db.secret", "build/sub/more.txt"), "build/\n*.secret\n")
     assert _read([str(repo / "build")]) == ["out.txt", "sub/more.txt"]
 
 
@@ -571,11 +568,7 @@ def test_a_subfolder_named_under_the_allow_list_idiom_reads_what_git_lists(tmp_p
     """`*`, `!*/`, `!*.py` at the root and `rmt ingest A/src`: `*` names src/ too, and dropping it (as a line that
     ignores the named folder) read src/secret.env; `!*/` means git never ignores src/."""
     repo = tmp_path / "A"
-    for name in ("src/app.py", "src/secret.env", "top.py"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text("*\n!*/\n!*.py\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    _make_repository(repo, ("src/app.py", "src/secret.env", "top.py"), "*\n!*/\n!*.py\n")
     assert _read([str(repo / "src")]) == ["app.py"] == [n.split("/", 1)[1] for n in _git_lists(repo, "src")]
 
 
@@ -585,11 +578,7 @@ def test_a_fake_git_makes_no_repository(tmp_path, fake):
     """A `.git` file saying `gitdir: .`, or a `.git/` holding only HEAD, made a repository of its folder: the
     parent's `*.key` stopped applying and sub/id.key was read."""
     repo = tmp_path / "repo"
-    for name in ("a.txt", "sub/b.txt", "sub/id.key"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(MEMFILE_TEXT)
-    (repo / ".gitignore").write_text("*.key\n")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    _make_repository(repo, ("a.txt", "sub/b.txt", "sub/id.key"), "*.key\n")
     if fake == "head only":
         (repo / "sub" / ".git").mkdir()
         (repo / "sub" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
