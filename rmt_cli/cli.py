@@ -440,7 +440,7 @@ def train(
     from .storage.recipe import load_recipe
     from .commands.train import check_run_inputs, train as run_train
 
-    r = load_recipe(recipe, overrides or [])
+    r = load_recipe(recipe, overrides or [], check_inputs=True)
     check_run_inputs(r, [recipe])
     result = run_train(r, console=err, progress=not quiet)
     _finish_run(result, json_out)
@@ -477,7 +477,7 @@ def extend(
     from .commands.extend import extend_recipe
     from .commands.train import check_run_inputs, train as run_train
 
-    r = extend_recipe(checkpoint, recipe, overrides or [])
+    r = extend_recipe(checkpoint, recipe, overrides or [], check_inputs=True)
     check_run_inputs(r, [recipe])
     result = run_train(r, init_from=checkpoint, console=err, progress=not quiet)
     _finish_run(result, json_out)

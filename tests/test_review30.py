@@ -613,9 +613,13 @@ def test_data_paths_a_run_does_not_read_are_not_checked(tmp_path):
     synthetic noise never reads; a data path that is a broken link was missed by the check."""
     from rmt_cli import UsageError, load_recipe
 
-    recipe = load_recipe(ROOT / "recipes" / "qa1-books.yaml", ["task.noise.kind=synthetic"])
+    recipe = load_recipe(ROOT / "recipes" / "qa1-books.yaml", ["task.noise.kind=synthetic"], check_inputs=True)
     assert recipe.task.noise.kind == "synthetic"
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere")
     with pytest.raises(UsageError, match="task.noise.paths.0: .*broken: a broken symbolic link"):
         load_recipe(ROOT / "recipes" / "memorize-tiny.yaml", ["task.noise.kind=files",
-                                                              f"task.noise.paths=[{tmp_path / 'broken'}]"])
+                                                              f"task.noise.paths=[{tmp_path / 'broken'}]"],
+                    check_inputs=True)
+    # without check_inputs (the API's default) a recipe whose data is on another machine loads
+    assert load_recipe(ROOT / "recipes" / "memorize-tiny.yaml", ["task.noise.kind=files",
+                                                                 f"task.noise.paths=[{tmp_path / 'broken'}]"])

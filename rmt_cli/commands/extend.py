@@ -80,14 +80,17 @@ def check_extends(recipe: Recipe) -> None:
         raise UsageError("\n".join(problems))
 
 
-def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: list[str]) -> Recipe:
+def extend_recipe(checkpoint: str | Path, recipe_path: str | Path, overrides: list[str],
+                  check_inputs: bool = False) -> Recipe:
+    """The recipe of an extend run: the checkpoint's model and memory with the recipe's stages (`check_inputs`: as
+    in load_recipe, the data paths the run reads checked with the recipe's other errors)."""
     checkpoint = Path(checkpoint)
     trained, base = _trained(checkpoint)
     problems: list[str] = []  # every one reported at once: malformed overrides, then the locked settings asked
     applied: list[str] = []  # a skipped override set nothing: never named as a setter
     data = apply_overrides(read_recipe_data(recipe_path), overrides, problems, applied)
     overrides = applied
-    if isinstance(data, dict):  # its data paths (the model is the checkpoint's), with the recipe's other errors
+    if check_inputs and isinstance(data, dict):  # its data paths (the model is the checkpoint's), said with the rest
         problems += run_input_problems({"task": data.get("task")}, recipe_label(recipe_path), overrides)[0]
     # The run's recipe.yaml says what it started from: `rmt train RUN/recipe.yaml resume=auto` after a kill before
     # the first checkpoint starts from it again (it began a model from scratch).

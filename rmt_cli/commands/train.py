@@ -215,7 +215,7 @@ def _stored_recipe(checkpoint: Path, log: "_Logger") -> dict | None:
     """The recipe of the checkpoint's run, or None (said in one warning line) where its recipe.yaml is missing or
     no longer validates (an older rmt's, or one edited by hand): a resume then cannot compare the recipes."""
     try:
-        was = load_recipe(checkpoint / "recipe.yaml", check_inputs=False).model_dump(mode="json")
+        was = load_recipe(checkpoint / "recipe.yaml").model_dump(mode="json")
     except UsageError as e:
         problems = str(e).splitlines()
         more = f" (and {counted(len(problems) - 1, 'more problem')})" if len(problems) > 1 else ""

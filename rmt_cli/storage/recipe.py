@@ -819,11 +819,11 @@ def _stdin_text() -> str:
         raise UsageError(f"recipe <stdin>: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, check_inputs: bool = True) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_inputs: bool = False) -> Recipe:
     """The recipe at `path` (a YAML file, or "-" for standard input) with `overrides` ("key=value" texts, or one)
     applied, validated: a Recipe, or one UsageError listing every problem, each with its path. `check_inputs`:
-    also what a run would refuse of its data paths and model settings (`run_input_problems`), said with the rest;
-    off for a finished run's own recipe, read to be compared with."""
+    also what a run would refuse of its data paths and model settings (`run_input_problems`), said with the rest,
+    as `rmt train` does (off, a recipe whose data is on another machine loads)."""
     problems: list[str] = []
     applied: list[str] = []
     path_argument(path, "load_recipe")
