@@ -136,5 +136,6 @@ def test_a_text_too_short_for_a_flatness_figure_gives_none(checkpoint, tmp_path)
     memory = json.loads(r.stdout)["memory"]
     assert memory["flatness"] is None and memory["first_tenth"] is None
     (tmp_path / "long.txt").write_text("Mary went to the kitchen. Daniel moved to the garden. " * 20)
-    memory = json.loads(run_cli(["perplexity", tmp_path / "long.txt", "--model", checkpoint, "--json"]).stdout)["memory"]
+    scored = run_cli(["perplexity", tmp_path / "long.txt", "--model", checkpoint, "--json"])
+    memory = json.loads(scored.stdout)["memory"]
     assert memory["flatness"] == pytest.approx(memory["first_tenth"] - memory["last_tenth"])

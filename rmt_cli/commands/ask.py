@@ -227,7 +227,7 @@ def ask_many(model: LoadedModel, state: MemoryState, questions: list[str], max_n
             source = generator or torch.default_generator
             start, replies = source.get_state(), []
             for memory, final in finals:
-                drawn = torch.Generator().set_state(start)
+                drawn = torch.Generator(source.device).set_state(start)
                 replies.append(respond(model, memory, [final.input_ids], max_new_tokens, temperature, top_p,
                                        drawn)[0])
                 source.set_state(drawn.get_state())  # on, as after one question

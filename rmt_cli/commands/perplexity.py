@@ -100,13 +100,14 @@ def perplexity(paths: list[str], model: LoadedModel, baseline: LoadedModel | Non
     if max_tokens is not None:  # at least 2: the first token is only read, scored by none before it
         whole_number_argument(max_tokens, "max_tokens", 2)
     callback_argument(on_progress, "on_progress")
-    check_usable(model)  # None too: only the baseline is optional
-    for loaded, role in ((model, "the model"), (baseline, "the baseline")):
-        if loaded is not None:
-            check_usable(loaded, role.removeprefix("the "))
-        if loaded is not None and loaded.cell.kind == "encoder":
-            raise UsageError(f"{role} {shown(loaded.path)} is an encoder: its classifier picks answers and predicts no "
-                             f"next token, so it has no perplexity; rmt perplexity needs a causal language model")
+    for loaded, role in ((model, "model"), (baseline, "baseline")):
+        if loaded is None and role == "baseline":  # the one that is optional
+            continue
+        check_usable(loaded, role)
+        if loaded.cell.kind == "encoder":
+            raise UsageError(f"the {role} {shown(loaded.path)} is an encoder: its classifier picks answers and "
+                             f"predicts no next token, so it has no perplexity; rmt perplexity needs a causal language "
+                             f"model")
     if baseline is not None and baseline.segment_size != model.segment_size:
         raise UsageError(f"--baseline has segments of {baseline.segment_size} tokens, the model "
                          f"{model.segment_size}: compare models with the same segment size")

@@ -35,7 +35,7 @@ from ..core.memory import RecurrentMemoryModel, answer_correct
 from ..storage.modeling import build_model, build_tokenizer, check_fits, make_cell
 from ..progress import ProgressBar
 from ..data.sources import read_small_text
-from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe
+from ..storage.recipe import Recipe, Stage, dump_recipe, load_recipe, load_yaml, validate_recipe, value_at
 from ..core.segments import collate
 from ..data.tasks import BINDING_COUNTS, rng_for
 from ..distributed import check_launch, join_processes, on_cpu
@@ -239,7 +239,7 @@ def _resume_mismatches(recipe: Recipe, was: dict | None, first_step: int) -> lis
         return problems
     asked = recipe.model_dump(mode="json")
     for path in (*((section,) for section in RESUME_LOCKED), ("task", "name")):
-        for where, had, wants in _differences(_at(was, path), _at(asked, path), path):
+        for where, had, wants in _differences(value_at(was, path), value_at(asked, path), path):
             if where[:2] not in RESUME_FREE:
                 field = ".".join(map(str, where))
                 problems.append(f"{field}: the checkpoint's run has {had!r}, the recipe asks {wants!r}; a "
@@ -256,12 +256,6 @@ def _resume_changes(recipe: Recipe, was: dict | None) -> dict[str, list]:
     return {".".join(map(str, where)): [had, wants]
             for where, had, wants in _differences(was, recipe.model_dump(mode="json"))
             if where[:1] not in RESUME_UNRECORDED}
-
-
-def _at(data: dict, path: tuple):
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
 
 
 _StopFlag = StopFlag  # by this name here: tests stand in a flag that stops after N steps

@@ -299,15 +299,28 @@ def _git_folder(folder: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _is_repository(folder: Path) -> bool:
-    return _git_folder(folder) is not None
+def _exclude_spec(git: tuple[Path, Path] | None):
+    """A repository's own ignore list, info/exclude in its (common) git directory (`git`: _git_folder's), which git
+    reads below every .gitignore; None where there is none."""
+    return None if git is None else _read_gitignore(git[1] / "info" / "exclude")
 
 
-def _exclude_spec(repository: Path):
-    """A repository's own ignore list, info/exclude in its (common) git directory, which git reads below every
-    .gitignore; None where there is none."""
-    found = _git_folder(repository)
-    return None if found is None else _read_gitignore(found[1] / "info" / "exclude")
+def _ignored(rules: list[tuple[Path, object]], path: Path, is_dir: bool) -> bool:
+    """Whether the ignore files `rules` ((folder, spec), root first) ignore `path` (a real path), as git judges it:
+    the deepest file with a line that matches decides, so that `!x.tmp` in a/.gitignore keeps a/x.tmp though the
+    root's `*.tmp` ignores it (the 29th review). Rules of folders not above `path` say nothing."""
+    verdict = False
+    for base, spec in rules:
+        try:
+            rel = path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+        if rel == ".":  # a folder's own .gitignore judges what it holds, not the folder
+            continue
+        include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include
+        if include is not None:
+            verdict = include
+    return verdict
 
 
 def _without_lines_naming(spec, base: Path, folders: list[Path]):
@@ -321,33 +334,24 @@ def _without_lines_naming(spec, base: Path, folders: list[Path]):
 
 
 def _higher_gitignores(folder: Path) -> list[tuple[Path, object]]:
-    """What ignores files above `folder` (a real path: `rmt ingest link-to-src` is src) up to the root of the git
-    repository holding it, root first: info/exclude, then the .gitignore files: `rmt ingest repo/src` skips what
-    repo/.gitignore ignores, as git does. None outside a repository. Where those files ignore the folder itself (or
-    a folder above it), the lines that do are left out: a folder named on purpose is read, by the others."""
-    if _is_repository(folder):  # the repository's own root
-        return []
+    """What ignores files above `folder` (a real path, not a repository's root: `rmt ingest link-to-src` is src) up
+    to the root of the git repository holding it, root first: info/exclude, then the .gitignore files: `rmt ingest
+    repo/src` skips what repo/.gitignore ignores, as git does. None outside a repository. Where those files ignore
+    the folder itself (or a folder above it), the lines that do are left out: a folder named on purpose is read, by
+    the others."""
     above = []
     for parent in folder.parents:
         above.append(parent)
-        if _is_repository(parent):
+        git = _git_folder(parent)
+        if git is not None:
             break
     else:
         return []
-    specs: list[tuple[Path, object]] = []
-    for base, spec in [(above[-1], _exclude_spec(above[-1]))] + \
-            [(base, _read_gitignore(base / ".gitignore")) for base in reversed(above)]:  # the root first
-        if spec is not None:
-            specs.append((base, spec))
-    ignored = []  # the folders from just under the root down to `folder` that git would not enter
-    for inner in reversed([folder, *above[:-1]]):
-        verdict = False
-        for base, spec in specs:
-            if base in inner.parents:
-                include = _folder_verdict(spec, inner.relative_to(base).as_posix() + "/")
-                verdict = include if include is not None else verdict
-        if verdict:
-            ignored.append(inner)
+    specs = [(base, spec) for base, spec in [(above[-1], _exclude_spec(git))] +
+             [(base, _read_gitignore(base / ".gitignore")) for base in reversed(above)]  # the root first
+             if spec is not None]
+    # the folders from just under the root down to `folder` that git would not enter
+    ignored = [inner for inner in reversed([folder, *above[:-1]]) if _ignored(specs, inner, True)]
     return [(base, _without_lines_naming(spec, base, ignored)) for base, spec in specs] if ignored else specs
 
 
@@ -377,14 +381,12 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
                 dirnames[:] = []
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            if here == root:
-                rules = _higher_gitignores(real_root)
-                own = [_exclude_spec(real_here)]
-            elif _is_repository(here):  # a repository inside the folder: its own rules alone, as git reads it
-                rules, own = [], [_exclude_spec(real_here)]
+            git = _git_folder(here)
+            if git is not None:  # a repository's root (one inside the folder: its own rules alone, as git reads it)
+                rules = []
             else:
-                rules, own = rules_of[here.parent], []
-            own.append(_read_gitignore(here / ".gitignore"))
+                rules = _higher_gitignores(real_root) if here == root else rules_of[here.parent]
+            own = [_exclude_spec(git), _read_gitignore(here / ".gitignore")]
         except PermissionError as e:  # listed but not entered (mode 644): its files cannot even be looked at
             if here == root:
                 raise _open_error(e.filename or str(root), e) from None
@@ -393,21 +395,10 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             continue
         rules = rules_of[here] = rules + [(real_here, spec) for spec in own if spec is not None]
 
-        def ignored(p: Path, is_dir: bool) -> bool:
-            # As git: the deepest .gitignore with a line that matches decides (rules run root first), so that
-            # `!x.tmp` in a/.gitignore keeps a/x.tmp though the root's `*.tmp` ignores it (the 29th review)
-            verdict = False
-            for base, spec in rules:
-                rel = (real_root / p.relative_to(root)).relative_to(base).as_posix()
-                include = _folder_verdict(spec, rel + "/") if is_dir else spec.check_file(rel).include
-                if include is not None:
-                    verdict = include
-            return verdict
-
         keep_dirs = []
         for d in sorted(dirnames):
             p = here / d
-            if d.startswith(".") or p.is_symlink() or ignored(p, True):
+            if d.startswith(".") or p.is_symlink() or _ignored(rules, real_here / d, True):
                 skipped.append(p.relative_to(root).as_posix() + "/")
                 continue
             keep_dirs.append(d)
@@ -417,7 +408,8 @@ def _walk_folder(root: Path) -> tuple[list[_Item], int]:
             try:
                 # hidden, ignored, links (git keeps a link as a link: read, one could show a hidden or ignored
                 # file, or one outside the folder), sockets, binaries
-                if name.startswith(".") or p.is_symlink() or ignored(p, False) or not p.is_file() or looks_binary(p):
+                if name.startswith(".") or p.is_symlink() or _ignored(rules, real_here / name, False) or \
+                        not p.is_file() or looks_binary(p):
                     skipped.append(p.relative_to(root).as_posix())
                     continue
             except OSError:

@@ -601,7 +601,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-class _IntForm:
+class _NumberForm:
     """A number YAML 1.1 reads from a form other than plain decimal (010 octal, 0x10, 0b10, 1:00 and 1:30.5 base
     60, 3_2 and 1_0.5): `load_yaml` refuses it, so that a zero-padded number never trains another model (nor
     `lr: 1:30.5` one at a rate of 90.5) without a word."""
@@ -628,16 +628,16 @@ class _IntForm:
         return f"YAML drops the underscores of {self.text} and reads {self.value}: write {self.value}"
 
 
-def _construct_int(loader: _StrictLoader, node) -> int | _IntForm:
+def _construct_int(loader: _StrictLoader, node) -> int | _NumberForm:
     value = loader.construct_yaml_int(node)
     text = loader.construct_scalar(node)
-    return value if re.fullmatch(r"[-+]?(?:0|[1-9][0-9]*)", text) else _IntForm(text, value)
+    return value if re.fullmatch(r"[-+]?(?:0|[1-9][0-9]*)", text) else _NumberForm(text, value)
 
 
-def _construct_float(loader: _StrictLoader, node) -> float | _IntForm:
+def _construct_float(loader: _StrictLoader, node) -> float | _NumberForm:
     value = loader.construct_yaml_float(node)
     text = loader.construct_scalar(node)
-    return _IntForm(text, value) if ":" in text or "_" in text else value
+    return _NumberForm(text, value) if ":" in text or "_" in text else value
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -670,12 +670,13 @@ def _expanded_size(data: Any, limit: int, what: str = "recipe") -> int:
 def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
     """Each value no setting takes in `data` (model.config included), as (its path, why), in path order, and
     `data` with each of them None (so that validation reports the recipe's other errors beside them): a NaN or
-    infinite number, text holding a NUL character (which no file name holds: the OS refuses it), or an integer
-    in a form other than plain decimal (`load_yaml(..., int_forms="keep")`; a key of that form is dropped)."""
+    infinite number, text holding a NUL character (which no file name holds: the OS refuses it), or a number in
+    a form other than plain decimal (`load_yaml(..., number_forms="keep")`; a key of that form is
+    dropped)."""
     found = []
 
     def cleaned(item: Any, path: tuple) -> Any:
-        if isinstance(item, _IntForm):
+        if isinstance(item, _NumberForm):
             found.append((path, item.hint()))
             return None
         if isinstance(item, float) and not math.isfinite(item):
@@ -685,9 +686,9 @@ def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
             found.append((path, "holds a NUL character (\\x00), which no name or setting may hold"))
             return None
         if isinstance(item, dict):
-            for key in [k for k in item if isinstance(k, _IntForm)]:
+            for key in [k for k in item if isinstance(k, _NumberForm)]:
                 found.append(((*path, key.text), f"(a key) {key.hint()}"))
-            return {k: cleaned(v, (*path, k)) for k, v in item.items() if not isinstance(k, _IntForm)}
+            return {k: cleaned(v, (*path, k)) for k, v in item.items() if not isinstance(k, _NumberForm)}
         if isinstance(item, list):
             return [cleaned(v, (*path, i)) for i, v in enumerate(item)]
         return item
@@ -697,26 +698,26 @@ def _bad_values(data: Any) -> tuple[list[tuple[tuple, str]], Any]:
     return sorted(found, key=lambda bad: [str(p) for p in bad[0]]), data
 
 
-def _int_forms(data: Any) -> list[str]:
-    """"PATH: hint" for each integer of `data` (keys included) written in a form other than plain decimal."""
+def _number_forms(data: Any) -> list[str]:
+    """"PATH: hint" for each number of `data` (keys included) written in a form other than plain decimal."""
     found, stack = [], [(data, "")]
     while stack:
         item, where = stack.pop()
-        if isinstance(item, _IntForm):
+        if isinstance(item, _NumberForm):
             found.append(f"{where}: {item.hint()}" if where else item.hint())
         elif isinstance(item, dict):
             for k, v in item.items():
                 path = f"{where}.{getattr(k, 'text', k)}" if where else str(getattr(k, "text", k))
-                stack.extend([(k, path), (v, path)] if isinstance(k, _IntForm) else [(v, path)])
+                stack.extend([(k, path), (v, path)] if isinstance(k, _NumberForm) else [(v, path)])
         elif isinstance(item, list):
             stack.extend((v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(item))
     return sorted(found)
 
 
-def load_yaml(text: str, what: str, int_forms: str = "refuse") -> Any:
+def load_yaml(text: str, what: str, number_forms: str = "refuse") -> Any:
     """Parse recipe YAML strictly: safe types only, no duplicate keys, no alias bombs, integers in plain decimal.
-    Errors are one line each. `int_forms="keep"` leaves an integer of another form in the data as an _IntForm, for
-    `validate_recipe` to report with the recipe's other errors."""
+    Errors are one line each. `number_forms="keep"` leaves a number of another form in the data as a _NumberForm,
+    for `validate_recipe` to report with the recipe's other errors."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
@@ -728,7 +729,7 @@ def load_yaml(text: str, what: str, int_forms: str = "refuse") -> Any:
         raise UsageError(f"{what}: nested more than {MAX_YAML_DEPTH} levels deep") from None
     if _expanded_size(data, MAX_YAML_NODES, what) > MAX_YAML_NODES:
         raise UsageError(f"{what}: the YAML expands to more than {MAX_YAML_NODES:,} values through aliases")
-    forms = _int_forms(data) if int_forms == "refuse" else []
+    forms = _number_forms(data) if number_forms == "refuse" else []
     if forms:
         raise UsageError("\n".join(f"{what}: {form}" for form in forms))
     return data
@@ -744,7 +745,7 @@ def read_recipe_data(path: str | Path) -> dict:
         text = _stdin_text()
     else:
         text = read_small_text(Path(path), "recipe")  # a regular file or a pipe (`rmt train <(...)`), UTF-8
-    data = load_yaml(text, f"recipe {recipe_label(path)}", int_forms="keep")  # said with the recipe's other errors
+    data = load_yaml(text, f"recipe {recipe_label(path)}", number_forms="keep")  # said with the other errors
     if data is None or data == {}:  # one line, not the errors of every setting it lacks
         raise UsageError(f"{recipe_label(path)}: the recipe is empty")
     if not isinstance(data, dict):
@@ -775,6 +776,13 @@ def validate_recipe(data: dict, source: str = "recipe", overrides: list[str] = (
     return recipe
 
 
+def value_at(data: Any, path: tuple) -> Any:
+    """The value at a dotted path of a recipe's data (None where a part is missing or not a section)."""
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
 # The data paths a run reads, and when it reads them: noise files for noise.kind files, texts for task lm, stories
 # for task babi (a path the task does not read is refused by the recipe's own check)
 DATA_PATHS = ((("task", "noise", "paths"), ("task", "noise", "kind"), "files"),
@@ -787,15 +795,16 @@ def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> tup
     a model built from scratch does not have). Each line names the file or the override that set the value."""
     problems, settings = [], []
     for path, switch, reads in DATA_PATHS:
-        value = _at_path(data, path) if _at_path(data, switch) == reads else None
+        value = value_at(data, path) if value_at(data, switch) == reads else None
         for index, given in ([(None, value)] if isinstance(value, str) else
                              enumerate(value) if isinstance(value, list) else []):
             if isinstance(given, str) and given and "\0" not in given and not os.path.exists(home_path(given)):
                 where = (*path, index) if index is not None else path
-                relative = "" if os.path.isabs(home_path(given)) else " (relative paths are read from the current folder)"
+                relative = "" if os.path.isabs(home_path(given)) else \
+                    " (relative paths are read from the current folder)"
                 problems.append(f"{value_source(source, override_of(where, overrides))}: {'.'.join(map(str, where))}: "
                                 f"{shown(given)}: {missing_reason(Path(home_path(given)))}{relative}")
-    model = _at_path(data, ("model",))
+    model = value_at(data, ("model",))
     if isinstance(model, dict) and isinstance(model.get("config"), dict) and model["config"] and \
             model.get("name_or_path") is None and isinstance(model.get("architecture", "gpt2"), str):
         from .modeling import scratch_unknown_settings
@@ -803,12 +812,6 @@ def run_input_problems(data: Any, source: str, overrides: list[str] = ()) -> tup
         for key, line in scratch_unknown_settings(model.get("architecture", "gpt2"), model["config"]):
             settings.append(f"{value_source(source, override_of(('model', 'config', key), overrides))}: {line}")
     return problems, settings
-
-
-def _at_path(data: Any, path: tuple) -> Any:
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
 
 
 def _stdin_text() -> str:
